@@ -1,0 +1,52 @@
+"""taskgraph: a persistent dependency-graph build engine for long pipelines.
+
+A drop-in replacement for the public API of natcap ``taskgraph`` 0.11::
+
+    import taskgraph
+
+    with taskgraph.TaskGraph("workspace", n_workers=4) as graph:
+        a = graph.add_task(make_a, args=("a.tif",), target_path_list=["a.tif"])
+        graph.add_task(slope, args=("a.tif", "slope.tif"),
+                       target_path_list=["slope.tif"], dependent_task_list=[a])
+
+Run it twice and the second run executes nothing.
+"""
+
+from taskgraph._errors import (
+    DuplicateTaskError,
+    InvalidTaskError,
+    LedgerError,
+    MissingTargetError,
+    TaskCancelledError,
+    TaskExecutionError,
+    TaskGraphClosedError,
+    TaskGraphError,
+    TaskGraphTerminatedError,
+    TaskTimeoutError,
+    WorkerDiedError,
+)
+from taskgraph._graph import TaskGraph
+from taskgraph._ledger import LEDGER_FILENAME
+from taskgraph._task import Task
+from taskgraph._version import __version__
+
+#: natcap taskgraph's name for the ledger file name, kept for old scripts.
+_TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
+
+__all__ = [
+    "LEDGER_FILENAME",
+    "DuplicateTaskError",
+    "InvalidTaskError",
+    "LedgerError",
+    "MissingTargetError",
+    "Task",
+    "TaskCancelledError",
+    "TaskExecutionError",
+    "TaskGraph",
+    "TaskGraphClosedError",
+    "TaskGraphError",
+    "TaskGraphTerminatedError",
+    "TaskTimeoutError",
+    "WorkerDiedError",
+    "__version__",
+]

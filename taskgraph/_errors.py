@@ -1,0 +1,79 @@
+"""Every exception taskgraph raises itself.
+
+Leaf module: imports nothing from the package.
+
+Each class subclasses :class:`TaskGraphError` and also the built-in type that
+natcap ``taskgraph`` 0.11 raised in the same situation, so ``except ValueError``
+and ``except RuntimeError`` clauses in existing pipelines keep working.
+"""
+
+from __future__ import annotations
+
+
+class TaskGraphError(Exception):
+    """Root of every exception raised by taskgraph itself.
+
+    A task's own exception (say a ``ZeroDivisionError`` in the user's function)
+    is re-raised as it is, not wrapped, with the worker's traceback attached as
+    its ``__cause__``.
+    """
+
+
+class InvalidTaskError(TaskGraphError, ValueError):
+    """Raised by ``add_task`` when its arguments cannot describe a task.
+
+    For example a ``dependent_task_list`` entry that is not a ``Task``, a
+    ``target_path_list`` entry that is not a path, an unknown
+    ``hash_algorithm``, or (with ``n_workers > 0``) a function or argument that
+    cannot be pickled for a worker process.
+    """
+
+
+class TaskGraphClosedError(TaskGraphError, ValueError):
+    """Raised by ``add_task`` after ``TaskGraph.close()`` was called."""
+
+
+class TaskGraphTerminatedError(TaskGraphError, RuntimeError):
+    """Raised by ``add_task`` after a task of the graph failed.
+
+    A failed task stops the whole graph (as in natcap taskgraph); build a new
+    ``TaskGraph`` on the same workspace to continue: tasks that finished are
+    skipped.
+    """
+
+
+class DuplicateTaskError(TaskGraphError, RuntimeError):
+    """Raised by ``add_task`` for a task whose function and arguments equal an
+    earlier task's but whose target list only partly overlaps it."""
+
+
+class MissingTargetError(TaskGraphError, RuntimeError):
+    """A task finished without creating every path in its ``target_path_list``."""
+
+
+class WorkerDiedError(TaskGraphError, RuntimeError):
+    """The worker process running a task died (signal, segfault, out of memory,
+    ``os._exit``) before returning a result."""
+
+
+class TaskCancelledError(TaskGraphError, RuntimeError):
+    """A task did not run because another task of the graph failed first.
+
+    Its ``__cause__`` is the failure that stopped the graph.
+    """
+
+
+class TaskTimeoutError(TaskGraphError, RuntimeError):
+    """``Task.get(timeout)`` ran out of time before the task finished."""
+
+
+class TaskExecutionError(TaskGraphError, RuntimeError):
+    """A task raised an exception that could not be sent back from its worker
+    (it could not be pickled), or returned a result that could not be pickled.
+    The message holds the original exception's type, text and traceback."""
+
+
+class LedgerError(TaskGraphError, RuntimeError):
+    """The ledger (the SQLite file in the workspace) could not be opened or
+    written, for example because the workspace is read-only or the disk is
+    full. Nothing recorded before the error is lost."""

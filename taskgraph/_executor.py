@@ -1,0 +1,96 @@
+"""Executor backends: where jobs run. The narrow interface and the in-process ones.
+
+An executor takes :class:`~taskgraph._job.Job` objects from the scheduler and
+calls back with a :class:`~taskgraph._job.JobResult` for each, from any thread.
+The scheduler never gives it more than ``capacity`` jobs at once, so priorities
+are decided in the scheduler's queue, not in a backlog inside the executor.
+
+Backends: :class:`InlineExecutor` (``n_workers < 0``), :class:`ThreadExecutor`
+(``n_workers == 0``), :class:`taskgraph._pool.ProcessPool` (``n_workers > 0``).
+"""
+
+from __future__ import annotations
+
+import abc
+import queue
+import threading
+from typing import Callable
+
+from taskgraph._job import Job, JobResult, run_job
+
+DoneCallback = Callable[[JobResult], None]
+
+
+class Executor(abc.ABC):
+    """The interface every backend implements."""
+
+    #: How many jobs may be running at once.
+    capacity: int
+
+    @abc.abstractmethod
+    def submit(self, job: Job, done: DoneCallback) -> None:
+        """Start ``job``; call ``done`` exactly once with its result.
+
+        ``done`` may be called from any thread, or before ``submit`` returns.
+        Failures of the job (its exception, a dead worker) arrive as a result
+        with ``error`` set, never as an exception from ``submit``.
+        """
+
+    @abc.abstractmethod
+    def shutdown(self, kill: bool = False) -> None:
+        """Stop the backend. ``kill`` stops running jobs instead of waiting.
+
+        After it returns no worker process or thread of this backend is left.
+        Idempotent.
+        """
+
+
+class InlineExecutor(Executor):
+    """Runs each job in the calling thread, inside ``submit``."""
+
+    capacity = 1
+
+    def submit(self, job: Job, done: DoneCallback) -> None:
+        done(run_job((job.func, job.args, job.kwargs), *job.spec()))
+
+    def shutdown(self, kill: bool = False) -> None:
+        pass
+
+
+class ThreadExecutor(Executor):
+    """Runs jobs in ``n_threads`` daemon threads of this process."""
+
+    def __init__(self, n_threads: int = 1) -> None:
+        self.capacity = n_threads
+        self._queue: queue.SimpleQueue[tuple[Job, DoneCallback] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"taskgraph-thread-{i}", daemon=True)
+            for i in range(n_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._closed = False
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, done = item
+            done(run_job((job.func, job.args, job.kwargs), *job.spec()))
+
+    def submit(self, job: Job, done: DoneCallback) -> None:
+        self._queue.put((job, done))
+
+    def shutdown(self, kill: bool = False) -> None:
+        # A thread cannot be killed: with kill=True the threads are told to stop
+        # and left to finish their current job on their own (they are daemons).
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        if not kill:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join()

@@ -1,0 +1,371 @@
+"""``TaskGraph``: the user API. Validates at ``add_task``, then hands tasks to
+the scheduler. Holds no execution state of its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import PurePath
+from types import TracebackType
+from typing import Any, Callable
+
+from taskgraph._errors import (
+    DuplicateTaskError,
+    InvalidTaskError,
+    TaskGraphClosedError,
+    TaskGraphTerminatedError,
+)
+from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._fingerprint import validate_algorithm
+from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
+from taskgraph._job import noop
+from taskgraph._ledger import Ledger
+from taskgraph._scheduler import Scheduler
+from taskgraph._task import Task
+
+LOGGER = logging.getLogger("taskgraph")
+
+
+def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    """Name the first part of a call that cannot be pickled."""
+    parts: list[tuple[str, Any]] = [("the function", func)]
+    parts += [(f"argument {index}", value) for index, value in enumerate(args)]
+    parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
+    for label, value in parts:
+        try:
+            pickle.dumps(value)
+        except Exception as error:  # noqa: BLE001
+            return f"{label} ({type(value).__name__}: {error})"
+    return "the call"
+
+
+class TaskGraph:
+    """A graph of tasks that run in parallel and are skipped when up to date.
+
+    Args:
+        taskgraph_cache_dir_path: the workspace directory; the ledger
+            (``taskgraph_ledger.sqlite``) lives there. Created if missing.
+        n_workers: ``< 0`` runs each task synchronously inside ``add_task``;
+            ``0`` runs tasks in a thread of this process; ``> 0`` runs them in
+            that many worker processes at lowered priority.
+        reporting_interval: if set, log progress every this many seconds.
+
+    Use as a context manager, or call :meth:`close` then :meth:`join`.
+    """
+
+    def __init__(
+        self,
+        taskgraph_cache_dir_path: str | os.PathLike[str],
+        n_workers: int,
+        reporting_interval: float | None = None,
+    ) -> None:
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int):
+            raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
+        if reporting_interval is not None and (
+            not isinstance(reporting_interval, (int, float)) or reporting_interval < 0
+        ):
+            raise InvalidTaskError(
+                f"reporting_interval must be a number of seconds or None, got {reporting_interval!r}"
+            )
+        self._workspace = os.fspath(taskgraph_cache_dir_path)
+        os.makedirs(self._workspace, exist_ok=True)
+        self._n_workers = n_workers
+        self._ledger = Ledger(self._workspace)
+        self._ledger.begin_run(n_workers)
+        executor: Executor
+        if n_workers < 0:
+            executor = InlineExecutor()
+        elif n_workers == 0:
+            executor = ThreadExecutor(1)
+        else:
+            from taskgraph._pool import ProcessPool
+
+            executor = ProcessPool(n_workers)
+        self._executor = executor
+        self._scheduler = Scheduler(
+            self._ledger, executor, threaded=n_workers >= 0,
+            reporting_interval=reporting_interval,
+        )
+        self._lock = threading.Lock()
+        self._tasks: list[Task] = []
+        self._task_ids: set[int] = set()
+        self._by_key: dict[str, Task] = {}
+        self._closed = False
+        self._shut_down = False
+
+    # -- building -------------------------------------------------------------------------
+
+    def add_task(
+        self,
+        func: Callable[..., Any] | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_name: str | None = None,
+        target_path_list: Iterable[str | PurePath] | None = None,
+        ignore_path_list: Iterable[str | PurePath] | None = None,
+        hash_target_files: bool = True,
+        dependent_task_list: Iterable[Task] | None = None,
+        ignore_directories: bool = True,
+        priority: float = 0,
+        hash_algorithm: str = "sizetimestamp",
+        transient_run: bool = False,
+        store_result: bool = False,
+    ) -> Task:
+        """Add ``func(*args, **kwargs)`` to the graph and return its Task.
+
+        The task runs once every task in ``dependent_task_list`` has finished,
+        unless the ledger shows it already ran with the same function, the
+        same arguments and the same input files, and its targets are as it
+        left them: then it is skipped.
+
+        Args:
+            func: the function to call; None adds a task that does nothing
+                (useful as a join point).
+            args: positional arguments for ``func``.
+            kwargs: keyword arguments for ``func``.
+            task_name: a name for logs and the ledger; defaults to the
+                function's name.
+            target_path_list: files ``func`` creates. The task fails if any is
+                missing afterwards; it reruns if any is later changed or deleted.
+            ignore_path_list: paths in the arguments that are not inputs.
+            hash_target_files: if False, targets are only checked to exist.
+            dependent_task_list: tasks that must finish before this one.
+            ignore_directories: if False, directories in the arguments count
+                as inputs (by size and mtime).
+            priority: among ready tasks, higher runs first.
+            hash_algorithm: how files are fingerprinted: ``'sizetimestamp'``,
+                ``'exists'``, an xxhash name (``'xxh3_128'``, recommended for
+                content) or a hashlib name (``'md5'``, ``'sha256'``).
+            transient_run: if True, run even when the ledger says up to date.
+            store_result: if True, keep the return value in the ledger;
+                ``Task.get()`` returns it, also when the task is skipped.
+
+        Returns:
+            The new Task, or the existing one for an identical earlier call.
+
+        Raises:
+            TaskGraphClosedError: (a ValueError) after :meth:`close`.
+            TaskGraphTerminatedError: (a RuntimeError) after a task failed.
+            InvalidTaskError: (a ValueError) for arguments that cannot describe
+                a task; the message names the task and the argument.
+            DuplicateTaskError: (a RuntimeError) for a call identical to an
+                earlier one whose targets only partly overlap it.
+            Exception: with ``n_workers < 0``, the task's own exception.
+        """
+        label = task_name if task_name is not None else getattr(func, "__name__", None) or "noop"
+        with self._lock:
+            if self._scheduler.failure is not None:
+                raise TaskGraphTerminatedError(
+                    f"add_task when Taskgraph is terminated: cannot add task {label!r} because "
+                    f"an earlier task failed ({type(self._scheduler.failure).__name__}: "
+                    f"{self._scheduler.failure}). Fix it and run the script again: finished "
+                    "tasks will be skipped."
+                )
+            if self._closed:
+                raise TaskGraphClosedError(
+                    f"The task graph is closed and cannot accept more tasks: add_task({label!r}) "
+                    "was called after close()."
+                )
+            task, is_new = self._make_task(
+                label, func, args, kwargs, target_path_list, ignore_path_list,
+                hash_target_files, dependent_task_list, ignore_directories, priority,
+                hash_algorithm, transient_run, store_result,
+            )
+            if not is_new:  # an identical call added before
+                return task
+        try:
+            self._scheduler.add(task)
+        except KeyboardInterrupt as interrupt:
+            self._terminate(interrupt)
+            raise
+        if self._n_workers < 0 and task._error is not None:
+            raise task._error
+        return task
+
+    def _make_task(
+        self,
+        name: str,
+        func: Callable[..., Any] | None,
+        args: Iterable[Any] | None,
+        kwargs: dict[str, Any] | None,
+        target_path_list: Iterable[str | PurePath] | None,
+        ignore_path_list: Iterable[str | PurePath] | None,
+        hash_target_files: bool,
+        dependent_task_list: Iterable[Task] | None,
+        ignore_directories: bool,
+        priority: float,
+        hash_algorithm: str,
+        transient_run: bool,
+        store_result: bool,
+    ) -> tuple[Task, bool]:
+        def invalid(message: str) -> InvalidTaskError:
+            return InvalidTaskError(f"task {name!r}: {message}")
+
+        if func is None:
+            func = noop
+        elif not callable(func):
+            raise invalid(f"func must be callable, got {type(func).__name__}")
+        if isinstance(args, (str, bytes, dict)):
+            raise invalid(f"args must be a list or tuple of arguments, got {type(args).__name__}")
+        call_args = tuple(args) if args is not None else ()
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise invalid(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        call_kwargs = dict(kwargs) if kwargs else {}
+        deps = list(dependent_task_list) if dependent_task_list is not None else []
+        bad_deps = [dep for dep in deps if not isinstance(dep, Task)]
+        if bad_deps:
+            raise invalid(
+                f"Objects passed to dependent task list that are not tasks: {bad_deps!r}. "
+                "Pass the Task objects returned by add_task."
+            )
+        foreign = [dep for dep in deps if id(dep) not in self._task_ids]
+        if foreign:
+            raise invalid(
+                f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
+                "Dependencies must be added to the same graph."
+            )
+        raw_targets = list(target_path_list) if target_path_list is not None else []
+        if isinstance(target_path_list, (str, PurePath)) or any(
+            not isinstance(path, PATH_TYPES) for path in raw_targets
+        ):
+            raise invalid(
+                f"Values passed to target_path_list are not strings: {target_path_list!r}. "
+                "target_path_list must be a list of str or pathlib paths."
+            )
+        raw_ignore = list(ignore_path_list) if ignore_path_list is not None else []
+        if isinstance(ignore_path_list, (str, PurePath)) or any(
+            not isinstance(path, PATH_TYPES) for path in raw_ignore
+        ):
+            raise invalid(
+                f"ignore_path_list must be a list of str or pathlib paths, got {ignore_path_list!r}"
+            )
+        problem = validate_algorithm(hash_algorithm)
+        if problem is not None:
+            raise invalid(problem)
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+            raise invalid(f"priority must be a number, got {priority!r}")
+        targets = tuple(sorted({normalize_path(path) for path in raw_targets}))
+        try:
+            identity = task_identity(func, call_args, call_kwargs, targets)
+        except SelfReferenceError as error:
+            raise invalid(str(error)) from error
+        existing = self._by_key.get(identity.key)
+        if existing is not None:
+            old, new = set(existing._target_path_list), set(targets)
+            if old == new:
+                LOGGER.debug("task %r is a duplicate of %r; returning it", name, existing.task_name)
+                return existing, False
+            if old & new:
+                raise DuplicateTaskError(
+                    f"task {name!r} calls the same function with the same arguments as task "
+                    f"{existing.task_name!r} but their target lists only partly overlap "
+                    f"({sorted(new)} vs {sorted(old)}): both would write "
+                    f"{sorted(old & new)}. Give the tasks the same target list or disjoint ones."
+                )
+            if existing not in deps:
+                deps.append(existing)
+        payload = None
+        if self._n_workers > 0:
+            try:
+                payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as error:  # noqa: BLE001
+                raise invalid(
+                    f"{_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
+                    f"n_workers={self._n_workers} sends every task to a worker process. Define "
+                    "the function at module level (not a lambda, nested function or method of an "
+                    "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
+                    "tasks in a thread."
+                ) from error
+        task = Task(
+            task_id=len(self._tasks),
+            task_name=name,
+            func=func,
+            args=call_args,
+            kwargs=call_kwargs,
+            identity=identity,
+            targets=targets,
+            ignore=frozenset(normalize_path(path) for path in raw_ignore),
+            ignore_directories=bool(ignore_directories),
+            hash_algorithm=hash_algorithm,
+            hash_target_files=bool(hash_target_files),
+            transient_run=bool(transient_run),
+            store_result=bool(store_result),
+            priority=priority,
+            dependencies=tuple(deps),
+            payload=payload,
+        )
+        self._tasks.append(task)
+        self._task_ids.add(id(task))
+        self._by_key[identity.key] = task
+        return task, True
+
+    # -- finishing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accept no more tasks. ``join()`` then also shuts the workers down."""
+        self._closed = True
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for every task added so far.
+
+        When the graph is closed (or a task failed), also stop the workers and
+        close the ledger.
+
+        Returns:
+            True when all tasks finished, False if ``timeout`` passed first.
+
+        Raises:
+            Exception: the first failure of the graph: a task's own exception
+                (with the worker's traceback as ``__cause__``) or a
+                :class:`TaskGraphError`.
+            KeyboardInterrupt: after stopping the workers.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for task in list(self._tasks):
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not task._done.wait(remaining):
+                    return False
+        except KeyboardInterrupt as interrupt:
+            self._terminate(interrupt)
+            raise
+        failure = self._scheduler.failure
+        if failure is not None:
+            self._shutdown()
+            raise failure
+        if self._closed:
+            self._shutdown()
+        return True
+
+    def _terminate(self, error: BaseException) -> None:
+        self._scheduler.abort(error)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self._scheduler.stop()
+        self._executor.shutdown(kill=self._scheduler.failure is not None)
+
+    def __enter__(self) -> TaskGraph:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self._terminate(exc)
+            return
+        self.close()
+        self.join()
+
+    def __repr__(self) -> str:
+        return f"<TaskGraph {self._workspace!r} n_workers={self._n_workers} tasks={len(self._tasks)}>"

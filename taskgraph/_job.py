@@ -1,0 +1,161 @@
+"""A job: one call of a task's function, and what comes back from it.
+
+Imports ``_fingerprint`` and ``_errors`` only, so worker processes stay light.
+The same :func:`run_job` runs inline, in a thread, in a worker process, and
+(later) on a Dask worker: the target check and the target fingerprints are
+taken right where the files were written.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from taskgraph._errors import MissingTargetError, TaskExecutionError
+from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
+
+
+@dataclass(slots=True)
+class Job:
+    """What an executor is asked to run.
+
+    Attributes:
+        task_id: the scheduler's id for the task (unique within a graph).
+        name: the task's name, for messages.
+        func, args, kwargs: the call.
+        payload: ``pickle.dumps((func, args, kwargs))`` when the job goes to
+            another process (made once, at ``add_task``).
+        inputs: normalised paths of the input files, fingerprinted with
+            ``input_mode`` just before the call.
+        targets: normalised paths the call must create.
+        target_mode: fingerprint mode for the targets.
+        want_result: whether the return value is sent back (``store_result``).
+    """
+
+    task_id: int
+    name: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    payload: bytes | None
+    inputs: tuple[str, ...]
+    input_mode: str
+    targets: tuple[str, ...]
+    target_mode: str
+    want_result: bool
+
+    def spec(self) -> tuple[Any, ...]:
+        """Everything but the call itself, as :func:`run_job` takes it."""
+        return (self.task_id, self.name, self.inputs, self.input_mode, self.targets,
+                self.target_mode, self.want_result)
+
+
+@dataclass(slots=True)
+class JobResult:
+    """What comes back from running a :class:`Job`."""
+
+    task_id: int
+    error: BaseException | None = None
+    remote_traceback: str | None = None
+    result: Any = None
+    inputs: dict[str, Fingerprint] = field(default_factory=dict)
+    targets: dict[str, Fingerprint] = field(default_factory=dict)
+    digests: dict[tuple[str, str], CachedDigest] = field(default_factory=dict)
+    started: float = 0.0
+    ended: float = 0.0
+    worker: str = ""
+
+
+def worker_name() -> str:
+    """Where a job ran: host process and thread."""
+    return f"pid {os.getpid()} {threading.current_thread().name}"
+
+
+def noop() -> None:
+    """The function of a task added with ``func=None``."""
+
+
+def run_job(
+    call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+    task_id: int,
+    name: str,
+    inputs: tuple[str, ...],
+    input_mode: str,
+    targets: tuple[str, ...],
+    target_mode: str,
+    want_result: bool,
+) -> JobResult:
+    """Fingerprint the inputs, call the function, then check and fingerprint
+    its targets.
+
+    Never raises for a failure of the task: the exception is returned in
+    ``JobResult.error``.
+    """
+    outcome = JobResult(task_id, started=time.time(), worker=worker_name())
+    func, args, kwargs = call
+    cache = MemoryDigestCache()
+    try:
+        for path in inputs:
+            fingerprint = take(path, input_mode, cache)
+            if fingerprint is not None:
+                outcome.inputs[path] = fingerprint
+        value = func(*args, **kwargs)
+        missing = []
+        for path in targets:
+            fingerprint = take(path, target_mode, cache)
+            if fingerprint is None:
+                missing.append(path)
+            else:
+                outcome.targets[path] = fingerprint
+        if missing:
+            raise MissingTargetError(
+                f"task {name!r} finished but did not create "
+                f"{len(missing)} of its targets: {', '.join(missing)}. "
+                "Missing expected target path results: make the function write every "
+                "path in target_path_list, or remove the paths it does not write."
+            )
+        outcome.digests = cache.entries
+        if want_result:
+            outcome.result = value
+    except BaseException as error:  # noqa: BLE001 - the task's failure is data here
+        if isinstance(error, (KeyboardInterrupt, SystemExit)) and threading.current_thread() is threading.main_thread():
+            raise
+        outcome.error = error
+        outcome.remote_traceback = "".join(
+            traceback.format_exception(type(error), error, error.__traceback__)
+        )
+        outcome.targets = {}
+    outcome.ended = time.time()
+    return outcome
+
+
+def encode_result(outcome: JobResult, name: str) -> bytes:
+    """Pickle a result to send it to the parent process.
+
+    A value or exception that cannot be pickled becomes a
+    :class:`TaskExecutionError` that says so.
+    """
+    try:
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as pickling_error:  # noqa: BLE001
+        if outcome.error is None:
+            message = (
+                f"task {name!r} returned a {type(outcome.result).__name__} that cannot be "
+                f"pickled ({pickling_error}); with store_result=True the return value must be "
+                "picklable, or set store_result=False."
+            )
+        else:
+            message = (
+                f"task {name!r} raised {type(outcome.error).__name__}: {outcome.error}, "
+                f"and that exception cannot be pickled ({pickling_error}) to send it back "
+                "from the worker. Its traceback:\n" + (outcome.remote_traceback or "")
+            )
+        outcome.result = None
+        outcome.error = TaskExecutionError(message)
+        outcome.targets = {}
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,0 +1,459 @@
+"""The ledger: one SQLite file in the workspace recording every finished task.
+
+Leaf module: the only module that speaks SQL. Imports the standard library,
+sqlitedict (for the encoding of stored results) and ``_fingerprint`` /
+``_errors``.
+
+Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA
+application_id`` = :data:`APPLICATION_ID`)::
+
+    meta    (key PK, value)                      created_by, created_at
+    runs    (run_id PK, started, ended, pid, host, n_workers, version)
+    tasks   (record_key PK, task_key, name, func, source_hash, args,
+             hash_algorithm, store_result, state 'done'|'failed', run_id,
+             started, ended, duration, worker, error)
+    files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
+             digest, taken_at_ns)                PK (record_key, role, path)
+    deps    (record_key, dep_key)                PK (record_key, dep_key)
+    digests (path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir,
+             digest, hashed_at_ns)               PK (path, algorithm)
+    results (key PK, value BLOB)                 a sqlitedict table: read it with
+                                                 SqliteDict(path, tablename='results')
+
+Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
+being killed at any moment (it may be lost only to a power cut, never
+corrupted). All writes of a batch of finished tasks (their row, files, deps and
+stored result) commit in one ``BEGIN IMMEDIATE`` transaction, so a task is
+never recorded as done without its result. Other processes on the same
+workspace wait on SQLite's busy timeout instead of failing.
+
+A file that is not a taskgraph ledger of this schema (corrupt, foreign, or an
+older schema) is renamed aside, never deleted, with a warning saying every task
+will run once. A ledger from a newer taskgraph is left alone and refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sqlite3
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlitedict
+
+from taskgraph._errors import LedgerError
+from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
+
+LOGGER = logging.getLogger("taskgraph")
+
+LEDGER_FILENAME = "taskgraph_ledger.sqlite"
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x54475248  # "TGRH"
+_BUSY_TIMEOUT_S = 60.0
+_LOCK_RETRIES = 10
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL, ended REAL, pid INTEGER, host TEXT,
+    n_workers INTEGER, version TEXT);
+CREATE TABLE IF NOT EXISTS tasks (
+    record_key TEXT PRIMARY KEY,
+    task_key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    func TEXT NOT NULL,
+    source_hash TEXT NOT NULL,
+    args TEXT NOT NULL,
+    hash_algorithm TEXT NOT NULL,
+    store_result INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
+    run_id INTEGER,
+    started REAL, ended REAL, duration REAL,
+    worker TEXT,
+    error TEXT);
+CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name);
+CREATE TABLE IF NOT EXISTS files (
+    record_key TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('input', 'target')),
+    path TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    digest TEXT,
+    taken_at_ns INTEGER NOT NULL,
+    PRIMARY KEY (record_key, role, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deps (
+    record_key TEXT NOT NULL,
+    dep_key TEXT NOT NULL,
+    PRIMARY KEY (record_key, dep_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS digests (
+    path TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, is_dir INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    hashed_at_ns INTEGER NOT NULL,
+    PRIMARY KEY (path, algorithm)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB);
+"""
+_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results"}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """What the ledger holds about one task."""
+
+    record_key: str
+    name: str
+    state: str
+    hash_algorithm: str
+    store_result: bool
+    inputs: dict[str, Fingerprint]
+    targets: dict[str, Fingerprint]
+    has_result: bool
+    ended: float | None
+    error: str | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A finished task as the scheduler hands it to the ledger."""
+
+    record_key: str
+    task_key: str
+    name: str
+    func: str
+    source_hash: str
+    args: str
+    hash_algorithm: str
+    store_result: bool
+    started: float
+    ended: float
+    worker: str
+    inputs: dict[str, Fingerprint] = field(default_factory=dict)
+    targets: dict[str, Fingerprint] = field(default_factory=dict)
+    deps: Sequence[str] = ()
+    result: Any = None
+    error: str | None = None
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (POSIX; a no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class Ledger:
+    """One long-lived connection to the workspace's ledger.
+
+    Not thread-safe: the scheduler owns it and calls it from one thread at a
+    time. Writes are buffered and committed together by :meth:`flush`.
+    """
+
+    def __init__(self, workspace: str) -> None:
+        self.path = os.path.join(workspace, LEDGER_FILENAME)
+        self._pending: list[tuple[str, Sequence[Any]]] = []
+        self._pending_digests: dict[tuple[str, str], CachedDigest] = {}
+        self.run_id: int | None = None
+        try:
+            with _file_lock(self.path + ".lock"):
+                self._conn = self._open()
+        except sqlite3.Error as error:
+            raise LedgerError(
+                f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
+                "workspace is writable and the disk is not full."
+            ) from error
+        except OSError as error:
+            raise LedgerError(
+                f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
+                "workspace exists and is writable."
+            ) from error
+
+    # -- opening --------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+            problem = self._check_existing()
+            if problem is not None:
+                self._move_aside(problem)
+        conn = self._connect()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            self._create(conn)
+        return conn
+
+    def _check_existing(self) -> str | None:
+        """Why the existing file cannot be used as it is, or None if it can."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.DatabaseError as error:
+            return f"it cannot be opened ({error})"
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            return f"it is not a readable SQLite database ({error})"
+        finally:
+            conn.close()
+        if check != "ok":
+            return f"SQLite reports it corrupt ({check})"
+        if app_id == 0 and not tables:
+            return None  # an empty database: initialise it in place
+        if app_id != APPLICATION_ID:
+            return "it was not written by this taskgraph (a natcap taskgraph or other database)"
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"the ledger {self.path} was written by a newer taskgraph (schema "
+                f"{version}, this taskgraph reads schema {SCHEMA_VERSION}). Upgrade "
+                "taskgraph, or move that file away to start a new ledger."
+            )
+        if version < SCHEMA_VERSION:
+            return f"it has an older schema ({version}, now {SCHEMA_VERSION})"
+        if not _EXPECTED_TABLES <= tables:
+            return f"tables are missing: {sorted(_EXPECTED_TABLES - tables)}"
+        return None
+
+    def _move_aside(self, problem: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = f"{self.path}.{stamp}.bad"
+        counter = 1
+        while os.path.exists(aside):
+            counter += 1
+            aside = f"{self.path}.{stamp}-{counter}.bad"
+        os.rename(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.path + suffix, aside + suffix)
+        LOGGER.warning(
+            "the taskgraph ledger %s could not be used because %s; it was moved to %s "
+            "and a new ledger started, so every task will run once.",
+            self.path, problem, aside,
+        )
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        from taskgraph._version import __version__
+
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('created_by', ?), ('created_at', ?)",
+                    (f"taskgraph {__version__}", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+                )
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- runs -------------------------------------------------------------------
+
+    def begin_run(self, n_workers: int) -> None:
+        """Record the start of a run (one TaskGraph object)."""
+        from taskgraph._version import __version__
+
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (started, pid, host, n_workers, version) VALUES (?,?,?,?,?)",
+                (time.time(), os.getpid(), socket.gethostname(), n_workers, __version__),
+            )
+            self.run_id = cursor.lastrowid
+
+    def end_run(self) -> None:
+        if self.run_id is not None:
+            self._pending.append(("UPDATE runs SET ended=? WHERE run_id=?", (time.time(), self.run_id)))
+
+    # -- reading ----------------------------------------------------------------
+
+    def lookup(self, record_key: str) -> TaskRecord | None:
+        """The ledger's record of a task, or None."""
+        row = self._conn.execute(
+            "SELECT name, state, hash_algorithm, store_result, ended, error,"
+            " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key)"
+            " FROM tasks WHERE record_key=?",
+            (record_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        inputs: dict[str, Fingerprint] = {}
+        targets: dict[str, Fingerprint] = {}
+        for role, path, mode, size, mtime_ns, digest, taken_at_ns in self._conn.execute(
+            "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
+            " WHERE record_key=?",
+            (record_key,),
+        ):
+            fingerprint = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            (inputs if role == "input" else targets)[path] = fingerprint
+        name, state, algorithm, store_result, ended, error, has_result = row
+        return TaskRecord(
+            record_key, name, state, algorithm, bool(store_result), inputs, targets,
+            bool(has_result), ended, error,
+        )
+
+    def load_result(self, record_key: str) -> Any:
+        """The stored result of a task (unpickled).
+
+        Raises:
+            KeyError: if no result is stored.
+        """
+        row = self._conn.execute("SELECT value FROM results WHERE key=?", (record_key,)).fetchone()
+        if row is None:
+            raise KeyError(record_key)
+        return sqlitedict.decode(row[0])
+
+    # -- digest cache (a DigestCache for _fingerprint) ------------------------------
+
+    def lookup_digest(self, path: str, algorithm: str) -> CachedDigest | None:
+        pending = self._pending_digests.get((path, algorithm))
+        if pending is not None:
+            return pending
+        row = self._conn.execute(
+            "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
+            " FROM digests WHERE path=? AND algorithm=?",
+            (path, algorithm),
+        ).fetchone()
+        if row is None:
+            return None
+        size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns = row
+        return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
+
+    def store_digest(self, path: str, algorithm: str, entry: CachedDigest) -> None:
+        self._pending_digests[(path, algorithm)] = entry
+
+    # -- writing ----------------------------------------------------------------
+
+    def record(self, outcome: Outcome) -> None:
+        """Buffer a finished task (done when ``outcome.error`` is None)."""
+        key = outcome.record_key
+        state = "done" if outcome.error is None else "failed"
+        self._pending.append((
+            "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                key, outcome.task_key, outcome.name, outcome.func, outcome.source_hash,
+                outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
+                self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
+                outcome.worker, outcome.error,
+            ),
+        ))
+        if outcome.error is not None:
+            return  # keep the last success's files for explaining what changed
+        self._pending.append(("DELETE FROM files WHERE record_key=?", (key,)))
+        self._pending.append(("DELETE FROM deps WHERE record_key=?", (key,)))
+        for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
+            for path, fp in files.items():
+                self._pending.append((
+                    "INSERT INTO files VALUES (?,?,?,?,?,?,?,?)",
+                    (key, role, path, fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns),
+                ))
+        for dep in dict.fromkeys(outcome.deps):
+            self._pending.append(("INSERT INTO deps VALUES (?,?)", (key, dep)))
+        if outcome.store_result:
+            self._pending.append((
+                "INSERT OR REPLACE INTO results (key, value) VALUES (?,?)",
+                (key, sqlitedict.encode(outcome.result)),
+            ))
+        else:
+            self._pending.append(("DELETE FROM results WHERE key=?", (key,)))
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending or self._pending_digests)
+
+    def flush(self) -> None:
+        """Commit every buffered write in one transaction.
+
+        Raises:
+            LedgerError: if the transaction cannot be committed (disk full,
+                read-only file). The ledger keeps everything committed before.
+        """
+        if not self.dirty:
+            return
+        pending, self._pending = self._pending, []
+        digests, self._pending_digests = self._pending_digests, {}
+        with self._transaction() as conn:
+            for sql, params in pending:
+                conn.execute(sql, params)
+            if digests:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (path, algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
+                         e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
+                        for (path, algorithm), e in digests.items()
+                    ],
+                )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise LedgerError(f"cannot write the ledger {self.path}: {error}") from error
+                LOGGER.warning(
+                    "the ledger %s is busy (another process is writing it); waiting "
+                    "(attempt %d of %d)", self.path, attempt + 1, _LOCK_RETRIES,
+                )
+        else:
+            raise LedgerError(
+                f"the ledger {self.path} stayed locked by another process for "
+                f"{_LOCK_RETRIES * _BUSY_TIMEOUT_S:.0f} s; is a process stuck holding it?"
+            )
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):
+                raise LedgerError(
+                    f"cannot write the ledger {self.path}: {error}. Nothing recorded before "
+                    "this error is lost; free disk space or fix permissions and run again."
+                ) from error
+            raise
+
+    def close(self) -> None:
+        """Commit what is buffered and close the connection."""
+        try:
+            self.flush()
+        finally:
+            self._conn.close()
+
+
+def format_exception(error: BaseException) -> str:
+    """The text of an error as stored in the ledger."""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -1,0 +1,358 @@
+"""The scheduler: sole owner of graph and task state.
+
+Everything that changes a task's state happens in one thread (a daemon thread
+for ``n_workers >= 0``; the caller's own thread, inside ``add_task``, for
+``n_workers < 0``). Other threads only put messages in its inbox::
+
+    add_task ──('add', task)──────────┐
+    executor ──('done', JobResult)────┤──> inbox ──> scheduler thread
+    join/Ctrl-C ──('abort', error)────┘              │
+                                                     ├─> decide() (ledger read, stat)
+                                                     ├─> executor.submit(job)
+                                                     └─> ledger.record()/flush()
+
+Messages are handled in batches: everything in the inbox is taken at once,
+the finished tasks of the batch are committed to the ledger in one
+transaction, and only then are their ``join()`` waiters released and their
+dependents made ready. Ready tasks wait in a heap ordered by priority (higher
+first, first-added first among equals) and go to the executor only while it
+has a free slot, so priority is honoured at every dispatch. No timer polls
+anything; a timed wait is used only for ``reporting_interval`` progress logs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from taskgraph._decide import decide
+from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
+from taskgraph._executor import Executor
+from taskgraph._identity import describe_arguments
+from taskgraph._job import Job, JobResult
+from taskgraph._ledger import Ledger, Outcome, format_exception
+from taskgraph._task import Task
+
+LOGGER = logging.getLogger("taskgraph")
+
+_FINISHED = ("ran", "skipped", "failed", "cancelled")
+
+
+class Scheduler:
+    """Decides, dispatches and records tasks; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        executor: Executor,
+        *,
+        threaded: bool,
+        reporting_interval: float | None,
+    ) -> None:
+        self._ledger = ledger
+        self._executor = executor
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._ready: list[tuple[float, int, Task]] = []
+        self._blockers: dict[Task, int] = {}
+        self._dependents: dict[Task, list[Task]] = {}
+        self._running: dict[int, Task] = {}
+        self._started_at: dict[int, float] = {}
+        self._known = 0
+        self._finished_count = 0
+        self._failure: BaseException | None = None
+        self._killing = False
+        self._stopped = False
+        self._reporting_interval = reporting_interval or None
+        self._next_report = time.monotonic() + (self._reporting_interval or 0)
+        self._run_started = time.monotonic()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="taskgraph-scheduler", daemon=True)
+            self._thread.start()
+
+    # -- called from other threads (messages only) -----------------------------------
+
+    def add(self, task: Task) -> None:
+        self._inbox.put(("add", task))
+        if self._thread is None:
+            self._drive()
+
+    def abort(self, error: BaseException) -> None:
+        """Stop the graph: kill running jobs, cancel the rest."""
+        # Killing the executor is thread-safe and must not wait for the
+        # scheduler thread, which may be busy; the rest happens in order.
+        self._killing = True
+        self._executor.shutdown(kill=True)
+        self._inbox.put(("abort", error))
+        if self._thread is None:
+            self._drive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the scheduler thread after the graph is idle, then close the ledger."""
+        self._inbox.put(("stop", None))
+        if self._thread is None:
+            self._drive()
+        elif self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The first failure that stopped the graph, if any."""
+        return self._failure
+
+    # -- the scheduler's own thread ---------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            timeout = None
+            if self._reporting_interval:
+                timeout = max(0.0, self._next_report - time.monotonic())
+            try:
+                message = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                self._report()
+                continue
+            try:
+                self._batch(message)
+            except BaseException as error:  # noqa: BLE001 - never let the thread die silently
+                LOGGER.exception("the taskgraph scheduler failed; stopping the graph")
+                self._fail_graph(error)
+                self._cancel_pending()
+            self._report()
+
+    def _drive(self) -> None:
+        while not self._stopped:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._batch(message)
+            self._report()
+
+    def _batch(self, first: tuple[str, Any]) -> None:
+        messages = [first]
+        while True:
+            try:
+                messages.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        finished: list[Task] = []
+        stop = False
+        for kind, payload in messages:
+            if kind == "add":
+                self._on_add(payload, finished)
+            elif kind == "done":
+                self._on_done(payload, finished)
+            elif kind == "abort":
+                self._fail_graph(payload)
+                self._cancel_pending()
+            elif kind == "stop":
+                stop = True
+        self._commit(finished)
+        self._finish(finished)
+        self._dispatch()
+        if stop:
+            self._stopped = True
+            self._ledger.end_run()
+            try:
+                self._ledger.close()
+            except LedgerError:
+                LOGGER.exception("could not close the ledger cleanly")
+
+    def _on_add(self, task: Task, finished: list[Task]) -> None:
+        self._known += 1
+        if self._failure is not None:
+            self._cancel(task)
+            finished.append(task)
+            return
+        waiting = 0
+        for dep in task._dependencies:
+            if dep._state in ("failed", "cancelled"):
+                self._cancel(task)
+                finished.append(task)
+                return
+            if dep._state not in ("ran", "skipped"):
+                waiting += 1
+                self._dependents.setdefault(dep, []).append(task)
+        if waiting:
+            self._blockers[task] = waiting
+        else:
+            self._push_ready(task)
+
+    def _push_ready(self, task: Task) -> None:
+        heapq.heappush(self._ready, (-task._priority, task.task_id, task))
+
+    def _on_done(self, result: JobResult, finished: list[Task]) -> None:
+        task = self._running.pop(result.task_id)
+        self._started_at.pop(result.task_id, None)
+        if result.error is not None:
+            if self._killing and isinstance(result.error, WorkerDiedError):
+                self._cancel(task)
+            else:
+                task._state = "failed"
+                task._error = result.error
+                LOGGER.error("task %r failed: %r", task.task_name, result.error)
+                self._ledger.record(self._outcome(task, result, format_exception(result.error)))
+                self._fail_graph(result.error)
+            finished.append(task)
+            return
+        for (path, algorithm), entry in result.digests.items():
+            self._ledger.store_digest(path, algorithm, entry)
+        self._ledger.record(self._outcome(task, result, None))
+        if task._store_result:
+            task._result = result.result
+        task._state = "ran"
+        finished.append(task)
+
+    def _outcome(self, task: Task, result: JobResult, error: str | None) -> Outcome:
+        identity = task._identity
+        return Outcome(
+            record_key=identity.record_key,
+            task_key=identity.key,
+            name=task.task_name,
+            func=identity.function.name,
+            source_hash=identity.function.source_hash,
+            args=describe_arguments(task._args, task._kwargs),
+            hash_algorithm=task._hash_algorithm,
+            store_result=task._store_result,
+            started=result.started or time.time(),
+            ended=result.ended or time.time(),
+            worker=result.worker,
+            inputs=result.inputs,
+            targets=result.targets,
+            deps=[dep._identity.record_key for dep in task._dependencies],
+            result=result.result,
+            error=error,
+        )
+
+    def _commit(self, finished: list[Task]) -> None:
+        try:
+            self._ledger.flush()
+        except LedgerError as error:
+            LOGGER.error("%s", error)
+            for task in finished:
+                if task._state == "ran":
+                    task._state = "failed"
+                    task._error = error
+            self._fail_graph(error)
+            self._cancel_pending()
+
+    def _finish(self, finished: list[Task]) -> None:
+        for task in finished:
+            self._finished_count += 1
+            task._done.set()
+            for dependent in self._dependents.pop(task, ()):
+                if task._state in ("failed", "cancelled"):
+                    if dependent._state == "pending":
+                        self._blockers.pop(dependent, None)
+                        self._cancel(dependent)
+                        self._finish([dependent])
+                    continue
+                left = self._blockers[dependent] - 1
+                if left:
+                    self._blockers[dependent] = left
+                else:
+                    del self._blockers[dependent]
+                    self._push_ready(dependent)
+
+    def _dispatch(self) -> None:
+        while self._ready and self._failure is None and len(self._running) < self._executor.capacity:
+            _, _, task = heapq.heappop(self._ready)
+            try:
+                decision = decide(task, self._ledger, self._ledger)
+            except Exception as error:  # noqa: BLE001 - a broken check fails its task
+                task._state = "failed"
+                task._error = error
+                self._fail_graph(error)
+                self._finish([task])
+                break
+            task._reasons = decision.reasons
+            if not decision.run:
+                if task._store_result:
+                    task._result = self._ledger.load_result(task._identity.record_key)
+                task._state = "skipped"
+                LOGGER.debug("task %r is up to date: skipped", task.task_name)
+                self._finish([task])
+                continue
+            if LOGGER.isEnabledFor(logging.DEBUG):
+                LOGGER.debug("task %r runs: %s", task.task_name, "; ".join(map(str, decision.reasons)))
+            job = Job(
+                task_id=task.task_id,
+                name=task.task_name,
+                func=task._func,
+                args=task._args,
+                kwargs=task._kwargs,
+                payload=task._payload,
+                inputs=decision.inputs,
+                input_mode=task._hash_algorithm,
+                targets=task._target_path_list,
+                target_mode=task._target_mode,
+                want_result=task._store_result,
+            )
+            task._payload = None  # sent once; free the memory
+            task._state = "running"
+            self._running[task.task_id] = task
+            self._started_at[task.task_id] = time.monotonic()
+            self._executor.submit(job, self._job_done)
+
+    def _job_done(self, result: JobResult) -> None:
+        self._inbox.put(("done", result))
+
+    # -- failure ---------------------------------------------------------------------
+
+    def _fail_graph(self, error: BaseException) -> None:
+        if self._failure is not None:
+            return
+        self._failure = error
+        self._killing = True
+        # Stop running jobs now: no worker outlives a failure.
+        self._executor.shutdown(kill=True)
+        self._cancel_pending()
+
+    def _cancel(self, task: Task) -> None:
+        task._state = "cancelled"
+        cause = self._failure
+        error = TaskCancelledError(
+            f"task {task.task_name!r} did not run because the graph stopped: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        error.__cause__ = cause
+        task._error = error
+
+    def _cancel_pending(self) -> None:
+        cancelled = [task for _, _, task in self._ready]
+        cancelled.extend(self._blockers)
+        self._ready.clear()
+        self._blockers.clear()
+        for task in cancelled:
+            self._cancel(task)
+        self._finish(cancelled)
+
+    # -- progress --------------------------------------------------------------------
+
+    def _report(self) -> None:
+        if not self._reporting_interval or time.monotonic() < self._next_report:
+            return
+        self._next_report = time.monotonic() + self._reporting_interval
+        now = time.monotonic()
+        percent = 100.0 * self._finished_count / self._known if self._known else 100.0
+        running = "\n".join(
+            f"\t{task.task_name}: executing for {now - self._started_at[task_id]:.2f}s"
+            for task_id, task in self._running.items()
+        )
+        LOGGER.info(
+            "taskgraph execution status: tasks added: %d\n"
+            "\ttasks complete: %d (%.1f%%)\n"
+            "\ttasks waiting for a free worker: %d\n"
+            "\ttasks waiting for dependencies: %d\n"
+            "\ttasks executing (%d)%s%s",
+            self._known, self._finished_count, percent, len(self._ready), len(self._blockers),
+            len(self._running), ":\n" if running else "", running,
+        )
+
+
+__all__ = ["Scheduler"]

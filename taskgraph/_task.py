@@ -1,0 +1,144 @@
+"""The public ``Task`` handle returned by ``TaskGraph.add_task``.
+
+A Task holds what ``add_task`` was given and what the scheduler decided. Only
+the scheduler writes its state; user code reads it through ``join``, ``get``
+and the read-only properties.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from taskgraph._errors import TaskTimeoutError
+from taskgraph._identity import Identity
+
+#: Every value of :attr:`Task.state`.
+STATES = ("pending", "running", "ran", "skipped", "failed", "cancelled")
+
+
+class Task:
+    """One call of a function in a :class:`~taskgraph.TaskGraph`.
+
+    Created by :meth:`TaskGraph.add_task`; not meant to be built directly.
+    Two tasks are equal when they call the same function with the same
+    arguments (target paths aside), as in natcap taskgraph.
+    """
+
+    def __init__(
+        self,
+        task_id: int,
+        task_name: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        identity: Identity,
+        targets: tuple[str, ...],
+        ignore: frozenset[str],
+        ignore_directories: bool,
+        hash_algorithm: str,
+        hash_target_files: bool,
+        transient_run: bool,
+        store_result: bool,
+        priority: float,
+        dependencies: tuple[Task, ...],
+        payload: bytes | None,
+    ) -> None:
+        self.task_id = task_id
+        self.task_name = task_name
+        self._func = func
+        self._args = args
+        self._kwargs = kwargs
+        self._identity = identity
+        self._target_path_list = targets
+        self._ignore = ignore
+        self._ignore_directories = ignore_directories
+        self._hash_algorithm = hash_algorithm
+        self._target_mode = hash_algorithm if hash_target_files else "exists"
+        self._transient_run = transient_run
+        self._store_result = store_result
+        self._priority = priority
+        self._dependencies = dependencies
+        self._payload = payload
+        # Written by the scheduler only.
+        self._state = "pending"
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._reasons: tuple[Any, ...] = ()
+        self._done = threading.Event()
+
+    # -- read-only views ---------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``'pending'``, ``'running'``, ``'ran'``, ``'skipped'`` (up to date),
+        ``'failed'`` or ``'cancelled'`` (another task failed first)."""
+        return self._state
+
+    @property
+    def reasons(self) -> tuple[Any, ...]:
+        """Why the task ran (empty when it was skipped or has not been decided)."""
+        return self._reasons
+
+    @property
+    def target_path_list(self) -> list[str]:
+        """The normalised target paths, sorted."""
+        return list(self._target_path_list)
+
+    @property
+    def key(self) -> str:
+        """The task's record key in the ledger."""
+        return self._identity.record_key
+
+    # -- natcap API --------------------------------------------------------------
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the task has finished.
+
+        Returns:
+            True when it finished, False if ``timeout`` seconds passed first.
+
+        Raises:
+            Exception: the task's own exception if it failed (with the worker's
+                traceback as ``__cause__``), or :class:`TaskCancelledError` if
+                it never ran because another task failed.
+        """
+        finished = self._done.wait(timeout)
+        if finished and self._error is not None:
+            raise self._error
+        return finished
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the function's result, waiting for it if needed.
+
+        A task skipped because it was up to date returns the result recorded
+        when it last ran.
+
+        Raises:
+            ValueError: if the task was added without ``store_result=True``.
+            TaskTimeoutError: (a RuntimeError) if ``timeout`` passes first.
+            Exception: the task's own exception if it failed.
+        """
+        if not self._store_result:
+            raise ValueError(
+                f"task {self.task_name!r}: must set `store_result` to True in `add_task` "
+                "to invoke get()"
+            )
+        if not self.join(timeout):
+            raise TaskTimeoutError(
+                f"call to get timed out: task {self.task_name!r} did not finish within "
+                f"{timeout} s"
+            )
+        return self._result
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and self._identity.key == other._identity.key
+
+    def __hash__(self) -> int:
+        return hash(self._identity.key)
+
+    def __lt__(self, other: Task) -> bool:
+        return self._priority > other._priority
+
+    def __repr__(self) -> str:
+        return f"<Task {self.task_name!r} {self._state} key={self._identity.record_key[:12]}>"
