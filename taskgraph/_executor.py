@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from taskgraph._job import Job, JobResult, run_job
 

@@ -8,10 +8,10 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePath
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from taskgraph._errors import (
     DuplicateTaskError,
@@ -38,7 +38,7 @@ def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) ->
     for label, value in parts:
         try:
             pickle.dumps(value)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             return f"{label} ({type(value).__name__}: {error})"
     return "the call"
 
@@ -272,7 +272,7 @@ class TaskGraph:
         if self._n_workers > 0:
             try:
                 payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 raise invalid(
                     f"{_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
                     f"n_workers={self._n_workers} sends every task to a worker process. Define "

@@ -19,10 +19,10 @@ import os
 import pickle
 import reprlib
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Callable
+from typing import Any
 
 import xxhash
 
@@ -197,7 +197,7 @@ class _Encoder:
     def _other(self, value: Any) -> None:
         try:
             payload = pickle.dumps(value, protocol=5)
-        except Exception:  # noqa: BLE001 - any pickling failure means "no stable encoding"
+        except Exception:
             name = f"{type(value).__module__}.{type(value).__qualname__}"
             LOGGER.warning(
                 "an argument of type %s cannot be pickled, so only its type counts when "

@@ -13,8 +13,9 @@ import pickle
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
 from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
@@ -122,7 +123,7 @@ def run_job(
         outcome.digests = cache.entries
         if want_result:
             outcome.result = value
-    except BaseException as error:  # noqa: BLE001 - the task's failure is data here
+    except BaseException as error:
         if isinstance(error, (KeyboardInterrupt, SystemExit)) and threading.current_thread() is threading.main_thread():
             raise
         outcome.error = error
@@ -142,7 +143,7 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
     """
     try:
         return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as pickling_error:  # noqa: BLE001
+    except Exception as pickling_error:
         if outcome.error is None:
             message = (
                 f"task {name!r} returned a {type(outcome.result).__name__} that cannot be "

@@ -59,7 +59,9 @@ class _RemoteTraceback(Exception):
 
 def low_priority() -> int:
     """The niceness (POSIX) or priority class (Windows) workers run at."""
-    return psutil.BELOW_NORMAL_PRIORITY_CLASS if psutil.WINDOWS else 10  # type: ignore[attr-defined,no-any-return]
+    if psutil.WINDOWS:
+        return int(psutil.BELOW_NORMAL_PRIORITY_CLASS)  # type: ignore[attr-defined,unused-ignore]
+    return 10
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -103,7 +105,7 @@ class _PipeLogHandler(logging.Handler):
             data = pickle.dumps(record)
             with self._lock:
                 self._conn.send_bytes(_LOG + data)
-        except Exception:  # noqa: BLE001 - logging must never break a task
+        except Exception:
             self.handleError(record)
 
 
@@ -141,7 +143,7 @@ def _worker_main(conn: Connection, levels: dict[str, int], nice: bool) -> None:
         task_id, name = spec[0], spec[1]
         try:
             call = pickle.loads(payload)
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             outcome = JobResult(task_id, error=TaskExecutionError(
                 f"task {name!r} could not be unpickled in the worker process ({error!r}); "
                 "define its function and argument types at module level in an importable "
@@ -192,7 +194,7 @@ class ProcessPool(Executor):
 
     def __init__(self, n_workers: int, start_method: str = "spawn", nice: bool = True) -> None:
         self.capacity = n_workers
-        self._context = multiprocessing.get_context(start_method)
+        self._context: Any = multiprocessing.get_context(start_method)
         self._nice = nice
         self._levels = _log_levels()
         self._lock = threading.Lock()
@@ -263,13 +265,14 @@ class ProcessPool(Executor):
                     by_handle[worker.conn] = ("conn", worker)
                     by_handle[worker.process.sentinel] = ("died", worker)
             for handle in multiprocessing.connection.wait(list(by_handle)):
-                kind, worker = by_handle[handle]
+                kind, maybe_worker = by_handle[handle]
                 if kind == "wake":
                     with contextlib.suppress(EOFError, OSError):
                         while self._wake_r.poll():
                             self._wake_r.recv_bytes()
                     continue
-                assert worker is not None
+                assert maybe_worker is not None
+                worker = maybe_worker
                 if worker not in self._workers:
                     continue  # already handled via its other handle this round
                 if kind == "conn":
@@ -293,7 +296,7 @@ class ProcessPool(Executor):
         job, done = worker.job, worker.done
         try:
             result: JobResult = pickle.loads(body)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             name = job.name if job else "?"
             result = JobResult(job.task_id if job else -1, error=TaskExecutionError(
                 f"the result of task {name!r} could not be unpickled in the calling process "
@@ -343,7 +346,7 @@ class ProcessPool(Executor):
         if replace:
             try:
                 fresh = self._spawn()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 LOGGER.exception("could not start a replacement worker process")
             else:
                 with self._lock:

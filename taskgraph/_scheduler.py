@@ -118,7 +118,7 @@ class Scheduler:
                 continue
             try:
                 self._batch(message)
-            except BaseException as error:  # noqa: BLE001 - never let the thread die silently
+            except BaseException as error:
                 LOGGER.exception("the taskgraph scheduler failed; stopping the graph")
                 self._fail_graph(error)
                 self._cancel_pending()
@@ -264,7 +264,7 @@ class Scheduler:
             _, _, task = heapq.heappop(self._ready)
             try:
                 decision = decide(task, self._ledger, self._ledger)
-            except Exception as error:  # noqa: BLE001 - a broken check fails its task
+            except Exception as error:
                 task._state = "failed"
                 task._error = error
                 self._fail_graph(error)

@@ -8,7 +8,8 @@ and the read-only properties.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from taskgraph._errors import TaskTimeoutError
 from taskgraph._identity import Identity
