@@ -196,16 +196,14 @@ class ProcessPool(Executor):
         self.capacity = n_workers
         self._context: Any = multiprocessing.get_context(start_method)
         self._nice = nice
-        self._levels = _log_levels()
+        self._levels: dict[str, int] = {}
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._closing = False
-        self._start_failures = 0
         self._next_index = 0
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
-        for _ in range(n_workers):
-            self._idle.append(self._spawn())
+        # Workers start on first use: a rerun that skips every task starts none.
         self._manager = threading.Thread(
             target=self._manage, name="taskgraph-pool-manager", daemon=True
         )
@@ -221,10 +219,14 @@ class ProcessPool(Executor):
             if worker.process.is_alive():
                 _kill_tree(worker.process.pid)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, job: Job, done: DoneCallback) -> _Worker:
+        """Start a worker that is given ``job`` at once."""
         parent_conn, child_conn = self._context.Pipe(duplex=True)
-        index = self._next_index
-        self._next_index += 1
+        with self._lock:
+            index = self._next_index
+            self._next_index += 1
+            if index == 0:
+                self._levels = _log_levels()
         process = self._context.Process(
             target=_worker_main,
             args=(child_conn, self._levels, self._nice),
@@ -234,16 +236,22 @@ class ProcessPool(Executor):
         process.start()
         child_conn.close()
         worker = _Worker(process, parent_conn, index)
-        self._workers.append(worker)
+        worker.job, worker.done = job, done
+        with self._lock:
+            self._workers.append(worker)
+        self._wake()  # the manager thread must start watching the new worker
         return worker
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         assert job.payload is not None
         message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            worker = self._idle.pop()
-            worker.job = job
-            worker.done = done
+            worker = self._idle.pop() if self._idle else None
+            if worker is not None:
+                worker.job = job
+                worker.done = done
+        if worker is None:
+            worker = self._spawn(job, done)
         try:
             worker.conn.send_bytes(message)
         except OSError:
@@ -327,8 +335,6 @@ class ProcessPool(Executor):
             worker.job = worker.done = None
             exitcode = worker.process.exitcode
             at_start = worker.finished_jobs == 0 and exitcode == 1
-            self._start_failures = self._start_failures + 1 if at_start else 0
-            replace = not self._closing and self._start_failures < 3
         worker.conn.close()
         if at_start and job is not None:
             hint = (
@@ -343,14 +349,6 @@ class ProcessPool(Executor):
                 "split the task; partial targets are not recorded and the task runs again next "
                 "time."
             )
-        if replace:
-            try:
-                fresh = self._spawn()
-            except Exception:
-                LOGGER.exception("could not start a replacement worker process")
-            else:
-                with self._lock:
-                    self._idle.append(fresh)
         if job is not None and done is not None:
             error = WorkerDiedError(
                 f"the worker process (pid {worker.process.pid}) running task {job.name!r} died "
