@@ -26,6 +26,9 @@ class Executor(abc.ABC):
 
     #: How many jobs may be running at once.
     capacity: int
+    #: True when ``submit`` runs the job before returning (no job can still
+    #: be running once ``submit`` has returned or raised).
+    synchronous: bool = False
 
     @abc.abstractmethod
     def submit(self, job: Job, done: DoneCallback) -> None:
@@ -49,6 +52,7 @@ class InlineExecutor(Executor):
     """Runs each job in the calling thread, inside ``submit``."""
 
     capacity = 1
+    synchronous = True
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         done(run_job((job.func, job.args, job.kwargs), *job.spec()))

@@ -149,7 +149,12 @@ class Scheduler:
                 self._on_done(payload, finished)
             elif kind == "abort":
                 self._fail_graph(payload)
-                self._cancel_pending()
+                if self._executor.synchronous:
+                    # Interrupted inside submit(): no result will ever come.
+                    for task in self._running.values():
+                        self._cancel(task)
+                        finished.append(task)
+                    self._running.clear()
             elif kind == "stop":
                 stop = True
         self._commit(finished)
