@@ -18,7 +18,7 @@ application_id`` = :data:`APPLICATION_ID`)::
     digests (path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir,
              digest, hashed_at_ns)               PK (path, algorithm)
     results (key PK, value BLOB)                 a sqlitedict table: read it with
-                                                 SqliteDict(path, tablename='results')
+                                                 SqliteDict(path, tablename='results', journal_mode='WAL')
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never

@@ -1,0 +1,62 @@
+"""Module-level task functions for the engine tests (importable by worker processes)."""
+
+import ctypes
+import logging
+import os
+import signal
+import time
+
+import psutil
+
+
+def _count(path):
+    with open(os.path.join(os.path.dirname(path), "executions.log"), "a") as log:
+        log.write(os.path.basename(path) + "\n")
+
+
+def write(path, text):
+    with open(path, "w") as stream:
+        stream.write(str(text))
+    _count(path)
+
+
+def concat(out_path, *in_paths):
+    with open(out_path, "w") as out:
+        for path in in_paths:
+            with open(path) as stream:
+                out.write(stream.read())
+    _count(out_path)
+    return len(in_paths)
+
+
+def fail():
+    return 1 / 0
+
+
+def sigkill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def hard_exit():
+    os._exit(3)
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+
+
+def niceness():
+    return psutil.Process().nice()
+
+
+def log_message(name, message):
+    logging.getLogger(name).warning(message)
+
+
+def append_order(path, label):
+    with open(path, "a") as stream:
+        stream.write(label + "\n")
