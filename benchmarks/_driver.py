@@ -10,8 +10,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _workloads  # noqa: E402
-import taskgraph  # noqa: E402
+import _workloads
+
+import taskgraph
 
 
 def overhead(n, n_workers, ws):
