@@ -200,7 +200,7 @@ class Scheduler:
             else:
                 task._state = "failed"
                 task._error = result.error
-                LOGGER.error("task %r failed: %r", task.task_name, result.error)
+                LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
                 self._ledger.record(self._outcome(task, result, format_exception(result.error)))
                 self._fail_graph(result.error)
             finished.append(task)

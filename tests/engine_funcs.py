@@ -60,3 +60,38 @@ def log_message(name, message):
 def append_order(path, label):
     with open(path, "a") as stream:
         stream.write(label + "\n")
+
+
+def square(x):
+    return x * x
+
+
+def use_own_pool(n):
+    """A task that starts processes of its own (workers must not be daemonic)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        return sum(pool.map(square, range(n)))
+
+
+def unpicklable_result():
+    import threading
+
+    return threading.Lock()
+
+
+def raise_unpicklable():
+    import threading
+
+    class Local(Exception):
+        pass
+
+    error = Local("cannot travel")
+    error.lock = threading.Lock()
+    raise error
+
+
+def copy_bytes(out_path, in_path):
+    with open(in_path, "rb") as source, open(out_path, "wb") as out:
+        out.write(source.read())
+    _count(out_path)

@@ -1,0 +1,137 @@
+"""Lifecycle promises: Ctrl-C, nested processes, progress logs, the digest cache."""
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import engine_funcs as f
+import psutil
+import pytest
+
+import taskgraph
+
+INTERRUPT_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    sys.path.insert(0, {tests!r})
+    import psutil, engine_funcs, taskgraph
+    if __name__ == "__main__":
+        ws = sys.argv[1]
+        graph = taskgraph.TaskGraph(ws, 2)
+        for i in range(5):
+            target = os.path.join(ws, f"quick{{i}}.txt")
+            graph.add_task(engine_funcs.write, args=(target, i), target_path_list=[target], task_name=f"quick{{i}}")
+        graph.add_task(engine_funcs.sleep, args=(60,), task_name="long")
+        graph.add_task(engine_funcs.sleep, args=(60,), task_name="long2")
+        while len(psutil.Process().children()) < 3:  # 2 workers + resource tracker
+            time.sleep(0.01)
+        with open(os.path.join(ws, "pids.json"), "w") as stream:
+            json.dump([p.pid for p in psutil.Process().children(recursive=True)], stream)
+        graph.close()
+        graph.join()
+""")
+
+
+def test_ctrl_c_stops_workers_keeps_ledger_and_raises(tmp_path):
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPT_SCRIPT.format(tests=os.path.dirname(__file__)))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(ws)], stderr=subprocess.PIPE, text=True)
+    pids_file = ws / "pids.json"
+    deadline = time.monotonic() + 60
+    while not (pids_file.exists() and len(list(ws.glob("quick*.txt"))) == 5) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # let the finished quick tasks be committed and the long ones start
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    survivors = []
+    for pid in json.loads(pids_file.read_text()):
+        try:
+            survivors.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    # Every child (the workers, and multiprocessing's resource tracker, which
+    # follows its parent) is gone within a few seconds.
+    _, alive = psutil.wait_procs(survivors, timeout=10)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    con = sqlite3.connect(str(ws / taskgraph.LEDGER_FILENAME))
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    done = {row[0] for row in con.execute("SELECT name FROM tasks WHERE state='done'")}
+    con.close()
+    assert {f"quick{i}" for i in range(5)} <= done
+
+
+def test_tasks_may_start_their_own_processes(tmp_path):
+    with taskgraph.TaskGraph(str(tmp_path), 1) as graph:
+        task = graph.add_task(f.use_own_pool, args=(5,), store_result=True)
+    assert task.get() == sum(i * i for i in range(5))
+
+
+def test_reporting_interval_logs_progress(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="taskgraph"):
+        with taskgraph.TaskGraph(str(tmp_path), 0, reporting_interval=0.05) as graph:
+            graph.add_task(f.sleep, args=(0.3,), task_name="sleeper")
+    assert "taskgraph execution status" in caplog.text
+    assert "sleeper: executing for" in caplog.text
+
+
+def test_unchanged_content_hashed_input_is_not_read_again(tmp_path):
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    old = time.time_ns() - 10_000_000_000  # clearly older than any racy window
+    os.utime(source, ns=(old, old))
+    out = str(tmp_path / "out.txt")
+
+    def run():
+        with taskgraph.TaskGraph(str(tmp_path), -1) as graph:
+            return graph.add_task(f.copy_bytes, args=(out, str(source)), target_path_list=[out],
+                                  hash_algorithm="xxh3_128")
+
+    def hashed_at():
+        con = sqlite3.connect(str(tmp_path / taskgraph.LEDGER_FILENAME))
+        row = con.execute("SELECT hashed_at_ns FROM digests WHERE path=?", (str(source),)).fetchone()
+        con.close()
+        return row[0]
+
+    assert run().state == "ran"
+    first = hashed_at()
+    assert run().state == "skipped"
+    assert run().state == "skipped"
+    assert hashed_at() == first  # never hashed again: the cache answered
+    with open(source, "r+b") as stream:  # same size, new bytes
+        stream.write(b"\0" * 16)
+    task = run()
+    assert task.state == "ran" and [r.code for r in task.reasons] == ["input_changed"]
+
+
+@pytest.mark.parametrize("func,phrase", [
+    (f.unpicklable_result, "cannot be pickled"),
+    (f.raise_unpicklable, "cannot travel"),
+])
+def test_what_cannot_come_back_from_a_worker_is_a_clear_error(tmp_path, func, phrase):
+    graph = taskgraph.TaskGraph(str(tmp_path), 1)
+    task = graph.add_task(func, store_result=True, task_name="sender")
+    graph.close()
+    with pytest.raises(taskgraph.TaskExecutionError, match=phrase) as info:
+        graph.join(timeout=60)
+    assert "sender" in str(info.value)
+    assert task.state == "failed"
+
+
+def test_join_timeout_returns_false_then_completes(tmp_path):
+    graph = taskgraph.TaskGraph(str(tmp_path), 0)
+    task = graph.add_task(f.sleep, args=(0.5,))
+    assert task.join(timeout=0.01) is False
+    with pytest.raises(taskgraph.TaskTimeoutError):
+        graph.add_task(f.square, args=(3,), store_result=True, dependent_task_list=[task]).get(timeout=0.01)
+    graph.close()
+    assert graph.join(timeout=30) is True
