@@ -36,6 +36,8 @@ class Job:
         targets: normalised paths the call must create.
         target_mode: fingerprint mode for the targets.
         want_result: whether the return value is sent back (``store_result``).
+        known_digests: digests the scheduler already holds for the inputs, so
+            the worker does not read an input the up-to-date check just hashed.
     """
 
     task_id: int
@@ -49,11 +51,12 @@ class Job:
     targets: tuple[str, ...]
     target_mode: str
     want_result: bool
+    known_digests: dict[tuple[str, str], CachedDigest] = field(default_factory=dict)
 
     def spec(self) -> tuple[Any, ...]:
         """Everything but the call itself, as :func:`run_job` takes it."""
         return (self.task_id, self.name, self.inputs, self.input_mode, self.targets,
-                self.target_mode, self.want_result)
+                self.target_mode, self.want_result, self.known_digests)
 
 
 @dataclass(slots=True)
@@ -90,6 +93,7 @@ def run_job(
     targets: tuple[str, ...],
     target_mode: str,
     want_result: bool,
+    known_digests: dict[tuple[str, str], CachedDigest] | None = None,
 ) -> JobResult:
     """Fingerprint the inputs, call the function, then check and fingerprint
     its targets.
@@ -100,6 +104,8 @@ def run_job(
     outcome = JobResult(task_id, started=time.time(), worker=worker_name())
     func, args, kwargs = call
     cache = MemoryDigestCache()
+    if known_digests:
+        cache.entries.update(known_digests)
     try:
         for path in inputs:
             fingerprint = take(path, input_mode, cache)
@@ -120,7 +126,10 @@ def run_job(
                 "Missing expected target path results: make the function write every "
                 "path in target_path_list, or remove the paths it does not write."
             )
-        outcome.digests = cache.entries
+        outcome.digests = {
+            key: entry for key, entry in cache.entries.items()
+            if not known_digests or known_digests.get(key) is not entry
+        }
         if want_result:
             outcome.result = value
     except BaseException as error:

@@ -32,6 +32,7 @@ from typing import Any
 from taskgraph._decide import decide
 from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
 from taskgraph._executor import Executor
+from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult
 from taskgraph._ledger import Ledger, Outcome, format_exception
@@ -285,6 +286,12 @@ class Scheduler:
                 continue
             if LOGGER.isEnabledFor(logging.DEBUG):
                 LOGGER.debug("task %r runs: %s", task.task_name, "; ".join(map(str, decision.reasons)))
+            known = {}
+            if is_content_algorithm(task._hash_algorithm):
+                for path in decision.inputs:
+                    entry = self._ledger.lookup_digest(path, task._hash_algorithm)
+                    if entry is not None:
+                        known[(path, task._hash_algorithm)] = entry
             job = Job(
                 task_id=task.task_id,
                 name=task.task_name,
@@ -297,6 +304,7 @@ class Scheduler:
                 targets=task._target_path_list,
                 target_mode=task._target_mode,
                 want_result=task._store_result,
+                known_digests=known,
             )
             task._payload = None  # sent once; free the memory
             task._state = "running"
