@@ -7,7 +7,8 @@ name, same source text) with the same arguments. Arguments are encoded
 canonically, not by ``repr``: dicts and sets are ordered, paths are normalised
 (``str`` and ``pathlib`` alike, relative and absolute alike), target paths are
 replaced by a placeholder, and functions passed as arguments count by their
-source. The encoding streams into an xxh3-128 hash.
+source. The canonical structure is encoded with ``marshal`` and hashed with
+xxh3-128.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import marshal
 import os
 import pickle
 import reprlib
-import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -100,112 +101,113 @@ class SelfReferenceError(ValueError):
     """An argument contains itself, so it has no finite encoding."""
 
 
-class _Encoder:
-    """Streams a canonical encoding of task arguments into a hash."""
+_PATH = "\0path"
+_TARGET = ("\0target",)
+_DICT = "\0dict"
+_SET = "\0set"
+_FUNC = "\0func"
+_OBJ = "\0obj"
+_TYPE = "\0type"
+_PLAIN = (int, float, complex, bytes, bool, type(None))
+
+
+def _marshal(value: Any) -> bytes:
+    # Version 2 has no back-references, whose use depends on object sharing
+    # and refcounts; its output depends only on the structure.
+    return marshal.dumps(value, 2)
+
+
+class _Canonical:
+    """Turns task arguments into a canonical structure of plain values.
+
+    The structure holds only str, int, float, complex, bytes, bool, None,
+    tuples and lists, so ``marshal`` encodes it deterministically: dicts and
+    sets are sorted, paths normalised, targets replaced by a placeholder, and
+    other objects replaced by their pickle. Markers are tuples whose first item
+    starts with a NUL character.
+    """
 
     def __init__(self, targets: frozenset[str]) -> None:
-        self.hasher = xxhash.xxh3_128()
         self.targets = targets
         # Normalised path strings seen in the arguments (candidate input files).
         self.paths: dict[str, None] = {}
         self._active: set[int] = set()
 
-    def _tag(self, tag: bytes, payload: bytes = b"") -> None:
-        self.hasher.update(tag + struct.pack("<Q", len(payload)) + payload)
-
-    def _path(self, norm: str) -> None:
+    def _path(self, norm: str) -> Any:
         if norm in self.targets:
-            self._tag(b"T")  # a target: identity does not depend on its name
-        else:
-            self.paths[norm] = None
-            self._tag(b"P", norm.encode("utf-8", "surrogatepass"))
+            return _TARGET  # a target: identity does not depend on its name
+        self.paths[norm] = None
+        return (_PATH, norm)
 
-    def encode(self, value: Any) -> None:
-        if value is None or isinstance(value, bool):
-            self._tag(b"c", repr(value).encode())
-        elif isinstance(value, str):
+    def value(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is str:
             if not _path_candidate(value):
-                self._tag(b"s", value.encode("utf-8", "surrogatepass"))
-                return
+                return value
             norm = normalize_path(value)
-            if norm in self.targets or _has_separator(value):
+            if norm in self.targets or "/" in value or os.sep in value:
                 # Relative and absolute spellings of a path are one identity.
-                self._path(norm)
-            else:
-                # A bare name ("mean", "a.tif") counts as written, so that
-                # the identity does not depend on the working directory or
-                # on whether the file exists yet; it may still be an input.
-                self.paths[norm] = None
-                self._tag(b"s", value.encode("utf-8", "surrogatepass"))
-        elif isinstance(value, PurePath):
-            self._path(normalize_path(value))
-        elif isinstance(value, (int, float, complex)) and type(value) in (int, float, complex):
-            self._tag(type(value).__name__[:1].encode(), repr(value).encode())
-        elif isinstance(value, bytes):
-            self._tag(b"b", value)
-        elif isinstance(value, (list, tuple, dict, set, frozenset)):
+                return self._path(norm)
+            # A bare name ("mean", "a.tif") counts as written, so that the
+            # identity does not depend on the working directory or on whether
+            # the file exists yet; it may still be an input.
+            self.paths[norm] = None
+            return value
+        if kind in _PLAIN:
+            return value
+        if kind is tuple or kind is list or kind is dict or kind is set or kind is frozenset:
             key = id(value)
             if key in self._active:
                 raise SelfReferenceError(f"argument {_ARG_REPR.repr(value)} contains itself")
             self._active.add(key)
             try:
-                self._container(value)
+                return self._container(kind, value)
             finally:
                 self._active.discard(key)
-        elif callable(value) and (
-            inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.ismethod(value)
-            or isinstance(value, functools.partial)
+        if isinstance(value, PurePath):
+            return self._path(normalize_path(value))
+        if isinstance(value, str):  # str subclass (an enum member, numpy.str_)
+            return self.value(str(value))
+        if inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.ismethod(value) or isinstance(
+            value, functools.partial
         ):
-            self.function(value)
-        else:
-            self._other(value)
+            return self.function(value)
+        if isinstance(value, type):
+            return (_TYPE, f"{value.__module__}.{value.__qualname__}")
+        return self._other(value)
 
-    def _container(self, value: Any) -> None:
-        if isinstance(value, dict):
-            items = []
-            for key, item in value.items():
-                sub = _Encoder(self.targets)
-                sub.encode(key)
-                items.append((sub.hasher.digest(), item, sub.paths))
-            items.sort(key=lambda entry: entry[0])
-            self._tag(b"d", struct.pack("<Q", len(items)))
-            for key_digest, item, paths in items:
-                self.paths.update(paths)
-                self.hasher.update(key_digest)
-                self.encode(item)
-        elif isinstance(value, (set, frozenset)):
-            digests = []
-            for item in value:
-                sub = _Encoder(self.targets)
-                sub.encode(item)
-                self.paths.update(sub.paths)
-                digests.append(sub.hasher.digest())
-            digests.sort()
-            self._tag(b"S", b"".join(digests))
-        else:
-            self._tag(b"l" if isinstance(value, list) else b"t", struct.pack("<Q", len(value)))
-            for item in value:
-                self.encode(item)
+    def _container(self, kind: type, value: Any) -> Any:
+        if kind is tuple:
+            return tuple([self.value(item) for item in value])
+        if kind is list:
+            return [self.value(item) for item in value]
+        if kind is dict:
+            items = [(self.value(key), self.value(item)) for key, item in value.items()]
+            if all(type(key) is str for key, _ in items):
+                items.sort(key=lambda pair: pair[0])
+            else:
+                items.sort(key=lambda pair: _marshal(pair[0]))
+            return (_DICT, items)
+        members = [self.value(item) for item in value]
+        members.sort(key=_marshal)
+        return (_SET, members)
 
-    def function(self, func: Any) -> None:
+    def function(self, func: Any) -> Any:
         info = function_info(func)
-        self._tag(b"f", f"{info.name}\0{info.source_hash}".encode())
         if isinstance(func, functools.partial):
-            self.encode(func.args)
-            self.encode(func.keywords)
+            return (_FUNC, info.name, info.source_hash, self.value(func.args), self.value(func.keywords))
+        return (_FUNC, info.name, info.source_hash)
 
-    def _other(self, value: Any) -> None:
+    def _other(self, value: Any) -> Any:
         try:
-            payload = pickle.dumps(value, protocol=5)
+            return (_OBJ, pickle.dumps(value, protocol=5))
         except Exception:
             name = f"{type(value).__module__}.{type(value).__qualname__}"
             LOGGER.warning(
                 "an argument of type %s cannot be pickled, so only its type counts when "
                 "deciding whether the task's inputs changed", name,
             )
-            self._tag(b"u", name.encode())
-            return
-        self._tag(b"o", payload)
+            return (_TYPE, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,16 +244,14 @@ def task_identity(
     Raises:
         SelfReferenceError: if an argument contains itself.
     """
-    encoder = _Encoder(frozenset(targets))
-    encoder.function(func)
-    encoder.encode(tuple(args))
-    encoder.encode(kwargs)
-    key = encoder.hasher.hexdigest()
+    canonical = _Canonical(frozenset(targets))
+    structure = (canonical.function(func), canonical.value(tuple(args)), canonical.value(kwargs))
+    key = xxhash.xxh3_128_hexdigest(_marshal(structure))
     record = xxhash.xxh3_128(key.encode())
     for target in targets:
         record.update(b"\0" + target.encode("utf-8", "surrogatepass"))
     info = function_info(func)
-    return Identity(key, record.hexdigest(), info, tuple(encoder.paths))
+    return Identity(key, record.hexdigest(), info, tuple(canonical.paths))
 
 
 def describe_arguments(args: Iterable[Any], kwargs: dict[str, Any]) -> str:

@@ -56,6 +56,7 @@ LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x54475248  # "TGRH"
 _BUSY_TIMEOUT_S = 60.0
+_BULK_AFTER = 64
 _LOCK_RETRIES = 10
 
 _SCHEMA = """
@@ -171,6 +172,16 @@ class Ledger:
         self.path = os.path.join(workspace, LEDGER_FILENAME)
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._pending_digests: dict[tuple[str, str], CachedDigest] = {}
+        # After _BULK_AFTER single lookups, the whole table is read once into
+        # memory (ninja's "load the log once"): a large rerun then costs one
+        # query instead of two per task. A snapshot that another process
+        # outdates is safe: a task it lacks runs again; a record it keeps
+        # still only matches files that are as that record left them.
+        self._records: dict[str, TaskRecord | None] | None = None
+        self._digests: dict[tuple[str, str], CachedDigest] | None = None
+        self._record_lookups = 0
+        self._written: set[str] = set()
+        self._digest_lookups = 0
         self.run_id: int | None = None
         try:
             with _file_lock(self.path + ".lock"):
@@ -298,6 +309,13 @@ class Ledger:
 
     def lookup(self, record_key: str) -> TaskRecord | None:
         """The ledger's record of a task, or None."""
+        if record_key not in self._written:
+            if self._records is not None:
+                return self._records.get(record_key)
+            self._record_lookups += 1
+            if self._record_lookups > _BULK_AFTER:
+                self._records = self._load_records()
+                return self._records.get(record_key)
         row = self._conn.execute(
             "SELECT name, state, hash_algorithm, store_result, ended, error,"
             " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key)"
@@ -321,6 +339,36 @@ class Ledger:
             bool(has_result), ended, error,
         )
 
+    def _load_records(self) -> dict[str, TaskRecord | None]:
+        files: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
+        for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._conn.execute(
+            "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
+        ):
+            pair = files.get(key)
+            if pair is None:
+                pair = files[key] = ({}, {})
+            pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+        with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
+        records: dict[str, TaskRecord | None] = {}
+        for key, name, state, algorithm, store_result, ended, error in self._conn.execute(
+            "SELECT record_key, name, state, hash_algorithm, store_result, ended, error FROM tasks"
+        ):
+            inputs, targets = files.get(key, ({}, {}))
+            records[key] = TaskRecord(
+                key, name, state, algorithm, bool(store_result), inputs, targets,
+                key in with_result, ended, error,
+            )
+        return records
+
+    def _load_digests(self) -> dict[tuple[str, str], CachedDigest]:
+        return {
+            (path, algorithm): CachedDigest(
+                FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns
+            )
+            for path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns
+            in self._conn.execute("SELECT * FROM digests")
+        }
+
     def load_result(self, record_key: str) -> Any:
         """The stored result of a task (unpickled).
 
@@ -338,6 +386,12 @@ class Ledger:
         pending = self._pending_digests.get((path, algorithm))
         if pending is not None:
             return pending
+        if self._digests is not None:
+            return self._digests.get((path, algorithm))
+        self._digest_lookups += 1
+        if self._digest_lookups > _BULK_AFTER:
+            self._digests = self._load_digests()
+            return self._digests.get((path, algorithm))
         row = self._conn.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
@@ -350,6 +404,8 @@ class Ledger:
 
     def store_digest(self, path: str, algorithm: str, entry: CachedDigest) -> None:
         self._pending_digests[(path, algorithm)] = entry
+        if self._digests is not None:
+            self._digests[(path, algorithm)] = entry
 
     # -- writing ----------------------------------------------------------------
 
@@ -357,6 +413,7 @@ class Ledger:
         """Buffer a finished task (done when ``outcome.error`` is None)."""
         key = outcome.record_key
         state = "done" if outcome.error is None else "failed"
+        self._written.add(key)  # from now on served by SQL, not the snapshot
         self._pending.append((
             "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
