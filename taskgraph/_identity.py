@@ -20,6 +20,7 @@ import marshal
 import os
 import pickle
 import reprlib
+import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -56,10 +57,19 @@ def _has_separator(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class FunctionInfo:
-    """How a function counts in a task's identity."""
+    """How a function counts in a task's identity.
+
+    Attributes:
+        name: ``module.qualname``, for people (logs, the ledger).
+        source_hash: xxh3-128 of the dedented source text.
+        identity: what counts: the short ``__name__`` and the dedented source,
+            as in natcap taskgraph. The same function moved to another module
+            or nested elsewhere (re-indented) is the same function.
+    """
 
     name: str
     source_hash: str
+    identity: str
 
 
 _FUNCTION_CACHE: dict[Any, FunctionInfo] = {}
@@ -86,10 +96,12 @@ def function_info(func: Callable[..., Any]) -> FunctionInfo:
     qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
     name = f"{module}.{qualname}" if qualname else repr(type(target))
     try:
-        source = inspect.getsource(target)
+        source = textwrap.dedent(inspect.getsource(target))
     except (OSError, TypeError):
         source = ""
-    info = FunctionInfo(name, xxhash.xxh3_128_hexdigest(source.encode("utf-8")))
+    short = str(getattr(target, "__name__", None) or name)
+    source_hash = xxhash.xxh3_128_hexdigest(source.encode("utf-8"))
+    info = FunctionInfo(name, source_hash, f"{short}\0{source_hash}")
     try:
         _FUNCTION_CACHE[func] = info
     except TypeError:
@@ -195,8 +207,8 @@ class _Canonical:
     def function(self, func: Any) -> Any:
         info = function_info(func)
         if isinstance(func, functools.partial):
-            return (_FUNC, info.name, info.source_hash, self.value(func.args), self.value(func.keywords))
-        return (_FUNC, info.name, info.source_hash)
+            return (_FUNC, info.identity, self.value(func.args), self.value(func.keywords))
+        return (_FUNC, info.identity)
 
     def _other(self, value: Any) -> Any:
         try:
