@@ -65,6 +65,9 @@ _XXHASH_ALGORITHMS = {
     "xxh128": xxhash.xxh128,
 }
 _BUFFER_SIZE = 1 << 20
+# A racily clean file this large is worth waiting out its timestamp tick for
+# (at most the racy window) rather than being read again on the next run.
+_SETTLE_BYTES = 64 << 20
 
 
 def validate_algorithm(algorithm: object) -> str | None:
@@ -238,6 +241,15 @@ def take(path: str, mode: str, cache: DigestCache | None = None) -> Fingerprint 
         return None
     if mode == "exists":
         return Fingerprint(mode, -1, 0, None, taken_at_ns)
+    if st.size >= _SETTLE_BYTES and not st.is_dir and _is_racy(st.mtime_ns, taken_at_ns):
+        # Just written and large: wait until its timestamp tick has passed, so
+        # the fingerprint (and any digest) is trustworthy on its own and the
+        # file is not read again on the next run.
+        time.sleep((st.mtime_ns + racy_window_ns(st.mtime_ns) - taken_at_ns) / 1e9)
+        taken_at_ns = time.time_ns()
+        st = file_stat(path)
+        if st is None:
+            return None
     if st.is_dir:
         return Fingerprint(mode, st.size, st.mtime_ns, None, taken_at_ns)
     if is_content_algorithm(mode):
