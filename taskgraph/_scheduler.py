@@ -158,6 +158,12 @@ class Scheduler:
                     self._running.clear()
             elif kind == "stop":
                 stop = True
+                # Only after an abort can jobs still be out (threads cannot be
+                # killed): their results will not be read, so release waiters.
+                for task in self._running.values():
+                    self._cancel(task)
+                    finished.append(task)
+                self._running.clear()
         self._commit(finished)
         self._finish(finished)
         self._dispatch()
@@ -175,12 +181,12 @@ class Scheduler:
             self._cancel(task)
             finished.append(task)
             return
+        if any(dep._state in ("failed", "cancelled") for dep in task._dependencies):
+            self._cancel(task)
+            finished.append(task)
+            return
         waiting = 0
         for dep in task._dependencies:
-            if dep._state in ("failed", "cancelled"):
-                self._cancel(task)
-                finished.append(task)
-                return
             if dep._state not in ("ran", "skipped"):
                 waiting += 1
                 self._dependents.setdefault(dep, []).append(task)
