@@ -9,7 +9,7 @@ application_id`` = :data:`APPLICATION_ID`)::
 
     meta    (key PK, value)                      created_by, created_at
     runs    (run_id PK, started, ended, pid, host, n_workers, version)
-    tasks   (record_key PK, task_key, name, func, source_hash, args,
+    tasks   (record_key PK, task_key, exec_key, name, func, source_hash, args,
              hash_algorithm, store_result, state 'done'|'failed', run_id,
              started, ended, duration, worker, error)
     files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlitedict
+import xxhash
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
@@ -68,6 +69,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS tasks (
     record_key TEXT PRIMARY KEY,
     task_key TEXT NOT NULL,
+    exec_key TEXT NOT NULL,
     name TEXT NOT NULL,
     func TEXT NOT NULL,
     source_hash TEXT NOT NULL,
@@ -143,6 +145,18 @@ class Outcome:
     deps: Sequence[str] = ()
     result: Any = None
     error: str | None = None
+
+
+def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
+    """The re-execution key: the task's record key and what its input files
+    were (path, size, mtime, digest) when it last ran. Equal keys mean the
+    same call on the same inputs."""
+    hasher = xxhash.xxh3_128(record_key.encode())
+    for path in sorted(inputs):
+        fp = inputs[path]
+        hasher.update(f"\0{path}\0{fp.mode}\0{fp.size}\0{fp.mtime_ns}\0{fp.digest}".encode(
+            "utf-8", "surrogatepass"))
+    return str(hasher.hexdigest())
 
 
 @contextlib.contextmanager
@@ -415,9 +429,9 @@ class Ledger:
         state = "done" if outcome.error is None else "failed"
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._pending.append((
-            "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                key, outcome.task_key, outcome.name, outcome.func, outcome.source_hash,
+                key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func, outcome.source_hash,
                 outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
                 self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
                 outcome.worker, outcome.error,

@@ -368,3 +368,34 @@ def test_pickled_result_roundtrip_with_store_result(tmp_path):
     with pytest.raises(ValueError, match="store_result"):
         graph2 = taskgraph.TaskGraph(str(tmp_path), -1)
         graph2.add_task(f.sleep, args=(0,)).get()
+
+
+@pytest.mark.parametrize("n_workers", [-1, 2])
+def test_changed_source_file_reruns_its_readers_only(tmp_path, n_workers):
+    source = tmp_path / "source.txt"
+    source.write_text("v1")
+    old = time.time_ns() - 60_000_000_000
+    os.utime(source, ns=(old, old))
+
+    def run():
+        ws = str(tmp_path)
+        with taskgraph.TaskGraph(ws, n_workers) as graph:
+            reader = graph.add_task(f.concat, args=(os.path.join(ws, "r.txt"), str(source)),
+                                    target_path_list=[os.path.join(ws, "r.txt")], task_name="reader")
+            graph.add_task(f.concat, args=(os.path.join(ws, "d.txt"), os.path.join(ws, "r.txt")),
+                           target_path_list=[os.path.join(ws, "d.txt")], dependent_task_list=[reader],
+                           task_name="downstream")
+            graph.add_task(f.write, args=(os.path.join(ws, "other.txt"), "x"),
+                           target_path_list=[os.path.join(ws, "other.txt")], task_name="other")
+        return sorted(executions(tmp_path))
+
+    assert run() == ["d.txt", "other.txt", "r.txt"]
+    reset(tmp_path)
+    os.utime(source, ns=(old, old + 1_000_000_000))  # touched: new mtime, same bytes
+    assert run() == ["d.txt", "r.txt"]
+    reset(tmp_path)
+    assert run() == []
+    con = sqlite3.connect(os.path.join(tmp_path, taskgraph.LEDGER_FILENAME))
+    keys = dict(con.execute("SELECT name, exec_key FROM tasks"))
+    con.close()
+    assert len(set(keys.values())) == 3
