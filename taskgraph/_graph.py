@@ -86,8 +86,9 @@ class TaskGraph:
 
             executor = ProcessPool(n_workers)
         self._executor = executor
+        self._finished_condition = threading.Condition(threading.Lock())
         self._scheduler = Scheduler(
-            self._ledger, executor, threaded=n_workers >= 0,
+            self._ledger, executor, self._finished_condition, threaded=n_workers >= 0,
             reporting_interval=reporting_interval,
         )
         self._lock = threading.Lock()
@@ -297,6 +298,7 @@ class TaskGraph:
             priority=priority,
             dependencies=tuple(deps),
             payload=payload,
+            finished=self._finished_condition,
         )
         self._tasks.append(task)
         self._task_ids.add(id(task))
@@ -328,7 +330,7 @@ class TaskGraph:
         try:
             for task in list(self._tasks):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not task._done.wait(remaining):
+                if not task._wait(remaining):
                     return False
         except KeyboardInterrupt as interrupt:
             self._terminate(interrupt)

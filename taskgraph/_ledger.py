@@ -106,6 +106,19 @@ CREATE TABLE IF NOT EXISTS digests (
     PRIMARY KEY (path, algorithm)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB);
 """
+# Buffered writes, in the order a flush runs them: deletes before inserts.
+_DELETE_FILES = "DELETE FROM files WHERE record_key=?"
+_DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
+_DELETE_RESULT = "DELETE FROM results WHERE key=?"
+_UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
+_INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
+_UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value) VALUES (?,?)"
+_END_RUN = "UPDATE runs SET ended=? WHERE run_id=?"
+_STATEMENTS = (
+    _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP,
+    _UPSERT_RESULT, _END_RUN,
+)
 _EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results"}
 
 
@@ -145,6 +158,8 @@ class Outcome:
     deps: Sequence[str] = ()
     result: Any = None
     error: str | None = None
+    #: True when the ledger held no record of this task before this run.
+    fresh: bool = False
 
 
 def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
@@ -184,7 +199,8 @@ class Ledger:
 
     def __init__(self, workspace: str) -> None:
         self.path = os.path.join(workspace, LEDGER_FILENAME)
-        self._pending: list[tuple[str, Sequence[Any]]] = []
+        # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
+        self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _STATEMENTS}
         self._pending_digests: dict[tuple[str, str], CachedDigest] = {}
         # After _BULK_AFTER single lookups, the whole table is read once into
         # memory (ninja's "load the log once"): a large rerun then costs one
@@ -317,7 +333,7 @@ class Ledger:
 
     def end_run(self) -> None:
         if self.run_id is not None:
-            self._pending.append(("UPDATE runs SET ended=? WHERE run_id=?", (time.time(), self.run_id)))
+            self._rows[_END_RUN].append((time.time(), self.run_id))
 
     # -- reading ----------------------------------------------------------------
 
@@ -428,38 +444,31 @@ class Ledger:
         key = outcome.record_key
         state = "done" if outcome.error is None else "failed"
         self._written.add(key)  # from now on served by SQL, not the snapshot
-        self._pending.append((
-            "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func, outcome.source_hash,
-                outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
-                self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
-                outcome.worker, outcome.error,
-            ),
+        rows = self._rows
+        rows[_UPSERT_TASK].append((
+            key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
+            outcome.source_hash, outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
+            self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
+            outcome.worker, outcome.error,
         ))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
-        self._pending.append(("DELETE FROM files WHERE record_key=?", (key,)))
-        self._pending.append(("DELETE FROM deps WHERE record_key=?", (key,)))
+        if not outcome.fresh:
+            rows[_DELETE_FILES].append((key,))
+            rows[_DELETE_DEPS].append((key,))
+            rows[_DELETE_RESULT].append((key,))
         for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
-            for path, fp in files.items():
-                self._pending.append((
-                    "INSERT INTO files VALUES (?,?,?,?,?,?,?,?)",
-                    (key, role, path, fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns),
-                ))
-        for dep in dict.fromkeys(outcome.deps):
-            self._pending.append(("INSERT INTO deps VALUES (?,?)", (key, dep)))
+            rows[_INSERT_FILE].extend(
+                (key, role, path, fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
+                for path, fp in files.items()
+            )
+        rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
         if outcome.store_result:
-            self._pending.append((
-                "INSERT OR REPLACE INTO results (key, value) VALUES (?,?)",
-                (key, sqlitedict.encode(outcome.result)),
-            ))
-        else:
-            self._pending.append(("DELETE FROM results WHERE key=?", (key,)))
+            rows[_UPSERT_RESULT].append((key, sqlitedict.encode(outcome.result)))
 
     @property
     def dirty(self) -> bool:
-        return bool(self._pending or self._pending_digests)
+        return bool(self._pending_digests) or any(self._rows.values())
 
     def flush(self) -> None:
         """Commit every buffered write in one transaction.
@@ -470,11 +479,12 @@ class Ledger:
         """
         if not self.dirty:
             return
-        pending, self._pending = self._pending, []
+        rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
         digests, self._pending_digests = self._pending_digests, {}
         with self._transaction() as conn:
-            for sql, params in pending:
-                conn.execute(sql, params)
+            for sql in _STATEMENTS:
+                if rows[sql]:
+                    conn.executemany(sql, rows[sql])
             if digests:
                 conn.executemany(
                     "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -50,12 +50,14 @@ class Scheduler:
         self,
         ledger: Ledger,
         executor: Executor,
+        finished: threading.Condition,
         *,
         threaded: bool,
         reporting_interval: float | None,
     ) -> None:
         self._ledger = ledger
         self._executor = executor
+        self._finished_condition = finished
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ready: list[tuple[float, int, Task]] = []
         self._blockers: dict[Task, int] = {}
@@ -239,6 +241,7 @@ class Scheduler:
             deps=[dep._identity.record_key for dep in task._dependencies],
             result=result.result,
             error=error,
+            fresh=not task._had_record,
         )
 
     def _commit(self, finished: list[Task]) -> None:
@@ -254,9 +257,14 @@ class Scheduler:
             self._cancel_pending()
 
     def _finish(self, finished: list[Task]) -> None:
+        if not finished:
+            return
+        for task in finished:
+            task._finished = True
+        with self._finished_condition:
+            self._finished_condition.notify_all()
         for task in finished:
             self._finished_count += 1
-            task._done.set()
             for dependent in self._dependents.pop(task, ()):
                 if task._state in ("failed", "cancelled"):
                     if dependent._state == "pending":
@@ -283,6 +291,7 @@ class Scheduler:
                 self._finish([task])
                 break
             task._reasons = decision.reasons
+            task._had_record = decision.record is not None
             if not decision.run:
                 if task._store_result:
                     task._result = self._ledger.load_result(task._identity.record_key)

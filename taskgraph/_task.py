@@ -44,6 +44,7 @@ class Task:
         priority: float,
         dependencies: tuple[Task, ...],
         payload: bytes | None,
+        finished: threading.Condition,
     ) -> None:
         self.task_id = task_id
         self.task_name = task_name
@@ -66,7 +67,11 @@ class Task:
         self._result: Any = None
         self._error: BaseException | None = None
         self._reasons: tuple[Any, ...] = ()
-        self._done = threading.Event()
+        self._had_record = True  # until the scheduler's check says otherwise
+        # One condition per graph, notified by the scheduler after each batch
+        # of finished tasks: cheaper than an Event per task on large graphs.
+        self._finished = False
+        self._finished_condition = finished
 
     # -- read-only views ---------------------------------------------------------
 
@@ -104,10 +109,16 @@ class Task:
                 traceback as ``__cause__``), or :class:`TaskCancelledError` if
                 it never ran because another task failed.
         """
-        finished = self._done.wait(timeout)
+        finished = self._wait(timeout)
         if finished and self._error is not None:
             raise self._error
         return finished
+
+    def _wait(self, timeout: float | None) -> bool:
+        if self._finished:
+            return True
+        with self._finished_condition:
+            return self._finished_condition.wait_for(lambda: self._finished, timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the function's result, waiting for it if needed.
