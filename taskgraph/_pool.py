@@ -296,10 +296,13 @@ class ProcessPool(Executor):
     def _on_message(self, worker: _Worker, data: bytes) -> None:
         tag, body = data[:1], data[1:]
         if tag == _LOG:
-            record = pickle.loads(body)
-            logger = logging.getLogger(record.name)
-            if logger.isEnabledFor(record.levelno):
-                logger.handle(record)
+            try:
+                record = pickle.loads(body)
+                logger = logging.getLogger(record.name)
+                if logger.isEnabledFor(record.levelno):
+                    logger.handle(record)
+            except Exception:  # noqa: BLE001 - a broken log record or handler must not stop the pool
+                LOGGER.exception("could not relay a log record from %s", worker.process.name)
             return
         job, done = worker.job, worker.done
         try:
