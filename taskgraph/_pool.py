@@ -301,7 +301,7 @@ class ProcessPool(Executor):
                 logger = logging.getLogger(record.name)
                 if logger.isEnabledFor(record.levelno):
                     logger.handle(record)
-            except Exception:  # noqa: BLE001 - a broken log record or handler must not stop the pool
+            except Exception:  # a broken log record or handler must not stop the pool
                 LOGGER.exception("could not relay a log record from %s", worker.process.name)
             return
         job, done = worker.job, worker.done
