@@ -39,6 +39,11 @@ class Reason:
     def __str__(self) -> str:
         return self.detail
 
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-friendly form, as stored in the ledger's ``decisions`` table."""
+        return {"code": self.code, "detail": self.detail, "path": self.path,
+                "old": self.old, "new": self.new}
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

@@ -35,6 +35,7 @@ will run once. A ledger from a newer taskgraph is left alone and refused.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -105,6 +106,13 @@ CREATE TABLE IF NOT EXISTS digests (
     hashed_at_ns INTEGER NOT NULL,
     PRIMARY KEY (path, algorithm)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS decisions (
+    record_key TEXT PRIMARY KEY,
+    run_id INTEGER,
+    decided_at REAL NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('run', 'skip')),
+    reasons TEXT NOT NULL) WITHOUT ROWID;
 """
 # Buffered writes, in the order a flush runs them: deletes before inserts.
 _DELETE_FILES = "DELETE FROM files WHERE record_key=?"
@@ -115,11 +123,15 @@ _INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 _UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value) VALUES (?,?)"
 _END_RUN = "UPDATE runs SET ended=? WHERE run_id=?"
+_DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
 _STATEMENTS = (
     _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP,
-    _UPSERT_RESULT, _END_RUN,
+    _UPSERT_RESULT, _END_RUN, _DECISION,
 )
-_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results"}
+# Rows whose loss costs nothing but a little work (a decision's explanation, a
+# cached digest) ride along with the next commit instead of forcing one.
+_LAZY_LIMIT = 4096
+_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,18 +478,26 @@ class Ledger:
         if outcome.store_result:
             rows[_UPSERT_RESULT].append((key, sqlitedict.encode(outcome.result)))
 
-    @property
-    def dirty(self) -> bool:
-        return bool(self._pending_digests) or any(self._rows.values())
+    def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
+        """Buffer the outcome of an up-to-date check (a lazy row)."""
+        self._rows[_DECISION].append((
+            record_key, self.run_id, time.time(), name, "run" if run else "skip",
+            json.dumps(reasons, default=str),
+        ))
 
-    def flush(self) -> None:
-        """Commit every buffered write in one transaction.
+    def flush(self, force: bool = False) -> None:
+        """Commit buffered writes in one transaction.
+
+        Finished tasks are always committed. Lazy rows (decisions, digests)
+        are committed with them, when ``force`` is set, or once they are many.
 
         Raises:
             LedgerError: if the transaction cannot be committed (disk full,
                 read-only file). The ledger keeps everything committed before.
         """
-        if not self.dirty:
+        lazy = len(self._rows[_DECISION]) + len(self._pending_digests)
+        durable = any(rows for sql, rows in self._rows.items() if sql != _DECISION)
+        if not (durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
         rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
         digests, self._pending_digests = self._pending_digests, {}
@@ -530,7 +550,7 @@ class Ledger:
     def close(self) -> None:
         """Commit what is buffered and close the connection."""
         try:
-            self.flush()
+            self.flush(force=True)
         finally:
             self._conn.close()
 

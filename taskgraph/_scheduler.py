@@ -292,6 +292,10 @@ class Scheduler:
                 break
             task._reasons = decision.reasons
             task._had_record = decision.record is not None
+            self._ledger.record_decision(
+                task._identity.record_key, task.task_name, decision.run,
+                [reason.as_dict() for reason in decision.reasons],
+            )
             if not decision.run:
                 if task._store_result:
                     task._result = self._ledger.load_result(task._identity.record_key)
