@@ -42,6 +42,7 @@ import socket
 import sqlite3
 import time
 import traceback
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -558,3 +559,150 @@ class Ledger:
 def format_exception(error: BaseException) -> str:
     """The text of an error as stored in the ledger."""
     return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+# -- the read side, for the command line and tools ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One task as the ledger records it (no unpickling involved)."""
+
+    record_key: str
+    task_key: str
+    exec_key: str
+    name: str
+    func: str
+    args: str
+    hash_algorithm: str
+    store_result: bool
+    state: str
+    run_id: int | None
+    started: float | None
+    ended: float | None
+    duration: float | None
+    worker: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """The last run-or-skip decision about a task, with its reasons."""
+
+    record_key: str
+    run_id: int | None
+    decided_at: float
+    action: str
+    reasons: list[dict[str, Any]]
+
+
+class LedgerReader:
+    """A read-only view of a workspace's ledger. Never unpickles anything.
+
+    Raises:
+        LedgerError: when there is no ledger, it is not a taskgraph ledger,
+            or it was written by a newer taskgraph; the message is one line.
+    """
+
+    def __init__(self, workspace: str) -> None:
+        self.workspace = workspace
+        self.path = os.path.join(workspace, LEDGER_FILENAME)
+        if not os.path.isfile(self.path):
+            raise LedgerError(
+                f"no taskgraph ledger in {workspace} ({LEDGER_FILENAME} not found): "
+                "run a pipeline with this workspace first"
+            )
+        try:
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S)
+            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(f"{self.path} is not a readable taskgraph ledger ({error})") from error
+        if app_id != APPLICATION_ID:
+            raise LedgerError(f"{self.path} was not written by this taskgraph (it is another SQLite file)")
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} was written by a newer taskgraph (schema {version}; this one reads "
+                f"{SCHEMA_VERSION}): upgrade taskgraph to read it"
+            )
+        if version < SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path} has an older schema ({version}); the next run of the pipeline "
+                "moves it aside and starts a new ledger"
+            )
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(f"cannot read {self.path}: {error}") from error
+
+    def tasks(self) -> list[TaskRow]:
+        """Every recorded task, in the order they last ended."""
+        return [
+            TaskRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8],
+                    row[9], row[10], row[11], row[12], row[13], row[14])
+            for row in self._rows(
+                "SELECT record_key, task_key, exec_key, name, func, args, hash_algorithm, store_result,"
+                " state, run_id, started, ended, duration, worker, error FROM tasks"
+                " ORDER BY ended IS NULL, ended, name"
+            )
+        ]
+
+    def files(self) -> dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]:
+        """record_key -> (inputs, targets), each path -> Fingerprint."""
+        out: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
+        for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(
+            "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
+        ):
+            pair = out.setdefault(key, ({}, {}))
+            pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+        return out
+
+    def deps(self) -> list[tuple[str, str]]:
+        """(record_key, dependency's record_key) pairs."""
+        return [(a, b) for a, b in self._rows("SELECT record_key, dep_key FROM deps")]
+
+    def decisions(self) -> dict[str, DecisionRow]:
+        return {
+            key: DecisionRow(key, run_id, decided_at, action, json.loads(reasons))
+            for key, run_id, decided_at, _name, action, reasons in self._rows("SELECT * FROM decisions")
+        }
+
+    def runs(self) -> list[tuple[int, float, float | None, int, str, int, str]]:
+        """(run_id, started, ended, pid, host, n_workers, version), oldest first."""
+        return [tuple(row) for row in self._rows("SELECT * FROM runs ORDER BY run_id")]
+
+    def lookup_digest(self, path: str, algorithm: str) -> CachedDigest | None:
+        rows = self._rows(
+            "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
+            " FROM digests WHERE path=? AND algorithm=?",
+            (path, algorithm),
+        )
+        if not rows:
+            return None
+        size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns = rows[0]
+        return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
+
+    def store_digest(self, path: str, algorithm: str, entry: CachedDigest) -> None:
+        pass  # read-only
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def forget(workspace: str, record_keys: Sequence[str]) -> int:
+    """Delete the records of these tasks; returns how many were recorded."""
+    ledger = Ledger(workspace)
+    try:
+        with ledger._transaction() as conn:
+            count = 0
+            for key in record_keys:
+                count += conn.execute("DELETE FROM tasks WHERE record_key=?", (key,)).rowcount
+                for sql in (_DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT,
+                            "DELETE FROM decisions WHERE record_key=?"):
+                    conn.execute(sql, (key,))
+        return count
+    finally:
+        ledger.close()

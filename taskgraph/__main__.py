@@ -1,0 +1,7 @@
+"""``python -m taskgraph``: the same as the ``taskgraph`` command."""
+
+import sys
+
+from taskgraph._cli import main
+
+sys.exit(main())
