@@ -1,0 +1,197 @@
+"""The ``taskgraph`` command, run as a real console script against real ledgers."""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import taskgraph
+
+PIPELINE = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import engine_funcs, taskgraph
+    if __name__ == "__main__":
+        ws, fail = sys.argv[1], sys.argv[2] == "fail"
+        source = os.path.join(ws, "source.txt")
+        if not os.path.exists(source):
+            open(source, "w").write("s")
+        graph = taskgraph.TaskGraph(ws, 2)
+        a = graph.add_task(engine_funcs.concat, args=(os.path.join(ws, "a.txt"), source),
+                           target_path_list=[os.path.join(ws, "a.txt")], task_name="alpha")
+        b = graph.add_task(engine_funcs.concat, args=(os.path.join(ws, "b.txt"), os.path.join(ws, "a.txt")),
+                           target_path_list=[os.path.join(ws, "b.txt")], dependent_task_list=[a],
+                           task_name="beta")
+        graph.add_task(engine_funcs.write, args=(os.path.join(ws, "c.txt"), "c"),
+                       target_path_list=[os.path.join(ws, "c.txt")], task_name="gamma")
+        if fail:
+            graph.add_task(engine_funcs.fail, dependent_task_list=[b], task_name="broken")
+        graph.close()
+        try:
+            graph.join()
+        except ZeroDivisionError:
+            sys.exit(3)
+""")
+
+
+def tg(*args, stdin=subprocess.DEVNULL):
+    exe = shutil.which("taskgraph", path=os.path.dirname(sys.executable)) or shutil.which("taskgraph")
+    command = [exe] if exe else [sys.executable, "-m", "taskgraph"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=60, stdin=stdin)
+
+
+class Workspace:
+    """A workspace made by a real run of the pipeline, which can run it again."""
+
+    def __init__(self, path, script):
+        self.path, self.script = path, script
+
+    def run(self, fail=False):
+        return subprocess.run([sys.executable, str(self.script), str(self.path), "fail" if fail else "ok"],
+                              capture_output=True, text=True, timeout=120).returncode
+
+    def __truediv__(self, name):
+        return self.path / name
+
+    def __str__(self):
+        return str(self.path)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    script = tmp_path / "pipeline.py"
+    script.write_text(PIPELINE.format(tests=os.path.dirname(__file__)))
+    (tmp_path / "ws").mkdir()
+    ws = Workspace(tmp_path / "ws", script)
+    assert ws.run() == 0
+    return ws
+
+
+def test_status_lists_every_task(workspace):
+    assert workspace.run() == 0  # second run: everything skipped
+    result = tg("status", workspace)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:-1]}
+    assert set(lines) == {"alpha", "beta", "gamma"}
+    assert all(line[1] == "skipped" and line[-1] == "ok" for line in lines.values())
+    assert result.stdout.splitlines()[-1].startswith("3 tasks: 3 skipped")
+    data = json.loads(tg("status", workspace, "--json").stdout)
+    assert {row["name"]: row["targets"] for row in data["tasks"]} == {"alpha": "ok", "beta": "ok", "gamma": "ok"}
+    os.remove(workspace / "c.txt")
+    data = json.loads(tg("status", workspace, "--json").stdout)
+    assert {row["name"]: row["targets"] for row in data["tasks"]}["gamma"] == "missing"
+
+
+def test_status_failed_shows_the_error(workspace):
+    assert workspace.run(fail=True) == 3
+    result = tg("status", workspace, "--failed")
+    assert result.returncode == 0
+    assert "broken" in result.stdout and "ZeroDivisionError" in result.stdout
+    assert "alpha" not in result.stdout
+
+
+def test_explain_says_why_and_what_now(workspace):
+    result = tg("explain", workspace, "beta")
+    assert result.returncode == 0, result.stderr
+    assert "no record of this task" in result.stdout  # first run: new task
+    assert "now: up to date" in result.stdout
+    with open(workspace / "source.txt", "w") as stream:
+        stream.write("changed!")
+    result = tg("explain", workspace, "alpha")
+    assert "now: it would run" in result.stdout and "source.txt is changed" in result.stdout
+    assert workspace.run() == 0
+    result = tg("explain", workspace, "alpha")
+    assert "it ran" in result.stdout and "source.txt" in result.stdout and "size changed" in result.stdout
+
+
+def test_names_unknown_ambiguous_and_key_prefixes(workspace):
+    result = tg("explain", workspace, "alpah")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("taskgraph: no task named 'alpah'")
+    assert "'alpha'" in result.stderr and "Traceback" not in result.stderr
+    key = json.loads(tg("status", workspace, "--json").stdout)["tasks"][0]["key"]
+    assert tg("explain", workspace, key[:8]).returncode == 0
+
+
+def test_graph_formats(workspace, tmp_path):
+    dot = tg("graph", workspace).stdout
+    assert dot.startswith("digraph taskgraph") and dot.count("->") == 1
+    mermaid = tg("graph", workspace, "--format", "mermaid").stdout
+    assert mermaid.startswith("flowchart LR") and "-->" in mermaid
+    data = json.loads(tg("graph", workspace, "--format", "json").stdout)
+    names = {node["key"]: node["name"] for node in data["nodes"]}
+    assert [(names[e["from"]], names[e["to"]]) for e in data["edges"]] == [("alpha", "beta")]
+    image = tmp_path / "graph.png"
+    result = tg("graph", workspace, "-o", image)
+    if shutil.which("dot") is None:
+        assert result.returncode == 1 and "graphviz" in result.stderr.lower()
+    else:
+        assert result.returncode == 0
+        header = image.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+        assert 50 < width < 5000 and 20 < height < 5000
+
+
+def test_trace_is_a_chrome_trace(workspace, tmp_path):
+    out = tmp_path / "trace.json"
+    result = tg("trace", workspace, "-o", out)
+    assert result.returncode == 0, result.stderr
+    events = json.loads(out.read_text())["traceEvents"]
+    spans = [event for event in events if event["ph"] == "X"]
+    assert {event["name"] for event in spans} == {"alpha", "beta", "gamma"}
+    alpha, beta = (next(e for e in spans if e["name"] == n) for n in ("alpha", "beta"))
+    assert beta["ts"] >= alpha["ts"] + alpha["dur"]  # a dependency ends before its dependent starts
+
+
+def test_forget_makes_a_task_run_again(workspace):
+    refused = tg("forget", workspace, "gamma")  # no terminal to ask on, no --yes
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert tg("forget", workspace, "gamma", "--yes").returncode == 0
+    log = workspace / "executions.log"
+    log.write_text("")
+    assert workspace.run() == 0
+    assert log.read_text().split() == ["c.txt"]
+
+
+def test_clean_targets_deletes_only_recorded_targets(workspace):
+    keep = workspace / "notes.txt"
+    keep.write_text("mine")
+    result = tg("clean", workspace, "--targets", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert not (workspace / "a.txt").exists() and not (workspace / "c.txt").exists()
+    assert keep.exists() and (workspace / "source.txt").exists()
+    assert tg("status", workspace).stdout.splitlines()[-1] == "0 tasks"
+
+
+def test_bad_workspaces_get_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for ws in (empty,):
+        result = tg("status", ws)
+        assert result.returncode == 1 and "no taskgraph ledger" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / taskgraph.LEDGER_FILENAME).write_bytes(b"not a database at all" * 50)
+    result = tg("status", corrupt)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    con = sqlite3.connect(str(newer / taskgraph.LEDGER_FILENAME))
+    con.execute(f"PRAGMA application_id={0x54475248}")
+    con.execute("PRAGMA user_version=99")
+    con.close()
+    result = tg("status", newer)
+    assert result.returncode == 1 and "newer taskgraph" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "taskgraph", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("taskgraph ")
