@@ -12,6 +12,7 @@ A drop-in replacement for the public API of natcap ``taskgraph`` 0.11::
 Run it twice and the second run executes nothing.
 """
 
+from taskgraph._decide import Reason
 from taskgraph._errors import (
     DuplicateTaskError,
     InvalidTaskError,
@@ -25,7 +26,7 @@ from taskgraph._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from taskgraph._graph import TaskGraph
+from taskgraph._graph import PlanEntry, Statistics, TaskGraph
 from taskgraph._ledger import LEDGER_FILENAME
 from taskgraph._task import Task
 from taskgraph._version import __version__
@@ -39,6 +40,9 @@ __all__ = [
     "InvalidTaskError",
     "LedgerError",
     "MissingTargetError",
+    "PlanEntry",
+    "Reason",
+    "Statistics",
     "Task",
     "TaskCancelledError",
     "TaskExecutionError",

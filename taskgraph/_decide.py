@@ -27,7 +27,8 @@ class Reason:
     ``code`` is one of ``'new_task'``, ``'transient_run'``,
     ``'previous_run_failed'``, ``'hash_algorithm_changed'``, ``'input_added'``,
     ``'input_removed'``, ``'input_changed'``, ``'target_missing'``,
-    ``'target_changed'``, ``'result_missing'``.
+    ``'target_changed'``, ``'result_missing'``; in a dry run also
+    ``'dependency_would_run'``.
     """
 
     code: str

@@ -3,21 +3,25 @@ the scheduler. Holds no execution state of its own."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import PurePath
 from types import TracebackType
 from typing import Any
 
+from taskgraph._decide import Reason
 from taskgraph._errors import (
     DuplicateTaskError,
     InvalidTaskError,
     TaskGraphClosedError,
     TaskGraphTerminatedError,
+    TaskTimeoutError,
 )
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
 from taskgraph._fingerprint import validate_algorithm
@@ -28,6 +32,41 @@ from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanEntry:
+    """One task in :meth:`TaskGraph.plan`: its state (``'ran'``, ``'skipped'``,
+    ``'would-run'``, ``'failed'``, ``'cancelled'``) and why."""
+
+    name: str
+    key: str
+    state: str
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """A snapshot from :meth:`TaskGraph.statistics`.
+
+    Attributes:
+        added: tasks added (duplicates count once).
+        pending, running, ran, skipped, failed, cancelled, would_run: tasks in
+            each state.
+        elapsed: seconds since the graph was created.
+        task_seconds: the summed run time of the tasks that ran.
+    """
+
+    added: int
+    pending: int
+    running: int
+    ran: int
+    skipped: int
+    failed: int
+    cancelled: int
+    would_run: int
+    elapsed: float
+    task_seconds: float
 
 
 def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
@@ -53,6 +92,9 @@ class TaskGraph:
             ``0`` runs tasks in a thread of this process; ``> 0`` runs them in
             that many worker processes at lowered priority.
         reporting_interval: if set, log progress every this many seconds.
+        dry_run: decide, but run nothing and record nothing: tasks that would
+            run end in state ``'would-run'`` (and so do their dependents), the
+            others ``'skipped'``; :meth:`plan` lists them with their reasons.
 
     Use as a context manager, or call :meth:`close` then :meth:`join`.
     """
@@ -62,6 +104,8 @@ class TaskGraph:
         taskgraph_cache_dir_path: str | os.PathLike[str],
         n_workers: int,
         reporting_interval: float | None = None,
+        *,
+        dry_run: bool = False,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
             raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
@@ -74,10 +118,15 @@ class TaskGraph:
         self._workspace = os.fspath(taskgraph_cache_dir_path)
         os.makedirs(self._workspace, exist_ok=True)
         self._n_workers = n_workers
+        self._dry_run = dry_run
+        self._created = time.monotonic()
         self._ledger = Ledger(self._workspace)
-        self._ledger.begin_run(n_workers)
+        if dry_run:
+            self._ledger.read_only = True
+        else:
+            self._ledger.begin_run(n_workers)
         executor: Executor
-        if n_workers < 0:
+        if n_workers < 0 or dry_run:
             executor = InlineExecutor()
         elif n_workers == 0:
             executor = ThreadExecutor(1)
@@ -88,8 +137,8 @@ class TaskGraph:
         self._executor = executor
         self._finished_condition = threading.Condition(threading.Lock())
         self._scheduler = Scheduler(
-            self._ledger, executor, self._finished_condition, threaded=n_workers >= 0,
-            reporting_interval=reporting_interval,
+            self._ledger, executor, self._finished_condition, threaded=n_workers >= 0 and not dry_run,
+            reporting_interval=reporting_interval, dry_run=dry_run,
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
@@ -270,7 +319,7 @@ class TaskGraph:
             if existing not in deps:
                 deps.append(existing)
         payload = None
-        if self._n_workers > 0:
+        if self._n_workers > 0 and not self._dry_run:
             try:
                 payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as error:
@@ -342,6 +391,47 @@ class TaskGraph:
         if self._closed:
             self._shutdown()
         return True
+
+    def plan(self, timeout: float | None = None) -> list[PlanEntry]:
+        """What each task added so far did (or, in a dry run, would do) and why.
+
+        Waits for the decisions (in a dry run they are made inside
+        ``add_task``), logs one line per task that runs, and returns one
+        :class:`PlanEntry` per task in the order they were added.
+
+        Raises:
+            TaskTimeoutError: if ``timeout`` passes before every task is decided.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for task in list(self._tasks):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not task._wait(remaining):
+                raise TaskTimeoutError(f"plan() timed out waiting for task {task.task_name!r}")
+        entries = [
+            PlanEntry(task.task_name, task.key, task._state, tuple(task._reasons)) for task in self._tasks
+        ]
+        running = [entry for entry in entries if entry.state in ("ran", "would-run")]
+        verb = "would run" if self._dry_run else "ran"
+        LOGGER.info("%s%d of %d tasks %s", "dry run: " if self._dry_run else "", len(running), len(entries), verb)
+        for entry in running:
+            LOGGER.info("  %s: %s", entry.name, "; ".join(str(reason) for reason in entry.reasons))
+        return entries
+
+    def statistics(self) -> Statistics:
+        """An immutable snapshot of where the graph stands."""
+        counts = collections.Counter(task._state for task in self._tasks)
+        return Statistics(
+            added=len(self._tasks),
+            pending=counts["pending"],
+            running=counts["running"],
+            ran=counts["ran"],
+            skipped=counts["skipped"],
+            failed=counts["failed"],
+            cancelled=counts["cancelled"],
+            would_run=counts["would-run"],
+            elapsed=time.monotonic() - self._created,
+            task_seconds=sum(task._duration for task in self._tasks),
+        )
 
     def _terminate(self, error: BaseException) -> None:
         self._scheduler.abort(error)

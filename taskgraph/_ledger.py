@@ -212,6 +212,8 @@ class Ledger:
 
     def __init__(self, workspace: str) -> None:
         self.path = os.path.join(workspace, LEDGER_FILENAME)
+        #: When set (a dry run), nothing is ever written.
+        self.read_only = False
         # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
         self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _STATEMENTS}
         self._pending_digests: dict[tuple[str, str], CachedDigest] = {}
@@ -496,6 +498,8 @@ class Ledger:
             LedgerError: if the transaction cannot be committed (disk full,
                 read-only file). The ledger keeps everything committed before.
         """
+        if self.read_only:
+            return
         lazy = len(self._rows[_DECISION]) + len(self._pending_digests)
         durable = any(rows for sql, rows in self._rows.items() if sql != _DECISION)
         if not (durable or lazy >= _LAZY_LIMIT or (force and lazy)):

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from taskgraph._decide import decide
+from taskgraph._decide import Reason, decide
 from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
 from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
@@ -54,10 +54,12 @@ class Scheduler:
         *,
         threaded: bool,
         reporting_interval: float | None,
+        dry_run: bool = False,
     ) -> None:
         self._ledger = ledger
         self._executor = executor
         self._finished_condition = finished
+        self._dry_run = dry_run
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ready: list[tuple[float, int, Task]] = []
         self._blockers: dict[Task, int] = {}
@@ -189,7 +191,7 @@ class Scheduler:
             return
         waiting = 0
         for dep in task._dependencies:
-            if dep._state not in ("ran", "skipped"):
+            if dep._state not in ("ran", "skipped", "would-run"):
                 waiting += 1
                 self._dependents.setdefault(dep, []).append(task)
         if waiting:
@@ -219,6 +221,7 @@ class Scheduler:
         self._ledger.record(self._outcome(task, result, None))
         if task._store_result:
             task._result = result.result
+        task._duration = result.ended - result.started
         task._state = "ran"
         finished.append(task)
 
@@ -282,6 +285,9 @@ class Scheduler:
     def _dispatch(self) -> None:
         while self._ready and self._failure is None and len(self._running) < self._executor.capacity:
             _, _, task = heapq.heappop(self._ready)
+            if self._dry_run:
+                self._plan(task)
+                continue
             try:
                 decision = decide(task, self._ledger, self._ledger)
             except Exception as error:
@@ -330,6 +336,22 @@ class Scheduler:
             self._running[task.task_id] = task
             self._started_at[task.task_id] = time.monotonic()
             self._executor.submit(job, self._job_done)
+
+    def _plan(self, task: Task) -> None:
+        """Dry run: decide, record nothing, run nothing."""
+        upstream = [dep for dep in task._dependencies if dep._state == "would-run"]
+        if upstream:
+            task._reasons = tuple(
+                Reason("dependency_would_run", f"dependency {dep.task_name!r} would run")
+                for dep in upstream
+            )
+        else:
+            decision = decide(task, self._ledger, self._ledger)
+            task._reasons = decision.reasons
+            if not decision.run and task._store_result:
+                task._result = self._ledger.load_result(task._identity.record_key)
+        task._state = "would-run" if task._reasons else "skipped"
+        self._finish([task])
 
     def _job_done(self, result: JobResult) -> None:
         self._inbox.put(("done", result))

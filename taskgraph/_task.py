@@ -15,7 +15,7 @@ from taskgraph._errors import TaskTimeoutError
 from taskgraph._identity import Identity
 
 #: Every value of :attr:`Task.state`.
-STATES = ("pending", "running", "ran", "skipped", "failed", "cancelled")
+STATES = ("pending", "running", "ran", "skipped", "failed", "cancelled", "would-run")
 
 
 class Task:
@@ -68,6 +68,7 @@ class Task:
         self._error: BaseException | None = None
         self._reasons: tuple[Any, ...] = ()
         self._had_record = True  # until the scheduler's check says otherwise
+        self._duration = 0.0
         # One condition per graph, notified by the scheduler after each batch
         # of finished tasks: cheaper than an Event per task on large graphs.
         self._finished = False
@@ -78,7 +79,8 @@ class Task:
     @property
     def state(self) -> str:
         """``'pending'``, ``'running'``, ``'ran'``, ``'skipped'`` (up to date),
-        ``'failed'`` or ``'cancelled'`` (another task failed first)."""
+        ``'failed'``, ``'cancelled'`` (another task failed first) or, in a dry
+        run, ``'would-run'``."""
         return self._state
 
     @property
@@ -124,7 +126,7 @@ class Task:
         """Return the function's result, waiting for it if needed.
 
         A task skipped because it was up to date returns the result recorded
-        when it last ran.
+        when it last ran. In a dry run, a task that would run returns None.
 
         Raises:
             ValueError: if the task was added without ``store_result=True``.
