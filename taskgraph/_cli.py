@@ -147,6 +147,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             "targets": _targets_state(task, targets, reader),
             "error": task.error,
         })
+    latest = max((d.run_id for d in decisions.values() if d.run_id is not None), default=None)
+    for row in rows:
+        if latest is not None and row["run"] is not None and row["run"] < latest:
+            row["state"] = "stale"  # not considered by the latest run
     summary: dict[str, Any] = {"tasks": len(rows)}
     for row in rows:
         summary[row["state"]] = summary.get(row["state"], 0) + 1
@@ -164,10 +168,12 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         if args.failed and row["error"]:
             for line in row["error"].rstrip().splitlines()[-6:]:
                 out.write(f"    {line}\n")
-    counts = ", ".join(f"{summary[key]} {key}" for key in ("ran", "skipped", "failed") if key in summary)
+    counts = ", ".join(f"{summary[key]} {key}" for key in ("ran", "skipped", "failed", "stale") if key in summary)
     drift = sum(row["targets"] in ("missing", "changed") for row in rows)
     out.write(f"{len(rows)} tasks" + (f": {counts}" if counts else "")
               + (f"; {drift} with missing or changed targets" if drift else "") + "\n")
+    if "stale" in summary:
+        out.write("(stale: recorded, but not part of the latest run; `taskgraph forget` drops them)\n")
     return 0
 
 

@@ -277,7 +277,19 @@ class Change:
         """One line for logs and ``taskgraph explain``."""
         if self.what == "missing":
             return f"{self.path} is missing"
-        return f"{self.path}: {self.what} changed ({self.old} -> {self.new})"
+        old, new = self.old, self.new
+        if self.what == "mtime" and isinstance(old, int) and isinstance(new, int):
+            old, new = _format_ns(old), _format_ns(new)
+        elif self.what == "content" and isinstance(old, str) and isinstance(new, str):
+            old, new = old[:12], new[:12]
+        elif self.what == "size":
+            old, new = f"{old} bytes", f"{new} bytes"
+        return f"{self.path}: {self.what} changed ({old} -> {new})"
+
+
+def _format_ns(ns: int) -> str:
+    """A nanosecond timestamp, readable and still precise."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}"
 
 
 def compare(

@@ -8,6 +8,7 @@ taken right where the files were written.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import threading
@@ -76,8 +77,10 @@ class JobResult:
 
 
 def worker_name() -> str:
-    """Where a job ran: host process and thread."""
-    return f"pid {os.getpid()} {threading.current_thread().name}"
+    """Where a job ran: the process (and thread, if not the main one)."""
+    name = f"{multiprocessing.current_process().name} (pid {os.getpid()})"
+    thread = threading.current_thread()
+    return name if thread is threading.main_thread() else f"{name} {thread.name}"
 
 
 def noop() -> None:
