@@ -31,7 +31,7 @@ from taskgraph._ledger import Ledger
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
 
-LOGGER = logging.getLogger("taskgraph")
+LOGGER = logging.getLogger("taskgraph.Task")
 
 
 @dataclass(frozen=True, slots=True)

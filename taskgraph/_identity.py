@@ -30,7 +30,7 @@ import xxhash
 
 from taskgraph._fingerprint import file_stat
 
-LOGGER = logging.getLogger("taskgraph")
+LOGGER = logging.getLogger("taskgraph.Task")
 
 PATH_TYPES = (str, PurePath)
 _MAX_PATH_LENGTH = 4096

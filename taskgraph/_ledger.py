@@ -53,7 +53,7 @@ import xxhash
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
 
-LOGGER = logging.getLogger("taskgraph")
+LOGGER = logging.getLogger("taskgraph.Task")
 
 LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 SCHEMA_VERSION = 1

@@ -38,7 +38,7 @@ from taskgraph._errors import TaskExecutionError, WorkerDiedError
 from taskgraph._executor import DoneCallback, Executor
 from taskgraph._job import Job, JobResult, encode_result, run_job
 
-LOGGER = logging.getLogger("taskgraph")
+LOGGER = logging.getLogger("taskgraph.Task")
 
 _RESULT = b"R"
 _LOG = b"L"

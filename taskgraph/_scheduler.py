@@ -38,7 +38,7 @@ from taskgraph._job import Job, JobResult
 from taskgraph._ledger import Ledger, Outcome, format_exception
 from taskgraph._task import Task
 
-LOGGER = logging.getLogger("taskgraph")
+LOGGER = logging.getLogger("taskgraph.Task")
 
 _FINISHED = ("ran", "skipped", "failed", "cancelled")
 

@@ -399,3 +399,16 @@ def test_changed_source_file_reruns_its_readers_only(tmp_path, n_workers):
     keys = dict(con.execute("SELECT name, exec_key FROM tasks"))
     con.close()
     assert len(set(keys.values())) == 3
+
+
+def test_natcap_import_paths_and_logger_name(tmp_path, caplog):
+    import taskgraph.Task
+    from taskgraph.Task import TaskGraph
+
+    assert TaskGraph is taskgraph.TaskGraph
+    assert isinstance(taskgraph.Task, type)  # the class, not the module
+    # natcap logs to "taskgraph.Task": settings there keep working.
+    with caplog.at_level(logging.DEBUG, logger="taskgraph.Task"):
+        with taskgraph.TaskGraph(str(tmp_path), -1) as graph:
+            graph.add_task(f.sleep, args=(0,), task_name="quiet")
+    assert any(record.name == "taskgraph.Task" and "quiet" in record.getMessage() for record in caplog.records)
