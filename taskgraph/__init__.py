@@ -12,12 +12,13 @@ A drop-in replacement for the public API of natcap ``taskgraph`` 0.11::
 Run it twice and the second run executes nothing.
 """
 
-from taskgraph._decide import Reason
 # isort: off
 # Load natcap's module path first: importing it later must not replace the
 # ``taskgraph.Task`` class with the module (the class is bound again below).
 from taskgraph import Task as _natcap_module_path  # noqa: F401
+
 # isort: on
+from taskgraph._decide import Reason
 from taskgraph._errors import (
     DuplicateTaskError,
     InvalidTaskError,
