@@ -30,7 +30,7 @@ from taskgraph._fingerprint import Fingerprint, compare, file_stat, is_content_a
 from taskgraph._ledger import DecisionRow, LedgerReader, TaskRow, forget
 from taskgraph._version import __version__
 
-_STATE_COLOURS = {"ran": "#a5d6a7", "skipped": "#e8f5e9", "failed": "#ef9a9a"}
+_STATE_COLOURS = {"ran": "#a5d6a7", "skipped": "#e8f5e9", "failed": "#ef9a9a", "stale": "#e0e0e0"}
 
 
 class CommandError(TaskGraphError):
@@ -83,12 +83,27 @@ def _targets_state(task: TaskRow, targets: dict[str, Fingerprint], reader: Ledge
     return "ok" if states else "-"
 
 
-def _last_state(task: TaskRow, decision: DecisionRow | None) -> str:
-    if task.state == "failed":
-        return "failed"
-    if decision is not None and decision.action == "skip":
-        return "skipped"
-    return "ran"
+def _states(tasks: Sequence[TaskRow], decisions: dict[str, DecisionRow]) -> dict[str, tuple[str, int | None]]:
+    """record_key -> (state in the run that last considered it, that run).
+
+    ``'stale'`` marks a record the latest run did not consider (an old
+    record, for example of a call whose arguments have since changed).
+    """
+    latest = max((d.run_id for d in decisions.values() if d.run_id is not None), default=None)
+    states: dict[str, tuple[str, int | None]] = {}
+    for task in tasks:
+        decision = decisions.get(task.record_key)
+        run = decision.run_id if decision is not None else task.run_id
+        if latest is not None and run is not None and run < latest:
+            state = "stale"
+        elif task.state == "failed":
+            state = "failed"
+        elif decision is not None and decision.action == "skip":
+            state = "skipped"
+        else:
+            state = "ran"
+        states[task.record_key] = (state, run)
+    return states
 
 
 def _resolve(reader: LedgerReader, names: Sequence[str]) -> list[TaskRow]:
@@ -129,28 +144,24 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     reader = LedgerReader(args.workspace)
     tasks = reader.tasks()
     files = reader.files()
-    decisions = reader.decisions()
+    states = _states(tasks, reader.decisions())
     rows: list[dict[str, Any]] = []
     for task in tasks:
         if args.failed and task.state != "failed":
             continue
         targets = files.get(task.record_key, ({}, {}))[1]
-        decision = decisions.get(task.record_key)
+        state, run = states[task.record_key]
         rows.append({
             "name": task.name,
             "key": task.record_key,
-            "state": _last_state(task, decision),
-            "run": decision.run_id if decision is not None else task.run_id,
+            "state": state,
+            "run": run,
             "recorded": task.state,
             "last_run": task.ended,
             "duration": task.duration,
             "targets": _targets_state(task, targets, reader),
             "error": task.error,
         })
-    latest = max((d.run_id for d in decisions.values() if d.run_id is not None), default=None)
-    for row in rows:
-        if latest is not None and row["run"] is not None and row["run"] < latest:
-            row["state"] = "stale"  # not considered by the latest run
     summary: dict[str, Any] = {"tasks": len(rows)}
     for row in rows:
         summary[row["state"]] = summary.get(row["state"], 0) + 1
@@ -218,11 +229,11 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _graph_model(reader: LedgerReader) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    decisions = reader.decisions()
     tasks = reader.tasks()
+    states = _states(tasks, reader.decisions())
     known = {task.record_key for task in tasks}
     nodes = [
-        {"key": task.record_key, "name": task.name, "state": _last_state(task, decisions.get(task.record_key)),
+        {"key": task.record_key, "name": task.name, "state": states[task.record_key][0],
          "duration": task.duration}
         for task in tasks
     ]
