@@ -7,6 +7,7 @@ import collections
 import logging
 import os
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from taskgraph._fingerprint import validate_algorithm
 from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import noop
 from taskgraph._ledger import Ledger
+from taskgraph._progress import ProgressBar
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
 
@@ -95,6 +97,8 @@ class TaskGraph:
         dry_run: decide, but run nothing and record nothing: tasks that would
             run end in state ``'would-run'`` (and so do their dependents), the
             others ``'skipped'``; :meth:`plan` lists them with their reasons.
+        progress: draw a progress bar on stderr. By default it is drawn when
+            stderr is a terminal; False turns it off.
 
     Use as a context manager, or call :meth:`close` then :meth:`join`.
     """
@@ -106,6 +110,7 @@ class TaskGraph:
         reporting_interval: float | None = None,
         *,
         dry_run: bool = False,
+        progress: bool | None = None,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
             raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
@@ -136,9 +141,12 @@ class TaskGraph:
             executor = ProcessPool(n_workers)
         self._executor = executor
         self._finished_condition = threading.Condition(threading.Lock())
+        if progress is None:
+            progress = sys.stderr is not None and sys.stderr.isatty()
         self._scheduler = Scheduler(
             self._ledger, executor, self._finished_condition, threaded=n_workers >= 0 and not dry_run,
             reporting_interval=reporting_interval, dry_run=dry_run,
+            progress=ProgressBar(sys.stderr) if progress else None,
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []

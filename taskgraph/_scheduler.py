@@ -36,6 +36,7 @@ from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult
 from taskgraph._ledger import Ledger, Outcome, format_exception
+from taskgraph._progress import ProgressBar
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -55,11 +56,14 @@ class Scheduler:
         threaded: bool,
         reporting_interval: float | None,
         dry_run: bool = False,
+        progress: ProgressBar | None = None,
     ) -> None:
         self._ledger = ledger
         self._executor = executor
         self._finished_condition = finished
         self._dry_run = dry_run
+        self._progress = progress
+        self._failed_count = 0
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ready: list[tuple[float, int, Task]] = []
         self._blockers: dict[Task, int] = {}
@@ -116,6 +120,8 @@ class Scheduler:
             timeout = None
             if self._reporting_interval:
                 timeout = max(0.0, self._next_report - time.monotonic())
+            if self._progress is not None:
+                timeout = 1.0 if timeout is None else min(timeout, 1.0)  # tick the clock
             try:
                 message = self._inbox.get(timeout=timeout)
             except queue.Empty:
@@ -268,6 +274,8 @@ class Scheduler:
             self._finished_condition.notify_all()
         for task in finished:
             self._finished_count += 1
+            if task._state == "failed":
+                self._failed_count += 1
             for dependent in self._dependents.pop(task, ()):
                 if task._state in ("failed", "cancelled"):
                     if dependent._state == "pending":
@@ -389,6 +397,11 @@ class Scheduler:
     # -- progress --------------------------------------------------------------------
 
     def _report(self) -> None:
+        if self._progress is not None:
+            if self._stopped:
+                self._progress.close(self._finished_count, self._known, len(self._running), self._failed_count)
+            else:
+                self._progress.update(self._finished_count, self._known, len(self._running), self._failed_count)
         if not self._reporting_interval or time.monotonic() < self._next_report:
             return
         self._next_report = time.monotonic() + self._reporting_interval
