@@ -99,6 +99,13 @@ class TaskGraph:
             others ``'skipped'``; :meth:`plan` lists them with their reasons.
         progress: draw a progress bar on stderr. By default it is drawn when
             stderr is a terminal; False turns it off.
+        executor: a ``distributed.Client``: tasks then run on that Dask
+            cluster (``pip install 'taskgraph[dask]'``), while the ledger and
+            the decisions stay in this process. ``n_workers > 0`` then caps
+            how many tasks are on the cluster at once; otherwise the cap is
+            twice the cluster's threads.
+        scheduler_address: instead of ``executor``, the address of a Dask
+            scheduler to connect to (``'tcp://host:8786'``).
 
     Use as a context manager, or call :meth:`close` then :meth:`join`.
     """
@@ -111,6 +118,8 @@ class TaskGraph:
         *,
         dry_run: bool = False,
         progress: bool | None = None,
+        executor: Any = None,
+        scheduler_address: str | None = None,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
             raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
@@ -130,21 +139,30 @@ class TaskGraph:
             self._ledger.read_only = True
         else:
             self._ledger.begin_run(n_workers)
-        executor: Executor
-        if n_workers < 0 or dry_run:
-            executor = InlineExecutor()
+        backend: Executor
+        self._remote = (executor is not None or scheduler_address is not None) and not dry_run
+        if self._remote:
+            if isinstance(executor, Executor):
+                backend = executor
+            else:
+                from taskgraph._dask import DaskExecutor
+
+                backend = DaskExecutor(executor, scheduler_address, n_workers if n_workers > 0 else None)
+        elif n_workers < 0 or dry_run:
+            backend = InlineExecutor()
         elif n_workers == 0:
-            executor = ThreadExecutor(1)
+            backend = ThreadExecutor(1)
         else:
             from taskgraph._pool import ProcessPool
 
-            executor = ProcessPool(n_workers)
-        self._executor = executor
+            backend = ProcessPool(n_workers)
+        self._executor = backend
         self._finished_condition = threading.Condition(threading.Lock())
         if progress is None:
             progress = sys.stderr is not None and sys.stderr.isatty()
         self._scheduler = Scheduler(
-            self._ledger, executor, self._finished_condition, threaded=n_workers >= 0 and not dry_run,
+            self._ledger, backend, self._finished_condition,
+            threaded=(n_workers >= 0 or self._remote) and not dry_run,
             reporting_interval=reporting_interval, dry_run=dry_run,
             progress=ProgressBar(sys.stderr) if progress else None,
         )
@@ -324,16 +342,16 @@ class TaskGraph:
                     f"({sorted(new)} vs {sorted(old)}): both would write "
                     f"{sorted(old & new)}. Give the tasks the same target list or disjoint ones."
                 )
-            if existing not in deps:
+            if not any(dep is existing for dep in deps):
                 deps.append(existing)
         payload = None
-        if self._n_workers > 0 and not self._dry_run:
+        if (self._n_workers > 0 or self._remote) and not self._dry_run:
             try:
                 payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as error:
                 raise invalid(
                     f"{_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
-                    f"n_workers={self._n_workers} sends every task to a worker process. Define "
+                    "this graph sends every task to another process to run. Define "
                     "the function at module level (not a lambda, nested function or method of an "
                     "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
                     "tasks in a thread."

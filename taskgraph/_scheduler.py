@@ -66,8 +66,10 @@ class Scheduler:
         self._failed_count = 0
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ready: list[tuple[float, int, Task]] = []
-        self._blockers: dict[Task, int] = {}
-        self._dependents: dict[Task, list[Task]] = {}
+        # Keyed by task_id: Task equality is natcap's "same call" equality, and
+        # two calls that differ only in their targets are equal but distinct.
+        self._blockers: dict[int, tuple[Task, int]] = {}
+        self._dependents: dict[int, list[Task]] = {}
         self._running: dict[int, Task] = {}
         self._started_at: dict[int, float] = {}
         self._known = 0
@@ -199,9 +201,9 @@ class Scheduler:
         for dep in task._dependencies:
             if dep._state not in ("ran", "skipped", "would-run"):
                 waiting += 1
-                self._dependents.setdefault(dep, []).append(task)
+                self._dependents.setdefault(dep.task_id, []).append(task)
         if waiting:
-            self._blockers[task] = waiting
+            self._blockers[task.task_id] = (task, waiting)
         else:
             self._push_ready(task)
 
@@ -276,18 +278,18 @@ class Scheduler:
             self._finished_count += 1
             if task._state == "failed":
                 self._failed_count += 1
-            for dependent in self._dependents.pop(task, ()):
+            for dependent in self._dependents.pop(task.task_id, ()):
                 if task._state in ("failed", "cancelled"):
                     if dependent._state == "pending":
-                        self._blockers.pop(dependent, None)
+                        self._blockers.pop(dependent.task_id, None)
                         self._cancel(dependent)
                         self._finish([dependent])
                     continue
-                left = self._blockers[dependent] - 1
+                left = self._blockers[dependent.task_id][1] - 1
                 if left:
-                    self._blockers[dependent] = left
+                    self._blockers[dependent.task_id] = (dependent, left)
                 else:
-                    del self._blockers[dependent]
+                    del self._blockers[dependent.task_id]
                     self._push_ready(dependent)
 
     def _dispatch(self) -> None:
@@ -338,6 +340,7 @@ class Scheduler:
                 target_mode=task._target_mode,
                 want_result=task._store_result,
                 known_digests=known,
+                priority=task._priority,
             )
             task._payload = None  # sent once; free the memory
             task._state = "running"
@@ -387,7 +390,7 @@ class Scheduler:
 
     def _cancel_pending(self) -> None:
         cancelled = [task for _, _, task in self._ready]
-        cancelled.extend(self._blockers)
+        cancelled.extend(task for task, _ in self._blockers.values())
         self._ready.clear()
         self._blockers.clear()
         for task in cancelled:

@@ -412,3 +412,23 @@ def test_natcap_import_paths_and_logger_name(tmp_path, caplog):
         with taskgraph.TaskGraph(str(tmp_path), -1) as graph:
             graph.add_task(f.sleep, args=(0,), task_name="quiet")
     assert any(record.name == "taskgraph.Task" and "quiet" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("n_workers", MODES)
+def test_same_call_with_disjoint_targets_chains_and_joins(tmp_path, n_workers):
+    # Three calls equal but for their targets: natcap makes each depend on the
+    # one before; a join after them must still run exactly once.
+    ws = str(tmp_path)
+    src = os.path.join(ws, "src.txt")
+    with taskgraph.TaskGraph(ws, n_workers) as graph:
+        first = graph.add_task(f.write, args=(src, "s"), target_path_list=[src])
+        copies = [graph.add_task(f.concat, args=(os.path.join(ws, f"m{i}.txt"), src),
+                                 target_path_list=[os.path.join(ws, f"m{i}.txt")], dependent_task_list=[first])
+                  for i in range(3)]
+        joined = os.path.join(ws, "join.txt")
+        graph.add_task(f.concat, args=(joined, *(os.path.join(ws, f"m{i}.txt") for i in range(3))),
+                       target_path_list=[joined], dependent_task_list=copies)
+    assert copies[0] == copies[1] and copies[1] is not copies[0]
+    assert copies[0] in copies[1]._dependencies and copies[1] in copies[2]._dependencies
+    assert sorted(executions(ws)) == ["join.txt", "m0.txt", "m1.txt", "m2.txt", "src.txt"]
+    assert open(joined).read() == "sss"
