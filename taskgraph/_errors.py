@@ -77,3 +77,14 @@ class LedgerError(TaskGraphError, RuntimeError):
     """The ledger (the SQLite file in the workspace) could not be opened or
     written, for example because the workspace is read-only or the disk is
     full. Nothing recorded before the error is lost."""
+
+
+class MissingDependencyError(TaskGraphError, ImportError):
+    """An optional feature needs a package that is not installed; the message
+    gives the exact ``pip install`` line."""
+
+
+class SharedFilesystemError(TaskGraphError, RuntimeError):
+    """A task's input files, seen by the scheduling process, do not exist where
+    the task ran: targets and inputs must live on a filesystem every worker of
+    a cluster shares."""

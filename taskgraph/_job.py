@@ -53,6 +53,7 @@ class Job:
     target_mode: str
     want_result: bool
     known_digests: dict[tuple[str, str], CachedDigest] = field(default_factory=dict)
+    priority: float = 0
 
     def spec(self) -> tuple[Any, ...]:
         """Everything but the call itself, as :func:`run_job` takes it."""
