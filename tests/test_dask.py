@@ -11,20 +11,11 @@ import pytest
 import taskgraph
 
 distributed = pytest.importorskip("distributed")
-dask = pytest.importorskip("dask")
 
 
-@pytest.fixture(scope="module")
-def client():
-    # A task that kills its worker fails at once instead of being retried.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=40,
-        )
-        with distributed.Client(cluster) as dask_client:
-            yield dask_client
-        cluster.close()
+@pytest.fixture
+def client(dask_client):
+    return dask_client
 
 
 def executions(ws):
