@@ -52,13 +52,18 @@ def build(workspace, n_workers, mode="sizetimestamp"):
     return {"a": a, "b": b, "ab": ab, "c": c, "final": final}, p
 
 
-def no_children(timeout=5.0):
-    """No child process but multiprocessing's resource tracker, within ``timeout``."""
+def child_pids():
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def no_new_children(before, timeout=5.0):
+    """No child process started since ``before`` is left, within ``timeout``
+    (other fixtures, such as a Dask cluster, may own children of their own)."""
     deadline = time.monotonic() + timeout
     while True:
         left = [
             child for child in psutil.Process().children(recursive=True)
-            if "resource_tracker" not in " ".join(child.cmdline())
+            if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline())
         ]
         if not left or time.monotonic() > deadline:
             return left == []
@@ -174,6 +179,7 @@ def test_missing_target_is_an_error_naming_the_path(tmp_path):
 
 @pytest.mark.parametrize("n_workers", [0, 2])
 def test_failure_reaches_join_and_cancels_dependents(tmp_path, n_workers):
+    before = child_pids()
     graph = taskgraph.TaskGraph(str(tmp_path), n_workers)
     bad = graph.add_task(f.fail, task_name="bad")
     after = graph.add_task(f.sleep, args=(0,), dependent_task_list=[bad], task_name="after")
@@ -190,13 +196,14 @@ def test_failure_reaches_join_and_cancels_dependents(tmp_path, n_workers):
     con = sqlite3.connect(os.path.join(tmp_path, taskgraph.LEDGER_FILENAME))
     assert con.execute("SELECT state FROM tasks WHERE name='bad'").fetchone() == ("failed",)
     con.close()
-    assert no_children()
+    assert no_new_children(before)
 
 
 @pytest.mark.parametrize("func,signal_name", [
     (f.sigkill_self, "SIGKILL"), (f.segfault, "SIGSEGV"), (f.hard_exit, "exit code 3"),
 ])
 def test_dead_worker_fails_its_task_without_hanging(tmp_path, func, signal_name):
+    before = child_pids()
     graph = taskgraph.TaskGraph(str(tmp_path), 2)
     slow = graph.add_task(f.sleep, args=(30,), task_name="slow")
     graph.add_task(func, task_name="victim")
@@ -207,7 +214,7 @@ def test_dead_worker_fails_its_task_without_hanging(tmp_path, func, signal_name)
     assert time.monotonic() - started < 20
     assert "victim" in str(info.value) and signal_name in str(info.value)
     assert slow.state == "cancelled"
-    assert no_children()
+    assert no_new_children(before)
 
 
 def test_workers_are_niced_and_caller_is_not(tmp_path):
