@@ -82,7 +82,7 @@ class DaskExecutor(Executor):
             ``address`` (a client made here is closed at shutdown).
         address: the scheduler's address, e.g. ``'tcp://10.0.0.1:8786'``.
         max_in_flight: how many tasks may be on the cluster at once; by
-            default twice the cluster's threads, re-read every few seconds
+            default four times the cluster's threads, re-read every few seconds
             so an adaptive cluster can grow.
     """
 
@@ -111,7 +111,7 @@ class DaskExecutor(Executor):
                 threads = sum(self._client.nthreads().values())
             except Exception:
                 threads = 0
-            self._capacity = max(2 * threads, self._capacity if threads == 0 else 1)
+            self._capacity = max(4 * threads, self._capacity if threads == 0 else 1)
         return self._capacity
 
     def submit(self, job: Job, done: DoneCallback) -> None:

@@ -103,7 +103,7 @@ class TaskGraph:
             cluster (``pip install 'taskgraph[dask]'``), while the ledger and
             the decisions stay in this process. ``n_workers > 0`` then caps
             how many tasks are on the cluster at once; otherwise the cap is
-            twice the cluster's threads.
+            four times the cluster's threads.
         scheduler_address: instead of ``executor``, the address of a Dask
             scheduler to connect to (``'tcp://host:8786'``).
 
