@@ -18,7 +18,7 @@ def dask_client():
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=40,
+            dashboard_address=":0", silence_logs=40,
         )
         with distributed.Client(cluster) as client:
             yield client

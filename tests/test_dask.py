@@ -1,9 +1,11 @@
 """The Dask executor on a real LocalCluster (worker processes on 127.0.0.1)."""
 
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import engine_funcs as f
 import pytest
@@ -100,3 +102,29 @@ def test_without_distributed_the_error_says_what_to_install(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
     assert "pip install 'taskgraph[dask]'" in out
+
+
+def test_worker_logs_reach_this_process(tmp_path, client, caplog):
+    with caplog.at_level(logging.WARNING):
+        with taskgraph.TaskGraph(str(tmp_path), 2, executor=client) as graph:
+            graph.add_task(f.log_message, args=("engine.test.dask", "hello from a dask worker"))
+        deadline = time.monotonic() + 10
+        while "hello from a dask worker" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "hello from a dask worker" in caplog.text
+
+
+def test_losing_the_cluster_is_an_error_not_a_hang(tmp_path):
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=":0", silence_logs=50)
+    lost_client = distributed.Client(cluster)
+    graph = taskgraph.TaskGraph(str(tmp_path), 1, executor=lost_client)
+    graph.add_task(f.sleep, args=(30,), task_name="long")
+    graph.close()
+    time.sleep(1.0)
+    cluster.close()
+    try:
+        with pytest.raises(taskgraph.WorkerDiedError, match="long"):
+            graph.join(timeout=60)
+    finally:
+        lost_client.close()
