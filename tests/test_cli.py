@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -195,3 +196,37 @@ def test_bad_workspaces_get_one_line(tmp_path):
 def test_version():
     result = subprocess.run([sys.executable, "-m", "taskgraph", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("taskgraph ")
+
+
+def test_status_of_a_ledger_from_a_killed_run(tmp_path):
+    script = tmp_path / "long.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import engine_funcs, taskgraph
+        if __name__ == "__main__":
+            ws = sys.argv[1]
+            graph = taskgraph.TaskGraph(ws, 2)
+            for i in range(4):
+                target = os.path.join(ws, f"quick{{i}}.txt")
+                graph.add_task(engine_funcs.write, args=(target, i), target_path_list=[target], task_name=f"quick{{i}}")
+            graph.add_task(engine_funcs.sleep, args=(60,), task_name="long")
+            graph.close()
+            graph.join()
+    """))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(ws)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        result = tg("status", ws, "--json")
+        if result.returncode == 0 and len(json.loads(result.stdout)["tasks"]) == 4:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=30)
+    result = tg("status", ws, "--json")
+    assert result.returncode == 0, result.stderr
+    tasks = json.loads(result.stdout)["tasks"]
+    assert sorted(task["name"] for task in tasks) == ["quick0", "quick1", "quick2", "quick3"]
+    assert all(task["targets"] == "ok" for task in tasks)
