@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from taskgraph._decide import Reason, decide
+from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
 from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
@@ -41,7 +41,7 @@ from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
-_FINISHED = ("ran", "skipped", "failed", "cancelled")
+_ELSEWHERE_POLL_S = 0.25
 
 
 class Scheduler:
@@ -72,6 +72,8 @@ class Scheduler:
         self._dependents: dict[int, list[Task]] = {}
         self._running: dict[int, Task] = {}
         self._started_at: dict[int, float] = {}
+        # Ready tasks that another process is running at the moment.
+        self._elsewhere: dict[int, Task] = {}
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
@@ -124,9 +126,16 @@ class Scheduler:
                 timeout = max(0.0, self._next_report - time.monotonic())
             if self._progress is not None:
                 timeout = 1.0 if timeout is None else min(timeout, 1.0)  # tick the clock
+            if self._elsewhere:
+                # Another process holds some task: the ledger is the only way
+                # to hear that it finished, so look again soon.
+                timeout = _ELSEWHERE_POLL_S if timeout is None else min(timeout, _ELSEWHERE_POLL_S)
             try:
                 message = self._inbox.get(timeout=timeout)
             except queue.Empty:
+                if self._elsewhere:
+                    self._recheck_elsewhere()
+                    self._dispatch()
                 self._report()
                 continue
             try:
@@ -142,7 +151,15 @@ class Scheduler:
             try:
                 message = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                if not self._elsewhere or self._failure is not None:
+                    return
+                # Inline: add_task returns only once its task is done, so wait
+                # here for the other process that is running it.
+                time.sleep(_ELSEWHERE_POLL_S)
+                self._recheck_elsewhere()
+                self._dispatch()
+                self._report()
+                continue
             self._batch(message)
             self._report()
 
@@ -293,60 +310,108 @@ class Scheduler:
                     self._push_ready(dependent)
 
     def _dispatch(self) -> None:
-        while self._ready and self._failure is None and len(self._running) < self._executor.capacity:
-            _, _, task = heapq.heappop(self._ready)
-            if self._dry_run:
-                self._plan(task)
-                continue
+        while self._failure is None:
+            slots = self._executor.capacity - len(self._running)
+            starting: list[tuple[Task, Decision]] = []
+            while self._ready and self._failure is None and len(starting) < slots:
+                _, _, task = heapq.heappop(self._ready)
+                if self._dry_run:
+                    self._plan(task)
+                    continue
+                decision = self._decide(task)
+                if decision is not None:
+                    starting.append((task, decision))
+            if not starting:
+                return
             try:
-                decision = decide(task, self._ledger, self._ledger)
-            except Exception as error:
-                task._state = "failed"
-                task._error = error
+                held = self._ledger.claim([task._identity.record_key for task, _ in starting])
+            except LedgerError as error:
+                for task, _ in starting:
+                    self._cancel(task)
                 self._fail_graph(error)
-                self._finish([task])
-                break
-            task._reasons = decision.reasons
-            task._had_record = decision.record is not None
-            self._ledger.record_decision(
-                task._identity.record_key, task.task_name, decision.run,
-                [reason.as_dict() for reason in decision.reasons],
-            )
-            if not decision.run:
-                if task._store_result:
-                    task._result = self._ledger.load_result(task._identity.record_key)
-                task._state = "skipped"
-                LOGGER.debug("task %r is up to date: skipped", task.task_name)
-                self._finish([task])
-                continue
-            if LOGGER.isEnabledFor(logging.DEBUG):
-                LOGGER.debug("task %r runs: %s", task.task_name, "; ".join(map(str, decision.reasons)))
-            known = {}
-            if is_content_algorithm(task._hash_algorithm):
-                for path in decision.inputs:
-                    entry = self._ledger.lookup_digest(path, task._hash_algorithm)
-                    if entry is not None:
-                        known[(path, task._hash_algorithm)] = entry
-            job = Job(
-                task_id=task.task_id,
-                name=task.task_name,
-                func=task._func,
-                args=task._args,
-                kwargs=task._kwargs,
-                payload=task._payload,
-                inputs=decision.inputs,
-                input_mode=task._hash_algorithm,
-                targets=task._target_path_list,
-                target_mode=task._target_mode,
-                want_result=task._store_result,
-                known_digests=known,
-                priority=task._priority,
-            )
-            task._payload = None  # sent once; free the memory
-            task._state = "running"
-            self._running[task.task_id] = task
-            self._started_at[task.task_id] = time.monotonic()
-            self._executor.submit(job, self._job_done)
+                self._finish([task for task, _ in starting])
+                return
+            for task, decision in starting:
+                holder = held.get(task._identity.record_key)
+                if holder is None:
+                    self._start(task, decision)
+                else:
+                    # Another process is running this very task: wait for it,
+                    # then decide again (it will most likely be up to date).
+                    LOGGER.info("task %r is being run by %s; waiting for it", task.task_name, holder)
+                    self._elsewhere[task.task_id] = task
+
+    def _decide(self, task: Task) -> Decision | None:
+        """Decide one ready task; finish it if it is up to date. Returns the
+        decision of a task that must run, or None."""
+        try:
+            decision = decide(task, self._ledger, self._ledger)
+        except Exception as error:
+            task._state = "failed"
+            task._error = error
+            self._fail_graph(error)
+            self._finish([task])
+            return None
+        task._reasons = decision.reasons
+        task._had_record = decision.record is not None
+        self._ledger.record_decision(
+            task._identity.record_key, task.task_name, decision.run,
+            [reason.as_dict() for reason in decision.reasons],
+        )
+        if decision.run:
+            return decision
+        if task._store_result:
+            task._result = self._ledger.load_result(task._identity.record_key)
+        task._state = "skipped"
+        LOGGER.debug("task %r is up to date: skipped", task.task_name)
+        self._finish([task])
+        return None
+
+    def _start(self, task: Task, decision: Decision) -> None:
+        if LOGGER.isEnabledFor(logging.DEBUG):
+            LOGGER.debug("task %r runs: %s", task.task_name, "; ".join(map(str, decision.reasons)))
+        known = {}
+        if is_content_algorithm(task._hash_algorithm):
+            for path in decision.inputs:
+                entry = self._ledger.lookup_digest(path, task._hash_algorithm)
+                if entry is not None:
+                    known[(path, task._hash_algorithm)] = entry
+        job = Job(
+            task_id=task.task_id,
+            name=task.task_name,
+            func=task._func,
+            args=task._args,
+            kwargs=task._kwargs,
+            payload=task._payload,
+            inputs=decision.inputs,
+            input_mode=task._hash_algorithm,
+            targets=task._target_path_list,
+            target_mode=task._target_mode,
+            want_result=task._store_result,
+            known_digests=known,
+            priority=task._priority,
+        )
+        task._payload = None  # sent once; free the memory
+        task._state = "running"
+        self._running[task.task_id] = task
+        self._started_at[task.task_id] = time.monotonic()
+        self._executor.submit(job, self._job_done)
+
+    def _recheck_elsewhere(self) -> None:
+        """Tasks another process was running: back to the ready queue once it
+        has finished (or died)."""
+        if not self._elsewhere or self._failure is not None:
+            return
+        tasks = list(self._elsewhere.values())
+        try:
+            held = self._ledger.holders([task._identity.record_key for task in tasks])
+        except Exception:
+            LOGGER.debug("could not read the claims table", exc_info=True)
+            return
+        for task in tasks:
+            if task._identity.record_key not in held:
+                del self._elsewhere[task.task_id]
+                self._push_ready(task)
 
     def _plan(self, task: Task) -> None:
         """Dry run: decide, record nothing, run nothing."""
@@ -379,6 +444,8 @@ class Scheduler:
         self._cancel_pending()
 
     def _cancel(self, task: Task) -> None:
+        if task._state == "running":
+            self._ledger.release(task._identity.record_key)  # let other processes run it
         task._state = "cancelled"
         cause = self._failure
         error = TaskCancelledError(
@@ -391,8 +458,10 @@ class Scheduler:
     def _cancel_pending(self) -> None:
         cancelled = [task for _, _, task in self._ready]
         cancelled.extend(task for task, _ in self._blockers.values())
+        cancelled.extend(self._elsewhere.values())
         self._ready.clear()
         self._blockers.clear()
+        self._elsewhere.clear()
         for task in cancelled:
             self._cancel(task)
         self._finish(cancelled)

@@ -95,3 +95,8 @@ def copy_bytes(out_path, in_path):
     with open(in_path, "rb") as source, open(out_path, "wb") as out:
         out.write(source.read())
     _count(out_path)
+
+
+def slow_write(path, text, seconds):
+    time.sleep(seconds)
+    write(path, text)

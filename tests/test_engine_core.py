@@ -439,3 +439,73 @@ def test_same_call_with_disjoint_targets_chains_and_joins(tmp_path, n_workers):
     assert copies[0] in copies[1]._dependencies and copies[1] in copies[2]._dependencies
     assert sorted(executions(ws)) == ["join.txt", "m0.txt", "m1.txt", "m2.txt", "src.txt"]
     assert open(joined).read() == "sss"
+
+
+SAME_TASK_SCRIPT = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import engine_funcs, taskgraph
+    if __name__ == "__main__":
+        ws, n_workers = sys.argv[1], int(sys.argv[2])
+        target = os.path.join(ws, "slow.txt")
+        with taskgraph.TaskGraph(ws, n_workers) as graph:
+            task = graph.add_task(engine_funcs.slow_write, args=(target, "x", 2.0), target_path_list=[target])
+        print(task.state)
+""")
+
+
+@pytest.mark.parametrize("n_workers", [-1, 2])
+def test_a_task_another_process_is_running_is_waited_for_then_skipped(tmp_path, n_workers):
+    script = tmp_path / "same.py"
+    script.write_text(SAME_TASK_SCRIPT.format(tests=os.path.dirname(__file__)))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    first = subprocess.Popen([sys.executable, str(script), str(ws), str(n_workers)], stdout=subprocess.PIPE, text=True)
+    ledger = ws / taskgraph.LEDGER_FILENAME
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until the first process has claimed the task
+        if ledger.exists():
+            con = sqlite3.connect(str(ledger), timeout=30)
+            try:
+                if con.execute("SELECT count(*) FROM claims").fetchone()[0]:
+                    break
+            except sqlite3.OperationalError:
+                pass
+            finally:
+                con.close()
+        time.sleep(0.02)
+    second = subprocess.Popen([sys.executable, str(script), str(ws), str(n_workers)], stdout=subprocess.PIPE, text=True)
+    out_first, _ = first.communicate(timeout=60)
+    out_second, _ = second.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0
+    assert out_first.strip() == "ran" and out_second.strip() == "skipped"
+    assert executions(ws) == ["slow.txt"]
+    con = sqlite3.connect(str(ledger))
+    assert con.execute("SELECT count(*) FROM claims").fetchone() == (0,)  # released
+    con.close()
+
+
+def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path):
+    script = tmp_path / "same.py"
+    script.write_text(SAME_TASK_SCRIPT.format(tests=os.path.dirname(__file__)))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    first = subprocess.Popen([sys.executable, str(script), str(ws), "-1"], stdout=subprocess.PIPE, text=True)
+    ledger = ws / taskgraph.LEDGER_FILENAME
+    deadline = time.monotonic() + 30
+    claimed = False
+    while not claimed and time.monotonic() < deadline:
+        if ledger.exists():
+            con = sqlite3.connect(str(ledger), timeout=30)
+            try:
+                claimed = bool(con.execute("SELECT count(*) FROM claims").fetchone()[0])
+            except sqlite3.OperationalError:
+                pass
+            finally:
+                con.close()
+        time.sleep(0.02)
+    assert claimed
+    first.kill()
+    first.wait(timeout=30)
+    second = subprocess.run([sys.executable, str(script), str(ws), "-1"], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and second.stdout.strip() == "ran"
