@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from taskgraph._fingerprint import DigestCache, compare
-from taskgraph._identity import input_files
+from taskgraph._identity import describe_arguments, input_files
 from taskgraph._ledger import TaskRecord
 
 if TYPE_CHECKING:
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 class Reason:
     """One reason a task runs.
 
-    ``code`` is one of ``'new_task'``, ``'transient_run'``,
+    ``code`` is one of ``'new_task'`` (never ran), ``'function_changed'``,
+    ``'arguments_changed'``, ``'targets_changed'`` (no record of this call,
+    but of an earlier call with the same task name), ``'transient_run'``,
     ``'previous_run_failed'``, ``'hash_algorithm_changed'``, ``'input_added'``,
     ``'input_removed'``, ``'input_changed'``, ``'target_missing'``,
     ``'target_changed'``, ``'result_missing'``; in a dry run also
@@ -56,6 +58,24 @@ class Decision:
     record: TaskRecord | None
 
 
+def _why_new(task: Task, ledger: Ledger) -> Reason:
+    """A task with no record: compare with the last task of the same name."""
+    previous = ledger.previous_by_name(task.task_name)
+    if previous is None:
+        return Reason("new_task", "no record of this task (it never ran)")
+    _, func, source_hash, args = previous
+    info = task._identity.function
+    if func != info.name or source_hash != info.source_hash:
+        what = "function" if func != info.name else f"source of {info.name}"
+        return Reason("function_changed", f"the {what} changed since its last run",
+                      old=func if func != info.name else source_hash[:12],
+                      new=info.name if func != info.name else info.source_hash[:12])
+    now = describe_arguments(task._args, task._kwargs)
+    if now != args:
+        return Reason("arguments_changed", f"its arguments changed ({args} -> {now})", old=args, new=now)
+    return Reason("targets_changed", "its target list changed since its last run")
+
+
 def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
     """Decide whether ``task`` must run, looking at its record and the disk."""
     inputs = tuple(input_files(
@@ -66,7 +86,7 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
     if task._transient_run:
         reasons.append(Reason("transient_run", "transient_run=True: runs every time"))
     if record is None:
-        reasons.append(Reason("new_task", "no record of this task (new function, arguments or targets)"))
+        reasons.append(_why_new(task, ledger))
         return Decision(True, tuple(reasons), inputs, None)
     if record.state != "done":
         reasons.append(Reason("previous_run_failed", "its last run failed", old=record.error))

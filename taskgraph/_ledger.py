@@ -443,6 +443,15 @@ class Ledger:
             in self._conn.execute("SELECT * FROM digests")
         }
 
+    def previous_by_name(self, name: str) -> tuple[str, str, str, str] | None:
+        """The latest record of a task with this name: (record_key, func,
+        source_hash, args); explains why a task with no record of its own is new."""
+        row = self._conn.execute(
+            "SELECT record_key, func, source_hash, args FROM tasks WHERE name=? ORDER BY ended DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
     def load_result(self, record_key: str) -> Any:
         """The stored result of a task (unpickled).
 

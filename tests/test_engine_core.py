@@ -509,3 +509,26 @@ def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path):
     first.wait(timeout=30)
     second = subprocess.run([sys.executable, str(script), str(ws), "-1"], capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and second.stdout.strip() == "ran"
+
+
+def test_reasons_say_what_changed_in_the_call(tmp_path, monkeypatch):
+    module = tmp_path / "step_module.py"
+    module.write_text("def step(path, n):\n    open(path, 'w').write(str(n))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    import step_module
+
+    target = str(tmp_path / "out.txt")
+
+    def run(n):
+        with taskgraph.TaskGraph(str(tmp_path / "ws"), -1) as graph:
+            return graph.add_task(step_module.step, args=(target, n), target_path_list=[target], task_name="step")
+
+    assert [r.code for r in run(1).reasons] == ["new_task"]
+    reason = run(2).reasons[0]
+    assert reason.code == "arguments_changed" and reason.old.endswith("1") and reason.new.endswith("2")
+    module.write_text("def step(path, n):\n    open(path, 'w').write(str(n * 10))\n")
+    importlib.reload(step_module)
+    assert [r.code for r in run(2).reasons] == ["function_changed"]
+    assert run(2).state == "skipped"
