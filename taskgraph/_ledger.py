@@ -530,7 +530,10 @@ class Ledger:
         held: dict[str, str] = {}
         me = (os.getpid(), _HOST, _START_TIME)
         now = time.time()
+        rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
+        digests, self._pending_digests = self._pending_digests, {}
         with self._transaction() as conn:
+            self._write(conn, rows, digests)  # buffered records commit with the claims
             for start in range(0, len(record_keys), 500):
                 chunk = record_keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -587,18 +590,26 @@ class Ledger:
         rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
         digests, self._pending_digests = self._pending_digests, {}
         with self._transaction() as conn:
-            for sql in _STATEMENTS:
-                if rows[sql]:
-                    conn.executemany(sql, rows[sql])
-            if digests:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (path, algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
-                         e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
-                        for (path, algorithm), e in digests.items()
-                    ],
-                )
+            self._write(conn, rows, digests)
+
+    @staticmethod
+    def _write(
+        conn: sqlite3.Connection,
+        rows: dict[str, list[tuple[Any, ...]]],
+        digests: dict[tuple[str, str], CachedDigest],
+    ) -> None:
+        for sql in _STATEMENTS:
+            if rows[sql]:
+                conn.executemany(sql, rows[sql])
+        if digests:
+            conn.executemany(
+                "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (path, algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
+                     e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
+                    for (path, algorithm), e in digests.items()
+                ],
+            )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

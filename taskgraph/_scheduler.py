@@ -74,6 +74,8 @@ class Scheduler:
         self._started_at: dict[int, float] = {}
         # Ready tasks that another process is running at the moment.
         self._elsewhere: dict[int, Task] = {}
+        # Finished tasks whose records are not committed yet (within a batch).
+        self._unnotified: list[Task] = []
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
@@ -193,9 +195,17 @@ class Scheduler:
                     self._cancel(task)
                     finished.append(task)
                 self._running.clear()
-        self._commit(finished)
-        self._finish(finished)
+        # Dependents of the finished tasks become ready now, but the finished
+        # tasks' waiters are released only once their records are committed:
+        # by the transaction that claims the next tasks to start (one commit
+        # for both), or by a commit of their own.
+        self._release(finished)
+        self._unnotified = finished
         self._dispatch()
+        if self._unnotified:
+            self._commit(self._unnotified)
+            self._notify(self._unnotified)
+            self._unnotified = []
         if stop:
             self._stopped = True
             self._ledger.end_run()
@@ -285,12 +295,19 @@ class Scheduler:
             self._cancel_pending()
 
     def _finish(self, finished: list[Task]) -> None:
+        """Tasks that need no commit of their own: release waiters and dependents."""
+        self._notify(finished)
+        self._release(finished)
+
+    def _notify(self, finished: list[Task]) -> None:
         if not finished:
             return
         for task in finished:
             task._finished = True
         with self._finished_condition:
             self._finished_condition.notify_all()
+
+    def _release(self, finished: list[Task]) -> None:
         for task in finished:
             self._finished_count += 1
             if task._state == "failed":
@@ -324,13 +341,22 @@ class Scheduler:
             if not starting:
                 return
             try:
+                # One transaction: the records of the tasks that just finished,
+                # and the claims of the tasks about to start.
                 held = self._ledger.claim([task._identity.record_key for task, _ in starting])
             except LedgerError as error:
+                LOGGER.error("%s", error)
+                for task in self._unnotified:
+                    if task._state == "ran":
+                        task._state = "failed"
+                        task._error = error
                 for task, _ in starting:
                     self._cancel(task)
                 self._fail_graph(error)
                 self._finish([task for task, _ in starting])
                 return
+            self._notify(self._unnotified)
+            self._unnotified = []
             for task, decision in starting:
                 holder = held.get(task._identity.record_key)
                 if holder is None:
