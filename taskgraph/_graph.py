@@ -16,6 +16,7 @@ from pathlib import PurePath
 from types import TracebackType
 from typing import Any
 
+from taskgraph._claims import Claims
 from taskgraph._decide import Reason
 from taskgraph._errors import (
     DuplicateTaskError,
@@ -165,6 +166,7 @@ class TaskGraph:
             threaded=(n_workers >= 0 or self._remote) and not dry_run,
             reporting_interval=reporting_interval, dry_run=dry_run,
             progress=ProgressBar(sys.stderr) if progress else None,
+            claims=None if dry_run else Claims(self._ledger.path),
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []

@@ -8,8 +8,6 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA
 application_id`` = :data:`APPLICATION_ID`)::
 
     meta    (key PK, value)                      created_by, created_at
-    claims  (record_key PK, pid, host, pid_started, claimed_at)
-                                                 tasks being run now, by which process
     runs    (run_id PK, started, ended, pid, host, n_workers, version)
     tasks   (record_key PK, task_key, exec_key, name, func, source_hash, args,
              hash_algorithm, store_result, state 'done'|'failed', run_id,
@@ -49,7 +47,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import sqlitedict
 import xxhash
 
@@ -110,12 +107,6 @@ CREATE TABLE IF NOT EXISTS digests (
     hashed_at_ns INTEGER NOT NULL,
     PRIMARY KEY (path, algorithm)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB);
-CREATE TABLE IF NOT EXISTS claims (
-    record_key TEXT PRIMARY KEY,
-    pid INTEGER NOT NULL,
-    host TEXT NOT NULL,
-    pid_started REAL NOT NULL,
-    claimed_at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decisions (
     record_key TEXT PRIMARY KEY,
     run_id INTEGER,
@@ -134,16 +125,14 @@ _INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 _UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value) VALUES (?,?)"
 _END_RUN = "UPDATE runs SET ended=? WHERE run_id=?"
 _DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
-_RELEASE = "DELETE FROM claims WHERE record_key=? AND pid=? AND host=?"
 _STATEMENTS = (
     _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP,
-    _UPSERT_RESULT, _END_RUN, _RELEASE, _DECISION,
+    _UPSERT_RESULT, _END_RUN, _DECISION,
 )
-_HOST = socket.gethostname()
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
-_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "claims"}
+_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,24 +173,6 @@ class Outcome:
     error: str | None = None
     #: True when the ledger held no record of this task before this run.
     fresh: bool = False
-
-
-def _process_start(pid: int) -> float:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return -1.0
-
-
-_START_TIME = _process_start(os.getpid())
-
-
-def _alive(pid: int, host: str, started: float) -> bool:
-    """Whether the process that made a claim is still running. A claim from
-    another host cannot be checked, so it counts as alive."""
-    if host != _HOST:
-        return True
-    return abs(_process_start(pid) - started) < 1e-3
 
 
 def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
@@ -498,7 +469,6 @@ class Ledger:
         state = "done" if outcome.error is None else "failed"
         self._written.add(key)  # from now on served by SQL, not the snapshot
         rows = self._rows
-        rows[_RELEASE].append((key, os.getpid(), _HOST))
         rows[_UPSERT_TASK].append((
             key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
             outcome.source_hash, outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
@@ -519,50 +489,6 @@ class Ledger:
         rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
         if outcome.store_result:
             rows[_UPSERT_RESULT].append((key, sqlitedict.encode(outcome.result)))
-
-    def claim(self, record_keys: Sequence[str]) -> dict[str, str]:
-        """Claim the right to run these tasks now, in one transaction.
-
-        Returns the keys another live process holds, each with a description
-        of that process; every other key is now claimed by this process. A
-        claim whose process has died is taken over.
-        """
-        held: dict[str, str] = {}
-        me = (os.getpid(), _HOST, _START_TIME)
-        now = time.time()
-        rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
-        digests, self._pending_digests = self._pending_digests, {}
-        with self._transaction() as conn:
-            self._write(conn, rows, digests)  # buffered records commit with the claims
-            for start in range(0, len(record_keys), 500):
-                chunk = record_keys[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                for key, pid, host, started in conn.execute(
-                    f"SELECT record_key, pid, host, pid_started FROM claims WHERE record_key IN ({marks})", chunk
-                ):
-                    if (pid, host, started) != me and _alive(pid, host, started):
-                        held[key] = f"process {pid} on {host}"
-            conn.executemany(
-                "INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
-                [(key, *me, now) for key in record_keys if key not in held],
-            )
-        return held
-
-    def holders(self, record_keys: Sequence[str]) -> dict[str, str]:
-        """Which of these tasks another live process is running now."""
-        held: dict[str, str] = {}
-        me = (os.getpid(), _HOST, _START_TIME)
-        for key in record_keys:
-            row = self._conn.execute(
-                "SELECT pid, host, pid_started FROM claims WHERE record_key=?", (key,)
-            ).fetchone()
-            if row is not None and tuple(row) != me and _alive(*row):
-                held[key] = f"process {row[0]} on {row[1]}"
-        return held
-
-    def release(self, record_key: str) -> None:
-        """Buffer the release of this process's claim on a task that did not finish."""
-        self._rows[_RELEASE].append((record_key, os.getpid(), _HOST))
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
@@ -644,12 +570,9 @@ class Ledger:
             raise
 
     def close(self) -> None:
-        """Commit what is buffered, release this process's claims, close."""
+        """Commit what is buffered and close the connection."""
         try:
             self.flush(force=True)
-            if not self.read_only:
-                with self._transaction() as conn:
-                    conn.execute("DELETE FROM claims WHERE pid=? AND host=?", (os.getpid(), _HOST))
         finally:
             self._conn.close()
 

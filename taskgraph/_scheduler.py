@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
 from taskgraph._executor import Executor
@@ -57,11 +58,13 @@ class Scheduler:
         reporting_interval: float | None,
         dry_run: bool = False,
         progress: ProgressBar | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self._ledger = ledger
         self._executor = executor
         self._finished_condition = finished
         self._dry_run = dry_run
+        self._claims = claims
         self._progress = progress
         self._failed_count = 0
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -208,6 +211,8 @@ class Scheduler:
             self._unnotified = []
         if stop:
             self._stopped = True
+            if self._claims is not None:
+                self._claims.close()
             self._ledger.end_run()
             try:
                 self._ledger.close()
@@ -282,9 +287,11 @@ class Scheduler:
             fresh=not task._had_record,
         )
 
-    def _commit(self, finished: list[Task]) -> None:
+    def _commit(self, finished: list[Task]) -> bool:
+        """Commit the ledger's buffered writes; on failure stop the graph."""
         try:
             self._ledger.flush()
+            return True
         except LedgerError as error:
             LOGGER.error("%s", error)
             for task in finished:
@@ -293,6 +300,7 @@ class Scheduler:
                     task._error = error
             self._fail_graph(error)
             self._cancel_pending()
+            return False
 
     def _finish(self, finished: list[Task]) -> None:
         """Tasks that need no commit of their own: release waiters and dependents."""
@@ -300,10 +308,13 @@ class Scheduler:
         self._release(finished)
 
     def _notify(self, finished: list[Task]) -> None:
+        """Release the waiters (and claims) of tasks whose outcome is settled."""
         if not finished:
             return
         for task in finished:
             task._finished = True
+            if self._claims is not None:
+                self._claims.release(task._identity.record_key)
         with self._finished_condition:
             self._finished_condition.notify_all()
 
@@ -340,31 +351,25 @@ class Scheduler:
                     starting.append((task, decision))
             if not starting:
                 return
-            try:
-                # One transaction: the records of the tasks that just finished,
-                # and the claims of the tasks about to start.
-                held = self._ledger.claim([task._identity.record_key for task, _ in starting])
-            except LedgerError as error:
-                LOGGER.error("%s", error)
-                for task in self._unnotified:
-                    if task._state == "ran":
-                        task._state = "failed"
-                        task._error = error
-                for task, _ in starting:
-                    self._cancel(task)
-                self._fail_graph(error)
-                self._finish([task for task, _ in starting])
-                return
-            self._notify(self._unnotified)
-            self._unnotified = []
+            # The records of the tasks that just finished are committed
+            # before anything that may depend on them starts.
+            if self._unnotified:
+                committed = self._commit(self._unnotified)
+                self._notify(self._unnotified)
+                self._unnotified = []
+                if not committed:
+                    for task, _ in starting:
+                        self._cancel(task)
+                    self._finish([task for task, _ in starting])
+                    return
             for task, decision in starting:
-                holder = held.get(task._identity.record_key)
-                if holder is None:
+                if self._claims is None or self._claims.claim(task._identity.record_key):
                     self._start(task, decision)
                 else:
                     # Another process is running this very task: wait for it,
                     # then decide again (it will most likely be up to date).
-                    LOGGER.info("task %r is being run by %s; waiting for it", task.task_name, holder)
+                    LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
+                                task.task_name)
                     self._elsewhere[task.task_id] = task
 
     def _decide(self, task: Task) -> Decision | None:
@@ -428,14 +433,9 @@ class Scheduler:
         has finished (or died)."""
         if not self._elsewhere or self._failure is not None:
             return
-        tasks = list(self._elsewhere.values())
-        try:
-            held = self._ledger.holders([task._identity.record_key for task in tasks])
-        except Exception:
-            LOGGER.debug("could not read the claims table", exc_info=True)
-            return
-        for task in tasks:
-            if task._identity.record_key not in held:
+        assert self._claims is not None
+        for task in list(self._elsewhere.values()):
+            if not self._claims.held_elsewhere(task._identity.record_key):
                 del self._elsewhere[task.task_id]
                 self._push_ready(task)
 
@@ -470,8 +470,8 @@ class Scheduler:
         self._cancel_pending()
 
     def _cancel(self, task: Task) -> None:
-        if task._state == "running":
-            self._ledger.release(task._identity.record_key)  # let other processes run it
+        if task._state == "running" and self._claims is not None:
+            self._claims.release(task._identity.record_key)  # let other processes run it
         task._state = "cancelled"
         cause = self._failure
         error = TaskCancelledError(

@@ -441,6 +441,26 @@ def test_same_call_with_disjoint_targets_chains_and_joins(tmp_path, n_workers):
     assert open(joined).read() == "sss"
 
 
+def wait_until_claimed(ws, timeout=30):
+    """Until some process holds a claim in the workspace (the slow task started):
+    probing the claims file's lock from here, as another process would."""
+    import fcntl
+    import struct
+
+    path = ws / (taskgraph.LEDGER_FILENAME + ".claims")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            with open(path, "rb") as stream:
+                # F_GETLK over the whole file: l_type stays F_UNLCK when nothing is locked.
+                request = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
+                answer = fcntl.fcntl(stream.fileno(), fcntl.F_GETLK, request)
+                if struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK:
+                    return
+        time.sleep(0.02)
+    raise AssertionError("no process claimed a task in time")
+
+
 SAME_TASK_SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
@@ -461,28 +481,13 @@ def test_a_task_another_process_is_running_is_waited_for_then_skipped(tmp_path, 
     ws = tmp_path / "ws"
     ws.mkdir()
     first = subprocess.Popen([sys.executable, str(script), str(ws), str(n_workers)], stdout=subprocess.PIPE, text=True)
-    ledger = ws / taskgraph.LEDGER_FILENAME
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # wait until the first process has claimed the task
-        if ledger.exists():
-            con = sqlite3.connect(str(ledger), timeout=30)
-            try:
-                if con.execute("SELECT count(*) FROM claims").fetchone()[0]:
-                    break
-            except sqlite3.OperationalError:
-                pass
-            finally:
-                con.close()
-        time.sleep(0.02)
+    wait_until_claimed(ws)
     second = subprocess.Popen([sys.executable, str(script), str(ws), str(n_workers)], stdout=subprocess.PIPE, text=True)
     out_first, _ = first.communicate(timeout=60)
     out_second, _ = second.communicate(timeout=60)
     assert first.returncode == 0 and second.returncode == 0
     assert out_first.strip() == "ran" and out_second.strip() == "skipped"
     assert executions(ws) == ["slow.txt"]
-    con = sqlite3.connect(str(ledger))
-    assert con.execute("SELECT count(*) FROM claims").fetchone() == (0,)  # released
-    con.close()
 
 
 def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path):
@@ -491,20 +496,7 @@ def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
     first = subprocess.Popen([sys.executable, str(script), str(ws), "-1"], stdout=subprocess.PIPE, text=True)
-    ledger = ws / taskgraph.LEDGER_FILENAME
-    deadline = time.monotonic() + 30
-    claimed = False
-    while not claimed and time.monotonic() < deadline:
-        if ledger.exists():
-            con = sqlite3.connect(str(ledger), timeout=30)
-            try:
-                claimed = bool(con.execute("SELECT count(*) FROM claims").fetchone()[0])
-            except sqlite3.OperationalError:
-                pass
-            finally:
-                con.close()
-        time.sleep(0.02)
-    assert claimed
+    wait_until_claimed(ws)
     first.kill()
     first.wait(timeout=30)
     second = subprocess.run([sys.executable, str(script), str(ws), "-1"], capture_output=True, text=True, timeout=60)
