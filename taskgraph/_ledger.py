@@ -261,6 +261,7 @@ class Ledger:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             self._create(conn)
+        self._had_tasks = conn.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
         return conn
 
     def _check_existing(self) -> str | None:
@@ -417,6 +418,8 @@ class Ledger:
     def previous_by_name(self, name: str) -> tuple[str, str, str, str] | None:
         """The latest record of a task with this name: (record_key, func,
         source_hash, args); explains why a task with no record of its own is new."""
+        if not self._had_tasks:
+            return None  # a new ledger: nothing to compare with
         row = self._conn.execute(
             "SELECT record_key, func, source_hash, args FROM tasks WHERE name=? ORDER BY ended DESC LIMIT 1",
             (name,),
