@@ -497,7 +497,7 @@ class Ledger:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
         self._rows[_DECISION].append((
             record_key, self.run_id, time.time(), name, "run" if run else "skip",
-            json.dumps(reasons, default=str),
+            json.dumps(reasons, default=str) if reasons else "[]",
         ))
 
     def flush(self, force: bool = False) -> None:

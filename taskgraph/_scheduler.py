@@ -203,12 +203,8 @@ class Scheduler:
         # by the transaction that claims the next tasks to start (one commit
         # for both), or by a commit of their own.
         self._release(finished)
-        self._unnotified = finished
+        self._unnotified.extend(finished)
         self._dispatch()
-        if self._unnotified:
-            self._commit(self._unnotified)
-            self._notify(self._unnotified)
-            self._unnotified = []
         if stop:
             self._stopped = True
             if self._claims is not None:
@@ -338,6 +334,15 @@ class Scheduler:
                     self._push_ready(dependent)
 
     def _dispatch(self) -> None:
+        """Start what can start, then commit and wake the waiters of every
+        task settled on the way."""
+        self._start_ready()
+        if self._unnotified:
+            self._commit(self._unnotified)
+            self._notify(self._unnotified)
+            self._unnotified = []
+
+    def _start_ready(self) -> None:
         while self._failure is None:
             slots = self._executor.capacity - len(self._running)
             starting: list[tuple[Task, Decision]] = []
@@ -395,7 +400,9 @@ class Scheduler:
             task._result = self._ledger.load_result(task._identity.record_key)
         task._state = "skipped"
         LOGGER.debug("task %r is up to date: skipped", task.task_name)
-        self._finish([task])
+        # Dependents may go ahead at once; waiters are woken with the batch.
+        self._release([task])
+        self._unnotified.append(task)
         return None
 
     def _start(self, task: Task, decision: Decision) -> None:
