@@ -15,6 +15,7 @@ import abc
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from taskgraph._job import Job, JobResult, run_job
 
@@ -98,3 +99,28 @@ class ThreadExecutor(Executor):
             for thread in self._threads:
                 if thread is not threading.current_thread():
                     thread.join()
+
+
+def make_executor(n_workers: int, executor: Any = None, scheduler_address: str | None = None) -> Executor:
+    """The backend for ``n_workers`` (natcap's meanings), or a remote one.
+
+    ``n_workers < 0``: inline in the caller; ``0``: one thread of this
+    process; ``> 0``: that many niced worker processes. ``executor`` (an
+    :class:`Executor`, or a ``distributed.Client``) or ``scheduler_address``
+    (a Dask scheduler) take precedence. Every layer built on the engine
+    (``TaskGraph``, the sequencer, ``multitask``, ``Topology``, the boss)
+    gets its backend here, so there is one pool implementation.
+    """
+    if isinstance(executor, Executor):
+        return executor
+    if executor is not None or scheduler_address is not None:
+        from taskgraph._dask import DaskExecutor
+
+        return DaskExecutor(executor, scheduler_address, n_workers if n_workers > 0 else None)
+    if n_workers < 0:
+        return InlineExecutor()
+    if n_workers == 0:
+        return ThreadExecutor(1)
+    from taskgraph._pool import ProcessPool
+
+    return ProcessPool(n_workers)

@@ -25,7 +25,7 @@ from taskgraph._errors import (
     TaskGraphTerminatedError,
     TaskTimeoutError,
 )
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._executor import make_executor
 from taskgraph._fingerprint import validate_algorithm
 from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import noop
@@ -140,23 +140,11 @@ class TaskGraph:
             self._ledger.read_only = True
         else:
             self._ledger.begin_run(n_workers)
-        backend: Executor
         self._remote = (executor is not None or scheduler_address is not None) and not dry_run
         if self._remote:
-            if isinstance(executor, Executor):
-                backend = executor
-            else:
-                from taskgraph._dask import DaskExecutor
-
-                backend = DaskExecutor(executor, scheduler_address, n_workers if n_workers > 0 else None)
-        elif n_workers < 0 or dry_run:
-            backend = InlineExecutor()
-        elif n_workers == 0:
-            backend = ThreadExecutor(1)
+            backend = make_executor(n_workers, executor, scheduler_address)
         else:
-            from taskgraph._pool import ProcessPool
-
-            backend = ProcessPool(n_workers)
+            backend = make_executor(-1 if dry_run else n_workers)
         self._executor = backend
         self._finished_condition = threading.Condition(threading.Lock())
         if progress is None:

@@ -84,6 +84,26 @@ def worker_name() -> str:
     return name if thread is threading.main_thread() else f"{name} {thread.name}"
 
 
+def call_job(
+    task_id: int,
+    name: str,
+    func: Callable[..., Any],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    remote: bool = False,
+    priority: float = 0,
+) -> Job:
+    """A job that is just a call: no input fingerprints, no targets, its
+    return value wanted. ``remote=True`` pickles the call now (for process
+    and Dask backends), so an unpicklable call fails here, in the caller."""
+    kwargs = kwargs or {}
+    payload = pickle.dumps((func, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL) if remote else None
+    return Job(task_id=task_id, name=name, func=func, args=args, kwargs=kwargs, payload=payload,
+               inputs=(), input_mode="sizetimestamp", targets=(), target_mode="sizetimestamp",
+               want_result=True, priority=priority)
+
+
 def noop() -> None:
     """The function of a task added with ``func=None``."""
 
