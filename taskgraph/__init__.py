@@ -21,10 +21,12 @@ from taskgraph import Task as _natcap_module_path  # noqa: F401
 from taskgraph._decide import Reason
 from taskgraph._errors import (
     DuplicateTaskError,
+    InvalidArgumentError,
     InvalidTaskError,
     LedgerError,
     MissingDependencyError,
     MissingTargetError,
+    SharedArrayError,
     SharedFilesystemError,
     TaskCancelledError,
     TaskExecutionError,
@@ -36,6 +38,7 @@ from taskgraph._errors import (
 )
 from taskgraph._graph import PlanEntry, Statistics, TaskGraph
 from taskgraph._ledger import LEDGER_FILENAME
+from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
 from taskgraph._task import Task
 from taskgraph._version import __version__
 
@@ -45,13 +48,18 @@ _TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
 __all__ = [
     "LEDGER_FILENAME",
     "DuplicateTaskError",
+    "InvalidArgumentError",
     "InvalidTaskError",
     "LedgerError",
     "MissingDependencyError",
     "MissingTargetError",
     "PlanEntry",
     "Reason",
+    "SharedArray",
+    "SharedArrayError",
     "SharedFilesystemError",
+    "SharedLock",
+    "SharedNumpyArray",
     "Statistics",
     "Task",
     "TaskCancelledError",
@@ -63,4 +71,5 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerDiedError",
     "__version__",
+    "shared_array",
 ]
