@@ -41,6 +41,7 @@ from taskgraph._ledger import LEDGER_FILENAME
 from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
 from taskgraph._task import Task
 from taskgraph._version import __version__
+from taskgraph.multitask import multitask
 
 #: natcap taskgraph's name for the ledger file name, kept for old scripts.
 _TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
@@ -71,5 +72,6 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerDiedError",
     "__version__",
+    "multitask",
     "shared_array",
 ]
