@@ -533,7 +533,7 @@ def multitask(
             return call.run(todo, mode, n_workers, threshold)
         except _ParallelUnavailableError as why:
             warnings.warn(
-                f"multitask could not run {call.name} in parallel: {why}. Running its {len(todo)} "
+                f"multitask could not run {call.name} in parallel: {str(why).rstrip('.')}. Running its {len(todo)} "
                 "items in series in this thread instead.",
                 RuntimeWarning,
                 stacklevel=2,
