@@ -186,3 +186,13 @@ def test_a_killed_owner_still_frees_its_segment():
             owner.wait(timeout=30)
         owner.stdout.close()
         owner.stderr.close()
+
+
+def test_dask_workers_on_this_host_attach_the_same_memory(tmp_path, dask_client):
+    with taskgraph.SharedArray.zeros((4, 1000)) as shared:
+        with taskgraph.TaskGraph(str(tmp_path), n_workers=0, executor=dask_client) as graph:
+            tasks = [graph.add_task(fill_row, args=(shared, row), store_result=True, transient_run=True)
+                     for row in range(4)]
+            graph.join(timeout=60)
+        assert [task.get(timeout=5) for task in tasks] == [0.0] * 4
+        assert (shared.array == np.arange(4)[:, None]).all()
