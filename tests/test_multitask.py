@@ -112,6 +112,12 @@ def test_documented_add_ten_examples(jobs):
     assert multitask(add_ten, range(len(numbers)), numbers, None, jobs=jobs, skip=skip) == [10, 11, 13, 14]
 
 
+@pytest.mark.parametrize("jobs", [None, 2])
+def test_nothing_to_run_gives_an_empty_list(jobs):
+    assert multitask(add_ten, iter([]), [], None, jobs=jobs) == []
+    assert multitask(add_ten, range(3), [1, 2, 3], None, jobs=jobs, skip=[True] * 3) == []
+
+
 def test_kwargs_form_threads_and_skip_of_any_item_type():
     items = ["a", ("b",), None, 3.5]
     values = {"a": 1, ("b",): 2, None: 3, 3.5: 4}
