@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskgraph._errors import InvalidArgumentError, TaskExecutionError, WorkerDiedError
+from taskgraph._errors import InvalidArgumentError, TaskExecutionError
 from taskgraph._executor import Executor, ThreadExecutor, make_executor
-from taskgraph._job import JobResult, call_job
+from taskgraph._job import Job, JobResult, call_job
 from taskgraph._pool import _RemoteTraceback
 from taskgraph._shared import SharedArray
 
@@ -306,14 +306,39 @@ class _ParallelUnavailableError(Exception):
     """The parallel machinery failed before any item ran (internal: multitask runs in series)."""
 
 
-def _started_badly(error: BaseException) -> bool:
-    """Whether a job failed in the machinery, before its item could run: the
-    worker could not unpickle the call, or died before finishing any job."""
-    if isinstance(error, TaskExecutionError):
-        return "could not be unpickled in the worker" in str(error)
-    # The pool says so when a worker exits with status 1 before its first job
-    # (typically: it could not import the caller's main module).
-    return isinstance(error, WorkerDiedError) and "before finishing any task" in str(error)
+def _never_started(result: JobResult) -> bool:
+    """Whether a job failed before its call began: the worker could not unpickle
+    it (a function defined in a notebook or in ``python -c``, which a fresh
+    interpreter cannot import). ``run_job`` stamps ``started`` when it begins."""
+    return isinstance(result.error, TaskExecutionError) and not result.started
+
+
+def _worker_ready() -> None:
+    """The job that starts each worker process before any item is sent."""
+
+
+def _start_workers(executor: Executor) -> None:
+    """Start every worker process with an empty job, and wait for them.
+
+    A worker that cannot start (its interpreter fails to import the main
+    script, processes cannot be created) is then told apart from an item that
+    kills its worker: only the first runs the items in series, in this process.
+    """
+    inbox: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
+    sent = 0
+    try:
+        for slot in range(executor.capacity):
+            executor.submit(call_job(-1 - slot, "multitask worker start", _worker_ready, remote=True), inbox.put)
+            sent += 1
+    except Exception as error:
+        raise _ParallelUnavailableError(f"its worker processes could not start: {error!r}") from error
+    finally:
+        results = [inbox.get() for _ in range(sent)]
+    for result in results:
+        if result.error is not None:
+            raise _ParallelUnavailableError(
+                f"its worker processes could not start: {result.error}"
+            ) from result.error
 
 
 def _describe(item: Any) -> str:
@@ -374,13 +399,13 @@ class _Call:
         in_flight = 0
         failed = False
 
-        def submit(index: int) -> None:
+        def make_job(index: int) -> Job:
             label = self.label(index)
             call = (self.func, args, kwargs, self.items[index], keep_records, remote, n_shared > 0, label)
             try:
-                job = call_job(index, label, _run_item, call, remote=remote)
+                return call_job(index, label, _run_item, call, remote=remote)
             except Exception as error:
-                if outcomes or in_flight:
+                if index != todo[0]:
                     raise InvalidArgumentError(
                         f"{label} cannot be pickled for a worker process ({error!r}); make the "
                         "item picklable, or run in threads (force_threading=True)."
@@ -388,15 +413,16 @@ class _Call:
                 raise _ParallelUnavailableError(
                     f"{self.name} or its arguments cannot be pickled for a worker process ({error!r})"
                 ) from error
-            if remote and index == todo[0]:
-                LOGGER.debug("multitask %s: %d array(s) passed through shared memory; each call "
-                             "pickles to %d bytes", self.name, n_shared, len(job.payload or b""))
-            try:
-                executor.submit(job, inbox.put)
-            except Exception as error:
-                if outcomes or in_flight:
-                    raise
-                raise _ParallelUnavailableError(f"its worker pool could not start: {error!r}") from error
+
+        first_job = make_job(todo[0]) if todo else None
+        if remote and first_job is not None:
+            LOGGER.debug("multitask %s: %d array(s) passed through shared memory; each call "
+                         "pickles to %d bytes", self.name, n_shared, len(first_job.payload or b""))
+            _start_workers(executor)
+
+        def submit(index: int) -> None:
+            job = first_job if index == todo[0] and first_job is not None else make_job(index)
+            executor.submit(job, inbox.put)
 
         def top_up() -> None:
             nonlocal in_flight
@@ -429,9 +455,10 @@ class _Call:
     def _outcome(self, result: JobResult, remote: bool, first: bool) -> _Outcome:
         """The item's outcome from an executor's result."""
         if result.error is not None:
-            if first and _started_badly(result.error):
+            if first and _never_started(result):
                 raise _ParallelUnavailableError(str(result.error)) from result.error
-            return _Outcome(error=result.error)  # the worker died: this item's failure
+            # The worker started (see _start_workers), so if it died, this item killed it.
+            return _Outcome(error=result.error)
         if not remote:
             outcome: _Outcome = result.result
             return outcome

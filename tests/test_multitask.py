@@ -78,7 +78,7 @@ def fails_on_three(args, i):
 
 def dies_on_one(args, i):
     if i == 1:
-        os._exit(3)
+        os._exit(1)  # the exit status of a worker that cannot start, yet this is the item's doing
     return i
 
 
@@ -216,6 +216,35 @@ def test_workers_that_cannot_load_the_function_fall_back_to_series_with_a_warnin
     assert "could not be unpickled in the worker" in done.stderr and "in series" in done.stderr
 
 
+MAIN_THAT_WORKERS_CANNOT_IMPORT = """
+import os
+import taskgraph
+
+if __name__ != "__main__":
+    # Stands for top-level code that fails when a spawned worker imports the script.
+    raise SystemExit(1)
+
+
+def add_ten(args, i):
+    return args[i] + 10, os.getpid()
+
+
+if __name__ == "__main__":
+    print(taskgraph.multitask(add_ten, range(3), [0, 1, 2], None, jobs=2), os.getpid())
+"""
+
+
+def test_workers_that_cannot_start_fall_back_to_series_with_a_warning(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_THAT_WORKERS_CANNOT_IMPORT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid = done.stdout.split()[-1]
+    assert done.stdout.strip() == f"[(10, {pid}), (11, {pid}), (12, {pid})] {pid}"
+    assert "RuntimeWarning: multitask could not run add_ten in parallel: its worker processes could " \
+           "not start" in done.stderr
+
+
 @pytest.mark.parametrize("mode", ["serial", "threads", "processes"])
 def test_the_functions_exception_propagates_naming_the_item(mode):
     options = {"serial": {}, "threads": {"jobs": 2, "force_threading": True}, "processes": {"jobs": 2}}[mode]
@@ -228,7 +257,7 @@ def test_the_functions_exception_propagates_naming_the_item(mode):
 
 
 def test_a_worker_that_dies_fails_its_item():
-    with pytest.raises(taskgraph.WorkerDiedError, match="exit code 3") as caught:
+    with pytest.raises(taskgraph.WorkerDiedError, match="exit code 1") as caught:
         multitask(dies_on_one, range(4), None, None, jobs=2)
     assert any("multitask item 1" in note for note in caught.value.__notes__)
 
