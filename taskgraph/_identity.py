@@ -186,6 +186,11 @@ class _Canonical:
             return self.function(value)
         if isinstance(value, type):
             return (_TYPE, f"{value.__module__}.{value.__qualname__}")
+        hook = getattr(kind, "__taskgraph_identity__", None)
+        if hook is not None:
+            # The object says what it stands for (a shared array: its content,
+            # not the name of its memory segment, which is new on every run).
+            return (_OBJ, f"{kind.__module__}.{kind.__qualname__}", self.value(hook(value)))
         return self._other(value)
 
     def _container(self, kind: type, value: Any) -> Any:

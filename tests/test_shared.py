@@ -196,3 +196,25 @@ def test_dask_workers_on_this_host_attach_the_same_memory(tmp_path, dask_client)
             graph.join(timeout=60)
         assert [task.get(timeout=5) for task in tasks] == [0.0] * 4
         assert (shared.array == np.arange(4)[:, None]).all()
+
+
+def _total(shared):
+    return float(shared.array.sum())
+
+
+@pytest.mark.parametrize("n_workers", [-1, 1])
+def test_same_data_in_a_new_segment_is_skipped_and_other_data_runs(tmp_path, n_workers):
+    data = np.arange(1000, dtype=np.float64)
+    workspace = str(tmp_path / "ws")
+
+    def run(values):
+        with taskgraph.shared_array(values) as shared, taskgraph.TaskGraph(workspace, n_workers) as graph:
+            task = graph.add_task(_total, args=(shared,), store_result=True, task_name="total")
+            graph.join()
+            return task.get(), task.state
+
+    assert run(data) == (data.sum(), "ran")
+    assert run(data.copy()) == (data.sum(), "skipped")  # same content, new segment name
+    changed = data.copy()
+    changed[7] = -1.0
+    assert run(changed) == (changed.sum(), "ran")
