@@ -446,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     for task in ran:
         print(f"  ran: {task.task_name}")
         for reason in task.reasons:
-            print(f"      why: {reason}")
+            why = str(reason)  # changed arguments are printed whole: keep one screen line
+            print(f"      why: {why if len(why) <= 150 else why[:147] + '...'}")
     print(f"outputs in {args.workspace}: slope_mosaic.tif, hillshade_mosaic.tif, catchments.csv")
     return 0
 
