@@ -145,6 +145,15 @@ def test_python_sample_runs(block, tmp_path):
     assert not processes_marked(marker), f"the sample at {block.name} left processes behind"
 
 
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = [block.code.strip() for block in fenced_blocks(os.path.join(ROOT, "README.md"))
+              if block.language == "sh" and "pytest" in block.code]
+    assert len(readme) == 1, readme
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as stream:
+        ci = [line.strip() for line in stream if not line.lstrip().startswith("#")]
+    assert readme[0] in ci
+
+
 # -- the site -----------------------------------------------------------------------------------
 
 
