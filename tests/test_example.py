@@ -149,11 +149,14 @@ def test_rerun_skips_everything_and_a_rewritten_tile_reruns_only_its_readers(tmp
     assert ran == set(), out
 
 
-def test_touch_tile_option_reruns_only_that_tiles_readers(tmp_path):
+def test_touch_and_change_tile_options_rerun_only_that_tiles_readers(tmp_path):
     run_example(tmp_path)
     ran, _, out = run_example(tmp_path, "--touch-tile", "1")
     assert ran == downstream_of(1), out
     assert run_example(tmp_path)[0] == set()
+    # Another seed for tile 0 is another call of its generator: it runs, and so does what reads the tile.
+    ran, _, out = run_example(tmp_path, "--change-tile", "0")
+    assert ran == {"make dem 0"} | downstream_of(0), out
 
 
 def test_content_hash_ignores_a_rewrite_with_the_same_values(tmp_path):
