@@ -1,34 +1,61 @@
 """examples/raster_pipeline.py run as a user would, in a subprocess: the first
 run executes every task, the second none, and an input tile rewritten with
-other values reruns exactly the tasks downstream of it."""
+other values reruns exactly the tasks downstream of it. Needs rasterio (the
+``test`` and ``examples`` extras install it)."""
 
 import csv
 import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
+import psutil
 import pytest
+
+rasterio = pytest.importorskip("rasterio", reason="the example needs rasterio: pip install -e '.[examples]'")
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples", "raster_pipeline.py")
 SIZE, TILES = 48, 4
 ALL_TASKS = {
-    *(f"{kind} {index}" for index in range(TILES) for kind in ("make dem", "slope", "hillshade")),
-    "make landcover", "make catchments", "reclassify", "slope mosaic", "zonal stats", "write csv",
+    *(f"{kind} {index}" for index in range(TILES) for kind in ("make dem", "reproject", "slope", "hillshade")),
+    "make landcover", "make catchments", "reclassify", "slope mosaic", "hillshade mosaic", "zonal stats",
+    "write csv",
 }
 
 
 def downstream_of(tile):
-    return {f"slope {tile}", f"hillshade {tile}", "slope mosaic", "zonal stats", "write csv"}
+    return {f"reproject {tile}", f"slope {tile}", f"hillshade {tile}", "slope mosaic", "hillshade mosaic",
+            "zonal stats", "write csv"}
+
+
+MARKER = "TASKGRAPH_EXAMPLE_TEST_RUN"
+
+
+def processes_marked(value):
+    """Live processes started by one run of the example (its workers inherit the marker)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARKER) == value:
+                found.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
 
 
 def run_example(workspace, *extra):
-    """Run the example; return (names of tasks that ran, number skipped, stdout)."""
+    """Run the example; return (names of tasks that ran, number skipped, stdout).
+
+    Also checks that the run left no process behind: the script and its
+    workers carry a marker in their environment."""
+    marker = uuid.uuid4().hex
     process = subprocess.run(
         [sys.executable, EXAMPLE, "--workspace", str(workspace), "--size", str(SIZE), "--tiles", str(TILES),
          "--n-workers", "2", *extra],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, MARKER: marker},
     )
+    assert not processes_marked(marker)
     assert process.returncode == 0, process.stdout + process.stderr
     lines = process.stdout.splitlines()
     summary = next(line for line in lines if line.startswith("ran "))
@@ -44,12 +71,18 @@ def read_csv(workspace):
         return list(csv.DictReader(stream))
 
 
+def read_band(path):
+    with rasterio.open(path) as dataset:
+        return dataset.read(1)
+
+
 def rewrite_tile(workspace, tile):
-    """Replace a tile's values (same shape and dtype, so the same file size)."""
-    path = os.path.join(workspace, "inputs", f"dem_{tile}.npy")
-    dem = np.load(path)
-    rows = np.arange(dem.shape[0], dtype=np.float32)[:, None]
-    np.save(path, dem + 100.0 * rows)  # tilt the tile southwards: steeper slopes
+    """Replace a tile's values in place (same shape, dtype and georeferencing)."""
+    path = os.path.join(workspace, "inputs", f"dem_{tile}.tif")
+    with rasterio.open(path, "r+") as dataset:
+        dem = dataset.read(1)
+        rows = np.arange(dem.shape[0], dtype=np.float32)[:, None]
+        dataset.write(dem + 100.0 * rows, 1)  # tilt the tile southwards: steeper slopes
     return path
 
 
@@ -68,12 +101,24 @@ def test_rerun_skips_everything_and_a_rewritten_tile_reruns_only_its_readers(tmp
     ran, skipped, out = run_example(tmp_path)
     assert ran == ALL_TASKS, out
     assert skipped == 0
-    mosaic = np.load(tmp_path / "slope_mosaic.npy")
-    assert mosaic.shape == (SIZE, SIZE * TILES)
-    assert np.array_equal(mosaic[:, 2 * SIZE : 3 * SIZE], np.load(tmp_path / "tiles" / "slope_2.npy"))
+    with rasterio.open(tmp_path / "inputs" / "dem_0.tif") as dem:
+        assert dem.crs.to_epsg() == 4326
+    with rasterio.open(tmp_path / "slope_mosaic.tif") as mosaic, \
+            rasterio.open(tmp_path / "tiles" / "slope_2.tif") as tile:
+        assert mosaic.crs.to_epsg() == 32632 and tile.crs.to_epsg() == 32632
+        assert mosaic.res == tile.res
+        # Tile 2 lies inside the mosaic on the same grid, and its interior is what the mosaic holds there.
+        window = rasterio.windows.from_bounds(*tile.bounds, transform=mosaic.transform).round_offsets()
+        assert window.col_off > 0 and window.col_off + tile.width < mosaic.width
+        inside = mosaic.read(1, window=rasterio.windows.Window(window.col_off, window.row_off, tile.width, tile.height))
+        middle = (slice(SIZE // 3, 2 * SIZE // 3), slice(SIZE // 3, 2 * SIZE // 3))
+        assert np.array_equal(inside[middle], tile.read(1)[middle])
     first_csv = read_csv(tmp_path)
     assert [row["catchment"] for row in first_csv] == ["catchment_1", "catchment_2", "catchment_3"]
-    assert sum(int(row["cells"]) for row in first_csv) == SIZE * SIZE * TILES
+    # The catchments share the strip (about 15 x 15.5 km per tile) between them.
+    area = sum(float(row["area_km2"]) for row in first_csv)
+    assert 0.8 * TILES * 15 * 15.5 < area < 1.05 * TILES * 15 * 15.5, first_csv
+    assert all(0 < float(row["mean_roughness"]) < 0.2 for row in first_csv), first_csv
 
     before = outputs(tmp_path)
     ran, skipped, out = run_example(tmp_path)
@@ -81,39 +126,47 @@ def test_rerun_skips_everything_and_a_rewritten_tile_reruns_only_its_readers(tmp
     assert skipped == len(ALL_TASKS)
     assert outputs(tmp_path) == before  # nothing was written either
 
-    slope_before = np.load(tmp_path / "tiles" / "slope_2.npy")
+    slope_before = read_band(tmp_path / "tiles" / "slope_2.tif")
     edited = rewrite_tile(tmp_path, 2)
-    edited_values = np.load(edited)
+    edited_values = read_band(edited)
     ran, skipped, out = run_example(tmp_path)
     assert ran == downstream_of(2), out
     assert skipped == len(ALL_TASKS) - len(downstream_of(2))
     # The generator did not run again: the edit is kept, and it reached the outputs.
-    assert np.array_equal(np.load(edited), edited_values)
+    assert np.array_equal(read_band(edited), edited_values)
     after = outputs(tmp_path)
     rewritten = {path for path in before if after[path] != before[path]}
     assert rewritten == {
-        os.path.join("inputs", "dem_2.npy"), os.path.join("tiles", "slope_2.npy"),
-        os.path.join("tiles", "hillshade_2.npy"), "slope_mosaic.npy", "catchments.csv",
+        os.path.join("inputs", "dem_2.tif"), os.path.join("utm", "dem_2.tif"), os.path.join("tiles", "slope_2.tif"),
+        os.path.join("tiles", "hillshade_2.tif"), "slope_mosaic.tif", "hillshade_mosaic.tif", "catchments.csv",
     }
-    assert np.load(tmp_path / "tiles" / "slope_2.npy").mean() > slope_before.mean() + 5
+    slope_after = read_band(tmp_path / "tiles" / "slope_2.tif")
+    valid = (slope_before != -9999) & (slope_after != -9999)
+    assert slope_after[valid].mean() > slope_before[valid].mean() + 5
     assert read_csv(tmp_path) != first_csv
 
     ran, _, out = run_example(tmp_path)
     assert ran == set(), out
 
 
-def test_touch_tile_option_reruns_only_that_tiles_readers(tmp_path):
+def test_touch_and_change_tile_options_rerun_only_that_tiles_readers(tmp_path):
     run_example(tmp_path)
     ran, _, out = run_example(tmp_path, "--touch-tile", "1")
     assert ran == downstream_of(1), out
     assert run_example(tmp_path)[0] == set()
+    # Another seed for tile 0 is another call of its generator: it runs, and so does what reads the tile.
+    ran, _, out = run_example(tmp_path, "--change-tile", "0")
+    assert ran == {"make dem 0"} | downstream_of(0), out
 
 
 def test_content_hash_ignores_a_rewrite_with_the_same_values(tmp_path):
     ran, _, _ = run_example(tmp_path, "--hash-algorithm", "xxh3_128")
     assert ran == ALL_TASKS
-    path = os.path.join(tmp_path, "inputs", "dem_0.npy")
-    np.save(path, np.load(path))  # new mtime, same bytes
+    path = os.path.join(tmp_path, "inputs", "dem_0.tif")
+    with open(path, "rb") as stream:
+        data = stream.read()
+    with open(path, "wb") as stream:
+        stream.write(data)  # new mtime, same bytes
     ran, _, out = run_example(tmp_path, "--hash-algorithm", "xxh3_128")
     assert ran == set(), out
     rewrite_tile(tmp_path, 0)
@@ -121,7 +174,7 @@ def test_content_hash_ignores_a_rewrite_with_the_same_values(tmp_path):
     assert ran == downstream_of(0), out
 
 
-@pytest.mark.parametrize("argv", [["--touch-tile", "9"], ["--size", "2"]])
+@pytest.mark.parametrize("argv", [["--touch-tile", "9"], ["--size", "2"], ["--touch-tile", "1"]])
 def test_bad_arguments_are_refused(tmp_path, argv):
     process = subprocess.run(
         [sys.executable, EXAMPLE, "--workspace", str(tmp_path), "--tiles", "2", *argv],
