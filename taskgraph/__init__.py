@@ -34,8 +34,9 @@ from taskgraph._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from taskgraph._graph import PlanEntry, Statistics, TaskGraph
+from taskgraph._graph import PlanEntry, Statistics, TaskGraph, TaskReport
 from taskgraph._ledger import LEDGER_FILENAME
+from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
 from taskgraph._task import Task
 from taskgraph._version import __version__
 
@@ -47,9 +48,13 @@ __all__ = [
     "DuplicateTaskError",
     "InvalidTaskError",
     "LedgerError",
+    "LongestFirst",
+    "MemoryLimit",
     "MissingDependencyError",
     "MissingTargetError",
     "PlanEntry",
+    "Policy",
+    "PriorityOrder",
     "Reason",
     "SharedFilesystemError",
     "Statistics",
@@ -60,6 +65,7 @@ __all__ = [
     "TaskGraphClosedError",
     "TaskGraphError",
     "TaskGraphTerminatedError",
+    "TaskReport",
     "TaskTimeoutError",
     "WorkerDiedError",
     "__version__",
