@@ -35,6 +35,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from typing import Any
@@ -140,7 +141,9 @@ def _max_rss() -> int:
 
 
 class _PeakSampler:
-    """Samples this process's RSS while a job runs; :meth:`stop` returns the peak.
+    """Samples this process's RSS while a job runs, from one thread that lives
+    as long as the worker and sleeps while no job runs (so a job pays two
+    lock round trips, not a thread start).
 
     Sampling alone misses spikes shorter than the period; the kernel's
     high-water mark is exact but covers the process's whole life, so it is
@@ -149,43 +152,59 @@ class _PeakSampler:
 
     def __init__(self, process: psutil.Process) -> None:
         self._process = process
-        self._stopped = threading.Event()
-        self._high_before = _max_rss()
-        self.peak = process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, name="taskgraph-memory-sampler", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._generation = 0
+        self._peak = 0
+        self._high_before = 0
+        threading.Thread(target=self._sample, name="taskgraph-memory-sampler", daemon=True).start()
 
     def _sample(self) -> None:
-        while not self._stopped.wait(_SAMPLE_S):
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self._process.memory_info().rss)
+        while True:
+            self._running.wait()
+            generation = self._generation
+            try:
+                rss = self._process.memory_info().rss
+            except psutil.Error:
+                rss = 0
+            with self._lock:
+                if generation == self._generation:  # not a sample of an earlier job
+                    self._peak = max(self._peak, rss)
+            time.sleep(_SAMPLE_S)
+
+    def start(self) -> None:
+        self._high_before = _max_rss()
+        with self._lock:
+            self._generation += 1
+            self._peak = 0
+        self._running.set()
 
     def stop(self) -> int:
-        self._stopped.set()
-        self._thread.join()
+        with self._lock:
+            self._running.clear()
+            self._generation += 1
+            peak = self._peak
         with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self._process.memory_info().rss)
+            peak = max(peak, self._process.memory_info().rss)
         high = _max_rss()
-        if high > self._high_before:
-            self.peak = max(self.peak, high)
-        return self.peak
+        return max(peak, high) if high > self._high_before else peak
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system + getattr(times, "children_user", 0.0)
-                 + getattr(times, "children_system", 0.0))
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the child processes it waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
-def _measured_run(call: Any, spec: tuple[Any, ...], process: psutil.Process) -> JobResult:
+def _measured_run(call: Any, spec: tuple[Any, ...], sampler: _PeakSampler) -> JobResult:
     """Run a job and fill in its CPU time and peak memory (for this process)."""
-    cpu_before = _cpu_seconds(process)
-    sampler = _PeakSampler(process)
+    cpu_before = _cpu_seconds()
+    sampler.start()
     try:
         outcome = run_job(call, *spec)
     finally:
         peak = sampler.stop()
-    outcome.cpu_time = _cpu_seconds(process) - cpu_before
+    outcome.cpu_time = _cpu_seconds() - cpu_before
     outcome.peak_memory = peak
     return outcome
 
@@ -198,6 +217,7 @@ def _worker_main(conn: Connection, levels: dict[str, int], nice: bool, cpu: int 
             process.nice(low_priority())
     if cpu is not None:
         process.cpu_affinity([cpu])  # type: ignore[attr-defined,unused-ignore]
+    sampler = _PeakSampler(process)
     threading.Thread(target=_exit_with_parent, name="taskgraph-parent-watch", daemon=True).start()
     send_lock = threading.Lock()
     root = logging.getLogger()
@@ -222,7 +242,7 @@ def _worker_main(conn: Connection, levels: dict[str, int], nice: bool, cpu: int 
                 "module (the worker starts a fresh interpreter)."
             ))
         else:
-            outcome = _measured_run(call, spec, process)
+            outcome = _measured_run(call, spec, sampler)
         blob = encode_result(outcome, name)
         with send_lock:
             conn.send_bytes(_RESULT + blob)
