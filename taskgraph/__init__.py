@@ -21,10 +21,12 @@ from taskgraph import Task as _natcap_module_path  # noqa: F401
 from taskgraph._decide import Reason
 from taskgraph._errors import (
     DuplicateTaskError,
+    InvalidArgumentError,
     InvalidTaskError,
     LedgerError,
     MissingDependencyError,
     MissingTargetError,
+    SharedArrayError,
     SharedFilesystemError,
     TaskCancelledError,
     TaskExecutionError,
@@ -37,8 +39,10 @@ from taskgraph._errors import (
 from taskgraph._graph import PlanEntry, Statistics, TaskGraph, TaskReport
 from taskgraph._ledger import LEDGER_FILENAME
 from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
+from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
 from taskgraph._task import Task
 from taskgraph._version import __version__
+from taskgraph.multitask import multitask
 
 #: natcap taskgraph's name for the ledger file name, kept for old scripts.
 _TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
@@ -46,6 +50,7 @@ _TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
 __all__ = [
     "LEDGER_FILENAME",
     "DuplicateTaskError",
+    "InvalidArgumentError",
     "InvalidTaskError",
     "LedgerError",
     "LongestFirst",
@@ -56,7 +61,11 @@ __all__ = [
     "Policy",
     "PriorityOrder",
     "Reason",
+    "SharedArray",
+    "SharedArrayError",
     "SharedFilesystemError",
+    "SharedLock",
+    "SharedNumpyArray",
     "Statistics",
     "Task",
     "TaskCancelledError",
@@ -69,4 +78,6 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerDiedError",
     "__version__",
+    "multitask",
+    "shared_array",
 ]

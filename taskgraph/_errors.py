@@ -73,6 +73,20 @@ class TaskExecutionError(TaskGraphError, RuntimeError):
     The message holds the original exception's type, text and traceback."""
 
 
+class InvalidArgumentError(TaskGraphError, ValueError):
+    """Raised by ``multitask`` or ``shared_array`` at the call that was given
+    an argument it cannot use (for example both ``force_threading`` and
+    ``force_processes``, a ``skip`` list of the wrong length, or an array of
+    Python objects to share)."""
+
+
+class SharedArrayError(TaskGraphError, RuntimeError):
+    """A shared array could not be created, or attached in a worker: its
+    segment was already freed by its owner (``close()`` or the end of the
+    ``with`` block came before the tasks using it finished), or the worker runs
+    on another host, where the segment does not exist."""
+
+
 class LedgerError(TaskGraphError, RuntimeError):
     """The ledger (the SQLite file in the workspace) could not be opened or
     written, for example because the workspace is read-only or the disk is
