@@ -78,17 +78,27 @@ class Sleeper:
         return f"{self.name}: {self.wakeup_sentence} Woke up after {self.sleeping_time} s sleep"
 
 
-def fail_on(value, bad, directory=None):
+def fail_on(value, bad, marks):
+    """Job 0 finishes at once; the bad job raises once job 0 has finished;
+    the others wait (until they are killed)."""
     if value == bad:
+        wait_for_file(os.path.join(marks, "0"))
         raise ValueError(f"cannot handle {value}")
-    if directory is not None:
-        wait_for_file(os.path.join(directory, "never"), timeout=20)
-    return value
+    if value == 0:
+        with open(os.path.join(marks, "0"), "w"):
+            pass
+        return "done 0"
+    wait_for_file(os.path.join(marks, "never"), timeout=60)
+    return f"done {value}"
 
 
-def wait_then(value, gate_file):
-    wait_for_file(gate_file)
-    return value * 10
+def recorder(label, log, gate=None):
+    """Append LABEL to LOG (after GATE exists, if given)."""
+    if gate is not None:
+        wait_for_file(gate)
+    with open(log, "a") as stream:
+        stream.write(label + "\n")
+    return label
 
 
 def slice_sum(array, start, stop):
