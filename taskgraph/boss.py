@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import threading
@@ -211,6 +212,13 @@ class Boss:
             )
         if isinstance(worker, type) and not callable(getattr(worker, "_task", None)):
             raise InvalidArgumentError(f"Boss: the worker class {worker.__name__} has no _task() method")
+        try:
+            pickle.dumps(worker)
+        except Exception as error:
+            raise InvalidArgumentError(
+                f"Boss: the worker {worker!r} cannot be pickled ({error}), and jobs run in worker "
+                "processes: define it at module level (not a lambda, nested function or class)"
+            ) from error
         if scheduler is not None and not isinstance(scheduler, BossScheduler):
             raise InvalidArgumentError(
                 f"Boss: scheduler must come from taskgraph.boss.scheduler(...), got {scheduler!r}"
@@ -285,11 +293,18 @@ class Boss:
             raise
         with self._lock:
             first = len(self._jobs)
-            for offset, instructions in enumerate(jobs):
-                name = str(instructions.get("name", f"{self.name}-{first + offset}"))
-                self._jobs.append(_Job(name, instructions))
-            if self._working:
-                self._add(self._jobs[first:], first)
+            new = [
+                _Job(str(instructions.get("name", f"{self.name}-{first + offset}")), instructions)
+                for offset, instructions in enumerate(jobs)
+            ]
+            if not self._working:
+                self._jobs.extend(new)
+                return
+            try:
+                self._add(new, first)
+            finally:
+                # A job the graph refused (say, an unpicklable instruction) is not listed.
+                self._jobs.extend(job for job in new if job.task is not None)
 
     def _expand(self, common: dict[str, Any], individual: dict[str, Any]) -> list[dict[str, Any]]:
         for key, values in individual.items():
@@ -324,7 +339,8 @@ class Boss:
         return [{**common, **{key: values[i] for key, values in individual.items()}} for i in range(count)]
 
     def _add(self, jobs: list[_Job], first: int) -> None:
-        """Hand jobs to the graph (under ``self._lock``)."""
+        """Hand jobs to the graph (under ``self._lock``); ``first`` is the
+        index of the first of them among all the boss's jobs."""
         memory_limited = self._scheduler.memory_limited
         for index, job in enumerate(jobs, start=first):
             instructions = job.instructions

@@ -203,3 +203,15 @@ def test_scheduler_defaults_follow_taylorism():
     assert tb.scheduler(limit="threads").memory_limit() is None
     assert tb.scheduler(limit="threads+memory").graph_options()["scheduler"] == "longest_first"
     assert tb.scheduler(limit="threads+memory", nosort=True).graph_options()["scheduler"] == "priority"
+
+
+def test_unpicklable_worker_and_instruction_are_refused_where_given(tmp_path):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="cannot be pickled"):
+        tb.Boss(lambda sleeping_time: sleeping_time)
+    with tb.Boss(rf.sleeper, tb.scheduler(max_threads=1)) as boss:
+        boss.make_them_work()
+        with pytest.raises(ValueError, match="cannot be pickled"):
+            boss.set_instructions({"wakeup_sentence": (lambda: "hi")}, {"sleeping_time": [0]})
+        boss.set_instructions({}, {"sleeping_time": [0]})
+    assert boss.get_report()["workers_report"] == [
+        {"name": "worker-0", "report": "Hello ! Woke up after 0 s sleep"}]
