@@ -240,19 +240,35 @@ def test_report_in_a_thread_and_while_running(tmp_path):
 # -- the ledger -------------------------------------------------------------------------
 
 
+SCHEMA_1_COLUMNS = ("record_key, task_key, exec_key, name, func, source_hash, args, hash_algorithm, "
+                    "store_result, state, run_id, started, ended, duration, worker, error")
+SCHEMA_1_TASKS = """CREATE TABLE tasks (
+    record_key TEXT PRIMARY KEY, task_key TEXT NOT NULL, exec_key TEXT NOT NULL, name TEXT NOT NULL,
+    func TEXT NOT NULL, source_hash TEXT NOT NULL, args TEXT NOT NULL, hash_algorithm TEXT NOT NULL,
+    store_result INTEGER NOT NULL, state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
+    run_id INTEGER, started REAL, ended REAL, duration REAL, worker TEXT, error TEXT)"""
+
+
 def test_a_ledger_of_the_previous_schema_is_upgraded_keeping_its_records(tmp_path):
     ws = str(tmp_path)
     with taskgraph.TaskGraph(ws, -1) as graph:
         graph.add_task(rf.busy, args=(0.0,), task_name="old", store_result=True)
-    # Make it exactly what schema 1 wrote: no report columns, user_version 1.
+    # Make it exactly what schema 1 wrote: its tasks table, user_version 1.
     path = os.path.join(ws, taskgraph.LEDGER_FILENAME)
-    con = sqlite3.connect(path)
-    con.execute("ALTER TABLE tasks DROP COLUMN cpu_time")
-    con.execute("ALTER TABLE tasks DROP COLUMN peak_memory")
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("BEGIN")
+    con.execute("ALTER TABLE tasks RENAME TO tasks_v2")
+    con.execute(SCHEMA_1_TASKS)
+    con.execute(f"INSERT INTO tasks SELECT {SCHEMA_1_COLUMNS} FROM tasks_v2")
+    con.execute("DROP TABLE tasks_v2")
+    con.execute("CREATE INDEX tasks_by_name ON tasks(name)")
     con.execute("PRAGMA user_version=1")
-    con.commit()
+    con.execute("COMMIT")
     con.close()
 
+    con = sqlite3.connect(path)
+    assert [row[1] for row in con.execute("PRAGMA table_info(tasks)")][-1] == "error"
+    con.close()
     old_rows = taskgraph._ledger.LedgerReader(ws).tasks()  # readable before the upgrade
     assert [(row.name, row.cpu_time) for row in old_rows] == [("old", None)]
 
