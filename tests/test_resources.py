@@ -283,3 +283,21 @@ def test_a_ledger_of_the_previous_schema_is_upgraded_keeping_its_records(tmp_pat
     rows = dict(con.execute("SELECT name, cpu_time FROM tasks"))
     con.close()
     assert rows["old"] is None and rows["new"] > 0
+
+
+def test_terminate_kills_running_tasks_and_join_says_so(tmp_path):
+    before = child_pids()
+    graph = taskgraph.TaskGraph(str(tmp_path), 1)
+    waiting = graph.add_task(rf.wait_for_file, args=(str(tmp_path / "never"), 60.0), task_name="waiting")
+    queued = graph.add_task(rf.busy, args=(0.0,), task_name="queued")
+    deadline = time.monotonic() + 30
+    while waiting.state != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    graph.terminate()
+    with pytest.raises(taskgraph.TaskGraphTerminatedError, match="terminate"):
+        graph.join(timeout=30)
+    assert waiting.state == "cancelled" and queued.state == "cancelled"
+    with pytest.raises(taskgraph.TaskGraphTerminatedError, match="terminate"):
+        graph.add_task(rf.busy, args=(1.0,))
+    assert no_new_children(before)
