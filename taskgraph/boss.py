@@ -34,6 +34,7 @@ import pickle
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -237,6 +238,8 @@ class Boss:
         self._owned_shared: list[Any] = []
         self._shared = self._share(dict(sharedmemory_common_instructions or {}))
         self._workspace = tempfile.mkdtemp(prefix="taskgraph-boss-")
+        # Safety net for a boss never ended: its workspace goes at exit.
+        self._remove_workspace = weakref.finalize(self, shutil.rmtree, self._workspace, True)
         try:
             self._graph = TaskGraph(
                 self._workspace, self._scheduler.n_workers(), progress=False,
@@ -480,9 +483,9 @@ class Boss:
         for handle in self._owned_shared:
             handle.close()
         self._owned_shared = []
-        workspace = getattr(self, "_workspace", None)  # None when __init__ failed early
-        if workspace is not None:
-            shutil.rmtree(workspace, ignore_errors=True)
+        remove = getattr(self, "_remove_workspace", None)  # None when __init__ failed early
+        if remove is not None:
+            remove()
 
     def __enter__(self) -> Boss:
         return self
