@@ -46,8 +46,9 @@ def gate():
 def test_longest_first_starts_the_longest_expected_time_first(tmp_path, gate):
     with taskgraph.TaskGraph(str(tmp_path), 0, scheduler="longest_first") as graph:
         # The one thread is busy until the gate opens, so every later task is
-        # ready at once and the policy alone decides the order.
-        graph.add_task(rf.wait_for_gate, task_name="gate", transient_run=True)
+        # ready at once and the policy alone decides the order. (The gate
+        # ranks first too, in case the scheduler sees several adds at once.)
+        graph.add_task(rf.wait_for_gate, task_name="gate", transient_run=True, expected_time=1e6)
         for name, expected, priority in [("short", 1, 0), ("unknown", None, 5), ("long", 30, 0),
                                          ("medium", 10, 0), ("medium-urgent", 10, 1)]:
             graph.add_task(rf.note, args=(name,), task_name=name, expected_time=expected,
@@ -58,7 +59,7 @@ def test_longest_first_starts_the_longest_expected_time_first(tmp_path, gate):
 
 def test_default_order_is_priority_then_order_added(tmp_path, gate):
     with taskgraph.TaskGraph(str(tmp_path), 0) as graph:
-        graph.add_task(rf.wait_for_gate, task_name="gate", transient_run=True)
+        graph.add_task(rf.wait_for_gate, task_name="gate", transient_run=True, priority=10)
         for name, expected, priority in [("a", 30, 0), ("b", 1, 2), ("c", None, 0)]:
             graph.add_task(rf.note, args=(name,), task_name=name, expected_time=expected,
                            priority=priority, transient_run=True)
