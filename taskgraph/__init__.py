@@ -23,6 +23,7 @@ from taskgraph._errors import (
     DuplicateTaskError,
     InvalidArgumentError,
     InvalidTaskError,
+    JobFailedError,
     LedgerError,
     MissingDependencyError,
     MissingTargetError,
@@ -36,8 +37,9 @@ from taskgraph._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from taskgraph._graph import PlanEntry, Statistics, TaskGraph
+from taskgraph._graph import PlanEntry, Statistics, TaskGraph, TaskReport
 from taskgraph._ledger import LEDGER_FILENAME
+from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
 from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
 from taskgraph._task import Task
 from taskgraph._version import __version__
@@ -51,10 +53,15 @@ __all__ = [
     "DuplicateTaskError",
     "InvalidArgumentError",
     "InvalidTaskError",
+    "JobFailedError",
     "LedgerError",
+    "LongestFirst",
+    "MemoryLimit",
     "MissingDependencyError",
     "MissingTargetError",
     "PlanEntry",
+    "Policy",
+    "PriorityOrder",
     "Reason",
     "SharedArray",
     "SharedArrayError",
@@ -69,6 +76,7 @@ __all__ = [
     "TaskGraphClosedError",
     "TaskGraphError",
     "TaskGraphTerminatedError",
+    "TaskReport",
     "TaskTimeoutError",
     "WorkerDiedError",
     "__version__",

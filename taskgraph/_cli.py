@@ -44,6 +44,10 @@ def _when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
 
 
+def _mebibytes(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.0f}MiB"
+
+
 def _seconds(duration: float | None) -> str:
     if duration is None:
         return "-"
@@ -159,6 +163,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             "recorded": task.state,
             "last_run": task.ended,
             "duration": task.duration,
+            "cpu_time": task.cpu_time,
+            "peak_memory": task.peak_memory,
             "targets": _targets_state(task, targets, reader),
             "error": task.error,
         })
@@ -170,11 +176,13 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\n")
         return 0
     width = max([len(row["name"]) for row in rows] + [4])
-    out.write(f"{'TASK':<{width}}  {'STATE':<8} {'RUN':>4} {'LAST RUN':<19} {'DURATION':>9}  TARGETS\n")
+    out.write(f"{'TASK':<{width}}  {'STATE':<8} {'RUN':>4} {'LAST RUN':<19} {'DURATION':>9} {'CPU':>9} "
+              f"{'PEAK MEM':>9}  TARGETS\n")
     for row in rows:
         out.write(
             f"{row['name']:<{width}}  {row['state']:<8} {row['run'] or '-':>4} {_when(row['last_run']):<19} "
-            f"{_seconds(row['duration']):>9}  {row['targets']}\n"
+            f"{_seconds(row['duration']):>9} {_seconds(row['cpu_time']):>9} {_mebibytes(row['peak_memory']):>9}  "
+            f"{row['targets']}\n"
         )
         if args.failed and row["error"]:
             for line in row["error"].rstrip().splitlines()[-6:]:

@@ -102,3 +102,15 @@ class SharedFilesystemError(TaskGraphError, RuntimeError):
     """A task's input files, seen by the scheduling process, do not exist where
     the task ran: targets and inputs must live on a filesystem every worker of
     a cluster shares."""
+
+
+class JobFailedError(TaskGraphError, RuntimeError):
+    """Raised by ``Boss.wait_till_finished`` (``taskgraph.boss``) when a job
+    raised: the first failure stops the other jobs. ``name`` and
+    ``instructions`` say which job it was; the job's own exception is the
+    ``__cause__``."""
+
+    def __init__(self, message: str, name: str = "", instructions: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.instructions = dict(instructions or {})

@@ -30,6 +30,7 @@ from taskgraph._fingerprint import validate_algorithm
 from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import noop
 from taskgraph._ledger import Ledger
+from taskgraph._policy import Policy, make_policy
 from taskgraph._progress import ProgressBar
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
@@ -72,6 +73,42 @@ class Statistics:
     task_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """One task in :meth:`TaskGraph.report`: what running it cost.
+
+    Attributes:
+        name: the task's name.
+        key: its record key in the ledger.
+        state: ``'ran'``, ``'failed'`` or (while the graph runs) ``'running'``.
+        started: when it started (``time.time()``).
+        wall_time: seconds from start to end (so far, while running).
+        cpu_time: CPU seconds of the call, None while running. In a worker
+            process: the process's user + system time plus that of the
+            child processes it waited for; with ``n_workers <= 0`` or Dask:
+            the CPU time of the thread that made the call only.
+        peak_memory: the highest resident memory (bytes) of the worker
+            process while the task ran, including the interpreter and what
+            earlier tasks left in that process; None where the task shared
+            its process with other work (``n_workers <= 0``, Dask).
+        worker: where it ran (process name and pid).
+    """
+
+    name: str
+    key: str
+    state: str
+    started: float | None
+    wall_time: float
+    cpu_time: float | None
+    peak_memory: int | None
+    worker: str
+
+    def __str__(self) -> str:
+        cpu = "-" if self.cpu_time is None else f"{self.cpu_time:.2f}s"
+        peak = "-" if self.peak_memory is None else f"{self.peak_memory / 2**20:.0f} MiB"
+        return f"{self.name}: {self.state}, wall {self.wall_time:.2f}s, cpu {cpu}, peak {peak}"
+
+
 def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """Name the first part of a call that cannot be pickled."""
     parts: list[tuple[str, Any]] = [("the function", func)]
@@ -107,6 +144,18 @@ class TaskGraph:
             four times the cluster's threads.
         scheduler_address: instead of ``executor``, the address of a Dask
             scheduler to connect to (``'tcp://host:8786'``).
+        scheduler: the order ready tasks start in: ``'priority'`` (the
+            default: higher ``priority`` first, as natcap), ``'longest_first'``
+            (longest ``expected_time`` first, then priority) or a
+            :class:`~taskgraph.Policy` instance.
+        memory_limit: MiB that the ``memory`` estimates of running tasks may
+            add up to: a task waits while it would exceed it (unless nothing
+            else runs). Admission applies as soon as a task declares
+            ``memory``; None then takes the memory available when the first
+            such task is added (psutil).
+        bind_cpus: pin each worker process to a core of its own
+            (``n_workers > 0``, at most one worker per usable core; Linux and
+            Windows).
 
     Use as a context manager, or call :meth:`close` then :meth:`join`.
     """
@@ -121,9 +170,17 @@ class TaskGraph:
         progress: bool | None = None,
         executor: Any = None,
         scheduler_address: str | None = None,
+        scheduler: str | Policy = "priority",
+        memory_limit: float | None = None,
+        bind_cpus: bool = False,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
             raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
+        try:
+            policy = make_policy(scheduler, memory_limit)
+        except ValueError as error:
+            raise InvalidTaskError(f"TaskGraph: {error}") from error
+        pinned = self._pinned_pool(n_workers, bind_cpus, executor, scheduler_address, dry_run)
         if reporting_interval is not None and (
             not isinstance(reporting_interval, (int, float)) or reporting_interval < 0
         ):
@@ -144,7 +201,7 @@ class TaskGraph:
         if self._remote:
             backend = make_executor(n_workers, executor, scheduler_address)
         else:
-            backend = make_executor(-1 if dry_run else n_workers)
+            backend = make_executor(-1 if dry_run else n_workers, pinned)
         self._executor = backend
         self._finished_condition = threading.Condition(threading.Lock())
         if progress is None:
@@ -155,6 +212,7 @@ class TaskGraph:
             reporting_interval=reporting_interval, dry_run=dry_run,
             progress=ProgressBar(sys.stderr) if progress else None,
             claims=None if dry_run else Claims(self._ledger.path),
+            policy=policy, memory_limit=memory_limit,
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
@@ -162,6 +220,36 @@ class TaskGraph:
         self._by_key: dict[str, Task] = {}
         self._closed = False
         self._shut_down = False
+
+    @staticmethod
+    def _pinned_pool(
+        n_workers: int, bind_cpus: bool, executor: Any, scheduler_address: str | None, dry_run: bool
+    ) -> Any:
+        """The process pool for ``bind_cpus=True`` (None otherwise), after
+        checking that the request can be met here."""
+        if not bind_cpus:
+            return None
+        if n_workers <= 0 or executor is not None or scheduler_address is not None:
+            raise InvalidTaskError(
+                f"bind_cpus=True pins worker processes to cores, so it needs n_workers > 0 and no "
+                f"Dask executor; got n_workers={n_workers!r}"
+                + (" with a Dask executor" if executor is not None or scheduler_address else "")
+            )
+        from taskgraph._pool import ProcessPool, usable_cpus
+
+        cpus = usable_cpus()
+        if cpus is None:
+            raise InvalidTaskError(
+                "bind_cpus=True: this platform cannot pin processes to cores (psutil has no "
+                "cpu_affinity here, e.g. on macOS); drop bind_cpus"
+            )
+        if n_workers > len(cpus):
+            raise InvalidTaskError(
+                f"bind_cpus=True gives each worker a core of its own, but n_workers={n_workers} "
+                f"exceeds the {len(cpus)} cores this process may use ({cpus}); use "
+                f"n_workers <= {len(cpus)}"
+            )
+        return None if dry_run else ProcessPool(n_workers, bind_cpus=True)
 
     # -- building -------------------------------------------------------------------------
 
@@ -180,6 +268,8 @@ class TaskGraph:
         hash_algorithm: str = "sizetimestamp",
         transient_run: bool = False,
         store_result: bool = False,
+        memory: float | None = None,
+        expected_time: float | None = None,
     ) -> Task:
         """Add ``func(*args, **kwargs)`` to the graph and return its Task.
 
@@ -209,6 +299,13 @@ class TaskGraph:
             transient_run: if True, run even when the ledger says up to date.
             store_result: if True, keep the return value in the ledger;
                 ``Task.get()`` returns it, also when the task is skipped.
+            memory: the most memory the task is expected to use, in MiB: no
+                task starts while the estimates of running tasks plus its
+                own exceed the graph's ``memory_limit``. A hint for
+                scheduling only: it does not change the task's identity.
+            expected_time: how long the task is expected to run, in seconds
+                (used by ``scheduler='longest_first'``); a hint only, like
+                ``memory``.
 
         Returns:
             The new Task, or the existing one for an identical earlier call.
@@ -239,7 +336,7 @@ class TaskGraph:
             task, is_new = self._make_task(
                 label, func, args, kwargs, target_path_list, ignore_path_list,
                 hash_target_files, dependent_task_list, ignore_directories, priority,
-                hash_algorithm, transient_run, store_result,
+                hash_algorithm, transient_run, store_result, memory, expected_time,
             )
             if not is_new:  # an identical call added before
                 return task
@@ -267,6 +364,8 @@ class TaskGraph:
         hash_algorithm: str,
         transient_run: bool,
         store_result: bool,
+        memory: float | None = None,
+        expected_time: float | None = None,
     ) -> tuple[Task, bool]:
         def invalid(message: str) -> InvalidTaskError:
             return InvalidTaskError(f"task {name!r}: {message}")
@@ -314,6 +413,11 @@ class TaskGraph:
             raise invalid(problem)
         if isinstance(priority, bool) or not isinstance(priority, (int, float)):
             raise invalid(f"priority must be a number, got {priority!r}")
+        for label, hint, unit in (("memory", memory, "MiB"), ("expected_time", expected_time, "seconds")):
+            if hint is not None and (
+                isinstance(hint, bool) or not isinstance(hint, (int, float)) or not 0 <= hint < float("inf")
+            ):
+                raise invalid(f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}")
         targets = tuple(sorted({normalize_path(path) for path in raw_targets}))
         try:
             identity = task_identity(func, call_args, call_kwargs, targets)
@@ -364,6 +468,8 @@ class TaskGraph:
             dependencies=tuple(deps),
             payload=payload,
             finished=self._finished_condition,
+            memory=None if memory is None else float(memory),
+            expected_time=None if expected_time is None else float(expected_time),
         )
         self._tasks.append(task)
         self._task_ids.add(id(task))
@@ -448,6 +554,38 @@ class TaskGraph:
             elapsed=time.monotonic() - self._created,
             task_seconds=sum(task._duration for task in self._tasks),
         )
+
+    def report(self) -> list[TaskReport]:
+        """What running each task cost: one :class:`TaskReport` per task that
+        ran (or failed), in the order they were added, then those running
+        now. Tasks that were skipped, cancelled or not started yet are left
+        out. Callable at any time; complete after :meth:`join`.
+
+        The same figures are recorded in the ledger (``taskgraph status``).
+        """
+        done: list[TaskReport] = []
+        running: list[TaskReport] = []
+        now = time.time()
+        for task in list(self._tasks):
+            state, started = task._state, task._started
+            if state == "running" and started is not None:
+                running.append(TaskReport(task.task_name, task.key, state, started, max(0.0, now - started),
+                                          None, None, ""))
+            elif state in ("ran", "failed") and started is not None:
+                done.append(TaskReport(task.task_name, task.key, state, started, task._duration,
+                                       task._cpu_time, task._peak_memory, task._worker))
+        return done + running
+
+    def terminate(self) -> None:
+        """Stop now: kill the running tasks, cancel the others, shut the
+        workers down. :meth:`join` then raises :class:`TaskGraphTerminatedError`."""
+        error = TaskGraphTerminatedError(
+            f"the task graph on {self._workspace!r} was stopped by terminate() before every task "
+            "finished; run it again to finish: tasks that finished are skipped"
+        )
+        with self._lock:
+            self._closed = True
+        self._terminate(error)
 
     def _terminate(self, error: BaseException) -> None:
         self._scheduler.abort(error)

@@ -75,6 +75,12 @@ class JobResult:
     started: float = 0.0
     ended: float = 0.0
     worker: str = ""
+    #: CPU seconds of the call (the calling thread's; a process pool measures
+    #: its worker process and waited-for children instead), None if unknown.
+    cpu_time: float | None = None
+    #: Peak resident memory of the worker process while the call ran, in
+    #: bytes; None where the call shared its process with other work.
+    peak_memory: int | None = None
 
 
 def worker_name() -> str:
@@ -126,6 +132,7 @@ def run_job(
     ``JobResult.error``.
     """
     outcome = JobResult(task_id, started=time.time(), worker=worker_name())
+    cpu_started = time.thread_time()
     func, args, kwargs = call
     cache = MemoryDigestCache()
     if known_digests:
@@ -165,6 +172,7 @@ def run_job(
         )
         outcome.targets = {}
     outcome.ended = time.time()
+    outcome.cpu_time = time.thread_time() - cpu_started
     return outcome
 
 

@@ -11,7 +11,8 @@ application_id`` = :data:`APPLICATION_ID`)::
     runs    (run_id PK, started, ended, pid, host, n_workers, version)
     tasks   (record_key PK, task_key, exec_key, name, func, source_hash, args,
              hash_algorithm, store_result, state 'done'|'failed', run_id,
-             started, ended, duration, worker, error)
+             started, ended, duration, worker, error,
+             cpu_time, peak_memory)                  the run report (schema 2)
     files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
              digest, taken_at_ns)                PK (record_key, role, path)
     deps    (record_key, dep_key)                PK (record_key, dep_key)
@@ -27,9 +28,11 @@ stored result) commit in one ``BEGIN IMMEDIATE`` transaction, so a task is
 never recorded as done without its result. Other processes on the same
 workspace wait on SQLite's busy timeout instead of failing.
 
-A file that is not a taskgraph ledger of this schema (corrupt, foreign, or an
-older schema) is renamed aside, never deleted, with a warning saying every task
-will run once. A ledger from a newer taskgraph is left alone and refused.
+A file that is not a taskgraph ledger (corrupt, foreign, or a schema this
+version cannot upgrade) is renamed aside, never deleted, with a warning saying
+every task will run once. An older schema that can be upgraded is migrated in
+place, in one transaction that keeps every record (:data:`_MIGRATIONS`). A
+ledger from a newer taskgraph is left alone and refused.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
 LOGGER = logging.getLogger("taskgraph.Task")
 
 LEDGER_FILENAME = "taskgraph_ledger.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x54475248  # "TGRH"
 _BUSY_TIMEOUT_S = 60.0
 _BULK_AFTER = 64
@@ -82,7 +85,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     run_id INTEGER,
     started REAL, ended REAL, duration REAL,
     worker TEXT,
-    error TEXT);
+    error TEXT,
+    cpu_time REAL,
+    peak_memory INTEGER);
 CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name);
 CREATE TABLE IF NOT EXISTS files (
     record_key TEXT NOT NULL,
@@ -119,7 +124,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 _DELETE_FILES = "DELETE FROM files WHERE record_key=?"
 _DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
 _DELETE_RESULT = "DELETE FROM results WHERE key=?"
-_UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 _UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value) VALUES (?,?)"
@@ -132,6 +137,13 @@ _STATEMENTS = (
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
+# Schema upgrades: from version N, the statements that make version N + 1.
+# New columns are added at the end of their table, so a migrated ledger has
+# the same column order as a new one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
+        "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER"),
+}
 _EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions"}
 
 
@@ -173,6 +185,9 @@ class Outcome:
     error: str | None = None
     #: True when the ledger held no record of this task before this run.
     fresh: bool = False
+    #: The run report: CPU seconds and peak resident memory (bytes), if measured.
+    cpu_time: float | None = None
+    peak_memory: int | None = None
 
 
 def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
@@ -261,6 +276,8 @@ class Ledger:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             self._create(conn)
+        elif version < SCHEMA_VERSION:
+            self._migrate(conn)
         self._had_tasks = conn.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
         return conn
 
@@ -291,8 +308,8 @@ class Ledger:
                 f"{version}, this taskgraph reads schema {SCHEMA_VERSION}). Upgrade "
                 "taskgraph, or move that file away to start a new ledger."
             )
-        if version < SCHEMA_VERSION:
-            return f"it has an older schema ({version}, now {SCHEMA_VERSION})"
+        if version < SCHEMA_VERSION and any(v not in _MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+            return f"it has an older schema ({version}, now {SCHEMA_VERSION}) that cannot be upgraded"
         if not _EXPECTED_TABLES <= tables:
             return f"tables are missing: {sorted(_EXPECTED_TABLES - tables)}"
         return None
@@ -333,6 +350,26 @@ class Ledger:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Upgrade an older schema in place, keeping every record."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have upgraded it while this one waited.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            start = version
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                version += 1
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if start < SCHEMA_VERSION:
+            LOGGER.info("the taskgraph ledger %s was upgraded from schema %d to %d; every record was kept",
+                        self.path, start, SCHEMA_VERSION)
 
     # -- runs -------------------------------------------------------------------
 
@@ -476,7 +513,7 @@ class Ledger:
             key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
             outcome.source_hash, outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
-            outcome.worker, outcome.error,
+            outcome.worker, outcome.error, outcome.cpu_time, outcome.peak_memory,
         ))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
@@ -607,6 +644,8 @@ class TaskRow:
     duration: float | None
     worker: str | None
     error: str | None
+    cpu_time: float | None = None
+    peak_memory: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,11 +689,14 @@ class LedgerReader:
                 f"{self.path} was written by a newer taskgraph (schema {version}; this one reads "
                 f"{SCHEMA_VERSION}): upgrade taskgraph to read it"
             )
-        if version < SCHEMA_VERSION:
+        if version < min(_MIGRATIONS, default=SCHEMA_VERSION):
             raise LedgerError(
                 f"{self.path} has an older schema ({version}); the next run of the pipeline "
                 "moves it aside and starts a new ledger"
             )
+        # An older schema that the next run upgrades is read as it is (read-only):
+        # the columns it lacks read as NULL.
+        self._report_columns = "cpu_time, peak_memory" if version >= 2 else "NULL, NULL"
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -666,10 +708,10 @@ class LedgerReader:
         """Every recorded task, in the order they last ended."""
         return [
             TaskRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8],
-                    row[9], row[10], row[11], row[12], row[13], row[14])
+                    row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16])
             for row in self._rows(
                 "SELECT record_key, task_key, exec_key, name, func, args, hash_algorithm, store_result,"
-                " state, run_id, started, ended, duration, worker, error FROM tasks"
+                f" state, run_id, started, ended, duration, worker, error, {self._report_columns} FROM tasks"
                 " ORDER BY ended IS NULL, ended, name"
             )
         ]

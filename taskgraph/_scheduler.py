@@ -15,8 +15,10 @@ Messages are handled in batches: everything in the inbox is taken at once,
 the finished tasks of the batch are committed to the ledger in one
 transaction, and only then are their ``join()`` waiters released and their
 dependents made ready. Ready tasks wait in a heap ordered by priority (higher
-first, first-added first among equals) and go to the executor only while it
-has a free slot, so priority is honoured at every dispatch. No timer polls
+first, first-added first among equals), or by a scheduling policy's key
+(``_policy``), and go to the executor only while it has a free slot, so the
+order is honoured at every dispatch. A policy may also hold a ready task back
+(memory admission) while others start. No timer polls
 anything; a timed wait is used only for ``reporting_interval`` progress logs.
 """
 
@@ -37,12 +39,16 @@ from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult
 from taskgraph._ledger import Ledger, Outcome, format_exception
+from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
 from taskgraph._progress import ProgressBar
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
 _ELSEWHERE_POLL_S = 0.25
+# How many ready tasks a dispatch looks past when the policy holds the first
+# ones back: bounds the work per dispatch when many tasks wait for memory.
+_HELD_SCAN = 32
 
 
 class Scheduler:
@@ -59,8 +65,13 @@ class Scheduler:
         dry_run: bool = False,
         progress: ProgressBar | None = None,
         claims: Claims | None = None,
+        policy: Policy | None = None,
+        memory_limit: float | None = None,
     ) -> None:
         self._ledger = ledger
+        # None keeps the plain priority heap: no policy call per task.
+        self._policy = policy
+        self._memory_limit = memory_limit
         self._executor = executor
         self._finished_condition = finished
         self._dry_run = dry_run
@@ -68,7 +79,7 @@ class Scheduler:
         self._progress = progress
         self._failed_count = 0
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._ready: list[tuple[float, int, Task]] = []
+        self._ready: list[tuple[Any, int, Task]] = []
         # Keyed by task_id: Task equality is natcap's "same call" equality, and
         # two calls that differ only in their targets are equal but distinct.
         self._blockers: dict[int, tuple[Task, int]] = {}
@@ -217,6 +228,8 @@ class Scheduler:
 
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
+        if task._memory is not None and not isinstance(self._policy, MemoryLimit):
+            self._memory_aware()
         if self._failure is not None:
             self._cancel(task)
             finished.append(task)
@@ -236,11 +249,30 @@ class Scheduler:
             self._push_ready(task)
 
     def _push_ready(self, task: Task) -> None:
-        heapq.heappush(self._ready, (-task._priority, task.task_id, task))
+        if self._policy is None:
+            heapq.heappush(self._ready, (-task._priority, task.task_id, task))
+        else:
+            heapq.heappush(self._ready, (self._policy.key(task), task.task_id, task))
+
+    def _memory_aware(self) -> None:
+        """A task declared its memory: admit tasks by memory from now on.
+
+        The built-in orders keep their keys (``MemoryLimit`` delegates to
+        them), so the tasks already in the heap stay in place. A custom
+        policy is left as it is: it decides admission itself.
+        """
+        if self._policy is None or type(self._policy) in (PriorityOrder, LongestFirst):
+            self._policy = MemoryLimit(self._memory_limit, self._policy)
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
         task = self._running.pop(result.task_id)
         self._started_at.pop(result.task_id, None)
+        if result.ended:
+            task._started = result.started
+            task._duration = result.ended - result.started
+            task._cpu_time = result.cpu_time
+            task._peak_memory = result.peak_memory
+            task._worker = result.worker
         if result.error is not None:
             if self._killing and isinstance(result.error, WorkerDiedError):
                 self._cancel(task)
@@ -257,7 +289,6 @@ class Scheduler:
         self._ledger.record(self._outcome(task, result, None))
         if task._store_result:
             task._result = result.result
-        task._duration = result.ended - result.started
         task._state = "ran"
         finished.append(task)
 
@@ -281,6 +312,8 @@ class Scheduler:
             result=result.result,
             error=error,
             fresh=not task._had_record,
+            cpu_time=result.cpu_time,
+            peak_memory=result.peak_memory,
         )
 
     def _commit(self, finished: list[Task]) -> bool:
@@ -346,14 +379,23 @@ class Scheduler:
         while self._failure is None:
             slots = self._executor.capacity - len(self._running)
             starting: list[tuple[Task, Decision]] = []
+            held: list[tuple[Any, int, Task]] = []
             while self._ready and self._failure is None and len(starting) < slots:
-                _, _, task = heapq.heappop(self._ready)
+                entry = heapq.heappop(self._ready)
+                task = entry[2]
+                if self._policy is not None and not self._admit(task, starting):
+                    held.append(entry)
+                    if len(held) >= _HELD_SCAN:
+                        break
+                    continue
                 if self._dry_run:
                     self._plan(task)
                     continue
                 decision = self._decide(task)
                 if decision is not None:
                     starting.append((task, decision))
+            for entry in held:
+                heapq.heappush(self._ready, entry)
             if not starting:
                 return
             # The records of the tasks that just finished are committed
@@ -376,6 +418,15 @@ class Scheduler:
                     LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
                                 task.task_name)
                     self._elsewhere[task.task_id] = task
+
+    def _admit(self, task: Task, starting: list[tuple[Task, Decision]]) -> bool:
+        """The policy's word on starting ``task`` now; always yes when
+        nothing else runs (so a task too large for the limit runs alone)."""
+        if self._dry_run or not (self._running or starting):
+            return True
+        assert self._policy is not None
+        running = [*self._running.values(), *(other for other, _ in starting)]
+        return self._policy.admit(task, running)
 
     def _decide(self, task: Task) -> Decision | None:
         """Decide one ready task; finish it if it is up to date. Returns the
@@ -431,6 +482,7 @@ class Scheduler:
         )
         task._payload = None  # sent once; free the memory
         task._state = "running"
+        task._started = time.time()
         self._running[task.task_id] = task
         self._started_at[task.task_id] = time.monotonic()
         self._executor.submit(job, self._job_done)

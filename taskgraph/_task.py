@@ -45,6 +45,8 @@ class Task:
         dependencies: tuple[Task, ...],
         payload: bytes | None,
         finished: threading.Condition,
+        memory: float | None = None,
+        expected_time: float | None = None,
     ) -> None:
         self.task_id = task_id
         self.task_name = task_name
@@ -60,6 +62,9 @@ class Task:
         self._transient_run = transient_run
         self._store_result = store_result
         self._priority = priority
+        # Scheduling hints only: not part of the identity.
+        self._memory = memory
+        self._expected_time = expected_time
         self._dependencies = dependencies
         self._payload = payload
         # Written by the scheduler only.
@@ -69,6 +74,12 @@ class Task:
         self._reasons: tuple[Any, ...] = ()
         self._had_record = True  # until the scheduler's check says otherwise
         self._duration = 0.0
+        # The run report (set when the task ran): wall-clock start (time.time()),
+        # CPU seconds, peak resident memory in bytes, where it ran.
+        self._started: float | None = None
+        self._cpu_time: float | None = None
+        self._peak_memory: int | None = None
+        self._worker = ""
         # One condition per graph, notified by the scheduler after each batch
         # of finished tasks: cheaper than an Event per task on large graphs.
         self._finished = False
@@ -87,6 +98,21 @@ class Task:
     def reasons(self) -> tuple[Any, ...]:
         """Why the task ran (empty when it was skipped or has not been decided)."""
         return self._reasons
+
+    @property
+    def priority(self) -> float:
+        """Among ready tasks, higher starts first (with the default scheduler)."""
+        return self._priority
+
+    @property
+    def memory(self) -> float | None:
+        """The memory estimate given to ``add_task`` (MiB), or None."""
+        return self._memory
+
+    @property
+    def expected_time(self) -> float | None:
+        """The run-time estimate given to ``add_task`` (seconds), or None."""
+        return self._expected_time
 
     @property
     def target_path_list(self) -> list[str]:
