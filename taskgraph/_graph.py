@@ -589,14 +589,15 @@ class TaskGraph:
 
     def _terminate(self, error: BaseException) -> None:
         self._scheduler.abort(error)
-        self._shutdown()
+        # Kill, whether or not the scheduler thread has taken in the abort yet.
+        self._shutdown(kill=True)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, kill: bool = False) -> None:
         if self._shut_down:
             return
         self._shut_down = True
         self._scheduler.stop()
-        self._executor.shutdown(kill=self._scheduler.failure is not None)
+        self._executor.shutdown(kill=kill or self._scheduler.failure is not None)
 
     def __enter__(self) -> TaskGraph:
         return self

@@ -550,6 +550,13 @@ class ProcessPool(Executor):
         self._wake()
         if self._manager is not threading.current_thread():
             self._manager.join(_JOIN_TIMEOUT_S)
+            if self._manager.is_alive():
+                # Still reading a worker's last messages: closing the pipes
+                # under it would fail its wait(); it closes each on the
+                # worker's death, and the process exits without them.
+                LOGGER.warning("the process pool's manager thread did not stop within %s s", _JOIN_TIMEOUT_S)
+                self._finalizer.detach()
+                return
         for worker in workers:
             with contextlib.suppress(OSError):
                 worker.conn.close()
