@@ -42,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from taskgraph._errors import InvalidArgumentError, JobFailedError, TaskGraphTerminatedError
+from taskgraph._errors import InvalidArgumentError, InvalidTaskError, JobFailedError, TaskGraphTerminatedError
 from taskgraph._graph import TaskGraph
 from taskgraph._task import Task
 
@@ -51,6 +51,14 @@ LOGGER = logging.getLogger("taskgraph.boss")
 #: Instructions the boss reads itself (they reach the worker only if it takes them).
 SCHEDULING_INSTRUCTIONS = ("name", "memory", "expected_time")
 LIMITS = ("threads", "memory", "threads+memory")
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +360,22 @@ class Boss:
                 if key not in SCHEDULING_INSTRUCTIONS or self._accepted is None or key in self._accepted
             }
             memory = instructions.get("memory", self._scheduler.memory_per_task) if memory_limited else None
-            job.task = self._graph.add_task(
-                run_instructions, args=(self._worker, index, for_worker, self._shared), task_name=job.name,
-                transient_run=True, store_result=True, memory=memory,
-                expected_time=instructions.get("expected_time"),
-            )
+            try:
+                job.task = self._graph.add_task(
+                    run_instructions, args=(self._worker, index, for_worker, self._shared), task_name=job.name,
+                    transient_run=True, store_result=True, memory=memory,
+                    expected_time=instructions.get("expected_time"),
+                )
+            except InvalidTaskError as error:
+                if "cannot be pickled" not in str(error):  # the graph's own message says it all
+                    raise
+                culprit = next((f"instruction {key!r}" for key, value in for_worker.items()
+                                if not _picklable(value)), "the worker")
+                raise InvalidArgumentError(
+                    f"job {job.name!r}: {culprit} cannot be pickled to send it to a worker process "
+                    f"({error.__cause__!r}). Give instructions that pickle (numbers, strings, lists, "
+                    "dicts, numpy or shared arrays) and a worker defined at module level."
+                ) from error.__cause__
 
     # -- working ----------------------------------------------------------------------------
 

@@ -210,7 +210,7 @@ def test_unpicklable_worker_and_instruction_are_refused_where_given(tmp_path):
         tb.Boss(lambda sleeping_time: sleeping_time)
     with tb.Boss(rf.sleeper, tb.scheduler(max_threads=1)) as boss:
         boss.make_them_work()
-        with pytest.raises(ValueError, match="cannot be pickled"):
+        with pytest.raises(taskgraph.InvalidArgumentError, match="instruction 'wakeup_sentence' cannot be pickled"):
             boss.set_instructions({"wakeup_sentence": (lambda: "hi")}, {"sleeping_time": [0]})
         boss.set_instructions({}, {"sleeping_time": [0]})
     assert boss.get_report()["workers_report"] == [
