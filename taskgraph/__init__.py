@@ -26,6 +26,7 @@ from taskgraph._errors import (
     MissingDependencyError,
     MissingTargetError,
     SharedFilesystemError,
+    StageError,
     TaskCancelledError,
     TaskExecutionError,
     TaskGraphClosedError,
@@ -38,6 +39,8 @@ from taskgraph._graph import PlanEntry, Statistics, TaskGraph
 from taskgraph._ledger import LEDGER_FILENAME
 from taskgraph._task import Task
 from taskgraph._version import __version__
+from taskgraph.sequencer import TaskSequencer
+from taskgraph.topology import Topology
 
 #: natcap taskgraph's name for the ledger file name, kept for old scripts.
 _TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
@@ -52,6 +55,7 @@ __all__ = [
     "PlanEntry",
     "Reason",
     "SharedFilesystemError",
+    "StageError",
     "Statistics",
     "Task",
     "TaskCancelledError",
@@ -60,7 +64,9 @@ __all__ = [
     "TaskGraphClosedError",
     "TaskGraphError",
     "TaskGraphTerminatedError",
+    "TaskSequencer",
     "TaskTimeoutError",
+    "Topology",
     "WorkerDiedError",
     "__version__",
 ]
