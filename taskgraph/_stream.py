@@ -328,13 +328,13 @@ class Engine:
     def _fail(self, stage: Stage, key: Any, error: BaseException) -> None:
         failure = StageError(
             f"stage {stage.name!r} raised {type(error).__name__} on item {key!r}: {error}. "
-            f"The stage's own exception and traceback are chained below.{self.hint}",
+            f"Its own exception and traceback are chained to this error.{self.hint}",
             stage.name, key,
         )
         failure.__cause__ = error
         if self.stop_on_error or isinstance(error, KeyboardInterrupt):
             raise failure
-        LOGGER.warning("%s", failure)
+        LOGGER.warning("stage %r failed on item %r: %s: %s", stage.name, key, type(error).__name__, error)
         self.failures.append(failure)
         if self.failure_sink is not None:
             self.failure_sink[key] = failure
