@@ -216,17 +216,16 @@ class Engine:
                 self._dispatch()
                 if not self._in_flight:
                     break
+                # (No local variable keeps a result: its data is freed once consumed.)
                 try:
-                    token, result = self._inbox.get(timeout=self.recheck if self._gated else None)
+                    self._finish(*self._inbox.get(timeout=self.recheck if self._gated else None))
                 except queue.Empty:
                     continue  # look at memory again
-                self._finish(token, result)
                 while True:  # take every result already there before dispatching again
                     try:
-                        token, result = self._inbox.get_nowait()
+                        self._finish(*self._inbox.get_nowait())
                     except queue.Empty:
                         break
-                    self._finish(token, result)
             clean = True
         finally:
             for lane in self.owned:
