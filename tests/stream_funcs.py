@@ -130,3 +130,45 @@ def after_next_start(directory, index):
             raise TimeoutError("stage 1 never started item 1 while item 0 was in stage 2")
         time.sleep(0.01)
     return index
+
+
+def fill_logged(directory):
+    """A one-shot filler for ``directory``'s items: ``im00..im09 -> (directory, i)``."""
+
+    def fill(input_queue, output_queue):
+        for index in range(10):
+            output_queue[f"im{index:02d}"] = (directory, index)
+
+    return fill
+
+
+def square_logged_or_fail(args):
+    directory, value = args
+    log(directory, f"square {value}")
+    if value in (3, 7):
+        raise ValueError(f"value {value} is deliberately bad")
+    return value * value
+
+
+def fill_names_and_paths(input_queue, output_queues):
+    names, paths = output_queues
+    for index in range(6):
+        names[f"k{index}"] = f"name{index}"
+    for index in reversed(range(6)):  # the other queue arrives in another order
+        paths[f"k{index}"] = index
+
+
+def read_value(value):
+    time.sleep(0.005)
+    return np.full(3, value)
+
+
+def pair(input_queues, output_queue):
+    names, arrays = input_queues
+    for key in [key for key in names if key in arrays]:
+        output_queue[key] = (names.pop(key), arrays.pop(key))
+
+
+def combine(name_and_array):
+    name, array = name_and_array
+    return f"{name}:{int(array.sum())}"
