@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import threading
 import traceback
@@ -217,6 +218,9 @@ class Topology:
                 queue.clear()  # what a previous compute left is computed again
             queue.bound = nb_items_queue_max if id(queue) in consumed else None
             queue.incoming = queue.high_water = 0
+        if executor == "processes":
+            for work in self.works:
+                _check_picklable(work)
         lanes, owned = _make_lanes(executor, workers)
         stages = [
             Stage(work.name, work.func, work.inputs, work.outputs, kind=work.kind,
@@ -245,6 +249,13 @@ class Topology:
         for queue in self.queues:
             if id(queue) not in consumed:
                 self.results.update(queue)
+        for queue in self.queues:
+            if id(queue) in consumed and queue:
+                LOGGER.warning(
+                    "queue %r still holds %d item(s) that no work took (%s): a global work that "
+                    "consumes it left them, for example keys it could not pair.",
+                    queue.name, len(queue), ", ".join(map(repr, list(queue)[:5])),
+                )
         if self.errors:
             where = ("; tracebacks in " + os.path.join(self.path_dir_result, ERRORS_DIRNAME)
                      if self.path_dir_result else "")
@@ -308,8 +319,15 @@ class _LedgerMemo:
         self._record = TaskGraph(workspace, -1, progress=False)
 
     def lookup(self, stage: Stage, key: Any, value: Any) -> tuple[bool, Any]:
-        task = self._check.add_task(_recorded, args=(stage.name, key, stage.func, value), store_result=True,
-                                    task_name=f"{stage.name}[{key!r}]")
+        try:
+            task = self._check.add_task(_recorded, args=(stage.name, key, stage.func, value), store_result=True,
+                                        task_name=f"{stage.name}[{key!r}]")
+        except InvalidTaskError as error:
+            raise InvalidTaskError(
+                f"work {stage.name!r}, item {key!r}: the item cannot be recorded in the ledger under "
+                f"path_dir_result ({error}). Make the work's function and values picklable, or use "
+                "path_dir_result=None to compute without remembering finished items."
+            ) from error
         if task.state == "skipped":
             return True, task.get()
         return False, None
@@ -326,6 +344,20 @@ class _LedgerMemo:
         for graph in (self._check, self._record):
             graph.close()
             graph.join()
+
+
+def _check_picklable(work: Work) -> None:
+    """A CPU work's function goes to worker processes: refuse one that cannot, naming the work."""
+    if work.kind != "map" or "io" in work.kinds:
+        return
+    try:
+        pickle.dumps(work.func)
+    except Exception as error:
+        raise InvalidTaskError(
+            f"work {work.name!r}: its function cannot be pickled to send it to worker processes "
+            f"({error}). Define it at the top level of a module, give the work kind='io' (threads), "
+            "or compute with executor='threads'."
+        ) from error
 
 
 def _parse_kind(work: str, kind: str | tuple[str, ...] | None) -> frozenset[str]:
