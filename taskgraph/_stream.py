@@ -184,6 +184,8 @@ class Engine:
         self.hint = hint
         #: Every item failure, in the order they happened.
         self.failures: list[StageError] = []
+        #: Every key in the order it first appeared in a buffer (to give results in that order).
+        self.first_seen: dict[Any, None] = {}
         #: How many times a gated stage looked at memory again (for tests and logs).
         self.gate_checks = 0
         self._inbox: queue.SimpleQueue[tuple[int, JobResult]] = queue.SimpleQueue()
@@ -208,6 +210,8 @@ class Engine:
                 failure of a global or one-shot stage.
         """
         clean = False
+        for buffer in self._buffers.values():
+            self.first_seen.update(dict.fromkeys(buffer))
         try:
             for stage in self.stages:
                 if stage.kind == "one shot":
@@ -319,6 +323,7 @@ class Engine:
         self._deliver(stage, entry.key, result.result)
 
     def _deliver(self, stage: Stage, key: Any, result: Any) -> None:
+        self.first_seen.setdefault(key)
         for sink in stage.sinks:
             sink[key] = result
             sink.high_water = max(sink.high_water, len(sink))
@@ -355,6 +360,9 @@ class Engine:
                 stage.name, None,
             )
             raise failure from error
+        for sink in stage.sinks:
+            for key in sink:
+                self.first_seen.setdefault(key)
         for key, buffer in self._buffers.items():
             if len(buffer) != before[key]:
                 buffer.high_water = max(buffer.high_water, len(buffer))

@@ -77,7 +77,8 @@ class Topology:
         queues: the queues, in the order they were added.
         works: the works, in the order they were added.
         results: after :meth:`compute`, the items of the queues that no work
-            consumes (the last queues), ``key -> value``, merged.
+            consumes (the last queues), ``key -> value``, merged, in the order
+            their keys first appeared (usually the order the first queue was filled).
         errors: after :meth:`compute`, one :class:`~taskgraph.StageError` per
             failed item (``.stage`` is the work, ``.item`` the key).
     """
@@ -245,10 +246,14 @@ class Topology:
                 memo.close()
         for failure in self.errors:
             self._write_traceback(failure)
-        self.results = {}
+        merged: dict[Any, Any] = {}
         for queue in self.queues:
             if id(queue) not in consumed:
-                self.results.update(queue)
+                merged.update(queue)
+        # In the order the keys first appeared (the order the first queue was filled
+        # in), not the order items happened to finish.
+        order = {key: index for index, key in enumerate(engine.first_seen)}
+        self.results = dict(sorted(merged.items(), key=lambda item: order.get(item[0], len(order))))
         for queue in self.queues:
             if id(queue) in consumed and queue:
                 LOGGER.warning(

@@ -50,6 +50,7 @@ def test_ten_items_two_failures(tmp_path, executor):
     topology.compute(executor=executor)
     good = [index for index in range(10) if index not in (3, 7)]
     assert topology.results == {f"im{i:02d}": f"im{i:02d}={i * i}" for i in good}
+    assert list(topology.results) == [f"im{i:02d}" for i in good]  # in the order the first queue was filled
     assert sorted((error.stage, error.item) for error in topology.errors) == [("square", "im03"), ("square", "im07")]
     for error in topology.errors:
         assert isinstance(error, taskgraph.StageError) and isinstance(error.__cause__, ValueError)
@@ -95,6 +96,7 @@ def test_global_join_of_two_queues(executor):
     topology.add_work("combine", f.combine, input_queue=pairs, output_queue=out)
     topology.compute(executor=executor, nb_max_workers=2)
     assert topology.results == {f"k{i}": f"name{i}:{3 * i}" for i in range(6)}
+    assert list(topology.results) == [f"k{i}" for i in range(6)]
     assert topology.errors == [] and not names and not arrays
 
 
