@@ -186,8 +186,6 @@ class Engine:
         self.failures: list[StageError] = []
         #: Every key in the order it first appeared in a buffer (to give results in that order).
         self.first_seen: dict[Any, None] = {}
-        #: How many times a gated stage looked at memory again (for tests and logs).
-        self.gate_checks = 0
         self._inbox: queue.SimpleQueue[tuple[int, JobResult]] = queue.SimpleQueue()
         self._in_flight: dict[int, _InFlight] = {}
         # Lanes may share an executor: its capacity bounds the jobs of all of them.
@@ -266,7 +264,6 @@ class Engine:
             if used >= self.memory_limit:
                 if self._in_flight:
                     self._gated = True
-                    self.gate_checks += 1
                     self._say(f"stage {stage.name!r} waits: memory use {used:.1%} >= limit "
                               f"{self.memory_limit:.1%}")
                     return False

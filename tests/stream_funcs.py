@@ -172,3 +172,14 @@ def pair(input_queues, output_queue):
 def combine(name_and_array):
     name, array = name_and_array
     return f"{name}:{int(array.sum())}"
+
+
+def sleep_logged(directory, index):
+    log(directory, f"pid {os.getpid()}")
+    time.sleep(WAIT_S)
+
+
+def die_on_one(index):
+    if index == 1:
+        os.kill(os.getpid(), 9)
+    return index

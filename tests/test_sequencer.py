@@ -1,7 +1,11 @@
 """TaskSequencer: eumap's pipeline of stages, with real worker processes, threads and memory."""
 
+import contextlib
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -193,3 +197,38 @@ def test_memory_gate_holds_the_reader_and_resumes_when_memory_drops(tmp_path):
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert outcome["result"] == [megabytes << 20] * 3
+
+
+def test_a_killed_worker_fails_its_item_only():
+    sequencer = taskgraph.TaskSequencer([(f.die_on_one, 2)], stop_on_error=False)
+    results = sequencer.run([(0,), (1,), (2,), (3,)])
+    assert results[0] == 0 and results[2:] == [2, 3]
+    assert isinstance(results[1], taskgraph.StageError) and results[1].item == 1
+    assert isinstance(results[1].__cause__, taskgraph.WorkerDiedError)
+    assert "SIGKILL" in str(results[1].__cause__)
+
+
+def test_ctrl_c_stops_the_run_and_its_workers(tmp_path):
+    script = tmp_path / "pipeline.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import stream_funcs as f\n"
+        "import taskgraph\n"
+        "if __name__ == '__main__':\n"
+        f"    taskgraph.TaskSequencer([(f.sleep_logged, 2)]).run([({str(tmp_path)!r}, i) for i in range(4)])\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    try:
+        _until(lambda: len(f.read_log(tmp_path)) == 2)  # both workers are in the stage
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    survivors = []
+    for line in f.read_log(tmp_path):  # the workers' pids
+        with contextlib.suppress(psutil.NoSuchProcess):
+            survivors.append(psutil.Process(int(line.split()[1])))
+    _, alive = psutil.wait_procs(survivors, timeout=10)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
