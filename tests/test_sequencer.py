@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,10 +57,21 @@ def test_input_order_is_kept_under_random_durations(executor):
 
 @pytest.mark.parametrize("executor", ["processes", "threads"])
 def test_ordered_false_returns_completion_order(tmp_path, executor):
-    # Each item waits for the next one to finish: they finish last to first.
+    # Each item waits for the next one to have finished its call: they finish about last to first.
     items = [(str(tmp_path), index, 4) for index in range(5)]
-    sequencer = taskgraph.TaskSequencer([(f.after_next, 5)], executor=executor, ordered=False)
-    assert sequencer.run(items) == [4, 3, 2, 1, 0]
+    finished = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: finished.extend(re.findall(r"finished item (\d+)", record.getMessage()))
+    logger = logging.getLogger("taskgraph.stream")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        results = taskgraph.TaskSequencer([(f.after_next, 5)], executor=executor, ordered=False).run(items)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert results == [int(index) for index in finished] and sorted(results) == [0, 1, 2, 3, 4]
     for index in range(5):
         os.remove(tmp_path / f"done-{index}")
     assert taskgraph.TaskSequencer([(f.after_next, 5)], executor=executor).run(items) == [0, 1, 2, 3, 4]
