@@ -41,6 +41,8 @@ from taskgraph._job import JobResult, call_job
 
 LOGGER = logging.getLogger("taskgraph.stream")
 
+#: What the engine does with a stage (see :class:`Stage`).
+KINDS = ("map", "global", "one shot")
 #: How a map stage calls its function with an item's value.
 CALL_STYLES = ("unpack", "value", "key value")
 
@@ -116,6 +118,13 @@ class Stage:
     sinks_as_tuple: bool = False
     running: int = field(default=0, init=False)
     dirty: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        # The layers above validate what users give; these are the engine's own invariants.
+        if self.kind not in KINDS or self.call not in CALL_STYLES:
+            raise ValueError(f"stage {self.name!r}: unknown kind {self.kind!r} or call style {self.call!r}")
+        if self.kind == "map" and len(self.sources) != 1:
+            raise ValueError(f"map stage {self.name!r} needs exactly one source buffer")
 
     def arguments(self, key: Any, value: Any) -> tuple[Any, ...]:
         """The positional arguments of one call of a map stage."""

@@ -106,10 +106,12 @@ class Topology:
     def add_work(
         self,
         name: str,
-        func: Callable[..., Any],
+        func: Callable[..., Any] | None = None,
         input_queue: Queue | str | tuple[Queue | str, ...] | None = None,
         output_queue: Queue | str | tuple[Queue | str, ...] | None = None,
         kind: str | tuple[str, ...] | None = None,
+        *,
+        func_or_cls: Callable[..., Any] | None = None,
     ) -> Work:
         """Add a work that moves items from ``input_queue`` to ``output_queue``.
 
@@ -127,10 +129,18 @@ class Topology:
             output_queue: a queue, a tuple of queues (each gets the result) or
                 None (results are dropped: a work that only saves).
             kind: None, one of the kinds above, or a tuple of them.
+            func_or_cls: fluidimage's name for ``func``, accepted so that
+                ``add_work(..., func_or_cls=f)`` calls work unchanged (a
+                function or bound method; fluidimage's ``params_cls`` is not
+                supported).
 
         Raises:
             InvalidTaskError: (a ValueError) naming the work and what is wrong.
         """
+        if func_or_cls is not None:
+            if func is not None:
+                raise InvalidTaskError(f"work {name!r}: give func or func_or_cls, not both.")
+            func = func_or_cls
         if any(work.name == name for work in self.works):
             raise InvalidTaskError(f"the topology already has a work named {name!r}: give each work its own name.")
         if not callable(func):

@@ -93,7 +93,7 @@ def test_global_join_of_two_queues(executor):
     topology.add_work("fill", f.fill_names_and_paths, output_queue=(names, paths), kind="one shot")
     topology.add_work("read", f.read_value, input_queue=paths, output_queue=arrays, kind="io")
     topology.add_work("pair", f.pair, input_queue=(names, arrays), output_queue=pairs, kind="global")
-    topology.add_work("combine", f.combine, input_queue=pairs, output_queue=out)
+    topology.add_work("combine", func_or_cls=f.combine, input_queue=pairs, output_queue=out)  # fluidimage's keyword
     topology.compute(executor=executor, nb_max_workers=2)
     assert topology.results == {f"k{i}": f"name{i}:{3 * i}" for i in range(6)}
     assert list(topology.results) == [f"k{i}" for i in range(6)]
