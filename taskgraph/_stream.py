@@ -47,6 +47,11 @@ KINDS = ("map", "global", "one shot")
 CALL_STYLES = ("unpack", "value", "key value")
 
 
+def is_dask_client(value: Any) -> bool:
+    """Whether ``value`` is a ``distributed.Client`` (checked without importing Dask)."""
+    return type(value).__module__.split(".")[0] == "distributed"
+
+
 class Buffer(dict[Any, Any]):
     """A named queue of items: an insertion-ordered dict ``key -> value``.
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from taskgraph._errors import InvalidTaskError, StageError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
-from taskgraph._stream import Buffer, Engine, Stage
+from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor, make_executor
+from taskgraph._stream import Buffer, Engine, Stage, is_dask_client
 
 #: The backends ``executor=`` names.
 EXECUTORS = ("processes", "threads", "inline")
@@ -43,8 +43,11 @@ class TaskSequencer:
             processes, as many as the stages' ``n_workers`` added up, so
             every stage can have all its workers busy at once),
             ``'threads'`` (as many threads), ``'inline'`` (one item at a time
-            in the calling thread), or an :class:`~taskgraph._executor.Executor`
-            that the caller owns (it is not shut down after a run).
+            in the calling thread), a ``distributed.Client`` (the items run
+            on that Dask cluster, at most as many at once as the stages'
+            ``n_workers`` added up; ``pip install 'taskgraph[dask]'``), or an
+            :class:`~taskgraph._executor.Executor` that the caller owns (it is
+            not shut down after a run).
         queue_size: how many finished items may wait between two stages; a
             stage starts no new item while its output queue is full. Default
             ``max(4 * total workers, 8)``.
@@ -69,7 +72,7 @@ class TaskSequencer:
         wait_timeout: float = 5,
         verbose: bool = False,
         *,
-        executor: str | Executor = "processes",
+        executor: Any = "processes",
         queue_size: int | None = None,
         stop_on_error: bool = True,
         ordered: bool = True,
@@ -84,16 +87,18 @@ class TaskSequencer:
             )
         if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)) or wait_timeout <= 0:
             raise InvalidTaskError(f"wait_timeout must be a positive number of seconds, got {wait_timeout!r}")
-        if not isinstance(executor, Executor) and executor not in EXECUTORS:
+        remote = is_dask_client(executor)
+        if not isinstance(executor, Executor) and not remote and executor not in EXECUTORS:
             raise InvalidTaskError(
-                f"executor must be one of {', '.join(map(repr, EXECUTORS))} or an Executor, got {executor!r}"
+                f"executor must be one of {', '.join(map(repr, EXECUTORS))}, a distributed.Client or an "
+                f"Executor, got {executor!r}"
             )
         total = sum(workers for _, _, workers, _ in self._stages)
         if queue_size is None:
             queue_size = max(4 * total, 8)
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise InvalidTaskError(f"queue_size must be a positive integer, got {queue_size!r}")
-        if executor == "processes":
+        if remote or executor == "processes":
             for name, func, _, _ in self._stages:
                 try:
                     pickle.dumps(func)
@@ -162,6 +167,8 @@ class TaskSequencer:
         """A fresh backend for one run (and whether this run owns it)."""
         if isinstance(self.executor, Executor):
             return self.executor, False
+        if is_dask_client(self.executor):
+            return make_executor(self.n_workers, executor=self.executor), True
         if self.executor == "inline":
             return InlineExecutor(), True
         if self.executor == "threads":

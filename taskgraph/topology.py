@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskgraph._errors import InvalidTaskError, StageError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor, make_executor
 from taskgraph._graph import TaskGraph
-from taskgraph._stream import Buffer, Engine, Stage
+from taskgraph._stream import Buffer, Engine, Stage, is_dask_client
 
 LOGGER = logging.getLogger("taskgraph.topology")
 
@@ -181,7 +181,7 @@ class Topology:
 
     def compute(
         self,
-        executor: str | Executor = "processes",
+        executor: Any = "processes",
         nb_max_workers: int | None = None,
         nb_items_queue_max: int | None = None,
         stop_if_error: bool = False,
@@ -192,7 +192,9 @@ class Topology:
             executor: ``'processes'`` (default: CPU-bound works in niced
                 worker processes, ``'io'`` works in threads of this process),
                 ``'threads'`` (every work in threads), ``'sequential'`` (one
-                item at a time in this thread), or an
+                item at a time in this thread), a ``distributed.Client`` (CPU
+                works on that Dask cluster, at most ``nb_max_workers`` items at
+                once; ``'io'`` works in threads here), or an
                 :class:`~taskgraph._executor.Executor` that the caller owns
                 (``'io'`` works then run in threads).
             nb_max_workers: overrides the constructor's value for this run.
@@ -211,9 +213,11 @@ class Topology:
                 work's own exception). A global or one-shot work that raises
                 always stops the run.
         """
-        if not isinstance(executor, Executor) and executor not in EXECUTORS:
+        remote = is_dask_client(executor)
+        if not isinstance(executor, Executor) and not remote and executor not in EXECUTORS:
             raise InvalidTaskError(
-                f"executor must be one of {', '.join(map(repr, EXECUTORS))} or an Executor, got {executor!r}"
+                f"executor must be one of {', '.join(map(repr, EXECUTORS))}, a distributed.Client or an "
+                f"Executor, got {executor!r}"
             )
         workers = _check_workers(nb_max_workers) or self.nb_max_workers or os.cpu_count() or 1
         if nb_items_queue_max is None:
@@ -229,7 +233,7 @@ class Topology:
                 queue.clear()  # what a previous compute left is computed again
             queue.bound = nb_items_queue_max if id(queue) in consumed else None
             queue.incoming = queue.high_water = 0
-        if executor == "processes":
+        if remote or executor == "processes":
             for work in self.works:
                 _check_picklable(work)
         lanes, owned = _make_lanes(executor, workers)
@@ -292,7 +296,7 @@ class Topology:
         return f"<Topology {len(self.queues)} queues, works {[work.name for work in self.works]}>"
 
 
-def _make_lanes(executor: str | Executor, workers: int) -> tuple[dict[str, Executor], list[str]]:
+def _make_lanes(executor: Any, workers: int) -> tuple[dict[str, Executor], list[str]]:
     """The executors of one compute: ``main`` for works, ``io`` for ``'io'`` works."""
     if executor == "sequential":
         inline = InlineExecutor()
@@ -303,6 +307,8 @@ def _make_lanes(executor: str | Executor, workers: int) -> tuple[dict[str, Execu
     io_threads = ThreadExecutor(workers)
     if isinstance(executor, Executor):
         return {"main": executor, "io": io_threads}, ["io"]
+    if is_dask_client(executor):
+        return {"main": make_executor(workers, executor=executor), "io": io_threads}, ["main", "io"]
     from taskgraph._pool import ProcessPool
 
     return {"main": ProcessPool(workers), "io": io_threads}, ["main", "io"]

@@ -244,3 +244,12 @@ def test_ctrl_c_stops_the_run_and_its_workers(tmp_path):
             survivors.append(psutil.Process(int(line.split()[1])))
     _, alive = psutil.wait_procs(survivors, timeout=10)
     assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_runs_on_a_dask_cluster(dask_client, tmp_path):
+    sequencer = taskgraph.TaskSequencer([(f.jitter, 2), f.add], executor=dask_client)
+    assert sequencer.run([(index, 0) for index in range(6)]) == [11 * index for index in range(6)]
+    sequencer = taskgraph.TaskSequencer([f.start_logged, f.fail_on], executor=dask_client, stop_on_error=False)
+    results = sequencer.run([(str(tmp_path), index) for index in range(5)])
+    assert results[:3] == [0, 2, 4] and results[4] == 8 and results[3].stage == "fail_on"
+    assert isinstance(results[3].__cause__, ValueError)

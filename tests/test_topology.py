@@ -149,3 +149,9 @@ def test_unpicklable_cpu_work_is_refused_before_anything_runs(tmp_path):
     assert not items  # the one-shot did not run
     topology.compute(executor="threads")
     assert topology.results == {f"im{i:02d}": i for i in range(10)}
+
+
+def test_runs_on_a_dask_cluster(dask_client, tmp_path):
+    topology = example(tmp_path)
+    topology.compute(executor=dask_client)
+    assert len(topology.results) == 8 and sorted(error.item for error in topology.errors) == ["im03", "im07"]
