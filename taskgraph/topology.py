@@ -66,7 +66,8 @@ class Topology:
 
     Args:
         path_dir_result: a directory for what the run leaves behind: the
-            traceback of each failed item (``errors/``) and the ledger that
+            traceback of each item that failed in the last compute
+            (``errors/<work>-<key>.txt``) and the ledger that
             records finished items, so that a later :meth:`compute` over the
             same items skips them and still fills :attr:`results`. None:
             nothing is written or remembered.
@@ -244,6 +245,7 @@ class Topology:
                   sources_as_tuple=work.inputs_as_tuple, sinks_as_tuple=work.outputs_as_tuple)
             for work in self.works
         ]
+        self._clear_tracebacks()
         memo = None if self.path_dir_result is None else _LedgerMemo(self.path_dir_result)
         engine = Engine(
             stages, lanes, owned, stop_on_error=stop_if_error, memo=memo,
@@ -282,6 +284,16 @@ class Topology:
                 "%d item(s) failed: %s%s. The other items finished; see topology.errors.",
                 len(self.errors), ", ".join(f"{e.stage}[{e.item!r}]" for e in self.errors), where,
             )
+
+    def _clear_tracebacks(self) -> None:
+        """``errors/`` describes the last compute: drop the tracebacks of an earlier one."""
+        if self.path_dir_result is None:
+            return
+        directory = os.path.join(self.path_dir_result, ERRORS_DIRNAME)
+        if os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if name.endswith(".txt"):
+                    os.remove(os.path.join(directory, name))
 
     def _write_traceback(self, failure: StageError) -> None:
         if self.path_dir_result is None:

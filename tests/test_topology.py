@@ -121,6 +121,11 @@ def test_rerun_with_workspace_executes_nothing(tmp_path):
         assert sorted(error.item for error in topology.errors) == ["im03", "im07"]
     # Only the two failed items ran again (twice); the recorded ones were taken from the ledger.
     assert sorted(f.read_log(log_dir)[10:]) == ["square 3", "square 3", "square 7", "square 7"]
+    assert sorted(os.listdir(workspace / "errors")) == ["square-im03.txt", "square-im07.txt"]
+    stale = workspace / "errors" / "square-im05.txt"  # as if an earlier compute had failed on im05
+    stale.write_text("old")
+    first.compute()
+    assert not stale.exists()
     assert (workspace / taskgraph.LEDGER_FILENAME).exists()
 
 
