@@ -78,6 +78,10 @@ class TaskSequencer:
         ordered: bool = True,
     ) -> None:
         self._stages = [_parse_stage(index, task) for index, task in enumerate(_as_list(tasks))]
+        names = [name for name, *_ in self._stages]
+        for index, (name, func, workers, respect) in enumerate(self._stages):
+            if names.count(name) > 1:  # the same function twice: errors must say which stage
+                self._stages[index] = (f"{name} (stage {index})", func, workers, respect)
         if isinstance(mem_usage_limit, bool) or not isinstance(mem_usage_limit, (int, float)) or not (
             0 < mem_usage_limit <= 1
         ):

@@ -183,3 +183,10 @@ def die_on_one(index):
     if index == 1:
         os.kill(os.getpid(), 9)
     return index
+
+
+def fail_on_twice(value):
+    """Passes 0 on as 1; fails on 1 (so it fails in its second use)."""
+    if value == 1:
+        raise ValueError("second time")
+    return value + 1

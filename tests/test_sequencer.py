@@ -253,3 +253,20 @@ def test_runs_on_a_dask_cluster(dask_client, tmp_path):
     results = sequencer.run([(str(tmp_path), index) for index in range(5)])
     assert results[:3] == [0, 2, 4] and results[4] == 8 and results[3].stage == "fail_on"
     assert isinstance(results[3].__cause__, ValueError)
+
+
+def test_memory_already_full_still_finishes_one_item_at_a_time(caplog):
+    # Use is above 0.1 % from the start: nothing running could free memory, so the
+    # gate lets one item through at a time instead of waiting forever.
+    sequencer = taskgraph.TaskSequencer([(f.jitter, 2, True), f.add], mem_usage_limit=0.001, wait_timeout=0.05,
+                                        executor="threads")
+    with caplog.at_level(logging.WARNING, logger="taskgraph.stream"):
+        assert sequencer.run([(index, 0) for index in range(4)]) == [0, 11, 22, 33]
+    assert "'jitter' starts an item although memory use" in caplog.text
+
+
+def test_the_same_function_twice_names_each_stage():
+    sequencer = taskgraph.TaskSequencer([f.fail_on_twice, f.fail_on_twice], executor="inline")
+    with pytest.raises(taskgraph.StageError) as caught:
+        sequencer.run([(0,)])
+    assert caught.value.stage == "fail_on_twice (stage 1)"
