@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from taskgraph._errors import StageError
+from taskgraph._errors import InvalidTaskError, StageError
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
 from taskgraph._job import JobResult, call_job
 
@@ -106,8 +106,11 @@ class Stage:
         workers: how many items of this stage may run at once.
         lane: the name of the executor it runs on.
         respect_memory_limit: whether the memory gate holds its new items.
-        pass_tuples: give global functions a tuple of buffers even when they
-            have one (fluidimage passes what the user gave).
+        sources_as_tuple, sinks_as_tuple: give a global or one-shot function
+            a tuple of buffers even when there is one (fluidimage passes the
+            queues as the user gave them to ``add_work``).
+        running: how many of its items are on an executor now.
+        dirty: for a global stage, whether its buffers changed since its last call.
     """
 
     name: str
@@ -127,9 +130,9 @@ class Stage:
     def __post_init__(self) -> None:
         # The layers above validate what users give; these are the engine's own invariants.
         if self.kind not in KINDS or self.call not in CALL_STYLES:
-            raise ValueError(f"stage {self.name!r}: unknown kind {self.kind!r} or call style {self.call!r}")
+            raise InvalidTaskError(f"stage {self.name!r}: unknown kind {self.kind!r} or call style {self.call!r}")
         if self.kind == "map" and len(self.sources) != 1:
-            raise ValueError(f"map stage {self.name!r} needs exactly one source buffer")
+            raise InvalidTaskError(f"map stage {self.name!r} needs exactly one source buffer")
 
     def arguments(self, key: Any, value: Any) -> tuple[Any, ...]:
         """The positional arguments of one call of a map stage."""
@@ -367,7 +370,7 @@ class Engine:
             failure = StageError(
                 f"{stage.kind} work {stage.name!r} raised {type(error).__name__}: {error}. It runs in "
                 "the calling process on the queues themselves, so its failure stops the run; its "
-                "traceback is chained below.",
+                "traceback is chained to this error.",
                 stage.name, None,
             )
             raise failure from error
