@@ -300,7 +300,8 @@ class Topology:
             return
         directory = os.path.join(self.path_dir_result, ERRORS_DIRNAME)
         os.makedirs(directory, exist_ok=True)
-        name = _file_safe(f"{failure.stage}-{failure.item}") + ".txt"
+        label = failure.stage if failure.item is None else f"{failure.stage}-{failure.item}"  # None: a global work
+        name = _file_safe(label) + ".txt"
         with open(os.path.join(directory, name), "w") as stream:
             stream.write("".join(traceback.format_exception(type(failure), failure, failure.__traceback__)))
 

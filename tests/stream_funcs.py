@@ -190,3 +190,7 @@ def fail_on_twice(value):
     if value == 1:
         raise ValueError("second time")
     return value + 1
+
+
+def broken_join(input_queue, output_queue):
+    raise KeyError("no partner")

@@ -160,3 +160,14 @@ def test_runs_on_a_dask_cluster(dask_client, tmp_path):
     topology = example(tmp_path)
     topology.compute(executor=dask_client)
     assert len(topology.results) == 8 and sorted(error.item for error in topology.errors) == ["im03", "im07"]
+
+
+def test_a_failing_global_work_stops_the_run(tmp_path):
+    topology = example(tmp_path)
+    topology.add_work("join", f.broken_join, input_queue="described", output_queue=topology.add_queue("joined"),
+                      kind="global")
+    with pytest.raises(taskgraph.StageError) as caught:
+        topology.compute(executor="processes")
+    assert caught.value.stage == "join" and isinstance(caught.value.__cause__, KeyError)
+    assert "global work 'join' raised KeyError" in str(caught.value)
+    assert (tmp_path / "errors" / "join.txt").exists()
