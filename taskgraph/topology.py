@@ -367,6 +367,16 @@ class _LedgerMemo:
         return False, None
 
     def record(self, stage: Stage, key: Any, value: Any, result: Any) -> None:
+        # The ledger pickles stored results: check first, so that a result that
+        # cannot be stored costs only its record, never the run.
+        try:
+            pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            LOGGER.warning(
+                "work %r, item %r: its result (a %s) cannot be pickled (%s), so it is not recorded "
+                "and the item will be computed again next time.", stage.name, key, type(result).__name__, error,
+            )
+            return
         _delivery.result = result
         try:
             self._record.add_task(_recorded, args=(stage.name, key, stage.func, value), store_result=True,

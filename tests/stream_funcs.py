@@ -194,3 +194,10 @@ def fail_on_twice(value):
 
 def broken_join(input_queue, output_queue):
     raise KeyError("no partner")
+
+
+def make_lock(value):
+    """A result that cannot be pickled."""
+    import threading
+
+    return (value, threading.Lock())

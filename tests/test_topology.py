@@ -1,5 +1,6 @@
 """Topology: fluidimage's queues and works, under each executor, with real processes and files."""
 
+import logging
 import os
 import time
 
@@ -171,3 +172,20 @@ def test_a_failing_global_work_stops_the_run(tmp_path):
     assert caught.value.stage == "join" and isinstance(caught.value.__cause__, KeyError)
     assert "global work 'join' raised KeyError" in str(caught.value)
     assert (tmp_path / "errors" / "join.txt").exists()
+
+
+def test_a_result_that_cannot_be_recorded_is_still_delivered(tmp_path, caplog):
+    def build():
+        topology = taskgraph.Topology(tmp_path, nb_max_workers=2)
+        names = topology.add_queue("names")
+        topology.add_work("fill", f.fill_names, output_queue=names, kind="one shot")
+        topology.add_work("lock", f.make_lock, input_queue=names, output_queue=topology.add_queue("locks"), kind="io")
+        return topology
+
+    for _ in range(2):  # not recorded: computed (and warned about) both times
+        caplog.clear()
+        topology = build()
+        with caplog.at_level(logging.WARNING, logger="taskgraph.topology"):
+            topology.compute()
+        assert [value for value, _ in topology.results.values()] == list(range(10))
+        assert "cannot be pickled" in caplog.text and topology.errors == []
