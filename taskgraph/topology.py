@@ -237,7 +237,7 @@ class Topology:
         if remote or executor == "processes":
             for work in self.works:
                 _check_picklable(work)
-        lanes, owned = _make_lanes(executor, workers)
+        lanes, owned = _make_lanes(executor, workers, any("io" in work.kinds for work in self.works))
         stages = [
             Stage(work.name, work.func, work.inputs, work.outputs, kind=work.kind,
                   call="key value" if "eat key value" in work.kinds else "value",
@@ -309,22 +309,25 @@ class Topology:
         return f"<Topology {len(self.queues)} queues, works {[work.name for work in self.works]}>"
 
 
-def _make_lanes(executor: Any, workers: int) -> tuple[dict[str, Executor], list[str]]:
-    """The executors of one compute: ``main`` for works, ``io`` for ``'io'`` works."""
+def _make_lanes(executor: Any, workers: int, io: bool) -> tuple[dict[str, Executor], list[str]]:
+    """The executors of one compute: ``main`` for works, ``io`` for ``'io'`` works (if any)."""
     if executor == "sequential":
         inline = InlineExecutor()
         return {"main": inline, "io": inline}, []
     if executor == "threads":
         threads = ThreadExecutor(workers)
         return {"main": threads, "io": threads}, ["main"]
-    io_threads = ThreadExecutor(workers)
     if isinstance(executor, Executor):
-        return {"main": executor, "io": io_threads}, ["io"]
-    if is_dask_client(executor):
-        return {"main": make_executor(workers, executor=executor), "io": io_threads}, ["main", "io"]
-    from taskgraph._pool import ProcessPool
+        main, owned = executor, []
+    elif is_dask_client(executor):
+        main, owned = make_executor(workers, executor=executor), ["main"]
+    else:
+        from taskgraph._pool import ProcessPool
 
-    return {"main": ProcessPool(workers), "io": io_threads}, ["main", "io"]
+        main, owned = ProcessPool(workers), ["main"]
+    if not io:
+        return {"main": main}, owned
+    return {"main": main, "io": ThreadExecutor(workers)}, [*owned, "io"]
 
 
 #: The result of the item being recorded (see :func:`_recorded`).
