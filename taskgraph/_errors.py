@@ -110,4 +110,3 @@ class SharedFilesystemError(TaskGraphError, RuntimeError):
     """A task's input files, seen by the scheduling process, do not exist where
     the task ran: targets and inputs must live on a filesystem every worker of
     a cluster shares."""
-
