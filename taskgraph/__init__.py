@@ -29,6 +29,7 @@ from taskgraph._errors import (
     MissingTargetError,
     SharedArrayError,
     SharedFilesystemError,
+    StageError,
     TaskCancelledError,
     TaskExecutionError,
     TaskGraphClosedError,
@@ -44,6 +45,8 @@ from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_
 from taskgraph._task import Task
 from taskgraph._version import __version__
 from taskgraph.multitask import multitask
+from taskgraph.sequencer import TaskSequencer
+from taskgraph.topology import Topology
 
 #: natcap taskgraph's name for the ledger file name, kept for old scripts.
 _TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
@@ -68,6 +71,7 @@ __all__ = [
     "SharedFilesystemError",
     "SharedLock",
     "SharedNumpyArray",
+    "StageError",
     "Statistics",
     "Task",
     "TaskCancelledError",
@@ -77,7 +81,9 @@ __all__ = [
     "TaskGraphError",
     "TaskGraphTerminatedError",
     "TaskReport",
+    "TaskSequencer",
     "TaskTimeoutError",
+    "Topology",
     "WorkerDiedError",
     "__version__",
     "multitask",

@@ -63,6 +63,28 @@ class TaskCancelledError(TaskGraphError, RuntimeError):
     """
 
 
+class StageError(TaskGraphError, RuntimeError):
+    """A stage of a ``TaskSequencer`` or a work of a ``Topology`` raised on
+    one item.
+
+    Attributes:
+        stage: the name of the stage (or work) that raised.
+        item: the item it was working on: its index in the input list
+            (``TaskSequencer``) or its key in the queue (``Topology``).
+
+    The stage's own exception is the ``__cause__``; from a worker process that
+    exception's ``__cause__`` in turn carries the worker's traceback text.
+    """
+
+    def __init__(self, message: str, stage: str = "", item: object = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.item = item
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.stage, self.item))
+
+
 class TaskTimeoutError(TaskGraphError, RuntimeError):
     """``Task.get(timeout)`` ran out of time before the task finished."""
 

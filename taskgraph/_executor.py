@@ -83,6 +83,9 @@ class ThreadExecutor(Executor):
                 return
             job, done = item
             done(run_job((job.func, job.args, job.kwargs), *job.spec()))
+            # Drop the finished job now: an idle thread must not keep its
+            # arguments (maybe large arrays) alive until its next job.
+            del item, job, done
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         self._queue.put((job, done))
