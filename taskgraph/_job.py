@@ -176,6 +176,28 @@ def run_job(
     return outcome
 
 
+def _unstorable(name: str, value: Any, error: Exception) -> str:
+    return (
+        f"task {name!r} returned a {type(value).__name__} that cannot be pickled ({error}); with "
+        "store_result=True the return value is stored in the ledger, so it must be picklable: "
+        "return plain data (numbers, strings, lists, dicts, arrays), or set store_result=False."
+    )
+
+
+def check_storable(outcome: JobResult, name: str) -> JobResult:
+    """For jobs run in this process: a result that the ledger could not store
+    (it pickles stored results) fails the task here, naming it, instead of
+    failing later in the ledger's commit."""
+    if outcome.error is None and outcome.result is not None:
+        try:
+            pickle.dumps(outcome.result, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as pickling_error:
+            outcome.error = TaskExecutionError(_unstorable(name, outcome.result, pickling_error))
+            outcome.result = None
+            outcome.targets = {}
+    return outcome
+
+
 def encode_result(outcome: JobResult, name: str) -> bytes:
     """Pickle a result to send it to the parent process.
 
@@ -186,11 +208,7 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
         return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as pickling_error:
         if outcome.error is None:
-            message = (
-                f"task {name!r} returned a {type(outcome.result).__name__} that cannot be "
-                f"pickled ({pickling_error}); with store_result=True the return value must be "
-                "picklable, or set store_result=False."
-            )
+            message = _unstorable(name, outcome.result, pickling_error)
         else:
             message = (
                 f"task {name!r} raised {type(outcome.error).__name__}: {outcome.error}, "

@@ -34,10 +34,10 @@ from typing import Any
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
-from taskgraph._executor import Executor
+from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
-from taskgraph._job import Job, JobResult
+from taskgraph._job import Job, JobResult, check_storable
 from taskgraph._ledger import Ledger, Outcome, format_exception
 from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
 from taskgraph._progress import ProgressBar
@@ -73,6 +73,7 @@ class Scheduler:
         self._policy = policy
         self._memory_limit = memory_limit
         self._executor = executor
+        self._local = isinstance(executor, (InlineExecutor, ThreadExecutor))
         self._finished_condition = finished
         self._dry_run = dry_run
         self._claims = claims
@@ -273,6 +274,10 @@ class Scheduler:
             task._cpu_time = result.cpu_time
             task._peak_memory = result.peak_memory
             task._worker = result.worker
+        if result.error is None and task._store_result and self._local:
+            # Ran in this process, so its value has not been through a pickle
+            # yet, and the ledger stores it pickled: fail the task, not the commit.
+            check_storable(result, task.task_name)
         if result.error is not None:
             if self._killing and isinstance(result.error, WorkerDiedError):
                 self._cancel(task)

@@ -135,3 +135,24 @@ def test_join_timeout_returns_false_then_completes(tmp_path):
         graph.add_task(f.square, args=(3,), store_result=True, dependent_task_list=[task]).get(timeout=0.01)
     graph.close()
     assert graph.join(timeout=30) is True
+
+
+@pytest.mark.parametrize("n_workers", [-1, 0])
+def test_a_stored_result_that_cannot_be_pickled_fails_its_task_in_process(tmp_path, n_workers):
+    # In this process the value never crosses a pickle until the ledger stores
+    # it: the task must fail with a clear error, and the graph must not hang.
+    graph = taskgraph.TaskGraph(str(tmp_path), n_workers)
+    try:
+        task = graph.add_task(f.unpicklable_result, store_result=True, task_name="sender")
+    except taskgraph.TaskExecutionError as error:  # n_workers=-1 runs it inside add_task
+        assert n_workers < 0 and "sender" in str(error)
+    graph.close()
+    with pytest.raises(taskgraph.TaskExecutionError, match="cannot be pickled") as info:
+        graph.join(timeout=60)
+    assert "sender" in str(info.value) and "store_result" in str(info.value)
+    if n_workers == 0:
+        assert task.state == "failed"
+    # The ledger is usable and the next run, with a storable result, completes.
+    with taskgraph.TaskGraph(str(tmp_path), n_workers) as again:
+        fine = again.add_task(f.square, args=(4,), store_result=True)
+    assert fine.get() == 16
