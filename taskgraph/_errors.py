@@ -96,10 +96,12 @@ class TaskExecutionError(TaskGraphError, RuntimeError):
 
 
 class InvalidArgumentError(TaskGraphError, ValueError):
-    """Raised by ``multitask`` or ``shared_array`` at the call that was given
-    an argument it cannot use (for example both ``force_threading`` and
-    ``force_processes``, a ``skip`` list of the wrong length, or an array of
-    Python objects to share)."""
+    """Raised by the layers built on the engine (``multitask``,
+    ``shared_array``, ``TaskSequencer``, ``Topology``, the boss) at the call
+    that was given an argument it cannot use (for example both
+    ``force_threading`` and ``force_processes``, a ``skip`` list of the wrong
+    length, an array of Python objects to share, or a stage that is not
+    callable)."""
 
 
 class SharedArrayError(TaskGraphError, RuntimeError):

@@ -10,7 +10,7 @@ import pickle
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from taskgraph._errors import InvalidTaskError, StageError
+from taskgraph._errors import InvalidArgumentError, StageError
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor, make_executor
 from taskgraph._stream import Buffer, Engine, Stage, is_dask_client
 
@@ -61,7 +61,7 @@ class TaskSequencer:
             they finished (eumap's behaviour).
 
     Raises:
-        InvalidTaskError: (a ValueError) for a stage, limit or option that
+        InvalidArgumentError: (a ValueError) for a stage, limit or option that
             cannot work, naming it.
     """
 
@@ -85,15 +85,15 @@ class TaskSequencer:
         if isinstance(mem_usage_limit, bool) or not isinstance(mem_usage_limit, (int, float)) or not (
             0 < mem_usage_limit <= 1
         ):
-            raise InvalidTaskError(
+            raise InvalidArgumentError(
                 f"mem_usage_limit must be a fraction of system memory in (0, 1], got {mem_usage_limit!r}: "
                 "0.75 holds memory-bound stages at 75% use."
             )
         if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)) or wait_timeout <= 0:
-            raise InvalidTaskError(f"wait_timeout must be a positive number of seconds, got {wait_timeout!r}")
+            raise InvalidArgumentError(f"wait_timeout must be a positive number of seconds, got {wait_timeout!r}")
         remote = is_dask_client(executor)
         if not isinstance(executor, Executor) and not remote and executor not in EXECUTORS:
-            raise InvalidTaskError(
+            raise InvalidArgumentError(
                 f"executor must be one of {', '.join(map(repr, EXECUTORS))}, a distributed.Client or an "
                 f"Executor, got {executor!r}"
             )
@@ -101,13 +101,13 @@ class TaskSequencer:
         if queue_size is None:
             queue_size = max(4 * total, 8)
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise InvalidTaskError(f"queue_size must be a positive integer, got {queue_size!r}")
+            raise InvalidArgumentError(f"queue_size must be a positive integer, got {queue_size!r}")
         if remote or executor == "processes":
             for name, func, _, _ in self._stages:
                 try:
                     pickle.dumps(func)
                 except Exception as error:
-                    raise InvalidTaskError(
+                    raise InvalidArgumentError(
                         f"stage {name!r}: its function cannot be pickled to send it to worker "
                         f"processes ({error}). Define it at the top level of a module, or pass "
                         "executor='threads'."
@@ -138,7 +138,7 @@ class TaskSequencer:
                 its ``__cause__`` is the stage's own exception.
         """
         if isinstance(input_data, (str, bytes)):
-            raise InvalidTaskError(
+            raise InvalidArgumentError(
                 f"run() takes a list of argument tuples, got a {type(input_data).__name__}: "
                 "pass [(arg1, arg2), ...]."
             )
@@ -188,13 +188,13 @@ class TaskSequencer:
 
 def _as_list(tasks: Any) -> list[Any]:
     if callable(tasks):
-        raise InvalidTaskError(
+        raise InvalidArgumentError(
             "tasks must be a list of stages (functions, or (function, n_workers[, respect_mem_limit]) "
             f"tuples), got a single stage {tasks!r}: wrap it in a list."
         )
     stages = list(tasks)
     if not stages:
-        raise InvalidTaskError("tasks is empty: give at least one stage function.")
+        raise InvalidArgumentError("tasks is empty: give at least one stage function.")
     return stages
 
 
@@ -203,7 +203,7 @@ def _parse_stage(index: int, task: Any) -> tuple[str, Callable[..., Any], int, b
     if callable(task):
         task = (task,)
     if not isinstance(task, tuple) or not 1 <= len(task) <= 3 or not callable(task[0]):
-        raise InvalidTaskError(
+        raise InvalidArgumentError(
             f"stage {index} of tasks is {task!r}: each stage must be a function, (function, n_workers) "
             "or (function, n_workers, respect_mem_limit)."
         )
@@ -211,8 +211,8 @@ def _parse_stage(index: int, task: Any) -> tuple[str, Callable[..., Any], int, b
     name = getattr(func, "__name__", None) or f"stage {index}"
     workers = task[1] if len(task) > 1 else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidTaskError(f"stage {name!r}: n_workers must be a positive integer, got {workers!r}")
+        raise InvalidArgumentError(f"stage {name!r}: n_workers must be a positive integer, got {workers!r}")
     respect = task[2] if len(task) > 2 else False
     if not isinstance(respect, bool):
-        raise InvalidTaskError(f"stage {name!r}: respect_mem_limit must be True or False, got {respect!r}")
+        raise InvalidArgumentError(f"stage {name!r}: respect_mem_limit must be True or False, got {respect!r}")
     return name, func, workers, respect

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskgraph._errors import InvalidTaskError, StageError
+from taskgraph._errors import InvalidArgumentError, InvalidTaskError, StageError
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor, make_executor
 from taskgraph._graph import TaskGraph
 from taskgraph._stream import Buffer, Engine, Stage, is_dask_client
@@ -99,7 +99,9 @@ class Topology:
         ``kind`` is accepted for fluidimage compatibility and ignored.
         """
         if any(existing.name == name for existing in self.queues):
-            raise InvalidTaskError(f"the topology already has a queue named {name!r}: give each queue its own name.")
+            raise InvalidArgumentError(
+                f"the topology already has a queue named {name!r}: give each queue its own name."
+            )
         queue = Queue(name)
         self.queues.append(queue)
         return queue
@@ -136,28 +138,28 @@ class Topology:
                 supported).
 
         Raises:
-            InvalidTaskError: (a ValueError) naming the work and what is wrong.
+            InvalidArgumentError: (a ValueError) naming the work and what is wrong.
         """
         if func_or_cls is not None:
             if func is not None:
-                raise InvalidTaskError(f"work {name!r}: give func or func_or_cls, not both.")
+                raise InvalidArgumentError(f"work {name!r}: give func or func_or_cls, not both.")
             func = func_or_cls
         if any(work.name == name for work in self.works):
-            raise InvalidTaskError(f"the topology already has a work named {name!r}: give each work its own name.")
+            raise InvalidArgumentError(f"the topology already has a work named {name!r}: give each work its own name.")
         if not callable(func):
-            raise InvalidTaskError(f"work {name!r}: func must be callable, got {func!r}")
+            raise InvalidArgumentError(f"work {name!r}: func must be callable, got {func!r}")
         kinds = _parse_kind(name, kind)
         inputs = self._queues_of(name, "input_queue", input_queue)
         outputs = self._queues_of(name, "output_queue", output_queue)
         work = Work(name, func, inputs, outputs, kinds, isinstance(input_queue, tuple),
                     isinstance(output_queue, tuple))
         if work.kind == "map" and len(inputs) != 1:
-            raise InvalidTaskError(
+            raise InvalidArgumentError(
                 f"work {name!r} computes one item at a time, so it needs exactly one input_queue "
                 f"(got {len(inputs)}); a work that joins several queues has kind='global'."
             )
         if work.kind == "global" and not inputs:
-            raise InvalidTaskError(
+            raise InvalidArgumentError(
                 f"global work {name!r} has no input_queue: it is called when its input queues "
                 "change. A work that only fills queues at the start has kind='one shot'."
             )
@@ -171,7 +173,7 @@ class Topology:
         for item in given if isinstance(given, tuple) else (given,):
             matches = [queue for queue in self.queues if queue is item or queue.name == item]
             if not matches:
-                raise InvalidTaskError(
+                raise InvalidArgumentError(
                     f"work {work!r}: {argument} {item!r} is not a queue of this topology; "
                     "create it with add_queue first."
                 )
@@ -216,7 +218,7 @@ class Topology:
         """
         remote = is_dask_client(executor)
         if not isinstance(executor, Executor) and not remote and executor not in EXECUTORS:
-            raise InvalidTaskError(
+            raise InvalidArgumentError(
                 f"executor must be one of {', '.join(map(repr, EXECUTORS))}, a distributed.Client or an "
                 f"Executor, got {executor!r}"
             )
@@ -224,9 +226,9 @@ class Topology:
         if nb_items_queue_max is None:
             nb_items_queue_max = max(4 * workers, 8)
         if isinstance(nb_items_queue_max, bool) or not isinstance(nb_items_queue_max, int) or nb_items_queue_max < 1:
-            raise InvalidTaskError(f"nb_items_queue_max must be a positive integer, got {nb_items_queue_max!r}")
+            raise InvalidArgumentError(f"nb_items_queue_max must be a positive integer, got {nb_items_queue_max!r}")
         if not self.works:
-            raise InvalidTaskError("the topology has no work: add some with add_work before compute().")
+            raise InvalidArgumentError("the topology has no work: add some with add_work before compute().")
         consumed = {id(queue) for work in self.works for queue in work.inputs}
         produced = {id(queue) for work in self.works for queue in work.outputs}
         for queue in self.queues:
@@ -360,7 +362,7 @@ class _LedgerMemo:
             task = self._check.add_task(_recorded, args=(stage.name, key, stage.func, value), store_result=True,
                                         task_name=f"{stage.name}[{key!r}]")
         except InvalidTaskError as error:
-            raise InvalidTaskError(
+            raise InvalidArgumentError(
                 f"work {stage.name!r}, item {key!r}: the item cannot be recorded in the ledger under "
                 f"path_dir_result ({error}). Make the work's function and values picklable, or use "
                 "path_dir_result=None to compute without remembering finished items."
@@ -400,7 +402,7 @@ def _check_picklable(work: Work) -> None:
     try:
         pickle.dumps(work.func)
     except Exception as error:
-        raise InvalidTaskError(
+        raise InvalidArgumentError(
             f"work {work.name!r}: its function cannot be pickled to send it to worker processes "
             f"({error}). Define it at the top level of a module, give the work kind='io' (threads), "
             "or compute with executor='threads'."
@@ -413,7 +415,7 @@ def _parse_kind(work: str, kind: str | tuple[str, ...] | None) -> frozenset[str]
     kinds = (kind,) if isinstance(kind, str) else kind
     unknown = [k for k in kinds if k not in KINDS]
     if not isinstance(kinds, tuple) or unknown:
-        raise InvalidTaskError(
+        raise InvalidArgumentError(
             f"work {work!r}: unknown kind {kind!r}; use None or one (or a tuple) of "
             f"{', '.join(map(repr, KINDS))}."
         )
@@ -422,7 +424,7 @@ def _parse_kind(work: str, kind: str | tuple[str, ...] | None) -> frozenset[str]
 
 def _check_workers(value: int | None) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InvalidTaskError(f"nb_max_workers must be a positive integer or None, got {value!r}")
+        raise InvalidArgumentError(f"nb_max_workers must be a positive integer or None, got {value!r}")
     return value
 
 

@@ -134,15 +134,15 @@ def test_given_executor_is_used_and_left_open():
 
 
 def test_invalid_arguments_are_refused_at_construction():
-    with pytest.raises(taskgraph.InvalidTaskError, match="stage 1 of tasks"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="stage 1 of tasks"):
         taskgraph.TaskSequencer([f.jitter, 3])
-    with pytest.raises(taskgraph.InvalidTaskError, match="'add': n_workers"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="'add': n_workers"):
         taskgraph.TaskSequencer([f.jitter, (f.add, 0)])
     with pytest.raises(ValueError, match="mem_usage_limit"):
         taskgraph.TaskSequencer([f.jitter], mem_usage_limit=75)
-    with pytest.raises(taskgraph.InvalidTaskError, match="cannot be pickled"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="cannot be pickled"):
         taskgraph.TaskSequencer([lambda x: x])
-    with pytest.raises(taskgraph.InvalidTaskError, match="wrap it in a list"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="wrap it in a list"):
         taskgraph.TaskSequencer(f.jitter)
     assert taskgraph.TaskSequencer([lambda x: x + 1], executor="threads").run([(1,), 2]) == [2, 3]
 

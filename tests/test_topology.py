@@ -133,13 +133,13 @@ def test_rerun_with_workspace_executes_nothing(tmp_path):
 def test_invalid_topologies_are_refused_where_built():
     topology = taskgraph.Topology()
     queue = topology.add_queue("a")
-    with pytest.raises(taskgraph.InvalidTaskError, match="already has a queue named 'a'"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="already has a queue named 'a'"):
         topology.add_queue("a")
-    with pytest.raises(taskgraph.InvalidTaskError, match="unknown kind 'gloabl'"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="unknown kind 'gloabl'"):
         topology.add_work("w", f.describe, input_queue=queue, kind="gloabl")
-    with pytest.raises(taskgraph.InvalidTaskError, match="'nowhere' is not a queue"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="'nowhere' is not a queue"):
         topology.add_work("w", f.describe, input_queue="nowhere")
-    with pytest.raises(taskgraph.InvalidTaskError, match="exactly one input_queue"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="exactly one input_queue"):
         topology.add_work("w", f.describe)
     with pytest.raises(ValueError, match="executor must be one of"):
         topology.compute(executor="dask")
@@ -150,7 +150,7 @@ def test_unpicklable_cpu_work_is_refused_before_anything_runs(tmp_path):
     items = topology.add_queue("items")
     topology.add_work("fill", f.fill_names, output_queue=items, kind="one shot")
     topology.add_work("local", lambda value: value, input_queue=items, output_queue=topology.add_queue("out"))
-    with pytest.raises(taskgraph.InvalidTaskError, match="work 'local': its function cannot be pickled"):
+    with pytest.raises(taskgraph.InvalidArgumentError, match="work 'local': its function cannot be pickled"):
         topology.compute()
     assert not items  # the one-shot did not run
     topology.compute(executor="threads")
