@@ -123,6 +123,12 @@ def _exit_with_parent() -> None:
 
 def _worker_main(conn: Connection, levels: dict[str, int], nice: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "setpgid"):
+        # A process group of its own: processes the task starts stay in it,
+        # so they can be found and killed even after this worker has died
+        # (when they are no longer its children).
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
     if nice:
         with contextlib.suppress(psutil.Error, OSError):
             psutil.Process().nice(low_priority())
@@ -187,6 +193,16 @@ def _kill_tree(pid: int) -> None:
         for victim in [process, *children]:
             with contextlib.suppress(psutil.Error):
                 victim.kill()
+    _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill what is left of a worker's process group (the processes its tasks
+    started, also those orphaned by the worker's death). Call it before the
+    worker is reaped, so that its pid, the group's id, cannot be reused."""
+    if hasattr(os, "killpg"):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 class ProcessPool(Executor):
@@ -329,6 +345,7 @@ class ProcessPool(Executor):
         with contextlib.suppress(EOFError, OSError):
             while worker.job is not None and worker.conn.poll():
                 self._on_message(worker, worker.conn.recv_bytes())
+        _kill_group(worker.process.pid)
         worker.process.join(_JOIN_TIMEOUT_S)
         with self._lock:
             self._workers.remove(worker)

@@ -1,0 +1,160 @@
+"""Fault injection with real processes, real signals and real files: the main
+process killed at random moments, workers dying every way they can, disk full,
+several processes on one workspace.
+
+(The basic cases live in test_engine_core.py and test_engine_lifecycle.py;
+these extend them.) The long kill loop is ``tests/stress/kill_loop.py``.
+"""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import reliability_funcs as r
+
+import taskgraph
+
+STRESS = os.path.join(os.path.dirname(__file__), "stress")
+sys.path.insert(0, STRESS)
+
+import kill_loop  # noqa: E402
+
+TESTS = os.path.dirname(__file__)
+
+
+def child_pids():
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def no_new_children(before, timeout=10.0):
+    """No process started since ``before`` is left (zombies aside) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if (child.pid not in before and child.status() != psutil.STATUS_ZOMBIE
+                        and "resource_tracker" not in " ".join(child.cmdline())):
+                    left.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() > deadline:
+            return left == []
+        time.sleep(0.05)
+
+
+def integrity(ledger_path):
+    con = sqlite3.connect(str(ledger_path))
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()
+
+
+def wait_for_file(path, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.01)
+
+
+# -- the main process killed --------------------------------------------------------------
+
+
+def test_main_process_killed_at_random_moments_then_rerun_completes(tmp_path):
+    """The quick version of tests/stress/kill_loop.py: a few SIGKILLs (and
+    perhaps a SIGINT) at random moments of a 150-task run, each followed by
+    the loop's checks (ledger intact, no record lost, no recorded task rerun,
+    partial targets rebuilt, no worker left), then a run that completes."""
+    before = child_pids()
+    stats = kill_loop.run(kills=5, n_tasks=150, seed=20261123, root=str(tmp_path), kills_per_cycle=5)
+    assert stats.kills + stats.interrupts == 5
+    assert stats.cycles == 1
+    assert stats.records_lost == 0 and stats.recorded_tasks_rerun == 0 and stats.orphans == 0
+    assert no_new_children(before)
+
+
+# -- workers dying --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_worker_killed_from_outside_fails_its_task_at_once(tmp_path, signum):
+    before = child_pids()
+    pid_file = str(tmp_path / "worker.pid")
+    graph = taskgraph.TaskGraph(str(tmp_path), 2)
+    graph.add_task(r.sleep_then, args=(60,), task_name="bystander")
+    graph.add_task(r.report_pid_and_sleep, args=(pid_file, 60), task_name="victim")
+    graph.close()
+    wait_for_file(pid_file)
+    started = time.monotonic()
+    os.kill(int(open(pid_file).read()), signum)
+    with pytest.raises(taskgraph.WorkerDiedError, match="victim") as info:
+        graph.join(timeout=60)
+    assert time.monotonic() - started < 20
+    assert signal.Signals(signum).name in str(info.value)
+    assert no_new_children(before)
+
+
+def test_worker_dying_leaves_no_grandchild(tmp_path):
+    """A task that started a process of its own and then died: the pool kills
+    the worker's whole tree, so nothing outlives the graph."""
+    before = child_pids()
+    pid_file = str(tmp_path / "grandchild.pid")
+    graph = taskgraph.TaskGraph(str(tmp_path), 1)
+    graph.add_task(r.start_grandchild_then_die, args=(pid_file,), task_name="parent_of_orphan")
+    graph.close()
+    with pytest.raises(taskgraph.WorkerDiedError, match="parent_of_orphan"):
+        graph.join(timeout=60)
+    grandchild = int(open(pid_file).read())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(grandchild) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    alive = psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != psutil.STATUS_ZOMBIE
+    if alive:
+        psutil.Process(grandchild).kill()
+    assert not alive, "the task's own child process outlived the graph"
+    assert no_new_children(before)
+
+
+@pytest.mark.parametrize("func,expected,phrase", [
+    (r.abort, taskgraph.WorkerDiedError, "SIGABRT"),
+    (r.segfault, taskgraph.WorkerDiedError, "SIGSEGV"),
+    (r.exhaust_memory, MemoryError, ""),
+])
+def test_worker_faults_name_the_task_and_leave_nothing_running(tmp_path, func, expected, phrase):
+    """Native crashes and a real MemoryError (address space capped in the
+    worker): the error reaches join() within seconds and names the task,
+    in its message or (for the task's own exception) in a note."""
+    before = child_pids()
+    graph = taskgraph.TaskGraph(str(tmp_path), 2)
+    graph.add_task(r.sleep_then, args=(60,), task_name="bystander")
+    graph.add_task(func, task_name="faulty")
+    graph.close()
+    started = time.monotonic()
+    with pytest.raises(expected) as info:
+        graph.join(timeout=60)
+    assert time.monotonic() - started < 20
+    text = str(info.value) + " ".join(getattr(info.value, "__notes__", []))
+    assert "faulty" in text and phrase in text
+    assert no_new_children(before)
+
+
+@pytest.mark.parametrize("n_workers", [-1, 0, 2])
+def test_task_exception_carries_the_task_name(tmp_path, n_workers):
+    graph = taskgraph.TaskGraph(str(tmp_path), n_workers)
+    with pytest.raises(RecursionError) as info:
+        graph.add_task(r.recursion_forever, task_name="deep")
+        graph.close()
+        graph.join(timeout=60)
+    assert any("deep" in note for note in getattr(info.value, "__notes__", []))
