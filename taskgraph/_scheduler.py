@@ -31,7 +31,7 @@ from typing import Any
 
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
-from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
+from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError
 from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
@@ -247,6 +247,10 @@ class Scheduler:
             else:
                 task._state = "failed"
                 task._error = result.error
+                if not isinstance(result.error, TaskGraphError) and hasattr(result.error, "add_note"):
+                    # The task's own exception is re-raised as itself; a note
+                    # says which task raised it (MemoryError has no message).
+                    result.error.add_note(f"raised by taskgraph task {task.task_name!r}")
                 LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
                 self._ledger.record(self._outcome(task, result, format_exception(result.error)))
                 self._fail_graph(result.error)

@@ -146,10 +146,13 @@ def test_worker_faults_name_the_task_and_leave_nothing_running(tmp_path, func, e
         graph.join(timeout=60)
     assert time.monotonic() - started < 20
     text = str(info.value) + " ".join(getattr(info.value, "__notes__", []))
-    assert "faulty" in text and phrase in text
+    assert phrase in text
+    if sys.version_info >= (3, 11):  # exception notes
+        assert "faulty" in text
     assert no_new_children(before)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are new in Python 3.11")
 @pytest.mark.parametrize("n_workers", [-1, 0, 2])
 def test_task_exception_carries_the_task_name(tmp_path, n_workers):
     graph = taskgraph.TaskGraph(str(tmp_path), n_workers)
