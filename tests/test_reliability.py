@@ -7,6 +7,7 @@ these extend them.) The long kill loop is ``tests/stress/kill_loop.py``.
 """
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -161,3 +162,139 @@ def test_task_exception_carries_the_task_name(tmp_path, n_workers):
         graph.close()
         graph.join(timeout=60)
     assert any("deep" in note for note in getattr(info.value, "__notes__", []))
+
+
+# -- disk full ------------------------------------------------------------------------------
+
+FULL_SCRIPT = textwrap.dedent("""
+    import json, os, resource, signal, sys
+    sys.path.insert(0, {tests!r})
+    import reliability_funcs, taskgraph
+    if __name__ == "__main__":
+        ws, n_workers, limit, target_bytes, result_bytes = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+        if limit:
+            # Files may not grow past `limit` bytes: writes fail with EFBIG,
+            # as on a full disk (SIGXFSZ would kill the process instead).
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        states = {{}}
+        error = None
+        graph = taskgraph.TaskGraph(ws, n_workers)
+        tasks = {{}}
+        try:
+            for i in range(4):
+                target = os.path.join(ws, f"small{{i}}.bin")
+                tasks[f"small{{i}}"] = graph.add_task(reliability_funcs.write_bytes, args=(target, 100),
+                                                    target_path_list=[target], task_name=f"small{{i}}")
+            big = os.path.join(ws, "big.bin")
+            tasks["big"] = graph.add_task(reliability_funcs.write_bytes, args=(big, target_bytes),
+                                          target_path_list=[big], dependent_task_list=list(tasks.values()),
+                                          task_name="big")
+            tasks["result"] = graph.add_task(reliability_funcs.big_result, args=(result_bytes,),
+                                             store_result=True, dependent_task_list=[tasks["big"]],
+                                             task_name="result")
+            graph.close()
+            graph.join(timeout=60)
+        except BaseException as exc:
+            error = {{"type": type(exc).__name__, "text": str(exc),
+                      "is_taskgraph": isinstance(exc, taskgraph.TaskGraphError),
+                      "notes": getattr(exc, "__notes__", [])}}
+        print(json.dumps({{"error": error, "states": {{k: t.state for k, t in tasks.items()}}}}))
+""")
+
+
+def run_full_script(tmp_path, ws, limit, target_bytes, result_bytes, n_workers=-1):
+    import json
+
+    script = tmp_path / "full.py"
+    script.write_text(FULL_SCRIPT.format(tests=TESTS))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ws), str(n_workers), str(limit), str(target_bytes), str(result_bytes)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def recorded_done(ws):
+    con = sqlite3.connect(str(ws / taskgraph.LEDGER_FILENAME))
+    try:
+        return {row[0] for row in con.execute("SELECT name FROM tasks WHERE state='done'")}
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("n_workers", [-1, 2])
+def test_file_size_limit_while_writing_a_target(tmp_path, n_workers):
+    """A target cannot be written (EFBIG, like a full disk): the task fails
+    with the OS error naming it, finished tasks stay recorded, and a run with
+    room skips them and completes."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    out, err = run_full_script(tmp_path, ws, 1 << 20, 4 << 20, 10, n_workers)
+    assert out["error"]["type"] == "OSError" and "File too large" in out["error"]["text"]
+    # (inline, the error is raised by add_task itself, as in natcap taskgraph)
+    assert out["states"].get("big", "failed") == "failed"
+    assert out["states"].get("result", "cancelled") == "cancelled"
+    assert "task 'big' failed" in err
+    assert integrity(ws / taskgraph.LEDGER_FILENAME) == "ok"
+    assert recorded_done(ws) == {f"small{i}" for i in range(4)}
+    out, _ = run_full_script(tmp_path, ws, 0, 4 << 20, 10, n_workers)
+    assert out["error"] is None
+    assert out["states"] == {**{f"small{i}": "skipped" for i in range(4)}, "big": "ran", "result": "ran"}
+
+
+def test_file_size_limit_while_committing_the_ledger(tmp_path):
+    """The ledger cannot grow (a 2 MiB stored result, files limited to 1 MiB):
+    a LedgerError that says what to do, nothing committed before is lost, and
+    a run with room completes."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    out, _ = run_full_script(tmp_path, ws, 1 << 20, 1000, 2 << 20)
+    assert out["error"]["type"] == "LedgerError" and out["error"]["is_taskgraph"]
+    assert "free disk space" in out["error"]["text"]
+    assert integrity(ws / taskgraph.LEDGER_FILENAME) == "ok"
+    assert recorded_done(ws) == {f"small{i}" for i in range(4)} | {"big"}
+    out, _ = run_full_script(tmp_path, ws, 0, 1000, 2 << 20)
+    assert out["error"] is None
+    assert out["states"]["result"] == "ran" and out["states"]["big"] == "skipped"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MiB tmpfs (root only): a disk that really fills up."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.parametrize("where", ["target", "ledger"])
+def test_real_full_disk(tmp_path, small_tmpfs, where):
+    """On a really full file system (ENOSPC), whether a target or the ledger
+    hits it: a clear error, the ledger intact, and after making room the next
+    run skips what was recorded and completes."""
+    ws = small_tmpfs / "ws"
+    ws.mkdir()
+    target_bytes, result_bytes = (8 << 20, 10) if where == "target" else (1000, 8 << 20)
+    out, _ = run_full_script(tmp_path, ws, 0, target_bytes, result_bytes)
+    if where == "target":
+        assert out["error"]["type"] == "OSError" and "No space left" in out["error"]["text"]
+    else:
+        assert out["error"]["type"] == "LedgerError" and "free disk space" in out["error"]["text"]
+    assert integrity(ws / taskgraph.LEDGER_FILENAME) == "ok"
+    done = recorded_done(ws)
+    assert {f"small{i}" for i in range(4)} <= done
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+    out, _ = run_full_script(tmp_path, ws, 0, target_bytes, result_bytes)
+    assert out["error"] is None
+    assert all(out["states"][name] == "skipped" for name in done)
+    assert out["states"]["result"] == "ran"
