@@ -353,8 +353,19 @@ class Ledger:
 
     # -- reading ----------------------------------------------------------------
 
-    def lookup(self, record_key: str) -> TaskRecord | None:
-        """The ledger's record of a task, or None."""
+    def lookup(self, record_key: str, fresh: bool = False) -> TaskRecord | None:
+        """The ledger's record of a task, or None.
+
+        Args:
+            record_key: the task's record key.
+            fresh: read the file even if a snapshot is loaded (another process
+                may have recorded the task since), and update the snapshot.
+        """
+        if fresh:
+            record = self._select(record_key)
+            if self._records is not None:
+                self._records[record_key] = record
+            return record
         if record_key not in self._written:
             if self._records is not None:
                 return self._records.get(record_key)
@@ -362,6 +373,9 @@ class Ledger:
             if self._record_lookups > _BULK_AFTER:
                 self._records = self._load_records()
                 return self._records.get(record_key)
+        return self._select(record_key)
+
+    def _select(self, record_key: str) -> TaskRecord | None:
         row = self._conn.execute(
             "SELECT name, state, hash_algorithm, store_result, ended, error,"
             " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key)"

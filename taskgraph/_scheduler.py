@@ -372,7 +372,17 @@ class Scheduler:
                     self._finish([task for task, _ in starting])
                     return
             for task, decision in starting:
-                if self._claims is None or self._claims.claim(task._identity.record_key):
+                if self._claims is None:
+                    self._start(task, decision)
+                elif self._claims.claim(task._identity.record_key):
+                    # Another process may have recorded this task between the
+                    # decision (perhaps from the ledger's snapshot) and the
+                    # claim: then decide again, which will most likely skip it.
+                    if self._ledger.lookup(task._identity.record_key, fresh=True) != decision.record:
+                        again = self._decide(task)
+                        if again is None:
+                            continue  # up to date now; its claim goes with its notification
+                        decision = again
                     self._start(task, decision)
                 else:
                     # Another process is running this very task: wait for it,

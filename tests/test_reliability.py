@@ -298,3 +298,52 @@ def test_real_full_disk(tmp_path, small_tmpfs, where):
     assert out["error"] is None
     assert all(out["states"][name] == "skipped" for name in done)
     assert out["states"]["result"] == "ran"
+
+
+# -- several processes on one workspace --------------------------------------------------
+
+OVERLAP_SCRIPT = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import reliability_funcs, taskgraph
+    if __name__ == "__main__":
+        ws, n_workers, start, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+        journal = os.path.join(ws, "journal.txt")
+        with taskgraph.TaskGraph(ws, n_workers) as graph:
+            tasks = {{}}
+            for i in range(start, stop):
+                target = os.path.join(ws, f"o{{i:03d}}.txt")
+                deps = [tasks[i - 10]] if i - 10 in tasks else []
+                tasks[i] = graph.add_task(
+                    reliability_funcs.write_journaled, args=(target, journal, i, 0.01),
+                    target_path_list=[target], ignore_path_list=[journal],
+                    dependent_task_list=deps, task_name=f"o{{i:03d}}")
+""")
+
+
+def test_four_processes_on_one_workspace_run_each_task_once(tmp_path):
+    """Four processes (inline, thread and process modes) run overlapping
+    graphs on one workspace at once: no "database is locked", no lost record,
+    and no task runs twice: a process that finds a task claimed by another
+    waits for it and then skips it."""
+    script = tmp_path / "overlap.py"
+    script.write_text(OVERLAP_SCRIPT.format(tests=TESTS))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    ranges = [(0, 120), (30, 150), (60, 180), (0, 180)]
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(ws), str(n_workers), str(a), str(b)],
+                         stderr=subprocess.PIPE, text=True)
+        for n_workers, (a, b) in zip([-1, 0, 2, 2], ranges)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "locked" not in err and "busy" not in err
+    runs = (ws / "journal.txt").read_text().split("\n")
+    names = [line.split()[0] for line in runs if line]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    assert twice == [], f"ran more than once: {twice}"
+    assert len(names) == 180
+    assert recorded_done(ws) == {f"o{i:03d}" for i in range(180)}
+    assert integrity(ws / taskgraph.LEDGER_FILENAME) == "ok"
