@@ -36,7 +36,7 @@ from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult
-from taskgraph._ledger import Ledger, Outcome, format_exception
+from taskgraph._ledger import Ledger, Outcome, UntrustedResultError, format_exception
 from taskgraph._progress import ProgressBar
 from taskgraph._task import Task
 
@@ -402,6 +402,8 @@ class Scheduler:
             self._fail_graph(error)
             self._finish([task])
             return None
+        if not decision.run and task._store_result:
+            decision = self._load_result(task, decision)
         task._reasons = decision.reasons
         task._had_record = decision.record is not None
         self._ledger.record_decision(
@@ -410,14 +412,23 @@ class Scheduler:
         )
         if decision.run:
             return decision
-        if task._store_result:
-            task._result = self._ledger.load_result(task._identity.record_key)
         task._state = "skipped"
         LOGGER.debug("task %r is up to date: skipped", task.task_name)
         # Dependents may go ahead at once; waiters are woken with the batch.
         self._release([task])
         self._unnotified.append(task)
         return None
+
+    def _load_result(self, task: Task, decision: Decision) -> Decision:
+        """Give an up-to-date task its stored result; if the result fails its
+        authentication check it is not unpickled and the task runs again."""
+        try:
+            task._result = self._ledger.load_result(task._identity.record_key)
+        except UntrustedResultError as error:
+            LOGGER.warning("task %r: %s. It runs again.", task.task_name, error)
+            reason = Reason("result_untrusted", f"its stored result was refused: {error}")
+            return Decision(True, (reason,), decision.inputs, decision.record)
+        return decision
 
     def _start(self, task: Task, decision: Decision) -> None:
         if LOGGER.isEnabledFor(logging.DEBUG):
@@ -470,9 +481,9 @@ class Scheduler:
             )
         else:
             decision = decide(task, self._ledger, self._ledger)
-            task._reasons = decision.reasons
             if not decision.run and task._store_result:
-                task._result = self._ledger.load_result(task._identity.record_key)
+                decision = self._load_result(task, decision)
+            task._reasons = decision.reasons
         task._state = "would-run" if task._reasons else "skipped"
         self._finish([task])
 
