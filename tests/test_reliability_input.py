@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 
 import taskgraph
 
-# Modest example counts keep CI fast; no deadline (a run touches the disk).
+# Modest example counts keep CI fast (TASKGRAPH_HYPOTHESIS_EXAMPLES raises
+# them for a longer search); no deadline (every example touches the disk).
 settings.register_profile(
-    "taskgraph-reliability", max_examples=40, deadline=None,
+    "taskgraph-reliability", max_examples=int(os.environ.get("TASKGRAPH_HYPOTHESIS_EXAMPLES", "40")),
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 PROFILE = settings.get_profile("taskgraph-reliability")
