@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 
+import engine_funcs as f
 import psutil
 import pytest
 import reliability_funcs as r
@@ -150,6 +151,24 @@ def test_worker_faults_name_the_task_and_leave_nothing_running(tmp_path, func, e
     assert phrase in text
     if sys.version_info >= (3, 11):  # exception notes
         assert "faulty" in text
+    assert no_new_children(before)
+
+
+@pytest.mark.parametrize("func,phrase", [
+    (f.unpicklable_result, "cannot be pickled"),
+    (f.raise_unpicklable, "cannot travel"),
+])
+def test_what_cannot_come_back_stops_the_graph_and_leaves_no_worker(tmp_path, func, phrase):
+    before = child_pids()
+    graph = taskgraph.TaskGraph(str(tmp_path), 2)
+    graph.add_task(r.sleep_then, args=(60,), task_name="bystander")
+    graph.add_task(func, store_result=True, task_name="sender")
+    graph.close()
+    started = time.monotonic()
+    with pytest.raises(taskgraph.TaskExecutionError, match=phrase) as info:
+        graph.join(timeout=60)
+    assert time.monotonic() - started < 20
+    assert "sender" in str(info.value)
     assert no_new_children(before)
 
 
@@ -334,7 +353,7 @@ def test_four_processes_on_one_workspace_run_each_task_once(tmp_path):
     procs = [
         subprocess.Popen([sys.executable, str(script), str(ws), str(n_workers), str(a), str(b)],
                          stderr=subprocess.PIPE, text=True)
-        for n_workers, (a, b) in zip([-1, 0, 2, 2], ranges)
+        for n_workers, (a, b) in zip([-1, 0, 2, 2], ranges, strict=True)
     ]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
