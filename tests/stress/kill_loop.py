@@ -124,10 +124,16 @@ def _target(workspace: str, name: str) -> bytes | None:
         return None
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the run the default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(workspace: str, n_workers: int, n_tasks: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, os.path.join(HERE, "workload.py"), workspace, str(n_workers), str(n_tasks)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )
 
 
