@@ -591,7 +591,14 @@ class Ledger:
 
     def _workspace_key(self, create: bool = True) -> bytes | None:
         if self._key is None:
-            self._key = workspace_key(self.path + KEY_SUFFIX, create)
+            path = self.path + KEY_SUFFIX
+            try:
+                self._key = workspace_key(path, create)
+            except OSError as error:
+                raise LedgerError(
+                    f"cannot read or make the taskgraph key {path}: {error}. Check that the "
+                    "workspace is writable and owned by you."
+                ) from error
         return self._key
 
     # -- digest cache (a DigestCache for _fingerprint) ------------------------------
