@@ -235,8 +235,9 @@ class ProcessPool(Executor):
             if worker.process.is_alive():
                 _kill_tree(worker.process.pid)
 
-    def _spawn(self, job: Job, done: DoneCallback) -> _Worker:
-        """Start a worker that is given ``job`` at once."""
+    def _spawn(self, job: Job, done: DoneCallback) -> _Worker | None:
+        """Start a worker that is given ``job`` at once (None if the pool
+        was shut down meanwhile)."""
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         with self._lock:
             index = self._next_index
@@ -254,7 +255,14 @@ class ProcessPool(Executor):
         worker = _Worker(process, parent_conn, index)
         worker.job, worker.done = job, done
         with self._lock:
-            self._workers.append(worker)
+            closing = self._closing
+            if not closing:
+                self._workers.append(worker)
+        if closing:  # shut down while it started: shutdown() did not see it
+            _kill_tree(process.pid)
+            process.join(_JOIN_TIMEOUT_S)
+            parent_conn.close()
+            return None
         self._wake()  # the manager thread must start watching the new worker
         return worker
 
@@ -262,12 +270,22 @@ class ProcessPool(Executor):
         assert job.payload is not None
         message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            worker = self._idle.pop() if self._idle else None
-            if worker is not None:
+            closing = self._closing
+            worker = None
+            if not closing and self._idle:
+                worker = self._idle.pop()
                 worker.job = job
                 worker.done = done
-        if worker is None:
+        if not closing and worker is None:
             worker = self._spawn(job, done)
+            closing = worker is None
+        if closing or worker is None:
+            # Shut down (after Ctrl-C, from another thread) while the scheduler
+            # was still dispatching: start no new worker, which nothing would stop.
+            done(JobResult(job.task_id, error=WorkerDiedError(
+                f"task {job.name!r} was not started because the graph is shutting down"
+            )))
+            return
         try:
             worker.conn.send_bytes(message)
         except OSError:

@@ -84,6 +84,7 @@ class Scheduler:
         self._failure: BaseException | None = None
         self._killing = False
         self._stopped = False
+        self._stop_requested = False
         self._reporting_interval = reporting_interval or None
         self._next_report = time.monotonic() + (self._reporting_interval or 0)
         self._run_started = time.monotonic()
@@ -149,6 +150,8 @@ class Scheduler:
                 LOGGER.exception("the taskgraph scheduler failed; stopping the graph")
                 self._fail_graph(error)
                 self._cancel_pending()
+                if self._stop_requested and not self._stopped:
+                    self._stop_now()  # the batch held the stop message: never leave join() waiting
             self._report()
 
     def _drive(self) -> None:
@@ -191,7 +194,7 @@ class Scheduler:
                         finished.append(task)
                     self._running.clear()
             elif kind == "stop":
-                stop = True
+                stop = self._stop_requested = True
                 # Only after an abort can jobs still be out (threads cannot be
                 # killed): their results will not be read, so release waiters.
                 for task in self._running.values():
@@ -206,14 +209,17 @@ class Scheduler:
         self._unnotified.extend(finished)
         self._dispatch()
         if stop:
-            self._stopped = True
-            if self._claims is not None:
-                self._claims.close()
-            self._ledger.end_run()
-            try:
-                self._ledger.close()
-            except LedgerError:
-                LOGGER.exception("could not close the ledger cleanly")
+            self._stop_now()
+
+    def _stop_now(self) -> None:
+        self._stopped = True
+        if self._claims is not None:
+            self._claims.close()
+        self._ledger.end_run()
+        try:
+            self._ledger.close()
+        except LedgerError:
+            LOGGER.exception("could not close the ledger cleanly")
 
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
@@ -330,7 +336,10 @@ class Scheduler:
                         self._cancel(dependent)
                         self._finish([dependent])
                     continue
-                left = self._blockers[dependent.task_id][1] - 1
+                entry = self._blockers.get(dependent.task_id)
+                if entry is None:
+                    continue  # cancelled already: a task that finished after the graph stopped
+                left = entry[1] - 1
                 if left:
                     self._blockers[dependent.task_id] = (dependent, left)
                 else:
@@ -347,7 +356,9 @@ class Scheduler:
             self._unnotified = []
 
     def _start_ready(self) -> None:
-        while self._failure is None:
+        # _killing is set by abort() (Ctrl-C) before its message arrives:
+        # start nothing more in the meantime.
+        while self._failure is None and not self._killing:
             slots = self._executor.capacity - len(self._running)
             starting: list[tuple[Task, Decision]] = []
             while self._ready and self._failure is None and len(starting) < slots:

@@ -82,6 +82,27 @@ def test_main_process_killed_at_random_moments_then_rerun_completes(tmp_path):
     assert no_new_children(before)
 
 
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+def test_ctrl_c_in_a_busy_process_pool_run_stops_it_at_once(tmp_path, fraction):
+    """SIGINT while the scheduler is dispatching a 300-task run to worker
+    processes: the run ends with KeyboardInterrupt within seconds (no worker
+    is started after the interrupt, so none is waited for), every worker is
+    gone, and the ledger keeps what finished."""
+    import random
+
+    before = child_pids()
+    stats = kill_loop.Stats()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    expected = kill_loop.workload.expected(300)
+    random.seed(fraction)
+    hit, err = kill_loop._signal_mid_run(str(ws), 2, 300, 0.3 + fraction, signal.SIGINT, stats)
+    if hit:
+        assert "KeyboardInterrupt" in err
+    kill_loop._check_after_signal(str(ws), set(), 0, expected, stats)
+    assert no_new_children(before)
+
+
 # -- workers dying --------------------------------------------------------------------------
 
 
