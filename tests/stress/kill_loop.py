@@ -16,7 +16,7 @@ random. After every signal it checks:
 - no task recorded as done before the run ran again in it;
 - every task recorded as done had journaled, i.e. its target was complete,
   and its target holds exactly the expected bytes;
-- after SIGINT, the process ended with ``KeyboardInterrupt``.
+- after SIGINT, the process ended with ``KeyboardInterrupt`` within 20 s.
 
 A cycle ends with a run that is not killed: it must complete, without running
 any task that was recorded as done, running every task whose target was left
@@ -53,6 +53,8 @@ import workload  # noqa: E402
 LEDGER = "taskgraph_ledger.sqlite"
 MODES = (-1, 0, 2)
 RUN_TIMEOUT_S = 120.0
+#: Ctrl-C must end a run within this (it kills the workers; nothing waits on them).
+INTERRUPT_TIMEOUT_S = 20.0
 
 
 class BrokenPromise(AssertionError):
@@ -151,12 +153,18 @@ def _signal_mid_run(
     hit = proc.poll() is None
     if hit:
         proc.send_signal(signum)
+    timeout = INTERRUPT_TIMEOUT_S if signum == signal.SIGINT else RUN_TIMEOUT_S
     try:
-        _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # workload.py dumps its threads' stacks
+        time.sleep(1)
         proc.kill()
-        proc.communicate()
-        raise BrokenPromise(f"the run did not end within {RUN_TIMEOUT_S} s of signal {signum}") from None
+        _, err = proc.communicate()
+        raise BrokenPromise(
+            f"the run (n_workers={n_workers}) did not end within {timeout} s of signal "
+            f"{signal.Signals(signum).name} sent after {delay:.2f} s; its stderr:\n{err}"
+        ) from None
     _, alive = psutil.wait_procs(children, timeout=10)
     alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     if alive:

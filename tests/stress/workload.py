@@ -108,6 +108,11 @@ def build(workspace: str, n_workers: int, n_tasks: int) -> None:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    import signal
+
+    # The kill loop asks a run that hangs for its threads' stacks.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Import this file as ``workload`` so task functions are pickled (and
     # identified) by that module name, not as ``__main__``.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
