@@ -96,9 +96,8 @@ def test_ctrl_c_in_a_busy_process_pool_run_stops_it_at_once(tmp_path, fraction):
     ws.mkdir()
     expected = kill_loop.workload.expected(300)
     random.seed(fraction)
-    hit, err = kill_loop._signal_mid_run(str(ws), 2, 300, 0.3 + fraction, signal.SIGINT, stats)
-    if hit:
-        assert "KeyboardInterrupt" in err
+    # (_signal_mid_run checks that an interrupted run ends in KeyboardInterrupt)
+    kill_loop._signal_mid_run(str(ws), 2, 300, 0.3 + fraction, signal.SIGINT, stats)
     kill_loop._check_after_signal(str(ws), set(), 0, expected, stats)
     assert no_new_children(before)
 

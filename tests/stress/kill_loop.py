@@ -174,6 +174,11 @@ def _signal_mid_run(
         raise BrokenPromise(f"processes left behind after signal {signum}: {[p.pid for p in alive]}")
     if hit and proc.returncode == 0:
         hit = False  # the signal landed as the run was ending
+    if hit and signum == signal.SIGINT and "KeyboardInterrupt" not in err:
+        # Only a process interrupted before Python set up its handler (while
+        # the interpreter starts) may die of SIGINT itself, saying nothing.
+        if proc.returncode != -signal.SIGINT or err.strip():
+            raise BrokenPromise(f"SIGINT did not end in KeyboardInterrupt (exit {proc.returncode}):\n{err}")
     if not hit and proc.returncode != 0:
         raise BrokenPromise(f"a run that was not signalled failed:\n{err}")
     return hit, err
@@ -270,11 +275,9 @@ def run(kills: int, n_tasks: int = 300, seed: int | None = None, root: str | Non
                 signum = signal.SIGINT if rng.random() < 0.2 else signal.SIGKILL
                 # Within what is left of the run: later runs of a cycle skip more.
                 delay = rng.uniform(0.0, full * max(0.3, 1.1 - len(before) / n_tasks))
-                hit, err = _signal_mid_run(workspace, n_workers, n_tasks, delay, signum, stats)
+                hit, _ = _signal_mid_run(workspace, n_workers, n_tasks, delay, signum, stats)
                 if hit:
                     if signum == signal.SIGINT:
-                        if "KeyboardInterrupt" not in err:
-                            raise BrokenPromise(f"SIGINT did not end in KeyboardInterrupt:\n{err}")
                         stats.interrupts += 1
                     else:
                         stats.kills += 1
