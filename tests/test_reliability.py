@@ -77,7 +77,7 @@ def test_main_process_killed_at_random_moments_then_rerun_completes(tmp_path):
     before = child_pids()
     stats = kill_loop.run(kills=5, n_tasks=150, seed=20261123, root=str(tmp_path), kills_per_cycle=5)
     assert stats.kills + stats.interrupts == 5
-    assert stats.cycles == 1
+    assert stats.cycles >= 1  # more when a signal came after a run had ended
     assert stats.records_lost == 0 and stats.recorded_tasks_rerun == 0 and stats.orphans == 0
     assert no_new_children(before)
 
