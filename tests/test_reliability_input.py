@@ -23,7 +23,7 @@ import taskgraph
 settings.register_profile(
     "taskgraph-reliability", max_examples=int(os.environ.get("TASKGRAPH_HYPOTHESIS_EXAMPLES", "40")),
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
 )
 PROFILE = settings.get_profile("taskgraph-reliability")
 
@@ -89,6 +89,25 @@ def test_odd_values_are_identified_stored_and_skipped(value):
     try:
         result = ran_then_skipped(ws, func=r.identity, args=(value,), store_result=True, task_name="odd")
         assert same(result, value)
+    finally:
+        shutil.rmtree(ws)
+
+
+@settings(PROFILE, max_examples=max(1, PROFILE.max_examples // 5))  # a pool each: fewer
+@given(batch=st.lists(values, min_size=1, max_size=6))
+def test_odd_values_travel_to_worker_processes_and_back(batch):
+    """The same values as arguments of tasks in worker processes (pickled
+    there and back), many tasks in one graph; then all skipped."""
+    ws = tempfile.mkdtemp(prefix="taskgraph-odd-pool-")
+    try:
+        for expected_state in ("ran", "skipped"):
+            with taskgraph.TaskGraph(ws, 2) as graph:
+                tasks = [graph.add_task(r.identity, args=(value,), store_result=True, task_name=f"v{i}")
+                         for i, value in enumerate(batch)]
+            for task, value in zip(tasks, batch, strict=True):
+                assert task.state == expected_state  # (equal values share one Task: a duplicate)
+                assert same(task.get(), value)
+        assert integrity(ws) == "ok"
     finally:
         shutil.rmtree(ws)
 
