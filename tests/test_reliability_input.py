@@ -278,3 +278,19 @@ def test_relative_paths_with_dotdot_are_normalised(tmp_path, monkeypatch):
     again = run_once(ws, func=r.identity, args=("../sub/../in.txt",), store_result=True)
     assert [reason.code for reason in again.reasons] == ["input_changed"]
     assert again.reasons[0].path == str(source)
+
+
+def test_a_symlink_target_is_written_through_and_checked_by_its_file(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real = elsewhere / "real.bin"
+    real.write_bytes(b"")
+    link = tmp_path / "link.bin"
+    link.symlink_to(real)
+    ws = str(tmp_path)
+    task = {"func": r.write_bytes, "args": (str(link), 3), "target_path_list": [str(link)]}
+    ran_then_skipped(ws, **task)
+    assert link.is_symlink() and real.read_bytes() == b"xxx"
+    real.write_bytes(b"changed!")
+    again = run_once(ws, **task)
+    assert again.state == "ran" and [reason.code for reason in again.reasons] == ["target_changed"]
