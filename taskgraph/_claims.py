@@ -39,7 +39,7 @@ class Claims:
         self.path = ledger_path + CLAIMS_SUFFIX
         self._fd: int | None = None
         if fcntl is not None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # the owner's only
         self._held: set[str] = set()
 
     def claim(self, record_key: str) -> bool:

@@ -29,7 +29,8 @@ class Reason:
     but of an earlier call with the same task name), ``'transient_run'``,
     ``'previous_run_failed'``, ``'hash_algorithm_changed'``, ``'input_added'``,
     ``'input_removed'``, ``'input_changed'``, ``'target_missing'``,
-    ``'target_changed'``, ``'result_missing'``; in a dry run also
+    ``'target_changed'``, ``'result_missing'``, ``'result_untrusted'`` (its
+    stored result failed its authentication check); in a dry run also
     ``'dependency_would_run'``.
     """
 

@@ -423,6 +423,11 @@ class TaskGraph:
             identity = task_identity(func, call_args, call_kwargs, targets)
         except SelfReferenceError as error:
             raise invalid(str(error)) from error
+        except RecursionError as error:
+            raise invalid(
+                "an argument is nested too deeply to identify the call (deeper than Python's "
+                "recursion limit); flatten it, or pass it in a file named in the arguments"
+            ) from error
         existing = self._by_key.get(identity.key)
         if existing is not None:
             old, new = set(existing._target_path_list), set(targets)

@@ -18,8 +18,9 @@ application_id`` = :data:`APPLICATION_ID`)::
     deps    (record_key, dep_key)                PK (record_key, dep_key)
     digests (path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir,
              digest, hashed_at_ns)               PK (path, algorithm)
-    results (key PK, value BLOB)                 a sqlitedict table: read it with
+    results (key PK, value BLOB, mac BLOB)       a sqlitedict table: read it with
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
+                                                 mac: HMAC-SHA256 of key and value
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never
@@ -33,14 +34,26 @@ version cannot upgrade) is renamed aside, never deleted, with a warning saying
 every task will run once. An older schema that can be upgraded is migrated in
 place, in one transaction that keeps every record (:data:`_MIGRATIONS`). A
 ledger from a newer taskgraph is left alone and refused.
+
+Security: stored results are pickles, and unpickling runs code. Each result is
+stored with an HMAC-SHA256 of its record key and bytes, keyed by a secret of
+the workspace (``taskgraph_ledger.sqlite.key``, 32 random bytes, mode 0600,
+created atomically on first use). A result whose HMAC does not verify (the
+ledger was edited, written by another tool, or copied from another workspace)
+is never unpickled: :meth:`Ledger.load_result` raises
+:class:`UntrustedResultError` and the task runs again. The ledger, its WAL and
+every file taskgraph creates in the workspace are readable by their owner only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import socket
 import sqlite3
 import time
@@ -59,7 +72,15 @@ from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
 LOGGER = logging.getLogger("taskgraph.Task")
 
 LEDGER_FILENAME = "taskgraph_ledger.sqlite"
+#: The workspace's secret for the HMAC of stored results (beside the ledger).
+KEY_SUFFIX = ".key"
+#: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column
+#: (a schema-1 ledger is upgraded in place, see :data:`_MIGRATIONS`).
 SCHEMA_VERSION = 2
+_KEY_BYTES = 32
+_MAC_CONTEXT = b"taskgraph stored result v1\0"
+#: Files taskgraph creates in a workspace are for their owner's eyes only.
+FILE_MODE = 0o600
 APPLICATION_ID = 0x54475248  # "TGRH"
 _BUSY_TIMEOUT_S = 60.0
 _BULK_AFTER = 64
@@ -111,7 +132,7 @@ CREATE TABLE IF NOT EXISTS digests (
     digest TEXT NOT NULL,
     hashed_at_ns INTEGER NOT NULL,
     PRIMARY KEY (path, algorithm)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB, mac BLOB);
 CREATE TABLE IF NOT EXISTS decisions (
     record_key TEXT PRIMARY KEY,
     run_id INTEGER,
@@ -127,7 +148,7 @@ _DELETE_RESULT = "DELETE FROM results WHERE key=?"
 _UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
-_UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value) VALUES (?,?)"
+_UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
 _END_RUN = "UPDATE runs SET ended=? WHERE run_id=?"
 _DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
 _STATEMENTS = (
@@ -141,10 +162,101 @@ _LAZY_LIMIT = 4096
 # New columns are added at the end of their table, so a migrated ledger has
 # the same column order as a new one.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # Schema 1 results carry no HMAC: they fail their check, so tasks with
+    # stored results run once more; every other record is kept as it is.
     1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
-        "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER"),
+        "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER",
+        "ALTER TABLE results ADD COLUMN mac BLOB"),
 }
 _EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions"}
+
+
+class UntrustedResultError(LedgerError):
+    """A stored result failed its authentication check and was not unpickled.
+
+    Raised by :meth:`Ledger.load_result`; the scheduler catches it and runs
+    the task again, so users see a warning, not this error.
+    """
+
+
+def _private_file(path: str, flags: int = os.O_RDWR) -> int:
+    """Open (creating if missing) a file only its owner may read or write."""
+    return os.open(path, flags | os.O_CREAT, FILE_MODE)
+
+
+def _read_key(path: str) -> bytes | None:
+    """The workspace key, or None if the file is damaged or not trustworthy
+    (then it is moved aside with a warning)."""
+    with open(path, "rb") as stream:
+        info = os.fstat(stream.fileno())
+        key = stream.read(_KEY_BYTES + 1)
+    problem = None
+    if len(key) != _KEY_BYTES:
+        problem = f"it holds {len(key)} bytes instead of {_KEY_BYTES}"
+    elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        problem = f"it belongs to another user (uid {info.st_uid})"
+    if problem is None:
+        if info.st_mode & 0o077:
+            # Others could read the secret: tighten, and say so.
+            os.chmod(path, FILE_MODE)
+            LOGGER.warning(
+                "the taskgraph key %s was readable by other users; it is now readable by its "
+                "owner only. If others may have copied it, delete it: stored results will "
+                "then be computed again.", path,
+            )
+        return key
+    aside = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(3)}.bad"
+    os.rename(path, aside)
+    LOGGER.warning(
+        "the taskgraph key %s cannot be used because %s; it was moved to %s and a new key "
+        "made, so tasks with stored results will run once.", path, problem, aside,
+    )
+    return None
+
+
+def workspace_key(path: str, create: bool = True) -> bytes | None:
+    """The secret keying the HMAC of stored results, made on first use.
+
+    Creation is atomic: the random bytes are written to a private temporary
+    file, which is then hard-linked to ``path``; the link fails if another
+    process made the key first, and that key is used. None if there is no key
+    and ``create`` is False.
+    """
+    for _ in range(3):
+        try:
+            key = _read_key(path)
+        except FileNotFoundError:
+            key = None
+        if key is not None:
+            return key
+        if not create:
+            return None
+        temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = _private_file(temporary, os.O_WRONLY | os.O_EXCL)
+        try:
+            os.write(fd, secrets.token_bytes(_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        except OSError:
+            # No hard links on this file system: an exclusive rename instead
+            # (a reader may then briefly see no key, never half a key).
+            if not os.path.exists(path):
+                os.replace(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+    raise LedgerError(f"cannot make the taskgraph key {path}: it keeps being replaced or damaged")
+
+
+def result_mac(key: bytes, record_key: str, value: bytes) -> bytes:
+    """HMAC-SHA256 binding a stored result's bytes to its task's record key."""
+    message = _MAC_CONTEXT + record_key.encode() + b"\0" + bytes(value)
+    return hmac.new(key, message, hashlib.sha256).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +322,7 @@ def _file_lock(path: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _private_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -227,6 +339,7 @@ class Ledger:
 
     def __init__(self, workspace: str) -> None:
         self.path = os.path.join(workspace, LEDGER_FILENAME)
+        self._key: bytes | None = None
         #: When set (a dry run), nothing is ever written.
         self.read_only = False
         # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
@@ -272,6 +385,9 @@ class Ledger:
             problem = self._check_existing()
             if problem is not None:
                 self._move_aside(problem)
+        if not os.path.exists(self.path):
+            # SQLite gives its -wal and -shm files the mode of the database.
+            os.close(_private_file(self.path))
         conn = self._connect()
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
@@ -390,8 +506,19 @@ class Ledger:
 
     # -- reading ----------------------------------------------------------------
 
-    def lookup(self, record_key: str) -> TaskRecord | None:
-        """The ledger's record of a task, or None."""
+    def lookup(self, record_key: str, fresh: bool = False) -> TaskRecord | None:
+        """The ledger's record of a task, or None.
+
+        Args:
+            record_key: the task's record key.
+            fresh: read the file even if a snapshot is loaded (another process
+                may have recorded the task since), and update the snapshot.
+        """
+        if fresh:
+            record = self._select(record_key)
+            if self._records is not None:
+                self._records[record_key] = record
+            return record
         if record_key not in self._written:
             if self._records is not None:
                 return self._records.get(record_key)
@@ -399,6 +526,9 @@ class Ledger:
             if self._record_lookups > _BULK_AFTER:
                 self._records = self._load_records()
                 return self._records.get(record_key)
+        return self._select(record_key)
+
+    def _select(self, record_key: str) -> TaskRecord | None:
         row = self._conn.execute(
             "SELECT name, state, hash_algorithm, store_result, ended, error,"
             " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key)"
@@ -464,15 +594,38 @@ class Ledger:
         return None if row is None else (row[0], row[1], row[2], row[3])
 
     def load_result(self, record_key: str) -> Any:
-        """The stored result of a task (unpickled).
+        """The stored result of a task, unpickled only once its HMAC verifies.
 
         Raises:
             KeyError: if no result is stored.
+            UntrustedResultError: if the HMAC is missing or wrong (the bytes
+                were not written by taskgraph with this workspace's key).
         """
-        row = self._conn.execute("SELECT value FROM results WHERE key=?", (record_key,)).fetchone()
+        row = self._conn.execute("SELECT value, mac FROM results WHERE key=?", (record_key,)).fetchone()
         if row is None:
             raise KeyError(record_key)
-        return sqlitedict.decode(row[0])
+        value, mac = row
+        key = self._workspace_key(create=not self.read_only)
+        if mac is None or key is None or not hmac.compare_digest(bytes(mac), result_mac(key, record_key, value)):
+            why = "it has no authentication code" if mac is None else "its authentication code does not match"
+            raise UntrustedResultError(
+                f"the stored result in {self.path} was not unpickled because {why}: the ledger "
+                "was changed outside taskgraph, written by another tool, or copied from another "
+                "workspace"
+            )
+        return sqlitedict.decode(value)
+
+    def _workspace_key(self, create: bool = True) -> bytes | None:
+        if self._key is None:
+            path = self.path + KEY_SUFFIX
+            try:
+                self._key = workspace_key(path, create)
+            except OSError as error:
+                raise LedgerError(
+                    f"cannot read or make the taskgraph key {path}: {error}. Check that the "
+                    "workspace is writable and owned by you."
+                ) from error
+        return self._key
 
     # -- digest cache (a DigestCache for _fingerprint) ------------------------------
 
@@ -528,7 +681,11 @@ class Ledger:
             )
         rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
         if outcome.store_result:
-            rows[_UPSERT_RESULT].append((key, sqlitedict.encode(outcome.result)))
+            value = sqlitedict.encode(outcome.result)
+            secret = self._workspace_key()
+            assert secret is not None  # made when missing
+            mac = result_mac(secret, key, value)
+            rows[_UPSERT_RESULT].append((key, value, mac))
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
@@ -692,7 +849,7 @@ class LedgerReader:
         if version < min(_MIGRATIONS, default=SCHEMA_VERSION):
             raise LedgerError(
                 f"{self.path} has an older schema ({version}); the next run of the pipeline "
-                "moves it aside and starts a new ledger"
+                "upgrades it (or, if it is older than schema 1, moves it aside)"
             )
         # An older schema that the next run upgrades is read as it is (read-only):
         # the columns it lacks read as NULL.

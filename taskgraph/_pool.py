@@ -246,6 +246,12 @@ def _measured_run(call: Any, spec: tuple[Any, ...], sampler: _PeakSampler) -> Jo
 
 def _worker_main(conn: Connection, levels: dict[str, int], nice: bool, cpu: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "setpgid"):
+        # A process group of its own: processes the task starts stay in it,
+        # so they can be found and killed even after this worker has died
+        # (when they are no longer its children).
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
     process = psutil.Process()
     if nice:
         with contextlib.suppress(psutil.Error, OSError):
@@ -315,6 +321,16 @@ def _kill_tree(pid: int) -> None:
         for victim in [process, *children]:
             with contextlib.suppress(psutil.Error):
                 victim.kill()
+    _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill what is left of a worker's process group (the processes its tasks
+    started, also those orphaned by the worker's death). Call it before the
+    worker is reaped, so that its pid, the group's id, cannot be reused."""
+    if hasattr(os, "killpg"):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def usable_cpus() -> list[int] | None:
@@ -372,8 +388,9 @@ class ProcessPool(Executor):
             if worker.process.is_alive():
                 _kill_tree(worker.process.pid)
 
-    def _spawn(self, job: Job, done: DoneCallback) -> _Worker:
-        """Start a worker that is given ``job`` at once."""
+    def _spawn(self, job: Job, done: DoneCallback) -> _Worker | None:
+        """Start a worker that is given ``job`` at once (None if the pool
+        was shut down meanwhile)."""
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         with self._lock:
             index = self._next_index
@@ -392,7 +409,14 @@ class ProcessPool(Executor):
         worker = _Worker(process, parent_conn, index, cpu)
         worker.job, worker.done = job, done
         with self._lock:
-            self._workers.append(worker)
+            closing = self._closing
+            if not closing:
+                self._workers.append(worker)
+        if closing:  # shut down while it started: shutdown() did not see it
+            _kill_tree(process.pid)
+            process.join(_JOIN_TIMEOUT_S)
+            parent_conn.close()
+            return None
         self._wake()  # the manager thread must start watching the new worker
         return worker
 
@@ -400,12 +424,22 @@ class ProcessPool(Executor):
         assert job.payload is not None
         message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            worker = self._idle.pop() if self._idle else None
-            if worker is not None:
+            closing = self._closing
+            worker = None
+            if not closing and self._idle:
+                worker = self._idle.pop()
                 worker.job = job
                 worker.done = done
-        if worker is None:
+        if not closing and worker is None:
             worker = self._spawn(job, done)
+            closing = worker is None
+        if closing or worker is None:
+            # Shut down (after Ctrl-C, from another thread) while the scheduler
+            # was still dispatching: start no new worker, which nothing would stop.
+            done(JobResult(job.task_id, error=WorkerDiedError(
+                f"task {job.name!r} was not started because the graph is shutting down"
+            )))
+            return
         try:
             worker.conn.send_bytes(message)
         except OSError:
@@ -483,6 +517,7 @@ class ProcessPool(Executor):
         with contextlib.suppress(EOFError, OSError):
             while worker.job is not None and worker.conn.poll():
                 self._on_message(worker, worker.conn.recv_bytes())
+        _kill_group(worker.process.pid)
         worker.process.join(_JOIN_TIMEOUT_S)
         with self._lock:
             self._workers.remove(worker)

@@ -33,12 +33,12 @@ from typing import Any
 
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
-from taskgraph._errors import LedgerError, TaskCancelledError, WorkerDiedError
+from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
-from taskgraph._ledger import Ledger, Outcome, format_exception
+from taskgraph._ledger import Ledger, Outcome, UntrustedResultError, format_exception
 from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
 from taskgraph._progress import ProgressBar
 from taskgraph._task import Task
@@ -96,6 +96,7 @@ class Scheduler:
         self._failure: BaseException | None = None
         self._killing = False
         self._stopped = False
+        self._stop_requested = False
         self._reporting_interval = reporting_interval or None
         self._next_report = time.monotonic() + (self._reporting_interval or 0)
         self._run_started = time.monotonic()
@@ -161,6 +162,8 @@ class Scheduler:
                 LOGGER.exception("the taskgraph scheduler failed; stopping the graph")
                 self._fail_graph(error)
                 self._cancel_pending()
+                if self._stop_requested and not self._stopped:
+                    self._stop_now()  # the batch held the stop message: never leave join() waiting
             self._report()
 
     def _drive(self) -> None:
@@ -203,7 +206,7 @@ class Scheduler:
                         finished.append(task)
                     self._running.clear()
             elif kind == "stop":
-                stop = True
+                stop = self._stop_requested = True
                 # Only after an abort can jobs still be out (threads cannot be
                 # killed): their results will not be read, so release waiters.
                 for task in self._running.values():
@@ -218,14 +221,17 @@ class Scheduler:
         self._unnotified.extend(finished)
         self._dispatch()
         if stop:
-            self._stopped = True
-            if self._claims is not None:
-                self._claims.close()
-            self._ledger.end_run()
-            try:
-                self._ledger.close()
-            except LedgerError:
-                LOGGER.exception("could not close the ledger cleanly")
+            self._stop_now()
+
+    def _stop_now(self) -> None:
+        self._stopped = True
+        if self._claims is not None:
+            self._claims.close()
+        self._ledger.end_run()
+        try:
+            self._ledger.close()
+        except LedgerError:
+            LOGGER.exception("could not close the ledger cleanly")
 
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
@@ -284,6 +290,10 @@ class Scheduler:
             else:
                 task._state = "failed"
                 task._error = result.error
+                if not isinstance(result.error, TaskGraphError) and hasattr(result.error, "add_note"):
+                    # The task's own exception is re-raised as itself; a note
+                    # says which task raised it (MemoryError has no message).
+                    result.error.add_note(f"raised by taskgraph task {task.task_name!r}")
                 LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
                 self._ledger.record(self._outcome(task, result, format_exception(result.error)))
                 self._fail_graph(result.error)
@@ -364,7 +374,10 @@ class Scheduler:
                         self._cancel(dependent)
                         self._finish([dependent])
                     continue
-                left = self._blockers[dependent.task_id][1] - 1
+                entry = self._blockers.get(dependent.task_id)
+                if entry is None:
+                    continue  # cancelled already: a task that finished after the graph stopped
+                left = entry[1] - 1
                 if left:
                     self._blockers[dependent.task_id] = (dependent, left)
                 else:
@@ -381,7 +394,9 @@ class Scheduler:
             self._unnotified = []
 
     def _start_ready(self) -> None:
-        while self._failure is None:
+        # _killing is set by abort() (Ctrl-C) before its message arrives:
+        # start nothing more in the meantime.
+        while self._failure is None and not self._killing:
             slots = self._executor.capacity - len(self._running)
             starting: list[tuple[Task, Decision]] = []
             held: list[tuple[Any, int, Task]] = []
@@ -415,7 +430,17 @@ class Scheduler:
                     self._finish([task for task, _ in starting])
                     return
             for task, decision in starting:
-                if self._claims is None or self._claims.claim(task._identity.record_key):
+                if self._claims is None:
+                    self._start(task, decision)
+                elif self._claims.claim(task._identity.record_key):
+                    # Another process may have recorded this task between the
+                    # decision (perhaps from the ledger's snapshot) and the
+                    # claim: then decide again, which will most likely skip it.
+                    if self._ledger.lookup(task._identity.record_key, fresh=True) != decision.record:
+                        again = self._decide(task)
+                        if again is None:
+                            continue  # up to date now; its claim goes with its notification
+                        decision = again
                     self._start(task, decision)
                 else:
                     # Another process is running this very task: wait for it,
@@ -444,6 +469,8 @@ class Scheduler:
             self._fail_graph(error)
             self._finish([task])
             return None
+        if not decision.run and task._store_result:
+            decision = self._load_result(task, decision)
         task._reasons = decision.reasons
         task._had_record = decision.record is not None
         self._ledger.record_decision(
@@ -452,14 +479,23 @@ class Scheduler:
         )
         if decision.run:
             return decision
-        if task._store_result:
-            task._result = self._ledger.load_result(task._identity.record_key)
         task._state = "skipped"
         LOGGER.debug("task %r is up to date: skipped", task.task_name)
         # Dependents may go ahead at once; waiters are woken with the batch.
         self._release([task])
         self._unnotified.append(task)
         return None
+
+    def _load_result(self, task: Task, decision: Decision) -> Decision:
+        """Give an up-to-date task its stored result; if the result fails its
+        authentication check it is not unpickled and the task runs again."""
+        try:
+            task._result = self._ledger.load_result(task._identity.record_key)
+        except UntrustedResultError as error:
+            LOGGER.warning("task %r: %s. It runs again.", task.task_name, error)
+            reason = Reason("result_untrusted", f"its stored result was refused: {error}")
+            return Decision(True, (reason,), decision.inputs, decision.record)
+        return decision
 
     def _start(self, task: Task, decision: Decision) -> None:
         if LOGGER.isEnabledFor(logging.DEBUG):
@@ -513,9 +549,9 @@ class Scheduler:
             )
         else:
             decision = decide(task, self._ledger, self._ledger)
-            task._reasons = decision.reasons
             if not decision.run and task._store_result:
-                task._result = self._ledger.load_result(task._identity.record_key)
+                decision = self._load_result(task, decision)
+            task._reasons = decision.reasons
         task._state = "would-run" if task._reasons else "skipped"
         self._finish([task])
 
