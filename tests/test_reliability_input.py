@@ -322,3 +322,15 @@ def test_what_a_callable_is_bound_to_is_part_of_the_call(tmp_path, first, second
     task = run_once(ws, func=second, args=args, store_result=True)
     assert task.state == "ran" and task.get() == expected
     assert run_once(ws, func=second, args=args, store_result=True).state == "skipped"
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", ".key", ".claims"])
+def test_taskgraphs_own_files_cannot_be_targets(tmp_path, suffix):
+    """A task that wrote the ledger (or its WAL, key, claims) would destroy
+    it: add_task refuses, naming the task, and the graph stays usable."""
+    own = str(tmp_path / (LEDGER + suffix))
+    with taskgraph.TaskGraph(str(tmp_path), -1) as graph:
+        with pytest.raises(taskgraph.InvalidTaskError, match=r"'clobber'.*taskgraph's own files"):
+            graph.add_task(r.write_bytes, args=(own, 3), target_path_list=[own], task_name="clobber")
+        assert graph.add_task(r.identity, args=(1,), store_result=True).get() == 1
+    assert integrity(str(tmp_path)) == "ok"
