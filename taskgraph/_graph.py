@@ -36,6 +36,8 @@ from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
+# Files beside the ledger that belong to it (SQLite's, the lock, claims, key).
+_LEDGER_SIDECARS = ("-wal", "-shm", "-journal", ".lock", ".claims", ".key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +421,13 @@ class TaskGraph:
             ):
                 raise invalid(f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}")
         targets = tuple(sorted({normalize_path(path) for path in raw_targets}))
+        own = normalize_path(self._ledger.path)
+        for path in targets:
+            if path == own or (path.startswith(own) and path[len(own):] in _LEDGER_SIDECARS):
+                raise invalid(
+                    f"target {path} is one of taskgraph's own files in the workspace; a task that "
+                    "wrote it would destroy the ledger. Choose another file name."
+                )
         try:
             identity = task_identity(func, call_args, call_kwargs, targets)
         except SelfReferenceError as error:

@@ -213,6 +213,14 @@ class _Canonical:
         info = function_info(func)
         if isinstance(func, functools.partial):
             return (_FUNC, info.identity, self.value(func.args), self.value(func.keywords))
+        # The object a method is bound to is an argument of the call
+        # (``Model(2).fit`` and ``Model(3).fit`` are different calls), and so
+        # is the state of a callable instance; a module is not.
+        owner = getattr(func, "__self__", None)
+        if owner is None and not (inspect.isfunction(func) or inspect.isbuiltin(func) or inspect.isclass(func)):
+            owner = func
+        if owner is not None and not inspect.ismodule(owner):
+            return (_FUNC, info.identity, self.value(owner))
         return (_FUNC, info.identity)
 
     def _other(self, value: Any) -> Any:

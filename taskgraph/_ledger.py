@@ -196,7 +196,7 @@ def _read_key(path: str) -> bytes | None:
     elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
         problem = f"it belongs to another user (uid {info.st_uid})"
     if problem is None:
-        if info.st_mode & 0o077:
+        if os.name == "posix" and info.st_mode & 0o077:  # (Windows has no such mode bits)
             # Others could read the secret: tighten, and say so.
             os.chmod(path, FILE_MODE)
             LOGGER.warning(

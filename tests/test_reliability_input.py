@@ -294,3 +294,43 @@ def test_a_symlink_target_is_written_through_and_checked_by_its_file(tmp_path):
     real.write_bytes(b"changed!")
     again = run_once(ws, **task)
     assert again.state == "ran" and [reason.code for reason in again.reasons] == ["target_changed"]
+
+
+class Scaler:
+    """A callable instance: its state is part of the call."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, x):
+        return x * self.factor
+
+
+@pytest.mark.parametrize("first,second,arg,expected", [
+    (Adder(2).add, Adder(3).add, 1, 4),
+    (Scaler(2), Scaler(3), 1, 3),
+    ("abc".upper, "xyz".upper, None, "XYZ"),
+    (functools.partial(r.identity, 3), functools.partial(r.identity, 4), None, 4),
+])
+def test_what_a_callable_is_bound_to_is_part_of_the_call(tmp_path, first, second, arg, expected):
+    """Methods of two different instances (and two callable instances, two
+    partials) are two different calls: the second is not skipped as if it
+    were the first, and returns its own result."""
+    ws = str(tmp_path)
+    args = () if arg is None else (arg,)
+    assert run_once(ws, func=first, args=args, store_result=True).state == "ran"
+    task = run_once(ws, func=second, args=args, store_result=True)
+    assert task.state == "ran" and task.get() == expected
+    assert run_once(ws, func=second, args=args, store_result=True).state == "skipped"
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", ".key", ".claims"])
+def test_taskgraphs_own_files_cannot_be_targets(tmp_path, suffix):
+    """A task that wrote the ledger (or its WAL, key, claims) would destroy
+    it: add_task refuses, naming the task, and the graph stays usable."""
+    own = str(tmp_path / (LEDGER + suffix))
+    with taskgraph.TaskGraph(str(tmp_path), -1) as graph:
+        with pytest.raises(taskgraph.InvalidTaskError, match=r"'clobber'.*taskgraph's own files"):
+            graph.add_task(r.write_bytes, args=(own, 3), target_path_list=[own], task_name="clobber")
+        assert graph.add_task(r.identity, args=(1,), store_result=True).get() == 1
+    assert integrity(str(tmp_path)) == "ok"
