@@ -17,10 +17,13 @@ import pytest
 import taskgraph
 
 INTERRUPT_SCRIPT = textwrap.dedent("""
-    import json, os, sys, time
+    import json, os, signal, sys, time
     sys.path.insert(0, {tests!r})
     import psutil, engine_funcs, taskgraph
     if __name__ == "__main__":
+        # A shell running this as a background job ignores SIGINT; a user's
+        # script at a terminal has Python's handler: give it that back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         ws = sys.argv[1]
         graph = taskgraph.TaskGraph(ws, 2)
         for i in range(5):
