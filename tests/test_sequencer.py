@@ -226,8 +226,10 @@ def test_ctrl_c_stops_the_run_and_its_workers(tmp_path):
         "import sys\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "import stream_funcs as f\n"
+        "import signal\n"
         "import taskgraph\n"
         "if __name__ == '__main__':\n"
+        "    signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal\n"
         f"    taskgraph.TaskSequencer([(f.sleep_logged, 2)]).run([({str(tmp_path)!r}, i) for i in range(4)])\n"
     )
     process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
