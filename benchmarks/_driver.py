@@ -27,17 +27,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _workloads
 
 
+def _cpu():
+    """CPU seconds of this process and of the children it has waited for (worker processes, once joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _start():
+    return time.perf_counter(), _cpu()
+
+
+def _since(start):
+    """Wall and CPU seconds since ``_start()``.
+
+    CPU time moves far less than wall time with the load of other processes on a
+    shared machine, so it is the steadier figure for the inline (n_workers=-1) runs.
+    """
+    return {"seconds": time.perf_counter() - start[0], "cpu_seconds": _cpu() - start[1]}
+
+
 def overhead(ws, n, n_workers, **_):
     """N independent trivial tasks, no files."""
     import taskgraph
 
-    start = time.perf_counter()
+    start = _start()
     graph = taskgraph.TaskGraph(ws, n_workers)
     for i in range(n):
         graph.add_task(_workloads.trivial, args=(i,), task_name=f"t{i}")
     graph.close()
     graph.join()
-    return {"seconds": time.perf_counter() - start}
+    return _since(start)
 
 
 def _target_mtimes(ws, suffix):
@@ -49,7 +68,7 @@ def noop(ws, n, n_workers, hash, phase, **_):
     import taskgraph
 
     before = _target_mtimes(ws, ".txt") if phase == "rerun" else None
-    start = time.perf_counter()
+    start = _start()
     graph = taskgraph.TaskGraph(ws, n_workers)
     for i in range(n):
         target = os.path.join(ws, f"t{i}.txt")
@@ -57,17 +76,17 @@ def noop(ws, n, n_workers, hash, phase, **_):
                        task_name=f"t{i}")
     graph.close()
     graph.join()
-    seconds = time.perf_counter() - start
+    figures = _since(start)
     if before is not None and _target_mtimes(ws, ".txt") != before:
         raise SystemExit(f"the no-op rerun of {n} tasks executed some of them")
-    return {"seconds": seconds}
+    return figures
 
 
 def chain(ws, n, n_workers, **_):
     """A linear chain: task i reads task i-1's small file and writes its own."""
     import taskgraph
 
-    start = time.perf_counter()
+    start = _start()
     graph = taskgraph.TaskGraph(ws, n_workers)
     previous_path, previous_task = None, None
     for i in range(n):
@@ -78,11 +97,11 @@ def chain(ws, n, n_workers, **_):
         previous_path = path
     graph.close()
     graph.join()
-    seconds = time.perf_counter() - start
+    figures = _since(start)
     with open(previous_path) as stream:
         if not stream.read().endswith(f"{n - 1}\n"):
             raise SystemExit("the chain's last file is wrong")
-    return {"seconds": seconds}
+    return figures
 
 
 def _read_bytes():
@@ -98,28 +117,27 @@ def big(ws, path, hash, phase, **_):
 
     target = os.path.join(ws, "size.txt")
     read_before = _read_bytes()
-    start = time.perf_counter()
+    start = _start()
     graph = taskgraph.TaskGraph(ws, -1)
     graph.add_task(_workloads.file_size, args=(path, target), target_path_list=[target], hash_algorithm=hash,
                    task_name="big")
     graph.close()
     graph.join()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "read_bytes": _read_bytes() - read_before}
+    return dict(_since(start), read_bytes=_read_bytes() - read_before)
 
 
 def cat(ws, path, **_):
     """``cat FILE > /dev/null``."""
-    start = time.perf_counter()
+    start = _start()
     subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)
-    return {"seconds": time.perf_counter() - start}
+    return _since(start)
 
 
 def raw_xxh3(ws, path, **_):
     """xxh3-128 over the file with the xxhash module, streaming 1 MiB reads (what the engine does)."""
     import xxhash
 
-    start = time.perf_counter()
+    start = _start()
     digest = xxhash.xxh3_128()
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
@@ -127,7 +145,7 @@ def raw_xxh3(ws, path, **_):
         while count := stream.readinto(buffer):
             digest.update(view[:count])
     digest.hexdigest()
-    return {"seconds": time.perf_counter() - start}
+    return _since(start)
 
 
 def tiles(ws, folder, count, side, n_workers, mode, **_):
@@ -136,7 +154,7 @@ def tiles(ws, folder, count, side, n_workers, mode, **_):
     slopes = [os.path.join(ws, f"slope_{index:04d}.npy") for index in range(count)]
     mosaic_path = os.path.join(ws, "mosaic.npy")
     mosaic_side = round(count ** 0.5)
-    start = time.perf_counter()
+    start = _start()
     if mode == "mp":
         import multiprocessing
 
@@ -154,10 +172,10 @@ def tiles(ws, folder, count, side, n_workers, mode, **_):
                        dependent_task_list=slope_tasks, task_name="mosaic")
         graph.close()
         graph.join()
-    seconds = time.perf_counter() - start
+    figures = _since(start)
     if os.path.getsize(mosaic_path) < count * side * side * 4:
         raise SystemExit("the mosaic is incomplete")
-    return {"seconds": seconds}
+    return figures
 
 
 def dag_dependencies(n, fan=8, depth=10):
@@ -193,7 +211,7 @@ def scale(ws, n, n_workers, phase, **_):
     import taskgraph
 
     structure = dag_dependencies(n)
-    start = time.perf_counter()
+    start = _start()
     graph = taskgraph.TaskGraph(ws, n_workers)
     tasks = []
     for i, deps in enumerate(structure):
@@ -201,7 +219,7 @@ def scale(ws, n, n_workers, phase, **_):
                                     task_name=f"t{i}"))
     graph.close()
     graph.join()
-    return {"seconds": time.perf_counter() - start}
+    return _since(start)
 
 
 WORKLOADS = {"overhead": overhead, "noop": noop, "chain": chain, "big": big, "cat": cat, "raw_xxh3": raw_xxh3,
