@@ -172,6 +172,8 @@ def build_rows(args: argparse.Namespace, ours: str, theirs: str) -> list[Row]:
     if "noop" in only:
         settings = [(-1, "sizetimestamp", "sizetimestamp"), (2, "sizetimestamp", "sizetimestamp"),
                     (-1, "md5", "md5"), (-1, "xxh3_128", "md5"), (2, "xxh3_128", "md5")]
+        settings = [(n_workers, ours_hash, theirs_hash) for n_workers, ours_hash, theirs_hash in settings
+                    if n_workers in args.noop_workers and ours_hash in args.noop_hash.split(",")]
         for n in args.noop_n:
             for n_workers, our_hash, their_hash in settings:
                 hashes = our_hash if our_hash == their_hash else f"{our_hash} (natcap {their_hash})"
@@ -267,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overhead-n", type=_ints, default=[1000, 10000, 100000],
                         help="task counts for overhead at n_workers=-1 (comma-separated)")
     parser.add_argument("--noop-n", type=_ints, default=[2000], help="task counts for the no-op rerun")
+    parser.add_argument("--noop-workers", type=_ints, default=[-1, 2], help="n_workers of the no-op reruns")
+    parser.add_argument("--noop-hash", default="sizetimestamp,md5,xxh3_128",
+                        help="our hash algorithms for the no-op reruns (natcap uses md5 for xxh3_128)")
     parser.add_argument("--chain-n", type=int, default=1000)
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the big input file in MiB")
     parser.add_argument("--tiles", type=int, default=64, help="number of tiles (a square number)")
