@@ -131,13 +131,19 @@ def table_lines(row: Row) -> list[str]:
         side = sides[line.side]
         value = _value(side, line.metric, line.unit)
         ours = f"{_format(value)} {line.unit} ({line.side}{_n_note(side)})"
-        theirs, ratio = "", ""
+        theirs, ratio, paired = "", "", ""
         if line.base:
             base = sides[line.base]
-            base_value = _value(base, line.base_metric or line.metric, line.unit)
+            base_metric = line.base_metric or line.metric
+            base_value = _value(base, base_metric, line.unit)
             theirs = f"{_format(base_value)} {line.unit} ({line.base}{_n_note(base)})"
             ratio = f"{value / base_value:.2f}" if base_value else "—"
-        lines.append(f"| {row.workload} | {row.setting} | {line.measure} | {ours} | {theirs} | {ratio} |")
+            # Repetition i of every side ran back to back, so the ratio within a repetition cancels slow drifts
+            # of the machine's load; its median is the steadier figure when the load varies.
+            pairs = [a[line.metric] / b[base_metric] for a, b in zip(side.figures, base.figures, strict=True)
+                     if b[base_metric]]
+            paired = f"{statistics.median(pairs):.2f}" if pairs else "—"
+        lines.append(f"| {row.workload} | {row.setting} | {line.measure} | {ours} | {theirs} | {ratio} | {paired} |")
     return lines
 
 
@@ -282,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one measurement")
     parser.add_argument("--natcap-python", default=None)
     parser.add_argument("--json", default=None, help="write every raw figure to this file")
+    parser.add_argument("--table-from", default=None, metavar="PATH",
+                        help="measure nothing: print the table of a file written by --json (same options)")
     args = parser.parse_args(argv)
     # A plain kill runs the cleanups too (the big file is removed, the running driver is killed by subprocess.run).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -291,15 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiles != round(args.tiles ** 0.5) ** 2:
         parser.error(f"--tiles {args.tiles} is not a square number: the mosaic is square")
 
-    theirs = args.natcap_python or natcap_python()
+    theirs = args.natcap_python or ("natcap" if args.table_from else natcap_python())
     ours = sys.executable
     rows = build_rows(args, ours, theirs)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.reps} interleaved runs; "
           f"ratio = side / baseline (below 1 is faster)\n")
-    print("| workload | setting | measure | ours (or side) | baseline | ratio |")
-    print("|---|---|---|---:|---:|---:|", flush=True)
+    print("| workload | setting | measure | ours (or side) | baseline | ratio | paired ratio |")
+    print("|---|---|---|---:|---:|---:|---:|", flush=True)
+    if args.table_from:
+        return _print_saved(rows, args.table_from)
     started = time.perf_counter()
-    for row in rows:
+    for done, row in enumerate(rows):
         if row.prepare:
             row.prepare()
         try:
@@ -310,14 +320,32 @@ def main(argv: list[str] | None = None) -> int:
             if row.cleanup:
                 row.cleanup()
         print("\n".join(table_lines(row)), flush=True)
+        if args.json:  # after every row, so that an interrupted run keeps what it measured
+            _save(rows[:done + 1], args.json)
     print(f"\n{time.perf_counter() - started:.0f} s in all", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as stream:
-            json.dump([{"workload": row.workload, "setting": row.setting,
-                        "sides": [{"label": side.label, "python": side.python, "workload": side.workload,
-                                   "params": side.params, "phases": side.phases, "n": side.n,
-                                   "figures": side.figures} for side in row.sides]} for row in rows],
-                      stream, indent=1)
+    return 0
+
+
+def _save(rows: list[Row], path: str) -> None:
+    with open(path, "w") as stream:
+        json.dump([{"workload": row.workload, "setting": row.setting,
+                    "sides": [{"label": side.label, "python": side.python, "workload": side.workload,
+                               "params": side.params, "phases": side.phases, "n": side.n,
+                               "figures": side.figures} for side in row.sides]} for row in rows],
+                  stream, indent=1)
+
+
+def _print_saved(rows: list[Row], path: str) -> int:
+    """Print the table of figures saved by ``--json`` for the rows the same options select."""
+    with open(path) as stream:
+        saved = {(row["workload"], row["setting"]): row for row in json.load(stream)}
+    for row in rows:
+        if (row.workload, row.setting) not in saved:
+            continue
+        figures = {side["label"]: side["figures"] for side in saved[row.workload, row.setting]["sides"]}
+        for side in row.sides:
+            side.figures = figures[side.label]
+        print("\n".join(table_lines(row)))
     return 0
 
 
