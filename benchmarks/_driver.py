@@ -149,16 +149,21 @@ def raw_xxh3(ws, path, **_):
 
 
 def tiles(ws, folder, count, side, n_workers, mode, **_):
-    """Slope of every tile, then one mosaic task; through taskgraph or a bare ``multiprocessing.Pool``."""
+    """Slope of every tile, then one mosaic task; through taskgraph or a bare ``multiprocessing.Pool``.
+
+    ``mode`` is ``taskgraph``, ``mp`` (a plain ``Pool``) or ``mp_nice`` (its workers niced to 10).
+    """
     sources = [os.path.join(folder, f"tile_{index:04d}.npy") for index in range(count)]
     slopes = [os.path.join(ws, f"slope_{index:04d}.npy") for index in range(count)]
     mosaic_path = os.path.join(ws, "mosaic.npy")
     mosaic_side = round(count ** 0.5)
     start = _start()
-    if mode == "mp":
+    if mode in ("mp", "mp_nice"):
         import multiprocessing
 
-        with multiprocessing.Pool(n_workers) as pool:
+        # mp_nice: workers at the niceness this package gives its own (10), to tell that cost from the engine's.
+        nice = {"initializer": os.nice, "initargs": (10,)} if mode == "mp_nice" else {}
+        with multiprocessing.Pool(n_workers, **nice) as pool:
             pool.starmap(_workloads.slope, zip(sources, slopes, strict=True), chunksize=1)
             pool.apply(_workloads.mosaic, (slopes, mosaic_side, mosaic_path))
     else:
