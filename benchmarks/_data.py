@@ -33,6 +33,7 @@ def make_big_file(size: int) -> str:
         raise SystemExit(f"the big-input benchmark needs {size / 2**30:.1f} GiB and 1 GiB to spare under {CACHE}, "
                          f"but only {free / 2**30:.1f} GiB are free: pass a smaller --big-mib or skip it "
                          f"(--only without big)")
+    _remove_stale_big_files()
     path = os.path.join(CACHE, f"big-input-{os.getpid()}.bin")
     # One random chunk repeated: writing is fast, and neither xxh3 nor md5 runs faster on repeats.
     chunk = os.urandom(_CHUNK)
@@ -42,6 +43,17 @@ def make_big_file(size: int) -> str:
             stream.write(chunk[:left])
             left -= len(chunk)
     return path
+
+
+def _remove_stale_big_files() -> None:
+    """Delete big files left by runs that were killed outright (SIGKILL skips the cleanup)."""
+    import psutil
+
+    for name in os.listdir(CACHE):
+        if name.startswith("big-input-") and name.endswith(".bin"):
+            pid = name[len("big-input-"):-len(".bin")]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                os.remove(os.path.join(CACHE, name))
 
 
 def tiles_folder(count: int, side: int) -> str:
