@@ -137,6 +137,9 @@ def table_lines(row: Row) -> list[str]:
             base_metric = line.base_metric or line.metric
             base_value = _value(base, base_metric, line.unit)
             theirs = f"{_format(base_value)} {line.unit} ({line.base}{_n_note(base)})"
+            if side.n != base.n and line.unit != "µs/task":
+                lines.append(f"| {row.workload} | {row.setting} | {line.measure} | {ours} | {theirs} | — | — |")
+                continue  # totals of different task counts: no ratio
             ratio = f"{value / base_value:.2f}" if base_value else "—"
             # Repetition i of every side ran back to back, so the ratio within a repetition cancels slow drifts
             # of the machine's load; its median is the steadier figure when the load varies.
