@@ -1,68 +1,367 @@
-"""Side-by-side benchmark: this package vs natcap taskgraph 0.11.2 (own venv).
+"""Side-by-side benchmarks: this package vs natcap taskgraph 0.11.2 (own venv) and plain baselines.
 
-    python -m benchmarks [--reps 5] [--n 2000] [--natcap-python PATH] [--json out.json]
+    python -m benchmarks [--only overhead,noop,chain,big,tiles,scale] [--reps 5] [--json out.json]
 
-Each measurement runs in a fresh interpreter and a fresh workspace. The natcap
-venv is created under ~/.cache/taskgraph-bench/natcap-venv unless
+Each measurement runs in a fresh interpreter (``_driver.py``) and a fresh
+workspace; repetitions are interleaved (ours, natcap, ours, natcap, ...) so both
+sides see the same load, and the table gives medians. The natcap venv (with
+numpy) is created under ~/.cache/taskgraph-bench/natcap-venv unless
 --natcap-python names an interpreter that imports natcap's taskgraph.
+See docs/performance.md for what each workload measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _data  # noqa: E402
+
 DRIVER = os.path.join(HERE, "_driver.py")
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "taskgraph-bench", "natcap-venv")
+NATCAP_VENV = os.path.join(_data.CACHE, "natcap-venv")
+WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale")
 
 
 def natcap_python() -> str:
-    python = os.path.join(CACHE, "bin", "python")
+    """The natcap venv's interpreter, creating the venv (taskgraph 0.11.2, psutil, numpy) if needed."""
+    python = os.path.join(NATCAP_VENV, "bin", "python")
     if not os.path.exists(python):
-        subprocess.run([sys.executable, "-m", "venv", CACHE], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "taskgraph==0.11.2", "psutil"], check=True)
+        subprocess.run([sys.executable, "-m", "venv", NATCAP_VENV], check=True)
+    probe = subprocess.run([python, "-c", "import taskgraph, psutil, numpy"], cwd=tempfile.gettempdir(),
+                           capture_output=True)
+    if probe.returncode:
+        subprocess.run([python, "-m", "pip", "install", "-q", "taskgraph==0.11.2", "psutil", "numpy"], check=True)
     return python
 
 
-def measure(python: str, workload: str, n: int, n_workers: int, hash_algorithm: str) -> float:
-    with tempfile.TemporaryDirectory() as ws:
-        env = dict(os.environ, PYTHONPATH="")
-        out = subprocess.run([python, DRIVER, workload, str(n), str(n_workers), hash_algorithm, ws],
-                             check=True, capture_output=True, text=True, cwd=ws, env=env, timeout=3600)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["per_task_us"])
+@dataclasses.dataclass
+class Side:
+    """One thing measured in a row: an interpreter running one driver workload.
+
+    ``phases`` run one after another on the same workspace, each in its own
+    process; their figures are kept under the phase's name (``cold``, ``rerun``,
+    ``rerun3``). ``n`` is the task count, for figures per task.
+    """
+
+    label: str
+    python: str
+    workload: str
+    params: dict[str, object]
+    phases: tuple[str, ...] = ()
+    n: int | None = None
+    capped: bool = False
+    figures: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+    def measure(self, timeout: float) -> None:
+        ws = tempfile.mkdtemp(prefix="taskgraph-bench-")
+        try:
+            result: dict[str, float] = {}
+            for phase in self.phases or ("",):
+                # "rerun3" is the driver's "rerun" phase again, its figures kept under their own name.
+                params = dict(self.params, phase=phase.rstrip("0123456789")) if phase else self.params
+                # cwd is the workspace and PYTHONPATH is cleared so that each interpreter imports its own taskgraph.
+                out = subprocess.run([self.python, DRIVER, self.workload, ws, json.dumps(params)],
+                                     capture_output=True, text=True, cwd=ws, timeout=timeout,
+                                     env=dict(os.environ, PYTHONPATH=""))
+                if out.returncode:
+                    raise SystemExit(f"the {self.workload} benchmark ({self.label}, {params}) failed with exit "
+                                     f"status {out.returncode}:\n{out.stderr[-3000:]}")
+                figures = json.loads(out.stdout.strip().splitlines()[-1])
+                if self.n:
+                    figures["us_per_task"] = figures["seconds"] / self.n * 1e6
+                    figures["cpu_us_per_task"] = figures["cpu_seconds"] / self.n * 1e6
+                result.update({f"{phase}.{key}" if phase else key: value for key, value in figures.items()})
+            self.figures.append(result)
+        finally:
+            shutil.rmtree(ws, ignore_errors=True)
+
+    def median(self, metric: str) -> float:
+        return statistics.median(figures[metric] for figures in self.figures)
+
+
+@dataclasses.dataclass
+class Line:
+    """One line of the table: a metric of one side, beside a baseline side (ratio = side / baseline)."""
+
+    measure: str
+    side: str
+    metric: str
+    base: str | None = None
+    base_metric: str | None = None
+    unit: str = "µs/task"
+
+
+@dataclasses.dataclass
+class Row:
+    """A workload in one setting: its sides are measured interleaved, ``reps`` times each."""
+
+    workload: str
+    setting: str
+    sides: list[Side]
+    lines: list[Line]
+    prepare: Callable[[], None] | None = None
+    cleanup: Callable[[], None] | None = None
+
+
+_SCALE = {"µs/task": 1.0, "s": 1.0, "ms": 1e3, "MB": 1.0, "MiB": 1 / 2**20}
+
+
+def _value(side: Side, metric: str, unit: str) -> float:
+    return side.median(metric) * _SCALE[unit]
+
+
+def _format(value: float) -> str:
+    return f"{value:.3g}" if value < 10 else f"{value:,.0f}"
+
+
+def table_lines(row: Row) -> list[str]:
+    """The Markdown table lines of a measured row."""
+    sides = {side.label: side for side in row.sides}
+    lines = []
+    for line in row.lines:
+        side = sides[line.side]
+        value = _value(side, line.metric, line.unit)
+        ours = f"{_format(value)} {line.unit} ({line.side}{_n_note(side)})"
+        theirs, ratio, paired = "", "", ""
+        if line.base:
+            base = sides[line.base]
+            base_metric = line.base_metric or line.metric
+            base_value = _value(base, base_metric, line.unit)
+            theirs = f"{_format(base_value)} {line.unit} ({line.base}{_n_note(base)})"
+            if side.n != base.n and line.unit != "µs/task":
+                lines.append(f"| {row.workload} | {row.setting} | {line.measure} | {ours} | {theirs} | — | — |")
+                continue  # totals of different task counts: no ratio
+            ratio = f"{value / base_value:.2f}" if base_value else "—"
+            # Repetition i of every side ran back to back, so the ratio within a repetition cancels slow drifts
+            # of the machine's load; its median is the steadier figure when the load varies.
+            pairs = [a[line.metric] / b[base_metric] for a, b in zip(side.figures, base.figures, strict=True)
+                     if b[base_metric]]
+            paired = f"{statistics.median(pairs):.2f}" if pairs else "—"
+        lines.append(f"| {row.workload} | {row.setting} | {line.measure} | {ours} | {theirs} | {ratio} | {paired} |")
+    return lines
+
+
+def _n_note(side: Side) -> str:
+    return f", N={side.n:,}" if side.capped else ""
+
+
+def build_rows(args: argparse.Namespace, ours: str, theirs: str) -> list[Row]:
+    """Every row the options select, in the order they run."""
+    only = set(args.only.split(","))
+    cap = args.natcap_max_n
+    rows: list[Row] = []
+
+    def pair(workload: str, n: int, params: dict[str, object], phases: tuple[str, ...] = (),
+             our_hash: str | None = None, their_hash: str | None = None) -> list[Side]:
+        their_n = min(n, cap)
+        mine = Side("ours", ours, workload, dict(params, n=n, **({"hash": our_hash} if our_hash else {})),
+                    phases, n)
+        their_params = dict(params, n=their_n, **({"hash": their_hash} if their_hash else {}))
+        natcap = Side("natcap", theirs, workload, their_params, phases, their_n, capped=their_n != n)
+        return [mine, natcap]
+
+    if "overhead" in only:
+        for n in args.overhead_n:
+            rows.append(Row("overhead", f"N={n:,}, n_workers=-1", pair("overhead", n, {"n_workers": -1}),
+                            [Line("cold run", "ours", "us_per_task", "natcap"),
+                             Line("cold run, CPU", "ours", "cpu_us_per_task", "natcap")]))
+        for n_workers in (0, 2):
+            rows.append(Row("overhead", f"N={args.n:,}, n_workers={n_workers}",
+                            pair("overhead", args.n, {"n_workers": n_workers}),
+                            [Line("cold run", "ours", "us_per_task", "natcap")]))
+    if "noop" in only:
+        settings = [(-1, "sizetimestamp", "sizetimestamp"), (2, "sizetimestamp", "sizetimestamp"),
+                    (-1, "md5", "md5"), (-1, "xxh3_128", "md5"), (2, "xxh3_128", "md5")]
+        settings = [(n_workers, ours_hash, theirs_hash) for n_workers, ours_hash, theirs_hash in settings
+                    if n_workers in args.noop_workers and ours_hash in args.noop_hash.split(",")]
+        for n in args.noop_n:
+            for n_workers, our_hash, their_hash in settings:
+                hashes = our_hash if our_hash == their_hash else f"{our_hash} (natcap {their_hash})"
+                rows.append(Row("no-op rerun", f"N={n:,}, n_workers={n_workers}, {hashes}",
+                                pair("noop", n, {"n_workers": n_workers}, ("cold", "rerun", "rerun3"),
+                                     our_hash, their_hash),
+                                [Line("first rerun", "ours", "rerun.us_per_task", "natcap"),
+                                 Line("third run", "ours", "rerun3.us_per_task", "natcap"),
+                                 *([Line("third run, CPU", "ours", "rerun3.cpu_us_per_task", "natcap")]
+                                   if n_workers < 0 else [])]))
+    if "chain" in only:
+        rows.append(Row("chain", f"N={args.chain_n:,}, n_workers=2", pair("chain", args.chain_n, {"n_workers": 2}),
+                        [Line("cold run", "ours", "us_per_task", "natcap")]))
+    if "big" in only:
+        rows.append(_big_row(args, ours, theirs))
+    if "tiles" in only:
+        rows.append(_tiles_row(args, ours, theirs))
+    if "scale" in only:
+        n = args.scale_n
+        sides = pair("scale", n, {"n_workers": -1}, ("cold", "rerun"))
+        rows.append(Row("scale", f"N={n:,} DAG, n_workers=-1", sides, [
+            Line("cold run", "ours", "cold.us_per_task", "natcap"),
+            Line("cold run", "ours", "cold.seconds", "natcap", unit="s"),
+            Line("cold run, CPU", "ours", "cold.cpu_us_per_task", "natcap"),
+            Line("cold run peak RSS", "ours", "cold.peak_rss_mb", "natcap", unit="MB"),
+            Line("no-op rerun", "ours", "rerun.us_per_task", "natcap"),
+            Line("no-op rerun", "ours", "rerun.seconds", "natcap", unit="s"),
+            Line("no-op rerun, CPU", "ours", "rerun.cpu_us_per_task", "natcap"),
+            Line("no-op rerun peak RSS", "ours", "rerun.peak_rss_mb", "natcap", unit="MB")]))
+    return rows
+
+
+def _big_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
+    """One task reading a big file: content-hash cold run and rerun, beside ``cat`` and raw xxh3."""
+    params: dict[str, object] = {}
+    phases = ("cold", "rerun")
+    sides = [Side("ours xxh3_128", ours, "big", dict(params, hash="xxh3_128"), phases),
+             Side("ours md5", ours, "big", dict(params, hash="md5"), phases),
+             Side("natcap md5", theirs, "big", dict(params, hash="md5"), phases),
+             Side("cat", ours, "cat", params),
+             Side("raw xxh3", ours, "raw_xxh3", params)]
+    paths: list[str] = []
+
+    def prepare() -> None:
+        paths.append(_data.make_big_file(args.big_mib << 20))
+        for side in sides:
+            side.params["path"] = paths[0]
+
+    def cleanup() -> None:
+        for path in paths:
+            os.remove(path)
+
+    lines = [Line("cold run: bytes read", "ours xxh3_128", "cold.read_bytes", "natcap md5", unit="MiB"),
+             Line("cold run: bytes read", "ours md5", "cold.read_bytes", "natcap md5", unit="MiB"),
+             Line("rerun", "ours xxh3_128", "rerun.seconds", "natcap md5", unit="ms"),
+             Line("rerun", "ours md5", "rerun.seconds", "natcap md5", unit="ms"),
+             Line("rerun: bytes read", "ours xxh3_128", "rerun.read_bytes", "natcap md5", unit="MiB"),
+             Line("rerun: bytes read", "ours md5", "rerun.read_bytes", "natcap md5", unit="MiB"),
+             Line("cold run (first hash)", "ours xxh3_128", "cold.seconds", "cat", "seconds", unit="s"),
+             Line("cold run (first hash)", "ours md5", "cold.seconds", "cat", "seconds", unit="s"),
+             Line("cold run (first hash)", "natcap md5", "cold.seconds", "cat", "seconds", unit="s"),
+             Line("raw xxh3 (no engine)", "raw xxh3", "seconds", "cat", unit="s")]
+    return Row("big input", f"{args.big_mib:,} MiB, n_workers=-1", sides, lines, prepare, cleanup)
+
+
+def _tiles_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
+    """Slope of each tile and one mosaic, n_workers=2: ours, natcap and a bare multiprocessing.Pool(2).
+
+    Our workers (and natcap's) run at niceness 10, so on a loaded machine they get less CPU than the plain
+    pool's: ``mp niced`` is the same pool with niced workers, to tell that cost from the engine's.
+    """
+    params: dict[str, object] = {"count": args.tiles, "side": args.tile_side, "n_workers": 2}
+    sides = [Side("ours", ours, "tiles", dict(params, mode="taskgraph")),
+             Side("natcap", theirs, "tiles", dict(params, mode="taskgraph")),
+             Side("mp", ours, "tiles", dict(params, mode="mp")),
+             Side("mp niced", ours, "tiles", dict(params, mode="mp_nice"))]
+
+    def prepare() -> None:
+        folder = _data.tiles_folder(args.tiles, args.tile_side)
+        for side in sides:
+            side.params["folder"] = folder
+
+    lines = [Line("cold run", "ours", "seconds", "mp", unit="s"),
+             Line("cold run", "natcap", "seconds", "mp", unit="s"),
+             Line("cold run", "ours", "seconds", "natcap", unit="s"),
+             Line("cold run", "ours", "seconds", "mp niced", unit="s"),
+             Line("cold run", "mp niced", "seconds", "mp", unit="s"),
+             Line("cold run, CPU", "ours", "cpu_seconds", "mp", unit="s"),
+             Line("cold run, CPU", "natcap", "cpu_seconds", "mp", unit="s")]
+    return Row("raster tiles", f"{args.tiles} tiles of {args.tile_side}², n_workers=2", sides, lines, prepare)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each side (median shown)")
+    parser.add_argument("--n", type=int, default=2000, help="tasks for overhead at n_workers 0 and 2")
+    parser.add_argument("--overhead-n", type=_ints, default=[1000, 10000, 100000],
+                        help="task counts for overhead at n_workers=-1 (comma-separated)")
+    parser.add_argument("--noop-n", type=_ints, default=[2000], help="task counts for the no-op rerun")
+    parser.add_argument("--noop-workers", type=_ints, default=[-1, 2], help="n_workers of the no-op reruns")
+    parser.add_argument("--noop-hash", default="sizetimestamp,md5,xxh3_128",
+                        help="our hash algorithms for the no-op reruns (natcap uses md5 for xxh3_128)")
+    parser.add_argument("--chain-n", type=int, default=1000)
+    parser.add_argument("--big-mib", type=int, default=1024, help="size of the big input file in MiB")
+    parser.add_argument("--tiles", type=int, default=64, help="number of tiles (a square number)")
+    parser.add_argument("--tile-side", type=int, default=1024)
+    parser.add_argument("--scale-n", type=int, default=100_000)
+    parser.add_argument("--natcap-max-n", type=int, default=10_000,
+                        help="natcap runs at most this many tasks per measurement (its N is shown when smaller)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one measurement")
     parser.add_argument("--natcap-python", default=None)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="write every raw figure to this file")
+    parser.add_argument("--table-from", default=None, metavar="PATH",
+                        help="measure nothing: print the table of a file written by --json (same options)")
     args = parser.parse_args(argv)
-    theirs = args.natcap_python or natcap_python()
+    # A plain kill runs the cleanups too (the big file is removed, the running driver is killed by subprocess.run).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    unknown = set(args.only.split(",")) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s) {sorted(unknown)} in --only: choose from {','.join(WORKLOADS)}")
+    if args.tiles != round(args.tiles ** 0.5) ** 2:
+        parser.error(f"--tiles {args.tiles} is not a square number: the mosaic is square")
+
+    theirs = args.natcap_python or ("natcap" if args.table_from else natcap_python())
     ours = sys.executable
-    rows = [("overhead", -1, "sizetimestamp"), ("overhead", 0, "sizetimestamp"), ("overhead", 2, "sizetimestamp"),
-            ("noop_rerun", -1, "sizetimestamp"), ("noop_rerun", 2, "sizetimestamp"), ("noop_rerun", -1, "md5")]
-    results = []
-    print(f"{'workload':12} {'n_workers':>9} {'hash':>13} {'ours us/task':>13} {'natcap us/task':>15} {'ratio':>7}")
-    for workload, n_workers, hash_algorithm in rows:
-        mine, natcap = [], []
-        for _ in range(args.reps):  # interleaved, so both sides see the same machine load
-            mine.append(measure(ours, workload, args.n, n_workers, hash_algorithm))
-            natcap.append(measure(theirs, workload, args.n, n_workers, hash_algorithm))
-        a, b = statistics.median(mine), statistics.median(natcap)
-        results.append({"workload": workload, "n": args.n, "n_workers": n_workers, "hash": hash_algorithm,
-                        "ours_us": mine, "natcap_us": natcap, "ours_median": a, "natcap_median": b})
-        print(f"{workload:12} {n_workers:>9} {hash_algorithm:>13} {a:>13.0f} {b:>15.0f} {a / b:>7.2f}")
-    if args.json:
-        with open(args.json, "w") as stream:
-            json.dump(results, stream, indent=1)
+    rows = build_rows(args, ours, theirs)
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.reps} interleaved runs; "
+          f"ratio = side / baseline (below 1 is faster)\n")
+    print("| workload | setting | measure | ours (or side) | baseline | ratio | paired ratio |")
+    print("|---|---|---|---:|---:|---:|---:|", flush=True)
+    if args.table_from:
+        return _print_saved(rows, args.table_from)
+    started = time.perf_counter()
+    for done, row in enumerate(rows):
+        if row.prepare:
+            row.prepare()
+        try:
+            for _ in range(args.reps):  # interleaved, so every side sees the same machine load
+                for side in row.sides:
+                    side.measure(args.timeout)
+        finally:
+            if row.cleanup:
+                row.cleanup()
+        print("\n".join(table_lines(row)), flush=True)
+        if args.json:  # after every row, so that an interrupted run keeps what it measured
+            _save(rows[:done + 1], args.json)
+    print(f"\n{time.perf_counter() - started:.0f} s in all", file=sys.stderr)
+    return 0
+
+
+def _save(rows: list[Row], path: str) -> None:
+    with open(path, "w") as stream:
+        json.dump([{"workload": row.workload, "setting": row.setting,
+                    "sides": [{"label": side.label, "python": side.python, "workload": side.workload,
+                               "params": side.params, "phases": side.phases, "n": side.n,
+                               "figures": side.figures} for side in row.sides]} for row in rows],
+                  stream, indent=1)
+
+
+def _print_saved(rows: list[Row], path: str) -> int:
+    """Print the table of figures saved by ``--json`` for the rows the same options select."""
+    with open(path) as stream:
+        saved = {(row["workload"], row["setting"]): row for row in json.load(stream)}
+    for row in rows:
+        if (row.workload, row.setting) not in saved:
+            continue
+        figures = {side["label"]: side["figures"] for side in saved[row.workload, row.setting]["sides"]}
+        for side in row.sides:
+            side.figures = figures[side.label]
+        print("\n".join(table_lines(row)))
     return 0
 
 
