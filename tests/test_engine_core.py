@@ -15,6 +15,7 @@ import engine_funcs as f
 import psutil
 import pytest
 import sqlitedict
+from procs import child_pids, no_new_children
 
 import taskgraph
 
@@ -50,24 +51,6 @@ def build(workspace, n_workers, mode="sizetimestamp"):
     graph.close()
     graph.join(timeout=60)
     return {"a": a, "b": b, "ab": ab, "c": c, "final": final}, p
-
-
-def child_pids():
-    return {child.pid for child in psutil.Process().children(recursive=True)}
-
-
-def no_new_children(before, timeout=5.0):
-    """No child process started since ``before`` is left, within ``timeout``
-    (other fixtures, such as a Dask cluster, may own children of their own)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [
-            child for child in psutil.Process().children(recursive=True)
-            if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline())
-        ]
-        if not left or time.monotonic() > deadline:
-            return left == []
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("n_workers", MODES)

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
-import psutil
 import pytest
+from procs import child_pids, new_children, shm_segments, wait_until
 
 import taskgraph
 from taskgraph import multitask
@@ -23,34 +22,14 @@ np = pytest.importorskip("numpy")
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def shm_segments() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("tg")} if os.path.isdir("/dev/shm") else set()
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def other_children(before):
-    return [
-        child for child in psutil.Process().children(recursive=True)
-        if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline())
-    ]
-
-
 @pytest.fixture(autouse=True)
 def nothing_left():
     """Every test leaves no worker process and no shared-memory segment behind."""
     shm_before = shm_segments()
-    pids_before = {child.pid for child in psutil.Process().children(recursive=True)}
+    pids_before = child_pids()
     yield
     gc.collect()
-    assert wait_until(lambda: not other_children(pids_before)), other_children(pids_before)
+    assert wait_until(lambda: not new_children(pids_before)), new_children(pids_before)
     assert wait_until(lambda: shm_segments() <= shm_before), shm_segments() - shm_before
 
 

@@ -19,6 +19,7 @@ import engine_funcs as f
 import psutil
 import pytest
 import reliability_funcs as r
+from procs import child_pids, no_new_children
 
 import taskgraph
 
@@ -28,27 +29,6 @@ sys.path.insert(0, STRESS)
 import kill_loop  # noqa: E402
 
 TESTS = os.path.dirname(__file__)
-
-
-def child_pids():
-    return {child.pid for child in psutil.Process().children(recursive=True)}
-
-
-def no_new_children(before, timeout=10.0):
-    """No process started since ``before`` is left (zombies aside) within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = []
-        for child in psutil.Process().children(recursive=True):
-            try:
-                if (child.pid not in before and child.status() != psutil.STATUS_ZOMBIE
-                        and "resource_tracker" not in " ".join(child.cmdline())):
-                    left.append(child)
-            except psutil.NoSuchProcess:
-                pass
-        if not left or time.monotonic() > deadline:
-            return left == []
-        time.sleep(0.05)
 
 
 def integrity(ledger_path):

@@ -10,26 +10,11 @@ import time
 import psutil
 import pytest
 import resource_funcs as rf
+from procs import child_pids, no_new_children
 
 import taskgraph
 
 MiB = 2**20
-
-
-def child_pids():
-    return {child.pid for child in psutil.Process().children(recursive=True)}
-
-
-def no_new_children(before, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [
-            child for child in psutil.Process().children(recursive=True)
-            if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline())
-        ]
-        if not left or time.monotonic() > deadline:
-            return left == []
-        time.sleep(0.05)
 
 
 @pytest.fixture

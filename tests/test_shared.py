@@ -8,10 +8,9 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
+from procs import child_pids, new_children, shm_segments, wait_until
 
 import taskgraph
 
@@ -21,35 +20,15 @@ SHM = "/dev/shm"
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM), reason="needs POSIX shared memory in /dev/shm")
 
 
-def segments() -> set[str]:
-    return {name for name in os.listdir(SHM) if name.startswith("tg")}
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def other_children(before):
-    return [
-        child for child in psutil.Process().children(recursive=True)
-        if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline())
-    ]
-
-
 @pytest.fixture(autouse=True)
 def nothing_left():
     """Every test leaves no shared-memory segment and no child process behind."""
-    shm_before = segments()
-    pids_before = {child.pid for child in psutil.Process().children(recursive=True)}
+    shm_before = shm_segments()
+    pids_before = child_pids()
     yield
     gc.collect()
-    assert wait_until(lambda: segments() <= shm_before), f"segments left: {segments() - shm_before}"
-    assert wait_until(lambda: not other_children(pids_before)), other_children(pids_before)
+    assert wait_until(lambda: shm_segments() <= shm_before), f"segments left: {shm_segments() - shm_before}"
+    assert wait_until(lambda: not new_children(pids_before)), new_children(pids_before)
 
 
 # -- task functions (module level: worker processes import this module) --------------
@@ -113,10 +92,10 @@ def test_close_frees_at_once_and_later_use_is_an_error():
     name, lock_path = shared.name, shared.lock.path
     view = shared.array[2:4]
     payload = pickle.dumps(shared)
-    assert name in segments() and os.path.exists(lock_path)
+    assert name in shm_segments() and os.path.exists(lock_path)
     shared.close()
     shared.close()  # idempotent
-    assert name not in segments() and not os.path.exists(lock_path)
+    assert name not in shm_segments() and not os.path.exists(lock_path)
     assert view.tolist() == [2.0, 3.0]  # an earlier view is never unmapped under the caller
     with pytest.raises(taskgraph.SharedArrayError, match="closed"):
         shared.array  # noqa: B018
@@ -132,7 +111,7 @@ def test_dropping_the_owner_frees_the_segment():
     name = shared.name
     del shared
     gc.collect()
-    assert name not in segments()
+    assert name not in shm_segments()
 
 
 def test_objects_cannot_be_shared():
@@ -156,7 +135,7 @@ def test_a_process_that_attaches_and_exits_leaves_the_segment_alone():
         done = subprocess.run([sys.executable, "-c", ATTACH_AND_EXIT], input=pickle.dumps(shared),
                               capture_output=True, timeout=60, check=True)
         assert b"leaked" not in done.stderr, done.stderr.decode()
-        assert shared.name in segments()
+        assert shared.name in shm_segments()
         assert shared.array[0] == 42
 
 
@@ -175,11 +154,11 @@ def test_a_killed_owner_still_frees_its_segment():
                              stderr=subprocess.PIPE, text=True)
     try:
         name = owner.stdout.readline().strip()
-        assert name in segments()
+        assert name in shm_segments()
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=30)
         # The owner's resource tracker sees it die and unlinks what it had registered.
-        assert wait_until(lambda: name not in segments(), timeout=30)
+        assert wait_until(lambda: name not in shm_segments(), timeout=30)
     finally:
         if owner.poll() is None:
             owner.kill()

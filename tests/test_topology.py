@@ -2,11 +2,10 @@
 
 import logging
 import os
-import time
 
-import psutil
 import pytest
 import stream_funcs as f
+from procs import child_pids, new_children, no_new_children
 
 import taskgraph
 
@@ -16,19 +15,9 @@ EXECUTORS = ["sequential", "threads", "processes"]
 @pytest.fixture(autouse=True)
 def no_child_left():
     """After each test, no process it started is left (the resource tracker aside)."""
-    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    before = child_pids()
     yield
-    deadline = time.monotonic() + 10
-    while True:
-        left = [
-            child for child in psutil.Process().children(recursive=True)
-            if child.pid not in before and child.status() != psutil.STATUS_ZOMBIE
-            and "resource_tracker" not in " ".join(child.cmdline())
-        ]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert left == []
+    assert no_new_children(before), new_children(before)
 
 
 def example(path_dir_result, nb_max_workers=2):
