@@ -507,3 +507,52 @@ def test_reasons_say_what_changed_in_the_call(tmp_path, monkeypatch):
     importlib.reload(step_module)
     assert [r.code for r in run(2).reasons] == ["function_changed"]
     assert run(2).state == "skipped"
+
+
+def wait_until_running(task, timeout=30):
+    deadline = time.monotonic() + timeout
+    while task.state != "running":
+        assert time.monotonic() < deadline, f"task {task.task_name!r} did not start"
+        time.sleep(0.01)
+
+
+def test_a_second_graph_in_the_same_process_keeps_the_first_graphs_claims(tmp_path):
+    # POSIX locks belong to the process: a second graph on the workspace that
+    # opened and closed its own descriptor of the claims file would drop the
+    # first graph's claims, and another process would run the task again.
+    script = tmp_path / "same.py"
+    script.write_text(SAME_TASK_SCRIPT.format(tests=os.path.dirname(__file__)))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    target = str(ws / "slow.txt")
+    first = taskgraph.TaskGraph(str(ws), 1)
+    try:
+        slow = first.add_task(f.slow_write, args=(target, "x", 2.0), target_path_list=[target])
+        wait_until_running(slow)  # claimed (F_GETLK cannot see this process's own locks)
+        with taskgraph.TaskGraph(str(ws), -1) as second:
+            second.add_task(f.square, args=(3,), task_name="unrelated")
+        other = subprocess.run([sys.executable, str(script), str(ws), "-1"], capture_output=True, text=True,
+                               timeout=60)
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "skipped"  # it waited for the first graph's run
+    finally:
+        first.close()
+        first.join(timeout=60)
+    assert executions(ws) == ["slow.txt"]
+
+
+def test_two_graphs_of_one_process_do_not_run_one_task_at_once(tmp_path):
+    target = str(tmp_path / "slow.txt")
+    first = taskgraph.TaskGraph(str(tmp_path), 0)
+    second = taskgraph.TaskGraph(str(tmp_path), 0)
+    try:
+        a = first.add_task(f.slow_write, args=(target, "x", 1.0), target_path_list=[target])
+        wait_until_running(a)
+        b = second.add_task(f.slow_write, args=(target, "x", 1.0), target_path_list=[target])
+        assert b.join(timeout=60) and a.join(timeout=60)
+        assert (a.state, b.state) == ("ran", "skipped")
+    finally:
+        for graph in (first, second):
+            graph.close()
+            graph.join(timeout=60)
+    assert executions(tmp_path) == ["slow.txt"]
