@@ -323,11 +323,17 @@ class TaskGraph:
         """
         label = task_name if task_name is not None else getattr(func, "__name__", None) or "noop"
         with self._lock:
-            if self._scheduler.failure is not None:
+            failure = self._scheduler.failure
+            if failure is not None:
+                if isinstance(failure, (TaskGraphTerminatedError, KeyboardInterrupt)):
+                    raise TaskGraphTerminatedError(
+                        f"add_task when Taskgraph is terminated: cannot add task {label!r} because "
+                        f"the graph was stopped ({type(failure).__name__}: {failure})."
+                    )
                 raise TaskGraphTerminatedError(
                     f"add_task when Taskgraph is terminated: cannot add task {label!r} because "
-                    f"an earlier task failed ({type(self._scheduler.failure).__name__}: "
-                    f"{self._scheduler.failure}). Fix it and run the script again: finished "
+                    f"an earlier task failed ({type(failure).__name__}: "
+                    f"{failure}). Fix it and run the script again: finished "
                     "tasks will be skipped."
                 )
             if self._closed:

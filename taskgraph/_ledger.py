@@ -607,11 +607,19 @@ class Ledger:
         value, mac = row
         key = self._workspace_key(create=not self.read_only)
         if mac is None or key is None or not hmac.compare_digest(bytes(mac), result_mac(key, record_key, value)):
-            why = "it has no authentication code" if mac is None else "its authentication code does not match"
+            if mac is None:
+                # Results recorded before results were authenticated (a
+                # schema-1 ledger, upgraded in place) have no code: expected,
+                # not a sign of tampering.
+                raise UntrustedResultError(
+                    f"the stored result in {self.path} was recorded before taskgraph authenticated "
+                    "stored results (the ledger was upgraded from an older schema), so it is not "
+                    "unpickled: it is computed once more"
+                )
             raise UntrustedResultError(
-                f"the stored result in {self.path} was not unpickled because {why}: the ledger "
-                "was changed outside taskgraph, written by another tool, or copied from another "
-                "workspace"
+                f"the stored result in {self.path} was not unpickled because its authentication "
+                "code does not match: the ledger was changed outside taskgraph, written by another "
+                "tool, or copied from another workspace"
             )
         return sqlitedict.decode(value)
 

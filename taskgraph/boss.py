@@ -303,6 +303,11 @@ class Boss:
                 self.stop_them_working()
             raise
         with self._lock:
+            if self._status in ("finished", "failed", "stopped"):
+                raise TaskGraphTerminatedError(
+                    f"the boss {self.name!r} has {self._status}: it takes no more instructions. "
+                    "Start a new boss (run_as_server or Boss) for more jobs."
+                )
             first = len(self._jobs)
             new = [
                 _Job(str(instructions.get("name", f"{self.name}-{first + offset}")), instructions)

@@ -200,3 +200,12 @@ def test_unpicklable_worker_and_instruction_are_refused_where_given(tmp_path):
         boss.set_instructions({}, {"sleeping_time": [0]})
     assert boss.get_report()["workers_report"] == [
         {"name": "worker-0", "report": "Hello ! Woke up after 0 s sleep"}]
+
+
+def test_instructions_after_the_boss_finished_are_refused_clearly(tmp_path):
+    boss = tb.run_as_server(worker=rf.sleeper, scheduler=tb.scheduler(max_threads=1))
+    boss.set_instructions({}, {"sleeping_time": [0]})
+    boss.wait_till_finished()
+    with pytest.raises(taskgraph.TaskGraphTerminatedError, match="has finished: it takes no more instructions"):
+        boss.set_instructions({}, {"sleeping_time": [0]})
+    boss.end()
