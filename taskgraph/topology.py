@@ -7,6 +7,8 @@ ledger so that a second ``compute`` skips them.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import os
 import pickle
@@ -303,7 +305,10 @@ class Topology:
         directory = os.path.join(self.path_dir_result, ERRORS_DIRNAME)
         os.makedirs(directory, exist_ok=True)
         label = failure.stage if failure.item is None else f"{failure.stage}-{failure.item}"  # None: a global work
-        name = _file_safe(label) + ".txt"
+        safe = _file_safe(label)
+        if safe != label:  # keys that differ only in replaced characters keep a file each
+            safe += "-" + hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = safe + ".txt"
         with open(os.path.join(directory, name), "w") as stream:
             stream.write("".join(traceback.format_exception(type(failure), failure, failure.__traceback__)))
 
@@ -345,6 +350,14 @@ def _recorded(work: str, key: Any, func: Callable[..., Any], value: Any) -> Any:
     return _delivery.result
 
 
+def _counted(func: Callable[..., Any]) -> Callable[..., Any]:
+    """What of a work's function identifies its items in the ledger. A bound
+    method (fluidimage's pattern: works are methods of a Topology subclass)
+    counts by its function, not by the object it is bound to, whose queues
+    change as items flow (it would never be the same twice)."""
+    return func.__func__ if inspect.ismethod(func) else func
+
+
 class _LedgerMemo:
     """Finished items of a topology, kept in the workspace's ledger through ``TaskGraph``.
 
@@ -359,8 +372,8 @@ class _LedgerMemo:
 
     def lookup(self, stage: Stage, key: Any, value: Any) -> tuple[bool, Any]:
         try:
-            task = self._check.add_task(_recorded, args=(stage.name, key, stage.func, value), store_result=True,
-                                        task_name=f"{stage.name}[{key!r}]")
+            task = self._check.add_task(_recorded, args=(stage.name, key, _counted(stage.func), value),
+                                        store_result=True, task_name=f"{stage.name}[{key!r}]")
         except InvalidTaskError as error:
             raise InvalidArgumentError(
                 f"work {stage.name!r}, item {key!r}: the item cannot be recorded in the ledger under "
@@ -384,7 +397,7 @@ class _LedgerMemo:
             return
         _delivery.result = result
         try:
-            self._record.add_task(_recorded, args=(stage.name, key, stage.func, value), store_result=True,
+            self._record.add_task(_recorded, args=(stage.name, key, _counted(stage.func), value), store_result=True,
                                   task_name=f"{stage.name}[{key!r}]")
         finally:
             _delivery.result = None

@@ -201,3 +201,12 @@ def make_lock(value):
     import threading
 
     return (value, threading.Lock())
+
+
+def fill_keys(input_queue, output_queue):
+    for key in ("a/1", "a_1", "a 1"):
+        output_queue[key] = key
+
+
+def always_fail(value):
+    raise ValueError(f"no good: {value}")

@@ -178,3 +178,42 @@ def test_a_result_that_cannot_be_recorded_is_still_delivered(tmp_path, caplog):
             topology.compute()
         assert [value for value, _ in topology.results.values()] == list(range(10))
         assert "cannot be pickled" in caplog.text and topology.errors == []
+
+
+class Doubler(taskgraph.Topology):
+    """fluidimage's pattern: the works are methods of a Topology subclass."""
+
+    calls: list = []
+
+    def __init__(self, path_dir_result):
+        super().__init__(path_dir_result, nb_max_workers=2)
+        first, second = self.add_queue("in"), self.add_queue("out")
+        self.add_work("fill", self.fill, output_queue=first, kind="one shot")
+        self.add_work("double", self.double, input_queue=first, output_queue=second)
+
+    def fill(self, input_queue, output_queue):
+        for index in range(4):
+            output_queue[index] = index
+
+    def double(self, value):
+        Doubler.calls.append(value)
+        return 2 * value
+
+
+def test_method_works_are_remembered_across_computes(tmp_path):
+    for expected_calls in ([0, 1, 2, 3], []):
+        Doubler.calls = []
+        topology = Doubler(str(tmp_path))
+        topology.compute(executor="threads")
+        assert topology.results == {0: 0, 1: 2, 2: 4, 3: 6}
+        assert sorted(Doubler.calls) == expected_calls
+
+
+def test_keys_differing_only_in_unsafe_characters_keep_a_traceback_each(tmp_path):
+    topology = taskgraph.Topology(str(tmp_path))
+    names = topology.add_queue("names")
+    topology.add_work("fill", f.fill_keys, output_queue=names, kind="one shot")
+    topology.add_work("boom", f.always_fail, input_queue=names, output_queue=topology.add_queue("out"))
+    topology.compute(executor="sequential")
+    assert len(topology.errors) == 3
+    assert len(os.listdir(tmp_path / "errors")) == 3
