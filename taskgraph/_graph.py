@@ -195,6 +195,8 @@ class TaskGraph:
         self._dry_run = dry_run
         self._created = time.monotonic()
         self._ledger = Ledger(self._workspace)
+        # Where the ledger is, fixed now: SQLite opened it relative to this cwd.
+        self._ledger_path = normalize_path(self._ledger.path)
         if dry_run:
             self._ledger.read_only = True
         else:
@@ -421,9 +423,9 @@ class TaskGraph:
             ):
                 raise invalid(f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}")
         targets = tuple(sorted({normalize_path(path) for path in raw_targets}))
-        own = normalize_path(self._ledger.path)
+        own = self._ledger_path
         for path in targets:
-            if path == own or (path.startswith(own) and path[len(own):] in _LEDGER_SIDECARS):
+            if path.startswith(own) and (path == own or path[len(own):] in _LEDGER_SIDECARS):
                 raise invalid(
                     f"target {path} is one of taskgraph's own files in the workspace; a task that "
                     "wrote it would destroy the ledger. Choose another file name."

@@ -42,8 +42,26 @@ _ARG_REPR.maxdict = 12
 _ARG_REPR.maxlevel = 4
 
 
+# Normalised forms of absolute path strings seen before: a graph names the
+# same files again and again (targets, then the same strings in the
+# arguments), and normalising costs several microseconds. Only absolute
+# spellings are kept, since a relative one depends on the working directory.
+_NORMALIZED: dict[str, str] = {}
+_NORMALIZED_MAX = 1 << 17
+
+
 def normalize_path(path: str | PurePath) -> str:
     """Absolute, normalised, case-normalised form of ``path``."""
+    if type(path) is str:
+        norm = _NORMALIZED.get(path)
+        if norm is not None:
+            return norm
+        norm = os.path.normcase(os.path.abspath(path))
+        if os.path.isabs(path):
+            if len(_NORMALIZED) >= _NORMALIZED_MAX:
+                _NORMALIZED.clear()  # bounded: a huge graph keeps its latest paths
+            _NORMALIZED[path] = norm
+        return norm
     return os.path.normcase(os.path.abspath(os.fspath(path)))
 
 
