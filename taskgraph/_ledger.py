@@ -344,6 +344,9 @@ class Ledger:
         self.read_only = False
         # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
         self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _STATEMENTS}
+        # Whether _rows holds more than lazy decision rows: flush runs after
+        # every task, so it must not scan the statements to find out.
+        self._durable = False
         self._pending_digests: dict[tuple[str, str], CachedDigest] = {}
         # After _BULK_AFTER single lookups, the whole table is read once into
         # memory (ninja's "load the log once"): a large rerun then costs one
@@ -503,6 +506,7 @@ class Ledger:
     def end_run(self) -> None:
         if self.run_id is not None:
             self._rows[_END_RUN].append((time.time(), self.run_id))
+            self._durable = True
 
     # -- reading ----------------------------------------------------------------
 
@@ -661,6 +665,7 @@ class Ledger:
         key = outcome.record_key
         state = "done" if outcome.error is None else "failed"
         self._written.add(key)  # from now on served by SQL, not the snapshot
+        self._durable = True
         rows = self._rows
         rows[_UPSERT_TASK].append((
             key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
@@ -707,10 +712,10 @@ class Ledger:
         if self.read_only:
             return
         lazy = len(self._rows[_DECISION]) + len(self._pending_digests)
-        durable = any(rows for sql, rows in self._rows.items() if sql != _DECISION)
-        if not (durable or lazy >= _LAZY_LIMIT or (force and lazy)):
+        if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
         rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
+        self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
         with self._transaction() as conn:
             self._write(conn, rows, digests)
