@@ -116,13 +116,14 @@ _KNOWN_ALGORITHMS: set[str] = set()
 _NO_PATHS: frozenset[str] = frozenset()
 
 
-def _path_list(paths: Iterable[str | PurePath] | None) -> list[str | PurePath] | None:
-    """``paths`` as a list, or None if it is not a list of str or pathlib paths."""
+def _path_list(paths: Any) -> list[str | PurePath] | None:
+    """``paths`` as a list, or None if it is not a list of str or pathlib paths
+    (``Any``: it comes from the user unchecked)."""
     if paths is None:
         return []
     if isinstance(paths, (str, PurePath)):
         return None  # one path where a list was meant
-    listed = list(paths)
+    listed: list[Any] = list(paths)
     for path in listed:
         if type(path) is not str and not isinstance(path, PATH_TYPES):
             return None
