@@ -275,6 +275,22 @@ class TaskRecord:
     error: str | None
 
 
+# A task in the ledger's snapshot: (name, state, hash_algorithm,
+# store_result, ended, error, has_result, files), each file (role, path, mode,
+# size, mtime_ns, digest, taken_at_ns).
+_FileRow = tuple[str, str, str, int, int, "str | None", int]
+_SnapshotRow = tuple[str, str, str, bool, "float | None", "str | None", bool, tuple[_FileRow, ...]]
+
+
+def _from_row(record_key: str, row: _SnapshotRow) -> TaskRecord:
+    name, state, algorithm, store_result, ended, error, has_result, files = row
+    inputs: dict[str, Fingerprint] = {}
+    targets: dict[str, Fingerprint] = {}
+    for role, path, mode, size, mtime_ns, digest, taken_at_ns in files:
+        (inputs if role == "input" else targets)[path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+    return TaskRecord(record_key, name, state, algorithm, store_result, inputs, targets, has_result, ended, error)
+
+
 @dataclass(slots=True)
 class Outcome:
     """A finished task as the scheduler hands it to the ledger."""
@@ -353,7 +369,7 @@ class Ledger:
         # query instead of two per task. A snapshot that another process
         # outdates is safe: a task it lacks runs again; a record it keeps
         # still only matches files that are as that record left them.
-        self._records: dict[str, TaskRecord | None] | None = None
+        self._records: dict[str, TaskRecord | _SnapshotRow | None] | None = None
         self._digests: dict[tuple[str, str], CachedDigest] | None = None
         self._record_lookups = 0
         self._written: set[str] = set()
@@ -524,12 +540,15 @@ class Ledger:
                 self._records[record_key] = record
             return record
         if record_key not in self._written:
-            if self._records is not None:
-                return self._records.get(record_key)
-            self._record_lookups += 1
-            if self._record_lookups > _BULK_AFTER:
+            if self._records is None:
+                self._record_lookups += 1
+                if self._record_lookups <= _BULK_AFTER:
+                    return self._select(record_key)
                 self._records = self._load_records()
-                return self._records.get(record_key)
+            entry = self._records.get(record_key)
+            if entry is None or isinstance(entry, TaskRecord):
+                return entry
+            return _from_row(record_key, entry)
         return self._select(record_key)
 
     def _select(self, record_key: str) -> TaskRecord | None:
@@ -556,24 +575,27 @@ class Ledger:
             bool(has_result), ended, error,
         )
 
-    def _load_records(self) -> dict[str, TaskRecord | None]:
-        files: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
-        for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._conn.execute(
+    def _load_records(self) -> dict[str, TaskRecord | _SnapshotRow | None]:
+        # Plain tuples of atoms, not TaskRecords: CPython's garbage collector
+        # stops tracking them (and the dict), so at 100,000 tasks its full
+        # collections do not walk the snapshot. lookup() builds the record.
+        files: dict[str, list[_FileRow]] = {}
+        for row in self._conn.execute(
             "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
         ):
-            pair = files.get(key)
-            if pair is None:
-                pair = files[key] = ({}, {})
-            pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            listed = files.get(row[0])
+            if listed is None:
+                listed = files[row[0]] = []
+            listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
-        records: dict[str, TaskRecord | None] = {}
+        records: dict[str, TaskRecord | _SnapshotRow | None] = {}
         for key, name, state, algorithm, store_result, ended, error in self._conn.execute(
             "SELECT record_key, name, state, hash_algorithm, store_result, ended, error FROM tasks"
         ):
-            inputs, targets = files.get(key, ({}, {}))
-            records[key] = TaskRecord(
-                key, name, state, algorithm, bool(store_result), inputs, targets,
-                key in with_result, ended, error,
+            listed = files.get(key)
+            records[key] = (
+                name, state, algorithm, bool(store_result), ended, error, key in with_result,
+                tuple(listed) if listed else (),
             )
         return records
 
