@@ -282,6 +282,11 @@ _FileRow = tuple[str, str, str, int, int, "str | None", int]
 _SnapshotRow = tuple[str, str, str, bool, "float | None", "str | None", bool, tuple[_FileRow, ...]]
 
 
+# A digest cache row in the snapshot: (dev, ino, size, mtime_ns, ctime_ns,
+# is_dir, digest, hashed_at_ns).
+_DigestRow = tuple[int, int, int, int, int, int, str, int]
+
+
 def _from_row(record_key: str, row: _SnapshotRow) -> TaskRecord:
     name, state, algorithm, store_result, ended, error, has_result, files = row
     inputs: dict[str, Fingerprint] = {}
@@ -370,7 +375,7 @@ class Ledger:
         # outdates is safe: a task it lacks runs again; a record it keeps
         # still only matches files that are as that record left them.
         self._records: dict[str, TaskRecord | _SnapshotRow | None] | None = None
-        self._digests: dict[tuple[str, str], CachedDigest] | None = None
+        self._digests: dict[tuple[str, str], CachedDigest | _DigestRow] | None = None
         self._record_lookups = 0
         self._written: set[str] = set()
         self._digest_lookups = 0
@@ -599,13 +604,15 @@ class Ledger:
             )
         return records
 
-    def _load_digests(self) -> dict[tuple[str, str], CachedDigest]:
+    def _load_digests(self) -> dict[tuple[str, str], CachedDigest | _DigestRow]:
+        # Plain tuples, for the garbage collector as in _load_records;
+        # lookup_digest builds the entry.
         return {
-            (path, algorithm): CachedDigest(
-                FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns
+            (row[0], row[1]): row[2:]
+            for row in self._conn.execute(
+                "SELECT path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
+                " FROM digests"
             )
-            for path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns
-            in self._conn.execute("SELECT * FROM digests")
         }
 
     def previous_by_name(self, name: str) -> tuple[str, str, str, str] | None:
@@ -659,12 +666,16 @@ class Ledger:
         pending = self._pending_digests.get((path, algorithm))
         if pending is not None:
             return pending
+        if self._digests is None:
+            self._digest_lookups += 1
+            if self._digest_lookups > _BULK_AFTER:
+                self._digests = self._load_digests()
         if self._digests is not None:
-            return self._digests.get((path, algorithm))
-        self._digest_lookups += 1
-        if self._digest_lookups > _BULK_AFTER:
-            self._digests = self._load_digests()
-            return self._digests.get((path, algorithm))
+            entry = self._digests.get((path, algorithm))
+            if entry is None or isinstance(entry, CachedDigest):
+                return entry
+            dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns = entry
+            return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
         row = self._conn.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
