@@ -446,7 +446,7 @@ class TaskGraph:
                     raise invalid(
                         f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}"
                     )
-        targets = tuple(sorted({normalize_path(path) for path in raw_targets}))
+        targets = tuple(sorted({normalize_path(path) for path in raw_targets})) if raw_targets else ()
         own = self._ledger_path
         for path in targets:
             if path.startswith(own) and (path == own or path[len(own):] in _LEDGER_SIDECARS):
