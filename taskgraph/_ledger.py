@@ -289,6 +289,8 @@ _DigestRow = tuple[int, int, int, int, int, int, str, int]
 
 def _from_row(record_key: str, row: _SnapshotRow) -> TaskRecord:
     name, state, algorithm, store_result, ended, error, has_result, files = row
+    if not files:
+        return TaskRecord(record_key, name, state, algorithm, store_result, {}, {}, has_result, ended, error)
     inputs: dict[str, Fingerprint] = {}
     targets: dict[str, Fingerprint] = {}
     for role, path, mode, size, mtime_ns, digest, taken_at_ns in files:
