@@ -79,9 +79,8 @@ def _why_new(task: Task, ledger: Ledger) -> Reason:
 
 def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
     """Decide whether ``task`` must run, looking at its record and the disk."""
-    inputs = tuple(input_files(
-        task._identity.candidate_paths, task._ignore, task._ignore_directories
-    ))
+    candidates = task._identity.candidate_paths
+    inputs = tuple(input_files(candidates, task._ignore, task._ignore_directories)) if candidates else ()
     record = ledger.lookup(task._identity.record_key)
     reasons: list[Reason] = []
     if task._transient_run:
@@ -115,6 +114,8 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
         if change is not None:
             code = "target_missing" if change.what == "missing" else "target_changed"
             reasons.append(Reason(code, f"target {change.describe()}", path, change.old, change.new))
+    if not inputs and not record.inputs:  # the common task without input files
+        return Decision(bool(reasons), tuple(reasons), inputs, record)
     current = set(inputs)
     for path in inputs:
         if path not in record.inputs:

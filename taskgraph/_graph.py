@@ -111,6 +111,25 @@ class TaskReport:
         return f"{self.name}: {self.state}, wall {self.wall_time:.2f}s, cpu {cpu}, peak {peak}"
 
 
+# Hash algorithms that passed validate_algorithm (hashlib's need a trial digest).
+_KNOWN_ALGORITHMS: set[str] = set()
+_NO_PATHS: frozenset[str] = frozenset()
+
+
+def _path_list(paths: Any) -> list[str | PurePath] | None:
+    """``paths`` as a list, or None if it is not a list of str or pathlib paths
+    (``Any``: it comes from the user unchecked)."""
+    if paths is None:
+        return []
+    if isinstance(paths, (str, PurePath)):
+        return None  # one path where a list was meant
+    listed: list[Any] = list(paths)
+    for path in listed:
+        if type(path) is not str and not isinstance(path, PATH_TYPES):
+            return None
+    return listed
+
+
 def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """Name the first part of a call that cannot be pickled."""
     parts: list[tuple[str, Any]] = [("the function", func)]
@@ -195,6 +214,8 @@ class TaskGraph:
         self._dry_run = dry_run
         self._created = time.monotonic()
         self._ledger = Ledger(self._workspace)
+        # Where the ledger is, fixed now: SQLite opened it relative to this cwd.
+        self._ledger_path = normalize_path(self._ledger.path)
         if dry_run:
             self._ledger.read_only = True
         else:
@@ -389,47 +410,52 @@ class TaskGraph:
             raise invalid(f"kwargs must be a dict, got {type(kwargs).__name__}")
         call_kwargs = dict(kwargs) if kwargs else {}
         deps = list(dependent_task_list) if dependent_task_list is not None else []
-        bad_deps = [dep for dep in deps if not isinstance(dep, Task)]
-        if bad_deps:
-            raise invalid(
-                f"Objects passed to dependent task list that are not tasks: {bad_deps!r}. "
-                "Pass the Task objects returned by add_task."
-            )
-        foreign = [dep for dep in deps if id(dep) not in self._task_ids]
-        if foreign:
-            raise invalid(
-                f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
-                "Dependencies must be added to the same graph."
-            )
-        raw_targets = list(target_path_list) if target_path_list is not None else []
-        if isinstance(target_path_list, (str, PurePath)) or any(
-            not isinstance(path, PATH_TYPES) for path in raw_targets
-        ):
+        if deps:
+            bad_deps = [dep for dep in deps if not isinstance(dep, Task)]
+            if bad_deps:
+                raise invalid(
+                    f"Objects passed to dependent task list that are not tasks: {bad_deps!r}. "
+                    "Pass the Task objects returned by add_task."
+                )
+            foreign = [dep for dep in deps if id(dep) not in self._task_ids]
+            if foreign:
+                raise invalid(
+                    f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
+                    "Dependencies must be added to the same graph."
+                )
+        raw_targets = _path_list(target_path_list)
+        if raw_targets is None:
             raise invalid(
                 f"Values passed to target_path_list are not strings: {target_path_list!r}. "
                 "target_path_list must be a list of str or pathlib paths."
             )
-        raw_ignore = list(ignore_path_list) if ignore_path_list is not None else []
-        if isinstance(ignore_path_list, (str, PurePath)) or any(
-            not isinstance(path, PATH_TYPES) for path in raw_ignore
-        ):
+        raw_ignore = _path_list(ignore_path_list)
+        if raw_ignore is None:
             raise invalid(
                 f"ignore_path_list must be a list of str or pathlib paths, got {ignore_path_list!r}"
             )
-        problem = validate_algorithm(hash_algorithm)
-        if problem is not None:
-            raise invalid(problem)
-        if isinstance(priority, bool) or not isinstance(priority, (int, float)):
+        if type(hash_algorithm) is not str or hash_algorithm not in _KNOWN_ALGORITHMS:
+            problem = validate_algorithm(hash_algorithm)
+            if problem is not None:
+                raise invalid(problem)
+            _KNOWN_ALGORITHMS.add(hash_algorithm)
+        if type(priority) is not int and type(priority) is not float and (
+            isinstance(priority, bool) or not isinstance(priority, (int, float))
+        ):
             raise invalid(f"priority must be a number, got {priority!r}")
-        for label, hint, unit in (("memory", memory, "MiB"), ("expected_time", expected_time, "seconds")):
-            if hint is not None and (
-                isinstance(hint, bool) or not isinstance(hint, (int, float)) or not 0 <= hint < float("inf")
-            ):
-                raise invalid(f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}")
-        targets = tuple(sorted({normalize_path(path) for path in raw_targets}))
-        own = normalize_path(self._ledger.path)
+        if memory is not None or expected_time is not None:
+            for label, hint, unit in (("memory", memory, "MiB"), ("expected_time", expected_time, "seconds")):
+                if hint is not None and (
+                    isinstance(hint, bool) or not isinstance(hint, (int, float))
+                    or not 0 <= hint < float("inf")
+                ):
+                    raise invalid(
+                        f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}"
+                    )
+        targets = tuple(sorted({normalize_path(path) for path in raw_targets})) if raw_targets else ()
+        own = self._ledger_path
         for path in targets:
-            if path == own or (path.startswith(own) and path[len(own):] in _LEDGER_SIDECARS):
+            if path.startswith(own) and (path == own or path[len(own):] in _LEDGER_SIDECARS):
                 raise invalid(
                     f"target {path} is one of taskgraph's own files in the workspace; a task that "
                     "wrote it would destroy the ledger. Choose another file name."
@@ -478,7 +504,7 @@ class TaskGraph:
             kwargs=call_kwargs,
             identity=identity,
             targets=targets,
-            ignore=frozenset(normalize_path(path) for path in raw_ignore),
+            ignore=frozenset([normalize_path(path) for path in raw_ignore]) if raw_ignore else _NO_PATHS,
             ignore_directories=bool(ignore_directories),
             hash_algorithm=hash_algorithm,
             hash_target_files=bool(hash_target_files),

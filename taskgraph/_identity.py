@@ -42,8 +42,26 @@ _ARG_REPR.maxdict = 12
 _ARG_REPR.maxlevel = 4
 
 
+# Normalised forms of absolute path strings seen before: a graph names the
+# same files again and again (targets, then the same strings in the
+# arguments), and normalising costs several microseconds. Only absolute
+# spellings are kept, since a relative one depends on the working directory.
+_NORMALIZED: dict[str, str] = {}
+_NORMALIZED_MAX = 1 << 17
+
+
 def normalize_path(path: str | PurePath) -> str:
     """Absolute, normalised, case-normalised form of ``path``."""
+    if type(path) is str:
+        norm = _NORMALIZED.get(path)
+        if norm is not None:
+            return norm
+        norm = os.path.normcase(os.path.abspath(path))
+        if os.path.isabs(path):
+            if len(_NORMALIZED) >= _NORMALIZED_MAX:
+                _NORMALIZED.clear()  # bounded: a huge graph keeps its latest paths
+            _NORMALIZED[path] = norm
+        return norm
     return os.path.normcase(os.path.abspath(os.fspath(path)))
 
 
@@ -121,6 +139,9 @@ _FUNC = "\0func"
 _OBJ = "\0obj"
 _TYPE = "\0type"
 _PLAIN = (int, float, complex, bytes, bool, type(None))
+# Types that stand for themselves in the canonical structure (str does not:
+# it may be a path).
+_ATOMS = frozenset(_PLAIN)
 
 
 def _marshal(value: Any) -> bytes:
@@ -167,7 +188,17 @@ class _Canonical:
             return value
         if kind in _PLAIN:
             return value
+        if kind is tuple or kind is list:
+            # Fast path: a sequence of plain numbers is its own canonical form
+            # (and cannot contain itself).
+            for item in value:
+                if type(item) not in _ATOMS:
+                    break
+            else:
+                return value
         if kind is tuple or kind is list or kind is dict or kind is set or kind is frozenset:
+            if kind is dict and not value:
+                return (_DICT, [])
             key = id(value)
             if key in self._active:
                 raise SelfReferenceError(f"argument {_ARG_REPR.repr(value)} contains itself")
@@ -272,11 +303,15 @@ def task_identity(
     canonical = _Canonical(frozenset(targets))
     structure = (canonical.function(func), canonical.value(tuple(args)), canonical.value(kwargs))
     key = xxhash.xxh3_128_hexdigest(_marshal(structure))
-    record = xxhash.xxh3_128(key.encode())
-    for target in targets:
-        record.update(b"\0" + target.encode("utf-8", "surrogatepass"))
+    if targets:
+        record = xxhash.xxh3_128(key.encode())
+        for target in targets:
+            record.update(b"\0" + target.encode("utf-8", "surrogatepass"))
+        record_key = record.hexdigest()
+    else:
+        record_key = xxhash.xxh3_128_hexdigest(key.encode())
     info = function_info(func)
-    return Identity(key, record.hexdigest(), info, tuple(canonical.paths))
+    return Identity(key, record_key, info, tuple(canonical.paths))
 
 
 def describe_arguments(args: Iterable[Any], kwargs: dict[str, Any]) -> str:

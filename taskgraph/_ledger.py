@@ -275,6 +275,29 @@ class TaskRecord:
     error: str | None
 
 
+# A task in the ledger's snapshot: (name, state, hash_algorithm,
+# store_result, ended, error, has_result, files), each file (role, path, mode,
+# size, mtime_ns, digest, taken_at_ns).
+_FileRow = tuple[str, str, str, int, int, "str | None", int]
+_SnapshotRow = tuple[str, str, str, bool, "float | None", "str | None", bool, tuple[_FileRow, ...]]
+
+
+# A digest cache row in the snapshot: (dev, ino, size, mtime_ns, ctime_ns,
+# is_dir, digest, hashed_at_ns).
+_DigestRow = tuple[int, int, int, int, int, int, str, int]
+
+
+def _from_row(record_key: str, row: _SnapshotRow) -> TaskRecord:
+    name, state, algorithm, store_result, ended, error, has_result, files = row
+    if not files:
+        return TaskRecord(record_key, name, state, algorithm, store_result, {}, {}, has_result, ended, error)
+    inputs: dict[str, Fingerprint] = {}
+    targets: dict[str, Fingerprint] = {}
+    for role, path, mode, size, mtime_ns, digest, taken_at_ns in files:
+        (inputs if role == "input" else targets)[path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+    return TaskRecord(record_key, name, state, algorithm, store_result, inputs, targets, has_result, ended, error)
+
+
 @dataclass(slots=True)
 class Outcome:
     """A finished task as the scheduler hands it to the ledger."""
@@ -344,14 +367,17 @@ class Ledger:
         self.read_only = False
         # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
         self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _STATEMENTS}
+        # Whether _rows holds more than lazy decision rows: flush runs after
+        # every task, so it must not scan the statements to find out.
+        self._durable = False
         self._pending_digests: dict[tuple[str, str], CachedDigest] = {}
         # After _BULK_AFTER single lookups, the whole table is read once into
         # memory (ninja's "load the log once"): a large rerun then costs one
         # query instead of two per task. A snapshot that another process
         # outdates is safe: a task it lacks runs again; a record it keeps
         # still only matches files that are as that record left them.
-        self._records: dict[str, TaskRecord | None] | None = None
-        self._digests: dict[tuple[str, str], CachedDigest] | None = None
+        self._records: dict[str, TaskRecord | _SnapshotRow | None] | None = None
+        self._digests: dict[tuple[str, str], CachedDigest | _DigestRow] | None = None
         self._record_lookups = 0
         self._written: set[str] = set()
         self._digest_lookups = 0
@@ -503,6 +529,7 @@ class Ledger:
     def end_run(self) -> None:
         if self.run_id is not None:
             self._rows[_END_RUN].append((time.time(), self.run_id))
+            self._durable = True
 
     # -- reading ----------------------------------------------------------------
 
@@ -520,12 +547,15 @@ class Ledger:
                 self._records[record_key] = record
             return record
         if record_key not in self._written:
-            if self._records is not None:
-                return self._records.get(record_key)
-            self._record_lookups += 1
-            if self._record_lookups > _BULK_AFTER:
+            if self._records is None:
+                self._record_lookups += 1
+                if self._record_lookups <= _BULK_AFTER:
+                    return self._select(record_key)
                 self._records = self._load_records()
-                return self._records.get(record_key)
+            entry = self._records.get(record_key)
+            if entry is None or isinstance(entry, TaskRecord):
+                return entry
+            return _from_row(record_key, entry)
         return self._select(record_key)
 
     def _select(self, record_key: str) -> TaskRecord | None:
@@ -552,34 +582,39 @@ class Ledger:
             bool(has_result), ended, error,
         )
 
-    def _load_records(self) -> dict[str, TaskRecord | None]:
-        files: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
-        for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._conn.execute(
+    def _load_records(self) -> dict[str, TaskRecord | _SnapshotRow | None]:
+        # Plain tuples of atoms, not TaskRecords: CPython's garbage collector
+        # stops tracking them (and the dict), so at 100,000 tasks its full
+        # collections do not walk the snapshot. lookup() builds the record.
+        files: dict[str, list[_FileRow]] = {}
+        for row in self._conn.execute(
             "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
         ):
-            pair = files.get(key)
-            if pair is None:
-                pair = files[key] = ({}, {})
-            pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            listed = files.get(row[0])
+            if listed is None:
+                listed = files[row[0]] = []
+            listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
-        records: dict[str, TaskRecord | None] = {}
+        records: dict[str, TaskRecord | _SnapshotRow | None] = {}
         for key, name, state, algorithm, store_result, ended, error in self._conn.execute(
             "SELECT record_key, name, state, hash_algorithm, store_result, ended, error FROM tasks"
         ):
-            inputs, targets = files.get(key, ({}, {}))
-            records[key] = TaskRecord(
-                key, name, state, algorithm, bool(store_result), inputs, targets,
-                key in with_result, ended, error,
+            listed = files.get(key)
+            records[key] = (
+                name, state, algorithm, bool(store_result), ended, error, key in with_result,
+                tuple(listed) if listed else (),
             )
         return records
 
-    def _load_digests(self) -> dict[tuple[str, str], CachedDigest]:
+    def _load_digests(self) -> dict[tuple[str, str], CachedDigest | _DigestRow]:
+        # Plain tuples, for the garbage collector as in _load_records;
+        # lookup_digest builds the entry.
         return {
-            (path, algorithm): CachedDigest(
-                FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns
+            (row[0], row[1]): row[2:]
+            for row in self._conn.execute(
+                "SELECT path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
+                " FROM digests"
             )
-            for path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns
-            in self._conn.execute("SELECT * FROM digests")
         }
 
     def previous_by_name(self, name: str) -> tuple[str, str, str, str] | None:
@@ -641,12 +676,16 @@ class Ledger:
         pending = self._pending_digests.get((path, algorithm))
         if pending is not None:
             return pending
+        if self._digests is None:
+            self._digest_lookups += 1
+            if self._digest_lookups > _BULK_AFTER:
+                self._digests = self._load_digests()
         if self._digests is not None:
-            return self._digests.get((path, algorithm))
-        self._digest_lookups += 1
-        if self._digest_lookups > _BULK_AFTER:
-            self._digests = self._load_digests()
-            return self._digests.get((path, algorithm))
+            entry = self._digests.get((path, algorithm))
+            if entry is None or isinstance(entry, CachedDigest):
+                return entry
+            dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns = entry
+            return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
         row = self._conn.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
@@ -669,6 +708,7 @@ class Ledger:
         key = outcome.record_key
         state = "done" if outcome.error is None else "failed"
         self._written.add(key)  # from now on served by SQL, not the snapshot
+        self._durable = True
         rows = self._rows
         rows[_UPSERT_TASK].append((
             key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
@@ -715,10 +755,10 @@ class Ledger:
         if self.read_only:
             return
         lazy = len(self._rows[_DECISION]) + len(self._pending_digests)
-        durable = any(rows for sql, rows in self._rows.items() if sql != _DECISION)
-        if not (durable or lazy >= _LAZY_LIMIT or (force and lazy)):
+        if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
         rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
+        self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
         with self._transaction() as conn:
             self._write(conn, rows, digests)
