@@ -57,7 +57,7 @@ def normalize_path(path: str | PurePath) -> str:
         if norm is not None:
             return norm
         norm = os.path.normcase(os.path.abspath(path))
-        if os.path.isabs(path):
+        if len(path) <= 512 and os.path.isabs(path):  # bounded in size too: at most ~130 MB
             if len(_NORMALIZED) >= _NORMALIZED_MAX:
                 _NORMALIZED.clear()  # bounded: a huge graph keeps its latest paths
             _NORMALIZED[path] = norm
