@@ -209,16 +209,15 @@ class TaskGraph:
                 f"reporting_interval must be a number of seconds or None, got {reporting_interval!r}"
             )
         self._workspace = os.fspath(taskgraph_cache_dir_path)
-        os.makedirs(self._workspace, exist_ok=True)
+        if not dry_run:  # a dry run creates nothing
+            os.makedirs(self._workspace, exist_ok=True)
         self._n_workers = n_workers
         self._dry_run = dry_run
         self._created = time.monotonic()
-        self._ledger = Ledger(self._workspace)
+        self._ledger = Ledger(self._workspace, read_only=dry_run)
         # Where the ledger is, fixed now: SQLite opened it relative to this cwd.
         self._ledger_path = normalize_path(self._ledger.path)
-        if dry_run:
-            self._ledger.read_only = True
-        else:
+        if not dry_run:
             self._ledger.begin_run(n_workers)
         self._remote = (executor is not None or scheduler_address is not None) and not dry_run
         if self._remote:

@@ -53,6 +53,7 @@ import hmac
 import json
 import logging
 import os
+import pathlib
 import secrets
 import socket
 import sqlite3
@@ -360,11 +361,12 @@ class Ledger:
     time. Writes are buffered and committed together by :meth:`flush`.
     """
 
-    def __init__(self, workspace: str) -> None:
+    def __init__(self, workspace: str, read_only: bool = False) -> None:
         self.path = os.path.join(workspace, LEDGER_FILENAME)
         self._key: bytes | None = None
-        #: When set (a dry run), nothing is ever written.
-        self.read_only = False
+        #: A dry run: the ledger is read into memory and nothing in the
+        #: workspace is created, upgraded, moved or written.
+        self.read_only = read_only
         # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
         self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _STATEMENTS}
         # Whether _rows holds more than lazy decision rows: flush runs after
@@ -382,6 +384,9 @@ class Ledger:
         self._written: set[str] = set()
         self._digest_lookups = 0
         self.run_id: int | None = None
+        if read_only:
+            self._conn = self._open_snapshot()
+            return
         try:
             with _file_lock(self.path + ".lock"):
                 self._conn = self._open()
@@ -423,10 +428,53 @@ class Ledger:
         self._had_tasks = conn.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
         return conn
 
+    def _read_only_uri(self) -> str:
+        """Opens the ledger without writing anything beside it. With no WAL
+        file, every commit is in the database file: ``immutable`` reads it
+        with no -shm or -wal made. A WAL file means a writer may be active:
+        ``mode=ro`` then reads through it (its -shm exists already)."""
+        uri = pathlib.Path(self.path).resolve().as_uri()
+        return f"{uri}?mode=ro" if os.path.exists(self.path + "-wal") else f"{uri}?immutable=1"
+
+    def _open_snapshot(self) -> sqlite3.Connection:
+        """A dry run's ledger: an in-memory copy of the workspace's ledger
+        (upgraded there if its schema is older), or an empty one when there is
+        none or it could not be used (every task would then run). The file is
+        only read."""
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        problem: str | None = "there is none"
+        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+            problem = self._check_existing()
+            if problem is None:
+                try:
+                    source = sqlite3.connect(self._read_only_uri(), uri=True, timeout=_BUSY_TIMEOUT_S)
+                    try:
+                        source.backup(memory)
+                    finally:
+                        source.close()
+                except sqlite3.Error as error:
+                    problem = f"it cannot be read ({error})"
+        if problem is not None:
+            LOGGER.info("dry run: the taskgraph ledger %s is not used because %s; every task would run",
+                        self.path, problem)
+            memory.close()
+            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        version = memory.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            self._create(memory)
+        elif version < SCHEMA_VERSION:
+            self._migrate(memory)
+        self._had_tasks = memory.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
+        return memory
+
     def _check_existing(self) -> str | None:
         """Why the existing file cannot be used as it is, or None if it can."""
         try:
-            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            if self.read_only:
+                conn = sqlite3.connect(self._read_only_uri(), uri=True, timeout=_BUSY_TIMEOUT_S,
+                                       isolation_level=None)
+            else:
+                conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.DatabaseError as error:
             return f"it cannot be opened ({error})"
         try:

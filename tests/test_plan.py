@@ -65,3 +65,39 @@ def test_plan_and_statistics_of_a_real_run(tmp_path):
     assert stats.task_seconds >= 0 and stats.elapsed > 0
     with pytest.raises(AttributeError):
         stats.ran = 5  # a snapshot, not a live view
+
+
+def workspace_files(ws):
+    return {name: os.stat(os.path.join(ws, name)).st_mtime_ns for name in os.listdir(ws)}
+
+
+def test_a_dry_run_of_a_new_workspace_creates_nothing(tmp_path):
+    ws = str(tmp_path / "never-made")
+    with taskgraph.TaskGraph(ws, -1, dry_run=True) as graph:
+        task = graph.add_task(f.square, args=(3,), task_name="square", store_result=True)
+    assert task.state == "would-run" and [r.code for r in task.reasons] == ["new_task"]
+    assert not os.path.exists(ws)
+
+
+@pytest.mark.skipif(sqlite3.sqlite_version_info < (3, 35), reason="DROP COLUMN needs SQLite 3.35")
+def test_a_dry_run_reads_an_older_ledger_without_upgrading_or_writing_it(tmp_path):
+    ws = str(tmp_path)
+    with taskgraph.TaskGraph(ws, -1) as graph:
+        chain(ws, graph)
+    ledger = os.path.join(ws, taskgraph.LEDGER_FILENAME)
+    con = sqlite3.connect(ledger)  # back to schema 1
+    for statement in ("ALTER TABLE results DROP COLUMN mac", "ALTER TABLE tasks DROP COLUMN cpu_time",
+                      "ALTER TABLE tasks DROP COLUMN peak_memory", "PRAGMA user_version=1"):
+        con.execute(statement)
+    con.commit()
+    con.close()
+    before = workspace_files(ws)
+    with taskgraph.TaskGraph(ws, -1, dry_run=True) as graph:
+        a, b, c = chain(ws, graph)
+    # Its records are seen (a and c are up to date; b's result predates
+    # authentication, so it would run), and nothing in the workspace changed.
+    assert (a.state, b.state, c.state) == ("skipped", "would-run", "skipped")
+    assert workspace_files(ws) == before
+    con = sqlite3.connect(ledger)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    con.close()
