@@ -249,7 +249,19 @@ class Engine:
         finally:
             for lane in self.owned:
                 self.executors[lane].shutdown(kill=not clean)
+            if not clean:
+                self._await_lent()
         return self.failures
+
+    def _await_lent(self) -> None:
+        """After a failure, wait for the jobs still running on executors the
+        caller lent: they cannot be stopped without killing the caller's
+        workers, and leaving them running would let the caller's next run go
+        past the executor's capacity. Their results are dropped."""
+        lent = {id(executor) for lane, executor in self.executors.items() if lane not in self.owned}
+        while any(id(self.executors[entry.stage.lane]) in lent for entry in self._in_flight.values()):
+            token, _ = self._inbox.get()
+            self._in_flight.pop(token, None)
 
     def _dispatch(self) -> None:
         """Start every item that may start now; call globals whose queues changed."""

@@ -210,3 +210,14 @@ def fill_keys(input_queue, output_queue):
 
 def always_fail(value):
     raise ValueError(f"no good: {value}")
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def fail_if_short(seconds):
+    if seconds < 0.05:
+        raise ValueError(f"too short: {seconds}")
+    return seconds

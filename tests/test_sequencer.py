@@ -263,3 +263,20 @@ def test_the_same_function_twice_names_each_stage():
     with pytest.raises(taskgraph.StageError) as caught:
         sequencer.run([(0,)])
     assert caught.value.stage == "fail_on_twice (stage 1)"
+
+
+def test_a_lent_pool_is_left_within_its_capacity_after_a_failure():
+    # The caller's pool cannot be killed: after a failure the run waits for
+    # its jobs still running there, so the next run finds the pool as it was.
+    from taskgraph._pool import ProcessPool
+
+    before = child_pids()
+    pool = ProcessPool(2)
+    try:
+        failing = taskgraph.TaskSequencer([(f.nap, 1), (f.fail_if_short, 1)], executor=pool)
+        with pytest.raises(taskgraph.StageError):
+            failing.run([(0.01,), (1.0,), (1.0,)])
+        assert taskgraph.TaskSequencer([(f.nap, 2)], executor=pool).run([(0.1,), (0.1,)]) == [0.1, 0.1]
+        assert len(new_children(before)) <= pool.capacity
+    finally:
+        pool.shutdown(kill=True)
