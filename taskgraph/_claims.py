@@ -37,6 +37,15 @@ def _offset(record_key: str) -> int:
     return int(record_key[:15], 16) + 1  # 60 bits; offset 0 is left free
 
 
+def _try_lock(fd: int, record_key: str) -> bool:
+    """Take a task's byte without waiting; False if another process holds it."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _offset(record_key))
+    except OSError:  # EAGAIN / EACCES
+        return False
+    return True
+
+
 class _File:
     """The one descriptor of this process on one claims file, and which
     :class:`Claims` of this process holds each claim."""
@@ -89,9 +98,7 @@ class Claims:
             owner = shared.owners.get(record_key)
             if owner is not None:
                 return owner is self
-            try:
-                fcntl.lockf(shared.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _offset(record_key))
-            except OSError:  # EAGAIN / EACCES: another process holds it
+            if not _try_lock(shared.fd, record_key):
                 return False
             shared.owners[record_key] = self
             return True
@@ -106,9 +113,7 @@ class Claims:
             owner = shared.owners.get(record_key)
             if owner is not None:
                 return owner is not self
-            try:
-                fcntl.lockf(shared.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _offset(record_key))
-            except OSError:
+            if not _try_lock(shared.fd, record_key):
                 return True
             fcntl.lockf(shared.fd, fcntl.LOCK_UN, 1, _offset(record_key))
             return False

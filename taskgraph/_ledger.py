@@ -419,7 +419,10 @@ class Ledger:
         if not os.path.exists(self.path):
             # SQLite gives its -wal and -shm files the mode of the database.
             os.close(_private_file(self.path))
-        conn = self._connect()
+        return self._prepare(self._connect())
+
+    def _prepare(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """Create the schema of a new ledger or upgrade an older one."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             self._create(conn)
@@ -454,27 +457,18 @@ class Ledger:
                         source.close()
                 except sqlite3.Error as error:
                     problem = f"it cannot be read ({error})"
+                    memory.close()  # a partial copy is not a ledger: start empty
+                    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         if problem is not None:
             LOGGER.info("dry run: the taskgraph ledger %s is not used because %s; every task would run",
                         self.path, problem)
-            memory.close()
-            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        version = memory.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._create(memory)
-        elif version < SCHEMA_VERSION:
-            self._migrate(memory)
-        self._had_tasks = memory.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
-        return memory
+        return self._prepare(memory)
 
     def _check_existing(self) -> str | None:
         """Why the existing file cannot be used as it is, or None if it can."""
         try:
-            if self.read_only:
-                conn = sqlite3.connect(self._read_only_uri(), uri=True, timeout=_BUSY_TIMEOUT_S,
-                                       isolation_level=None)
-            else:
-                conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            target = self._read_only_uri() if self.read_only else self.path
+            conn = sqlite3.connect(target, uri=self.read_only, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.DatabaseError as error:
             return f"it cannot be opened ({error})"
         try:
