@@ -28,7 +28,7 @@ from taskgraph._errors import (
 from taskgraph._executor import make_executor
 from taskgraph._fingerprint import validate_algorithm
 from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
-from taskgraph._job import noop
+from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import Ledger
 from taskgraph._policy import Policy, make_policy
 from taskgraph._progress import ProgressBar
@@ -135,12 +135,8 @@ def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) ->
     parts: list[tuple[str, Any]] = [("the function", func)]
     parts += [(f"argument {index}", value) for index, value in enumerate(args)]
     parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
-    for label, value in parts:
-        try:
-            pickle.dumps(value)
-        except Exception as error:
-            return f"{label} ({type(value).__name__}: {error})"
-    return "the call"
+    found = first_unpicklable(parts)
+    return "the call" if found is None else f"{found[0]} ({found[1]})"
 
 
 class TaskGraph:

@@ -14,7 +14,7 @@ import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,17 @@ def worker_name() -> str:
     name = f"{multiprocessing.current_process().name} (pid {os.getpid()})"
     thread = threading.current_thread()
     return name if thread is threading.main_thread() else f"{name} {thread.name}"
+
+
+def first_unpicklable(parts: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
+    """The label of the first value that cannot be pickled, and why
+    (``"type: error"``); None when every one can."""
+    for label, value in parts:
+        try:
+            pickle.dumps(value)
+        except Exception as error:
+            return label, f"{type(value).__name__}: {error}"
+    return None
 
 
 def call_job(

@@ -44,6 +44,7 @@ import psutil
 
 from taskgraph._errors import InvalidArgumentError, InvalidTaskError, JobFailedError, TaskGraphTerminatedError
 from taskgraph._graph import TaskGraph
+from taskgraph._job import first_unpicklable
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.boss")
@@ -51,14 +52,6 @@ LOGGER = logging.getLogger("taskgraph.boss")
 #: Instructions the boss reads itself (they reach the worker only if it takes them).
 SCHEDULING_INSTRUCTIONS = ("name", "memory", "expected_time")
 LIMITS = ("threads", "memory", "threads+memory")
-
-
-def _picklable(value: Any) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,8 +367,8 @@ class Boss:
             except InvalidTaskError as error:
                 if "cannot be pickled" not in str(error):  # the graph's own message says it all
                     raise
-                culprit = next((f"instruction {key!r}" for key, value in for_worker.items()
-                                if not _picklable(value)), "the worker")
+                found = first_unpicklable((f"instruction {key!r}", value) for key, value in for_worker.items())
+                culprit = "the worker" if found is None else found[0]
                 raise InvalidArgumentError(
                     f"job {job.name!r}: {culprit} cannot be pickled to send it to a worker process "
                     f"({error.__cause__!r}). Give instructions that pickle (numbers, strings, lists, "
