@@ -8,9 +8,11 @@ follows its parent out on its own).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psutil
 
@@ -51,3 +53,29 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> bool:
 def shm_segments() -> set[str]:
     """Shared-memory segments made by taskgraph (POSIX, ``/dev/shm``)."""
     return {name for name in os.listdir("/dev/shm") if name.startswith("tg")} if os.path.isdir("/dev/shm") else set()
+
+
+def processes_marked(variable: str, value: str) -> list[psutil.Process]:
+    """Live processes whose environment has ``variable=value``: a subprocess
+    started with it, and every process it started (they inherit it), even
+    once they are no longer anyone's children."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(variable) == value:
+                found.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@contextlib.contextmanager
+def leaves_nothing() -> Iterator[None]:
+    """Asserts that the block leaves no child process and no shared-memory
+    segment behind."""
+    shm_before = shm_segments()
+    pids_before = child_pids()
+    yield
+    gc.collect()
+    assert wait_until(lambda: not new_children(pids_before)), new_children(pids_before)
+    assert wait_until(lambda: shm_segments() <= shm_before), f"segments left: {shm_segments() - shm_before}"

@@ -19,8 +19,8 @@ import subprocess
 import sys
 import uuid
 
-import psutil
 import pytest
+from procs import processes_marked
 
 import taskgraph
 
@@ -87,18 +87,6 @@ def python_blocks() -> list[Block]:
             if block.language == "python" and not block.not_run]
 
 
-def processes_marked(value: str) -> list[psutil.Process]:
-    """Live processes started by one sample (children inherit the marker)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(MARKER) == value:
-                found.append(process)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return found
-
-
 # -- the samples --------------------------------------------------------------------------------
 
 
@@ -135,14 +123,14 @@ def test_python_sample_runs(block, tmp_path):
             timeout=BLOCK_TIMEOUT_S, env={**os.environ, MARKER: marker},
         )
     except subprocess.TimeoutExpired as error:
-        for leftover in processes_marked(marker):
+        for leftover in processes_marked(MARKER, marker):
             leftover.kill()
         pytest.fail(f"the sample at {block.name} did not finish within {BLOCK_TIMEOUT_S} s: {error.stdout!r}")
     assert process.returncode == 0, (
         f"the sample at {block.name} failed (exit {process.returncode}); mark it with {NOT_RUN} "
         f"directly above its fence if it must not run.\n--- stdout\n{process.stdout}\n--- stderr\n{process.stderr}"
     )
-    assert not processes_marked(marker), f"the sample at {block.name} left processes behind"
+    assert not processes_marked(MARKER, marker), f"the sample at {block.name} left processes behind"
 
 
 def test_ci_runs_exactly_the_readme_test_command():

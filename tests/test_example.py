@@ -10,8 +10,8 @@ import sys
 import uuid
 
 import numpy as np
-import psutil
 import pytest
+from procs import processes_marked
 
 rasterio = pytest.importorskip("rasterio", reason="the example needs rasterio: pip install -e '.[examples]'")
 
@@ -32,18 +32,6 @@ def downstream_of(tile):
 MARKER = "TASKGRAPH_EXAMPLE_TEST_RUN"
 
 
-def processes_marked(value):
-    """Live processes started by one run of the example (its workers inherit the marker)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(MARKER) == value:
-                found.append(process)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return found
-
-
 def run_example(workspace, *extra):
     """Run the example; return (names of tasks that ran, number skipped, stdout).
 
@@ -55,7 +43,7 @@ def run_example(workspace, *extra):
          "--n-workers", "2", *extra],
         capture_output=True, text=True, timeout=120, env={**os.environ, MARKER: marker},
     )
-    assert not processes_marked(marker)
+    assert not processes_marked(MARKER, marker)
     assert process.returncode == 0, process.stdout + process.stderr
     lines = process.stdout.splitlines()
     summary = next(line for line in lines if line.startswith("ran "))

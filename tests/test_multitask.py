@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import subprocess
@@ -11,7 +10,7 @@ import textwrap
 import threading
 
 import pytest
-from procs import child_pids, new_children, shm_segments, wait_until
+from procs import leaves_nothing, wait_until
 
 import taskgraph
 from taskgraph import multitask
@@ -25,12 +24,8 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.
 @pytest.fixture(autouse=True)
 def nothing_left():
     """Every test leaves no worker process and no shared-memory segment behind."""
-    shm_before = shm_segments()
-    pids_before = child_pids()
-    yield
-    gc.collect()
-    assert wait_until(lambda: not new_children(pids_before)), new_children(pids_before)
-    assert wait_until(lambda: shm_segments() <= shm_before), shm_segments() - shm_before
+    with leaves_nothing():
+        yield
 
 
 # -- item functions (module level: worker processes import this module) ---------------

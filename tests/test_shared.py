@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from procs import child_pids, new_children, shm_segments, wait_until
+from procs import leaves_nothing, shm_segments, wait_until
 
 import taskgraph
 
@@ -23,12 +23,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(SHM), reason="needs POSIX shar
 @pytest.fixture(autouse=True)
 def nothing_left():
     """Every test leaves no shared-memory segment and no child process behind."""
-    shm_before = shm_segments()
-    pids_before = child_pids()
-    yield
-    gc.collect()
-    assert wait_until(lambda: shm_segments() <= shm_before), f"segments left: {shm_segments() - shm_before}"
-    assert wait_until(lambda: not new_children(pids_before)), new_children(pids_before)
+    with leaves_nothing():
+        yield
 
 
 # -- task functions (module level: worker processes import this module) --------------
