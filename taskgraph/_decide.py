@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from taskgraph._arguments import changes, shorten, text_change
+from taskgraph._arguments import tree as argument_tree
+from taskgraph._failure import from_text
 from taskgraph._fingerprint import DigestCache, compare
 from taskgraph._identity import describe_arguments, input_files
 from taskgraph._ledger import TaskRecord
@@ -39,14 +42,21 @@ class Reason:
     path: str | None = None
     old: object = None
     new: object = None
+    #: For ``arguments_changed``: which argument, as Python would index it
+    #: (``args[0]['catchment_1']['area_km2']``, ``kwargs['factor']``); ``old``
+    #: and ``new`` are then that value's renderings.
+    argument: str | None = None
 
     def __str__(self) -> str:
         return self.detail
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-friendly form, as stored in the ledger's ``decisions`` table."""
-        return {"code": self.code, "detail": self.detail, "path": self.path,
-                "old": self.old, "new": self.new}
+        out: dict[str, object] = {"code": self.code, "detail": self.detail, "path": self.path,
+                                  "old": self.old, "new": self.new}
+        if self.argument is not None:
+            out["argument"] = self.argument
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,22 +69,59 @@ class Decision:
     record: TaskRecord | None
 
 
+def _failure_summary(error: str | None) -> str:
+    kind, message = from_text(error or "")
+    if not kind:
+        return ""
+    headline = f"{kind}: {message}" if message else kind
+    return f" ({shorten(headline.splitlines()[0], 100)})"
+
+
+def _short_name(qualified: str) -> str:
+    return qualified.rsplit(".", 1)[-1]
+
+
 def _why_new(task: Task, ledger: Ledger) -> Reason:
     """A task with no record: compare with the last task of the same name."""
     previous = ledger.previous_by_name(task.task_name)
     if previous is None:
         return Reason("new_task", "no record of this task (it never ran)")
-    _, func, source_hash, args = previous
     info = task._identity.function
-    if func != info.name or source_hash != info.source_hash:
-        what = "function" if func != info.name else f"source of {info.name}"
-        return Reason("function_changed", f"the {what} changed since its last run",
-                      old=func if func != info.name else source_hash[:12],
-                      new=info.name if func != info.name else info.source_hash[:12])
+    if previous.task_key == task._identity.key:
+        return Reason("targets_changed", "its target list changed since its last run")
+    # What counts is the function's name and source, not its module: a
+    # script's functions are __main__.f when it runs and script.f when it is
+    # imported, and both are the same function.
+    if _short_name(previous.func) != _short_name(info.name):
+        return Reason("function_changed", f"the function changed since its last run ({previous.func} -> "
+                      f"{info.name})", old=previous.func, new=info.name)
+    if previous.source_hash != info.source_hash:
+        return Reason("function_changed", f"the source of {info.name} changed since its last run",
+                      old=previous.source_hash[:12], new=info.source_hash[:12])
+    return _arguments_reason(task, previous.args, previous.arguments)
+
+
+def _arguments_reason(task: Task, old_text: str, old_tree: str | None) -> Reason:
+    """Which argument changed, with old and new values shortened around the
+    difference."""
+    if old_tree is not None:
+        found = changes(old_tree, argument_tree(task._args, task._kwargs))
+        if found:
+            first = found[0]
+            detail = f"its arguments changed: {first.describe()}"
+            if len(found) > 1:
+                more = ", ".join(change.path for change in found[1:4])
+                detail += f" (and {len(found) - 1} more: {more}{', ...' if len(found) > 4 else ''})"
+            return Reason("arguments_changed", detail, old=first.old, new=first.new, argument=first.path)
+        return Reason("arguments_changed",
+                      "its arguments changed in a way their printed form does not show", old=old_text)
+    # A record from an older ledger kept only the arguments' text.
     now = describe_arguments(task._args, task._kwargs)
-    if now != args:
-        return Reason("arguments_changed", f"its arguments changed ({args} -> {now})", old=args, new=now)
-    return Reason("targets_changed", "its target list changed since its last run")
+    if now == old_text:
+        return Reason("arguments_changed",
+                      "its arguments changed in a way their printed form does not show", old=old_text, new=now)
+    return Reason("arguments_changed", f"its arguments changed ({text_change(old_text, now)})",
+                  old=old_text, new=now)
 
 
 def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
@@ -89,7 +136,8 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
         reasons.append(_why_new(task, ledger))
         return Decision(True, tuple(reasons), inputs, None)
     if record.state != "done":
-        reasons.append(Reason("previous_run_failed", "its last run failed", old=record.error))
+        summary = _failure_summary(record.error)
+        reasons.append(Reason("previous_run_failed", f"its last run failed{summary}", old=record.error))
         return Decision(True, tuple(reasons), inputs, record)
     if record.hash_algorithm != task._hash_algorithm:
         reasons.append(Reason(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
+from taskgraph._failure import Frame, user_frames
 from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
 
 
@@ -68,6 +69,9 @@ class JobResult:
     task_id: int
     error: BaseException | None = None
     remote_traceback: str | None = None
+    #: The user's frames of ``error`` (taskgraph's own left out), taken where
+    #: it was caught: an exception that crossed a process has no traceback.
+    frames: list[Frame] | None = None
     result: Any = None
     inputs: dict[str, Fingerprint] = field(default_factory=dict)
     targets: dict[str, Fingerprint] = field(default_factory=dict)
@@ -181,6 +185,7 @@ def run_job(
         outcome.remote_traceback = "".join(
             traceback.format_exception(type(error), error, error.__traceback__)
         )
+        outcome.frames = user_frames(error.__traceback__)
         outcome.targets = {}
     outcome.ended = time.time()
     outcome.cpu_time = time.thread_time() - cpu_started

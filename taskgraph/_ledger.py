@@ -8,11 +8,14 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA
 application_id`` = :data:`APPLICATION_ID`)::
 
     meta    (key PK, value)                      created_by, created_at
-    runs    (run_id PK, started, ended, pid, host, n_workers, version)
+    runs    (run_id PK, started, ended, pid, host, n_workers, version,
+             tasks, ran, skipped, failed)        counts written when it ends (schema 3)
     tasks   (record_key PK, task_key, exec_key, name, func, source_hash, args,
              hash_algorithm, store_result, state 'done'|'failed', run_id,
              started, ended, duration, worker, error,
-             cpu_time, peak_memory)                  the run report (schema 2)
+             cpu_time, peak_memory,                  the run report (schema 2)
+             error_type, error_message, error_frames,  the failure as raised (schema 3)
+             arguments)                              the arguments' tree, JSON (schema 3)
     files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
              digest, taken_at_ns)                PK (record_key, role, path)
     deps    (record_key, dep_key)                PK (record_key, dep_key)
@@ -21,6 +24,17 @@ application_id`` = :data:`APPLICATION_ID`)::
     results (key PK, value BLOB, mac BLOB)       a sqlitedict table: read it with
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
                                                  mac: HMAC-SHA256 of key and value
+    decisions (record_key PK, run_id, decided_at, name, action 'run'|'skip', reasons)
+    considered (run_id, record_key)              PK (run_id, record_key): the records
+                                                 each run was given (schema 3)
+
+Runs and the current graph: every task added to a run is *considered* by it
+(a row of ``considered``, whether it then ran, was skipped or was cancelled).
+The *current graph* is what the latest run that ended (and was given at least
+one task) considered; every other record is history. When a run ends, the
+``considered`` rows of the finished runs before it are dropped, so the table
+holds about one graph, not one per run; a record's last consideration stays
+in ``decisions`` and ``tasks``.
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never
@@ -60,7 +74,7 @@ import sqlite3
 import time
 import traceback
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +82,7 @@ import sqlitedict
 import xxhash
 
 from taskgraph._errors import LedgerError
+from taskgraph._failure import Failure
 from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -75,9 +90,11 @@ LOGGER = logging.getLogger("taskgraph.Task")
 LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 #: The workspace's secret for the HMAC of stored results (beside the ledger).
 KEY_SUFFIX = ".key"
-#: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column
-#: (a schema-1 ledger is upgraded in place, see :data:`_MIGRATIONS`).
-SCHEMA_VERSION = 2
+#: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column.
+#: 3: which records each run considered (``considered``, and counts in
+#: ``runs``), failures as raised and the arguments' tree in ``tasks``.
+#: Older ledgers are upgraded in place, see :data:`_MIGRATIONS`.
+SCHEMA_VERSION = 3
 _KEY_BYTES = 32
 _MAC_CONTEXT = b"taskgraph stored result v1\0"
 #: Files taskgraph creates in a workspace are for their owner's eyes only.
@@ -92,7 +109,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
     started REAL NOT NULL, ended REAL, pid INTEGER, host TEXT,
-    n_workers INTEGER, version TEXT);
+    n_workers INTEGER, version TEXT,
+    tasks INTEGER, ran INTEGER, skipped INTEGER, failed INTEGER);
 CREATE TABLE IF NOT EXISTS tasks (
     record_key TEXT PRIMARY KEY,
     task_key TEXT NOT NULL,
@@ -109,7 +127,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     worker TEXT,
     error TEXT,
     cpu_time REAL,
-    peak_memory INTEGER);
+    peak_memory INTEGER,
+    error_type TEXT,
+    error_message TEXT,
+    error_frames TEXT,
+    arguments TEXT);
 CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name);
 CREATE TABLE IF NOT EXISTS files (
     record_key TEXT NOT NULL,
@@ -141,21 +163,31 @@ CREATE TABLE IF NOT EXISTS decisions (
     name TEXT NOT NULL,
     action TEXT NOT NULL CHECK (action IN ('run', 'skip')),
     reasons TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS considered (
+    run_id INTEGER NOT NULL,
+    record_key TEXT NOT NULL,
+    PRIMARY KEY (run_id, record_key)) WITHOUT ROWID;
 """
 # Buffered writes, in the order a flush runs them: deletes before inserts.
 _DELETE_FILES = "DELETE FROM files WHERE record_key=?"
 _DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
 _DELETE_RESULT = "DELETE FROM results WHERE key=?"
-_UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 _UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
-_END_RUN = "UPDATE runs SET ended=? WHERE run_id=?"
 _DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
+_CONSIDER = "INSERT OR IGNORE INTO considered VALUES (?,?)"
+_END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE run_id=?"
+# A run that ends becomes the current graph: the rows of the finished runs
+# before it are history (the run ids of runs that may still be going on
+# elsewhere are kept; the statement is completed with their list).
+_PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
 _STATEMENTS = (
     _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP,
-    _UPSERT_RESULT, _END_RUN, _DECISION,
+    _UPSERT_RESULT, _DECISION, _CONSIDER, _END_RUN,
 )
+_LAZY_STATEMENTS = (_DECISION, _CONSIDER)
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
@@ -168,8 +200,29 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
         "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER",
         "ALTER TABLE results ADD COLUMN mac BLOB"),
+    # Schema 2 kept only each record's last decision: the run of that
+    # decision (or, without one, of its last execution) is the best account
+    # of which run considered it. Runs before that have no count of tasks.
+    2: ("ALTER TABLE tasks ADD COLUMN error_type TEXT",
+        "ALTER TABLE tasks ADD COLUMN error_message TEXT",
+        "ALTER TABLE tasks ADD COLUMN error_frames TEXT",
+        "ALTER TABLE tasks ADD COLUMN arguments TEXT",
+        "ALTER TABLE runs ADD COLUMN tasks INTEGER",
+        "ALTER TABLE runs ADD COLUMN ran INTEGER",
+        "ALTER TABLE runs ADD COLUMN skipped INTEGER",
+        "ALTER TABLE runs ADD COLUMN failed INTEGER",
+        "CREATE TABLE considered (run_id INTEGER NOT NULL, record_key TEXT NOT NULL,"
+        " PRIMARY KEY (run_id, record_key)) WITHOUT ROWID",
+        "INSERT OR IGNORE INTO considered SELECT d.run_id, d.record_key FROM decisions d"
+        " JOIN tasks t ON t.record_key = d.record_key WHERE d.run_id IS NOT NULL",
+        "INSERT OR IGNORE INTO considered SELECT run_id, record_key FROM tasks t WHERE run_id IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.record_key = t.record_key AND d.run_id IS NOT NULL)",
+        "UPDATE runs SET tasks = (SELECT count(*) FROM considered c WHERE c.run_id = runs.run_id)"
+        " WHERE ended IS NOT NULL"),
 }
-_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions"}
+_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "considered"}
+#: Tables a migration creates: a ledger of an older schema does not have them yet.
+_TABLES_SINCE = {"considered": 3}
 
 
 class UntrustedResultError(LedgerError):
@@ -299,6 +352,19 @@ def _from_row(record_key: str, row: _SnapshotRow) -> TaskRecord:
     return TaskRecord(record_key, name, state, algorithm, store_result, inputs, targets, has_result, ended, error)
 
 
+@dataclass(frozen=True, slots=True)
+class Previous:
+    """The earlier record a new task is compared with (same name)."""
+
+    record_key: str
+    task_key: str
+    func: str
+    source_hash: str
+    args: str
+    #: The arguments' tree (``_arguments.tree``); None in records of older ledgers.
+    arguments: str | None
+
+
 @dataclass(slots=True)
 class Outcome:
     """A finished task as the scheduler hands it to the ledger."""
@@ -324,6 +390,10 @@ class Outcome:
     #: The run report: CPU seconds and peak resident memory (bytes), if measured.
     cpu_time: float | None = None
     peak_memory: int | None = None
+    #: A failed task: the exception as raised (``error`` is its whole text).
+    failure: Failure | None = None
+    #: The arguments' tree (``_arguments.tree``), to say later what changed.
+    arguments: str | None = None
 
 
 def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
@@ -352,6 +422,39 @@ def _file_lock(path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _upgrade(conn: sqlite3.Connection) -> int:
+    """Run the migrations from the connection's schema to :data:`SCHEMA_VERSION`
+    in one transaction; returns the version it started from."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have upgraded it while this one waited.
+        version = start = conn.execute("PRAGMA user_version").fetchone()[0]
+        while version < SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            version += 1
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(start)
+
+
+def _process_may_run(pid: int | None, host: str | None) -> bool:
+    """Whether the process of a run that has not ended may still be running
+    (it may, on another host or where that cannot be checked)."""
+    if pid is None or host != socket.gethostname() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, as another user's process
+    return True
 
 
 class Ledger:
@@ -384,6 +487,12 @@ class Ledger:
         self._written: set[str] = set()
         self._digest_lookups = 0
         self.run_id: int | None = None
+        # The records this run was given, and what became of them (the
+        # run's counts, written when it ends).
+        self._considered: set[str] = set()
+        self._counts = {"ran": 0, "skipped": 0, "failed": 0}
+        # Set by end_run: the statement that drops older runs' considered rows.
+        self._prune: tuple[str, tuple[Any, ...]] | None = None
         if read_only:
             self._conn = self._open_snapshot()
             return
@@ -494,8 +603,9 @@ class Ledger:
             )
         if version < SCHEMA_VERSION and any(v not in _MIGRATIONS for v in range(version, SCHEMA_VERSION)):
             return f"it has an older schema ({version}, now {SCHEMA_VERSION}) that cannot be upgraded"
-        if not _EXPECTED_TABLES <= tables:
-            return f"tables are missing: {sorted(_EXPECTED_TABLES - tables)}"
+        expected = {name for name in _EXPECTED_TABLES if _TABLES_SINCE.get(name, 0) <= version}
+        if not expected <= tables:
+            return f"tables are missing: {sorted(expected - tables)}"
         return None
 
     def _move_aside(self, problem: str) -> None:
@@ -537,20 +647,7 @@ class Ledger:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Upgrade an older schema in place, keeping every record."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have upgraded it while this one waited.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            start = version
-            while version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
-                version += 1
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        start = _upgrade(conn)
         if start < SCHEMA_VERSION:
             LOGGER.info("the taskgraph ledger %s was upgraded from schema %d to %d; every record was kept",
                         self.path, start, SCHEMA_VERSION)
@@ -568,10 +665,31 @@ class Ledger:
             )
             self.run_id = cursor.lastrowid
 
+    def consider(self, record_key: str) -> None:
+        """Note that this run was given the task (a lazy row): it is part of
+        this run's graph whatever becomes of it."""
+        if record_key not in self._considered:
+            self._considered.add(record_key)
+            if self.run_id is not None:  # (a dry run records nothing)
+                self._rows[_CONSIDER].append((self.run_id, record_key))
+
     def end_run(self) -> None:
-        if self.run_id is not None:
-            self._rows[_END_RUN].append((time.time(), self.run_id))
-            self._durable = True
+        """Record the end of the run with its counts; the next commit makes
+        it the workspace's current graph (if it was given any task)."""
+        if self.run_id is None:
+            return
+        counts = self._counts
+        self._rows[_END_RUN].append((time.time(), len(self._considered), counts["ran"], counts["skipped"],
+                                     counts["failed"], self.run_id))
+        self._durable = True
+        if self._considered and not self.read_only:
+            keep = [
+                run_id for run_id, pid, host in self._conn.execute(
+                    "SELECT run_id, pid, host FROM runs WHERE run_id < ? AND ended IS NULL", (self.run_id,))
+                if _process_may_run(pid, host)
+            ]
+            sql = _PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep)))
+            self._prune = (sql, (self.run_id, *keep))
 
     # -- reading ----------------------------------------------------------------
 
@@ -659,16 +777,20 @@ class Ledger:
             )
         }
 
-    def previous_by_name(self, name: str) -> tuple[str, str, str, str] | None:
-        """The latest record of a task with this name: (record_key, func,
-        source_hash, args); explains why a task with no record of its own is new."""
+    def previous_by_name(self, name: str) -> Previous | None:
+        """The latest record of a task with this name that this run has not
+        been given (a sibling is not a previous version): explains why a task
+        with no record of its own is new."""
         if not self._had_tasks:
             return None  # a new ledger: nothing to compare with
-        row = self._conn.execute(
-            "SELECT record_key, func, source_hash, args FROM tasks WHERE name=? ORDER BY ended DESC LIMIT 1",
+        for row in self._conn.execute(
+            "SELECT record_key, task_key, func, source_hash, args, arguments FROM tasks WHERE name=?"
+            " ORDER BY ended DESC LIMIT 64",
             (name,),
-        ).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3])
+        ):
+            if row[0] not in self._considered:
+                return Previous(*row)
+        return None
 
     def load_result(self, record_key: str) -> Any:
         """The stored result of a task, unpickled only once its HMAC verifies.
@@ -751,12 +873,16 @@ class Ledger:
         state = "done" if outcome.error is None else "failed"
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._durable = True
+        self._counts["ran" if outcome.error is None else "failed"] += 1
+        failure = outcome.failure
         rows = self._rows
         rows[_UPSERT_TASK].append((
             key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
             outcome.source_hash, outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
             outcome.worker, outcome.error, outcome.cpu_time, outcome.peak_memory,
+            failure.type if failure else None, failure.message if failure else None,
+            failure.frames_json() if failure else None, outcome.arguments,
         ))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
@@ -779,6 +905,8 @@ class Ledger:
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
+        if not run:
+            self._counts["skipped"] += 1  # a skip is final; a task decided to run may be decided again
         self._rows[_DECISION].append((
             record_key, self.run_id, time.time(), name, "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
@@ -796,14 +924,17 @@ class Ledger:
         """
         if self.read_only:
             return
-        lazy = len(self._rows[_DECISION]) + len(self._pending_digests)
+        lazy = sum(len(self._rows[sql]) for sql in _LAZY_STATEMENTS) + len(self._pending_digests)
         if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
         rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
         self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
+        prune, self._prune = self._prune, None
         with self._transaction() as conn:
             self._write(conn, rows, digests)
+            if prune is not None:
+                conn.execute(*prune)
 
     @staticmethod
     def _write(
@@ -893,6 +1024,29 @@ class TaskRow:
     error: str | None
     cpu_time: float | None = None
     peak_memory: int | None = None
+    #: A failed task: the exception's type and message, and the user's frames
+    #: (JSON, see ``_failure.load_frames``); None in records of older ledgers.
+    error_type: str | None = None
+    error_message: str | None = None
+    error_frames: str | None = None
+    #: The arguments' tree (``_arguments.tree``); None in records of older ledgers.
+    arguments: str | None = None
+    #: The latest run that considered it, as far as the ledger still knows
+    #: (the current graph's run and the runs after it); None for history.
+    seen: int | None = None
+
+
+_TASK_COLUMNS = (
+    "t.record_key, t.task_key, t.exec_key, t.name, t.func, t.args, t.hash_algorithm, t.store_result,"
+    " t.state, t.run_id, t.started, t.ended, t.duration, t.worker, t.error, t.cpu_time, t.peak_memory,"
+    " t.error_type, t.error_message, t.error_frames, t.arguments"
+)
+
+
+def _task_row(row: Sequence[Any]) -> TaskRow:
+    return TaskRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], row[9],
+                   row[10], row[11], row[12], row[13], row[14], row[15], row[16], row[17], row[18], row[19],
+                   row[20], row[21])
 
 
 @dataclass(frozen=True, slots=True)
@@ -906,25 +1060,64 @@ class DecisionRow:
     reasons: list[dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run (one ``TaskGraph``) on the workspace.
+
+    ``ended`` is None for a run that is still going on, or whose process was
+    killed. The counts are written when it ends (None for runs recorded by
+    older versions): ``tasks`` it was given, of which ``ran``, ``skipped``
+    and ``failed``; the rest were cancelled.
+    """
+
+    run_id: int
+    started: float
+    ended: float | None
+    pid: int | None
+    host: str | None
+    n_workers: int | None
+    version: str | None
+    tasks: int | None = None
+    ran: int | None = None
+    skipped: int | None = None
+    failed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRow:
+    """A record that is history: no run since the current graph's considered it."""
+
+    record_key: str
+    name: str
+    #: The last run that considered it, and when (decided or ended).
+    last_run: int | None
+    last_seen: float | None
+
+
+# Records considered by runs from a given one on, each with the latest of them.
+_SEEN_SINCE = "SELECT record_key, max(run_id) AS seen FROM considered WHERE run_id >= ? GROUP BY record_key"
+
+
 class LedgerReader:
     """A read-only view of a workspace's ledger. Never unpickles anything.
 
+    A ledger of an older schema is read as the next run will upgrade it: it
+    is copied into memory and upgraded there; the file is not changed.
+
     Raises:
         LedgerError: when there is no ledger, it is not a taskgraph ledger,
-            or it was written by a newer taskgraph; the message is one line.
+            or it was written by a newer taskgraph; the message is one line
+            and says what the path is instead.
     """
 
     def __init__(self, workspace: str) -> None:
         self.workspace = workspace
         self.path = os.path.join(workspace, LEDGER_FILENAME)
         if not os.path.isfile(self.path):
-            raise LedgerError(
-                f"no taskgraph ledger in {workspace} ({LEDGER_FILENAME} not found): "
-                "run a pipeline with this workspace first"
-            )
+            raise LedgerError(_no_ledger(workspace))
         try:
             uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S)
+            self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as error:
@@ -941,9 +1134,19 @@ class LedgerReader:
                 f"{self.path} has an older schema ({version}); the next run of the pipeline "
                 "upgrades it (or, if it is older than schema 1, moves it aside)"
             )
-        # An older schema that the next run upgrades is read as it is (read-only):
-        # the columns it lacks read as NULL.
-        self._report_columns = "cpu_time, peak_memory" if version >= 2 else "NULL, NULL"
+        #: The schema of the file (the view is always of the current schema).
+        self.schema = version
+        if version < SCHEMA_VERSION:
+            memory = sqlite3.connect(":memory:", isolation_level=None)
+            try:
+                self._conn.backup(memory)
+                _upgrade(memory)
+            except sqlite3.DatabaseError as error:
+                memory.close()
+                raise LedgerError(f"cannot read {self.path} (schema {version}): {error}") from error
+            finally:
+                self._conn.close()
+            self._conn = memory
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -951,41 +1154,145 @@ class LedgerReader:
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"cannot read {self.path}: {error}") from error
 
-    def tasks(self) -> list[TaskRow]:
-        """Every recorded task, in the order they last ended."""
-        return [
-            TaskRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8],
-                    row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16])
-            for row in self._rows(
-                "SELECT record_key, task_key, exec_key, name, func, args, hash_algorithm, store_result,"
-                f" state, run_id, started, ended, duration, worker, error, {self._report_columns} FROM tasks"
-                " ORDER BY ended IS NULL, ended, name"
-            )
-        ]
+    # -- runs ---------------------------------------------------------------------------
 
-    def files(self) -> dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]:
-        """record_key -> (inputs, targets), each path -> Fingerprint."""
+    def runs(self) -> list[RunRow]:
+        """Every run, oldest first."""
+        return [RunRow(*row) for row in self._rows(
+            "SELECT run_id, started, ended, pid, host, n_workers, version, tasks, ran, skipped, failed"
+            " FROM runs ORDER BY run_id")]
+
+    def current_run(self) -> int | None:
+        """The run whose graph is the current graph: the latest that ended and
+        was given at least one task. None before any run ended."""
+        row = self._rows("SELECT max(run_id) FROM runs WHERE ended IS NOT NULL AND tasks > 0")
+        return None if row[0][0] is None else int(row[0][0])
+
+    def considered(self, run_id: int) -> int:
+        """How many records the ledger knows ``run_id`` considered."""
+        return int(self._rows("SELECT count(*) FROM considered WHERE run_id=?", (run_id,))[0][0])
+
+    # -- records ------------------------------------------------------------------------
+
+    def tasks(self, since: int | None = None) -> list[TaskRow]:
+        """Recorded tasks, in the order they last ended.
+
+        Args:
+            since: only those considered by this run or a later one (the
+                current graph and what runs after it were given); None for
+                every record, history included.
+        """
+        if since is None:
+            sql = (f"SELECT {_TASK_COLUMNS}, c.seen FROM tasks t LEFT JOIN"
+                   f" ({_SEEN_SINCE}) c ON c.record_key = t.record_key")
+            params: tuple[Any, ...] = (0,)
+        else:
+            sql = f"SELECT {_TASK_COLUMNS}, c.seen FROM ({_SEEN_SINCE}) c JOIN tasks t ON t.record_key = c.record_key"
+            params = (since,)
+        return [_task_row(row) for row in self._rows(sql + " ORDER BY t.ended IS NULL, t.ended, t.name", params)]
+
+    def named(self, name: str) -> list[TaskRow]:
+        """The records of tasks with this name, latest first."""
+        return self._select_tasks("t.name = ?", (name,))
+
+    def with_prefix(self, prefix: str) -> list[TaskRow]:
+        """The records whose key starts with ``prefix`` (lower-case hex)."""
+        return self._select_tasks("t.record_key >= ? AND t.record_key < ?", (prefix, prefix + "g"))
+
+    def _select_tasks(self, where: str, params: tuple[Any, ...]) -> list[TaskRow]:
+        return [_task_row(row) for row in self._rows(
+            f"SELECT {_TASK_COLUMNS}, (SELECT max(run_id) FROM considered c WHERE c.record_key = t.record_key)"
+            f" FROM tasks t WHERE {where} ORDER BY t.ended IS NULL, t.ended DESC", params)]
+
+    def last_seen(self, record_key: str) -> tuple[int | None, float | None]:
+        """The last run that considered a record, and when, as far as its
+        decision and its last execution tell."""
+        rows = self._rows(
+            "SELECT max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)), max(coalesce(d.decided_at, 0),"
+            " coalesce(t.ended, 0)) FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            " WHERE t.record_key = ?", (record_key,))
+        if not rows:
+            return None, None
+        run, when = rows[0]
+        return (run or None), (when or None)
+
+    def stale(self, since: int, before: float | None = None) -> list[StaleRow]:
+        """Records no run from ``since`` on considered (history), oldest first;
+        with ``before``, only those last seen before that time."""
+        rows = self._rows(
+            "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
+            " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) AS seen_at"
+            f" FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            f" LEFT JOIN ({_SEEN_SINCE}) c ON c.record_key = t.record_key"
+            " WHERE c.record_key IS NULL ORDER BY seen_at, t.name", (since,))
+        return [StaleRow(key, name, run or None, when or None) for key, name, run, when in rows
+                if before is None or (when or 0) < before]
+
+    def files(self, since: int | None = None) -> dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]:
+        """record_key -> (inputs, targets), each path -> Fingerprint; with
+        ``since``, only for the records considered by that run or later."""
+        sql = "SELECT f.record_key, f.role, f.path, f.mode, f.size, f.mtime_ns, f.digest, f.taken_at_ns FROM files f"
+        params: tuple[Any, ...] = ()
+        if since is not None:
+            sql += f" JOIN ({_SEEN_SINCE}) c ON c.record_key = f.record_key"
+            params = (since,)
         out: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
-        for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(
-            "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
-        ):
-            pair = out.setdefault(key, ({}, {}))
+        for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(sql, params):
+            pair = out.get(key)
+            if pair is None:
+                pair = out[key] = ({}, {})
             pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
         return out
 
-    def deps(self) -> list[tuple[str, str]]:
-        """(record_key, dependency's record_key) pairs."""
-        return [(a, b) for a, b in self._rows("SELECT record_key, dep_key FROM deps")]
+    def record_files(self, record_key: str) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
+        """(inputs, targets) of one record."""
+        inputs: dict[str, Fingerprint] = {}
+        targets: dict[str, Fingerprint] = {}
+        for role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(
+            "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE record_key=?",
+            (record_key,),
+        ):
+            (inputs if role == "input" else targets)[path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+        return inputs, targets
 
-    def decisions(self) -> dict[str, DecisionRow]:
+    def deps(self, since: int | None = None) -> list[tuple[str, str]]:
+        """(record_key, dependency's record_key) pairs (of the records
+        considered by ``since`` or later, if given)."""
+        if since is None:
+            return [(a, b) for a, b in self._rows("SELECT record_key, dep_key FROM deps")]
+        return [(a, b) for a, b in self._rows(
+            f"SELECT d.record_key, d.dep_key FROM deps d JOIN ({_SEEN_SINCE}) c ON c.record_key = d.record_key",
+            (since,))]
+
+    def decisions(self, since: int | None = None) -> dict[str, DecisionRow]:
+        """Each record's last decision, with its reasons."""
+        sql = "SELECT d.record_key, d.run_id, d.decided_at, d.action, d.reasons FROM decisions d"
+        params: tuple[Any, ...] = ()
+        if since is not None:
+            sql += f" JOIN ({_SEEN_SINCE}) c ON c.record_key = d.record_key"
+            params = (since,)
         return {
             key: DecisionRow(key, run_id, decided_at, action, json.loads(reasons))
-            for key, run_id, decided_at, _name, action, reasons in self._rows("SELECT * FROM decisions")
+            for key, run_id, decided_at, action, reasons in self._rows(sql, params)
         }
 
-    def runs(self) -> list[tuple[int, float, float | None, int, str, int, str]]:
-        """(run_id, started, ended, pid, host, n_workers, version), oldest first."""
-        return [tuple(row) for row in self._rows("SELECT * FROM runs ORDER BY run_id")]
+    def actions(self, since: int | None = None) -> dict[str, tuple[int | None, str]]:
+        """Each record's last decision as (run, 'run' or 'skip'), without its
+        reasons (cheap for a whole graph)."""
+        sql = "SELECT d.record_key, d.run_id, d.action FROM decisions d"
+        params: tuple[Any, ...] = ()
+        if since is not None:
+            sql += f" JOIN ({_SEEN_SINCE}) c ON c.record_key = d.record_key"
+            params = (since,)
+        return {key: (run_id, action) for key, run_id, action in self._rows(sql, params)}
+
+    def decision(self, record_key: str) -> DecisionRow | None:
+        rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
+                          (record_key,))
+        if not rows:
+            return None
+        run_id, decided_at, action, reasons = rows[0]
+        return DecisionRow(record_key, run_id, decided_at, action, json.loads(reasons))
 
     def lookup_digest(self, path: str, algorithm: str) -> CachedDigest | None:
         rows = self._rows(
@@ -1005,17 +1312,73 @@ class LedgerReader:
         self._conn.close()
 
 
+def _no_ledger(workspace: str) -> str:
+    """Why there is no ledger to read at ``workspace``, and what to do."""
+    if not os.path.exists(workspace):
+        return f"{workspace} does not exist: give the workspace directory a pipeline ran with"
+    if not os.path.isdir(workspace):
+        return (f"{workspace} is a file, not a workspace directory: give the directory that holds "
+                f"{LEDGER_FILENAME}")
+    if os.path.isfile(os.path.join(workspace, "taskgraph_data.db")):
+        return (f"{workspace} is a natcap taskgraph workspace (taskgraph_data.db); this taskgraph keeps "
+                f"its own ledger ({LEDGER_FILENAME}) and runs every task once, then skips as natcap did: "
+                "run the pipeline with this taskgraph first")
+    return (f"no taskgraph ledger in {workspace} ({LEDGER_FILENAME} not found): "
+            "run a pipeline with this workspace first")
+
+
+def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int:
+    """Delete records with their files, dependencies, stored results,
+    decisions and run memberships; returns how many were recorded."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (key TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("DELETE FROM temp.doomed")
+    conn.executemany("INSERT OR IGNORE INTO temp.doomed VALUES (?)", ((key,) for key in record_keys))
+    count = int(conn.execute("DELETE FROM tasks WHERE record_key IN (SELECT key FROM temp.doomed)").rowcount)
+    for table, column in (("files", "record_key"), ("deps", "record_key"), ("results", "key"),
+                          ("decisions", "record_key"), ("considered", "record_key")):
+        conn.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT key FROM temp.doomed)")
+    conn.execute("DELETE FROM temp.doomed")
+    return count
+
+
 def forget(workspace: str, record_keys: Sequence[str]) -> int:
     """Delete the records of these tasks; returns how many were recorded."""
     ledger = Ledger(workspace)
     try:
         with ledger._transaction() as conn:
-            count = 0
-            for key in record_keys:
-                count += conn.execute("DELETE FROM tasks WHERE record_key=?", (key,)).rowcount
-                for sql in (_DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT,
-                            "DELETE FROM decisions WHERE record_key=?"):
-                    conn.execute(sql, (key,))
-        return count
+            return _delete_records(conn, record_keys)
+    finally:
+        ledger.close()
+
+
+def forget_stale(workspace: str, record_keys: Iterable[str], before: float | None = None) -> int:
+    """Delete those of ``record_keys`` that are still history, in one transaction.
+
+    A record is deleted only if, when the transaction starts, no run from the
+    current graph's on has considered it (and, with ``before``, it was last
+    seen before that time): a run that ended since the list was made keeps
+    what it used. Digest-cache rows of paths no remaining record names go too.
+    Returns how many records were deleted.
+    """
+    wanted = set(record_keys)
+    ledger = Ledger(workspace)
+    try:
+        with ledger._transaction() as conn:
+            row = conn.execute("SELECT max(run_id) FROM runs WHERE ended IS NOT NULL AND tasks > 0").fetchone()
+            if row[0] is None:
+                return 0  # no run has ended: nothing is history
+            current = int(row[0])
+            still = [
+                key for key, seen_at in conn.execute(
+                    "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"
+                    " LEFT JOIN decisions d ON d.record_key = t.record_key"
+                    f" LEFT JOIN ({_SEEN_SINCE}) c ON c.record_key = t.record_key WHERE c.record_key IS NULL",
+                    (current,))
+                if key in wanted and (before is None or (seen_at or 0) < before)
+            ]
+            count = _delete_records(conn, still)
+            if count:
+                conn.execute("DELETE FROM digests WHERE path NOT IN (SELECT path FROM files)")
+            return count
     finally:
         ledger.close()

@@ -31,14 +31,17 @@ import threading
 import time
 from typing import Any
 
+from taskgraph._arguments import tree as argument_tree
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._failure import Failure
+from taskgraph._failure import describe as describe_failure
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
-from taskgraph._ledger import Ledger, Outcome, UntrustedResultError, format_exception
+from taskgraph._ledger import Ledger, Outcome, UntrustedResultError
 from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
 from taskgraph._progress import ProgressBar
 from taskgraph._task import Task
@@ -235,6 +238,7 @@ class Scheduler:
 
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
+        self._ledger.consider(task._identity.record_key)  # part of this run's graph, whatever happens to it
         if task._memory is not None and not isinstance(self._policy, MemoryLimit):
             self._memory_aware()
         if self._failure is not None:
@@ -295,7 +299,8 @@ class Scheduler:
                     # says which task raised it (MemoryError has no message).
                     result.error.add_note(f"raised by taskgraph task {task.task_name!r}")
                 LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
-                self._ledger.record(self._outcome(task, result, format_exception(result.error)))
+                failure = describe_failure(result.error, result.frames, result.remote_traceback)
+                self._ledger.record(self._outcome(task, result, failure))
                 self._fail_graph(result.error)
             finished.append(task)
             return
@@ -307,7 +312,7 @@ class Scheduler:
         task._state = "ran"
         finished.append(task)
 
-    def _outcome(self, task: Task, result: JobResult, error: str | None) -> Outcome:
+    def _outcome(self, task: Task, result: JobResult, failure: Failure | None) -> Outcome:
         identity = task._identity
         return Outcome(
             record_key=identity.record_key,
@@ -325,10 +330,12 @@ class Scheduler:
             targets=result.targets,
             deps=[dep._identity.record_key for dep in task._dependencies],
             result=result.result,
-            error=error,
+            error=failure.text if failure is not None else None,
             fresh=not task._had_record,
             cpu_time=result.cpu_time,
             peak_memory=result.peak_memory,
+            failure=failure,
+            arguments=argument_tree(task._args, task._kwargs),
         )
 
     def _commit(self, finished: list[Task]) -> bool:

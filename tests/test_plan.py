@@ -7,6 +7,7 @@ import time
 
 import engine_funcs as f
 import pytest
+from ledgers import downgrade
 
 import taskgraph
 
@@ -85,12 +86,7 @@ def test_a_dry_run_reads_an_older_ledger_without_upgrading_or_writing_it(tmp_pat
     with taskgraph.TaskGraph(ws, -1) as graph:
         chain(ws, graph)
     ledger = os.path.join(ws, taskgraph.LEDGER_FILENAME)
-    con = sqlite3.connect(ledger)  # back to schema 1
-    for statement in ("ALTER TABLE results DROP COLUMN mac", "ALTER TABLE tasks DROP COLUMN cpu_time",
-                      "ALTER TABLE tasks DROP COLUMN peak_memory", "PRAGMA user_version=1"):
-        con.execute(statement)
-    con.commit()
-    con.close()
+    downgrade(ledger, 1)
     before = workspace_files(ws)
     with taskgraph.TaskGraph(ws, -1, dry_run=True) as graph:
         a, b, c = chain(ws, graph)

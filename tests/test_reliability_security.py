@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import reliability_funcs as r
 import sqlitedict
+from ledgers import downgrade
 
 import taskgraph
 from taskgraph._ledger import KEY_SUFFIX
@@ -194,18 +195,11 @@ def test_a_schema_1_ledger_is_upgraded_in_place(tmp_path):
     """Schema 1 had no HMAC: its records are kept (tasks skip), its stored
     results are not trusted (those tasks run once)."""
     run(tmp_path)
-    con = sqlite3.connect(str(tmp_path / LEDGER))
-    # Back to schema 1: no HMAC column, no run-report columns.
-    con.execute("ALTER TABLE results DROP COLUMN mac")
-    con.execute("ALTER TABLE tasks DROP COLUMN cpu_time")
-    con.execute("ALTER TABLE tasks DROP COLUMN peak_memory")
-    con.execute("PRAGMA user_version=1")
-    con.commit()
-    con.close()
+    downgrade(str(tmp_path / LEDGER), 1)  # no HMAC column, no run-report columns
     a, b = run(tmp_path)
     assert a.state == "skipped" and b.state == "ran"
     assert [name for name in os.listdir(tmp_path) if name.endswith(".bad")] == []
     con = sqlite3.connect(str(tmp_path / LEDGER))
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == taskgraph._ledger.SCHEMA_VERSION
     con.close()
     assert run(tmp_path)[1].state == "skipped"

@@ -10,6 +10,7 @@ import time
 import psutil
 import pytest
 import resource_funcs as rf
+from ledgers import downgrade
 from procs import child_pids, no_new_children
 
 import taskgraph
@@ -226,15 +227,6 @@ def test_report_in_a_thread_and_while_running(tmp_path):
 # -- the ledger -------------------------------------------------------------------------
 
 
-SCHEMA_1_COLUMNS = ("record_key, task_key, exec_key, name, func, source_hash, args, hash_algorithm, "
-                    "store_result, state, run_id, started, ended, duration, worker, error")
-SCHEMA_1_TASKS = """CREATE TABLE tasks (
-    record_key TEXT PRIMARY KEY, task_key TEXT NOT NULL, exec_key TEXT NOT NULL, name TEXT NOT NULL,
-    func TEXT NOT NULL, source_hash TEXT NOT NULL, args TEXT NOT NULL, hash_algorithm TEXT NOT NULL,
-    store_result INTEGER NOT NULL, state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
-    run_id INTEGER, started REAL, ended REAL, duration REAL, worker TEXT, error TEXT)"""
-
-
 @pytest.mark.skipif(sqlite3.sqlite_version_info < (3, 35), reason="DROP COLUMN needs SQLite 3.35")
 def test_a_ledger_of_the_previous_schema_is_upgraded_keeping_its_records(tmp_path):
     ws = str(tmp_path)
@@ -243,17 +235,7 @@ def test_a_ledger_of_the_previous_schema_is_upgraded_keeping_its_records(tmp_pat
     # Make it exactly what schema 1 wrote: its tasks table, results without
     # an HMAC column, user_version 1.
     path = os.path.join(ws, taskgraph.LEDGER_FILENAME)
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("BEGIN")
-    con.execute("ALTER TABLE tasks RENAME TO tasks_v2")
-    con.execute(SCHEMA_1_TASKS)
-    con.execute(f"INSERT INTO tasks SELECT {SCHEMA_1_COLUMNS} FROM tasks_v2")
-    con.execute("DROP TABLE tasks_v2")
-    con.execute("CREATE INDEX tasks_by_name ON tasks(name)")
-    con.execute("ALTER TABLE results DROP COLUMN mac")
-    con.execute("PRAGMA user_version=1")
-    con.execute("COMMIT")
-    con.close()
+    downgrade(path, 1)
 
     con = sqlite3.connect(path)
     assert [row[1] for row in con.execute("PRAGMA table_info(tasks)")][-1] == "error"

@@ -1,0 +1,36 @@
+"""Ledgers of older schemas, made from a ledger of the current one.
+
+``downgrade`` takes back, one schema at a time, what each migration added,
+so the file is what that schema's taskgraph wrote: the records, files,
+decisions and results stay; only the newer tables and columns go.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# From schema N + 1 back to N: what the migration from N added.
+_ADDED: dict[int, tuple[str, ...]] = {
+    2: ("DROP TABLE considered",
+        "ALTER TABLE tasks DROP COLUMN error_type", "ALTER TABLE tasks DROP COLUMN error_message",
+        "ALTER TABLE tasks DROP COLUMN error_frames", "ALTER TABLE tasks DROP COLUMN arguments",
+        "ALTER TABLE runs DROP COLUMN tasks", "ALTER TABLE runs DROP COLUMN ran",
+        "ALTER TABLE runs DROP COLUMN skipped", "ALTER TABLE runs DROP COLUMN failed"),
+    1: ("ALTER TABLE results DROP COLUMN mac", "ALTER TABLE tasks DROP COLUMN cpu_time",
+        "ALTER TABLE tasks DROP COLUMN peak_memory"),
+}
+
+
+def downgrade(path: str, version: int) -> None:
+    """Turn the ledger at ``path`` into one of schema ``version`` (needs SQLite 3.35)."""
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        current = con.execute("PRAGMA user_version").fetchone()[0]
+        con.execute("BEGIN")
+        for step in range(current - 1, version - 1, -1):
+            for statement in _ADDED[step]:
+                con.execute(statement)
+        con.execute(f"PRAGMA user_version={version}")
+        con.execute("COMMIT")
+    finally:
+        con.close()
