@@ -1169,8 +1169,18 @@ class LedgerReader:
         return None if row[0][0] is None else int(row[0][0])
 
     def considered(self, run_id: int) -> int:
-        """How many records the ledger knows ``run_id`` considered."""
+        """How many tasks the ledger knows ``run_id`` was given (recorded or not)."""
         return int(self._rows("SELECT count(*) FROM considered WHERE run_id=?", (run_id,))[0][0])
+
+    def members(self, run_id: int) -> set[str]:
+        """The record keys ``run_id`` considered (as far as the ledger still knows)."""
+        return {row[0] for row in self._rows("SELECT record_key FROM considered WHERE run_id=?", (run_id,))}
+
+    def history_count(self, since: int) -> int:
+        """How many records no run from ``since`` on considered."""
+        return int(self._rows(
+            f"SELECT count(*) FROM tasks t LEFT JOIN ({_SEEN_SINCE}) c ON c.record_key = t.record_key"
+            " WHERE c.record_key IS NULL", (since,))[0][0])
 
     # -- records ------------------------------------------------------------------------
 
@@ -1194,6 +1204,10 @@ class LedgerReader:
     def named(self, name: str) -> list[TaskRow]:
         """The records of tasks with this name, latest first."""
         return self._select_tasks("t.name = ?", (name,))
+
+    def names(self) -> list[str]:
+        """Every recorded task name, sorted."""
+        return [row[0] for row in self._rows("SELECT DISTINCT name FROM tasks ORDER BY name")]
 
     def with_prefix(self, prefix: str) -> list[TaskRow]:
         """The records whose key starts with ``prefix`` (lower-case hex)."""
@@ -1228,14 +1242,20 @@ class LedgerReader:
         return [StaleRow(key, name, run or None, when or None) for key, name, run, when in rows
                 if before is None or (when or 0) < before]
 
-    def files(self, since: int | None = None) -> dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]:
+    def files(
+        self, since: int | None = None, role: str | None = None
+    ) -> dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]:
         """record_key -> (inputs, targets), each path -> Fingerprint; with
-        ``since``, only for the records considered by that run or later."""
+        ``since``, only for the records considered by that run or later; with
+        ``role`` (``'input'`` or ``'target'``), only those files."""
         sql = "SELECT f.record_key, f.role, f.path, f.mode, f.size, f.mtime_ns, f.digest, f.taken_at_ns FROM files f"
         params: tuple[Any, ...] = ()
         if since is not None:
             sql += f" JOIN ({_SEEN_SINCE}) c ON c.record_key = f.record_key"
             params = (since,)
+        if role is not None:
+            sql += " WHERE f.role = ?"
+            params = (*params, role)
         out: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
         for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(sql, params):
             pair = out.get(key)

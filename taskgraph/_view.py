@@ -1,0 +1,330 @@
+"""What the command line and the run report show of a workspace: its runs,
+its current graph and its history, each record's state, its files checked
+against the disk, and what the next run would do.
+
+A client of the ledger's read side (``LedgerReader``, which never unpickles)
+and of ``_fingerprint.compare``, the scheduler's own comparison, so what it
+says about files is what the next run would decide. Imports psutil to tell a
+run in progress from one whose process was killed.
+
+The current graph is what the latest run that ended considered (every task it
+was given, whatever became of it). Records considered by a run after it (one in
+progress, or one that was killed) are shown with it; every other record is
+history (state ``stale``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import psutil
+
+from taskgraph._failure import Frame, from_text, load_frames
+from taskgraph._fingerprint import Fingerprint, compare, file_stat, is_content_algorithm
+from taskgraph._ledger import LedgerReader, RunRow, TaskRow
+
+#: Every state a record can be shown in.
+STATES = ("ran", "skipped", "failed", "cancelled", "running", "pending", "interrupted", "stale")
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+def run_status(run: RunRow) -> str:
+    """``'ended'``; ``'running'`` (its process is alive, or it is on another
+    host and has not ended); or ``'unfinished'`` (its process is gone: killed
+    or crashed)."""
+    if run.ended is not None:
+        return "ended"
+    if run.pid is None or run.host != socket.gethostname():
+        return "running"  # cannot look: say what the ledger says
+    try:
+        process = psutil.Process(run.pid)
+        # A pid reused since by another process started after the run did.
+        alive = process.create_time() <= run.started + 1.0 and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        alive = False
+    return "running" if alive else "unfinished"
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def file_state(path: str, recorded: Fingerprint, reader: LedgerReader, read: bool) -> str:
+    """'ok', 'missing', 'changed', 'unreadable' or (content modes, without
+    ``read``) 'touched': the stat changed but the content was not read."""
+    mode = recorded.mode
+    if not read and is_content_algorithm(mode):
+        st = file_stat(path)
+        if st is None:
+            return "missing"
+        if st.size != recorded.size:
+            return "changed"
+        entry = reader.lookup_digest(path, mode)
+        if entry is None or entry.stat != st:
+            return "ok" if st.mtime_ns == recorded.mtime_ns else "touched"
+        return "ok" if entry.digest == recorded.digest else "changed"
+    try:
+        change = compare(path, recorded, mode, reader)
+    except OSError:
+        return "unreadable"
+    if change is None:
+        return "ok"
+    return "missing" if change.what == "missing" else "changed"
+
+
+def targets_state(targets: dict[str, Fingerprint], reader: LedgerReader) -> str:
+    """The worst state of a record's targets, ``-`` without targets."""
+    states = {file_state(path, fp, reader, read=False) for path, fp in targets.items()}
+    for worst in ("missing", "changed", "unreadable", "touched"):
+        if worst in states:
+            return worst
+    return "ok" if states else "-"
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FailureView:
+    """A failed record's exception, as raised (or as far as an older ledger's
+    text tells)."""
+
+    type: str
+    message: str
+    frames: list[Frame]
+    omitted: int
+    text: str
+
+    def headline(self) -> str:
+        first = self.message.splitlines()[0] if self.message else ""
+        return f"{self.type}: {first}" if first else (self.type or "(no message)")
+
+
+def failure_of(task: TaskRow) -> FailureView | None:
+    """The failure of a failed record, None otherwise."""
+    if task.state != "failed":
+        return None
+    text = task.error or ""
+    if task.error_type is not None:
+        frames, omitted = load_frames(task.error_frames)
+        return FailureView(task.error_type, task.error_message or "", frames, omitted, text)
+    kind, message = from_text(text)
+    return FailureView(kind, message, [], 0, text)
+
+
+# -- the graph -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Entry:
+    """One record as shown.
+
+    Attributes:
+        state: one of :data:`STATES`: what became of it in the run that last
+            considered it, or ``'stale'`` for history.
+        run: that run (for history, the last run that considered it).
+        current: whether the current graph's run considered it.
+        targets: the state of its targets on disk (``targets_state``).
+    """
+
+    task: TaskRow
+    state: str
+    run: int | None
+    current: bool
+    targets: str = "-"
+
+
+@dataclass(slots=True)
+class View:
+    """A workspace's ledger as the command line shows it.
+
+    Attributes:
+        runs: every run, oldest first.
+        current: the current graph's run (None before any run ended).
+        later: the runs after it (in progress, or killed), with their status.
+        entries: the records shown (the current graph and what later runs
+            considered; with ``everything``, history too), in the order
+            they last ended.
+        history: how many records are history.
+        edges: (dependency, dependent) pairs among the entries.
+    """
+
+    reader: LedgerReader
+    runs: list[RunRow]
+    current: int | None
+    later: list[tuple[RunRow, str]]
+    entries: list[Entry]
+    history: int
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    #: Tasks the current graph's run was given that have no record (they
+    #: never finished: cancelled, or stopped with the run).
+    unrecorded: int = 0
+
+    def run(self, run_id: int | None) -> RunRow | None:
+        for run in self.runs:
+            if run.run_id == run_id:
+                return run
+        return None
+
+
+def _state(task: TaskRow, seen: int | None, statuses: dict[int, str],
+           actions: dict[str, tuple[int | None, str]]) -> str:
+    if seen is None:  # no run is known to have considered it: its own record says
+        if task.state == "failed":
+            return "failed"
+        action = actions.get(task.record_key)
+        return "skipped" if action is not None and action[1] == "skip" and action[0] != task.run_id else "ran"
+    if task.run_id == seen:
+        return "failed" if task.state == "failed" else "ran"
+    action = actions.get(task.record_key)
+    status = statuses.get(seen, "ended")
+    if action is not None and action[0] == seen:
+        if action[1] == "skip":
+            return "skipped"
+        return {"running": "running", "ended": "cancelled"}.get(status, "interrupted")
+    return {"running": "pending", "ended": "cancelled"}.get(status, "interrupted")
+
+
+def build(reader: LedgerReader, everything: bool = False, check_targets: bool = True) -> View:
+    """The view of a workspace: the current graph (and, with ``everything``,
+    the history), each record's state and, with ``check_targets``, its
+    targets checked on disk."""
+    runs = reader.runs()
+    statuses = {run.run_id: run_status(run) for run in runs}
+    current = reader.current_run()
+    later = [(run, statuses[run.run_id]) for run in runs if current is None or run.run_id > current]
+    since = None if everything or current is None else current
+    tasks = reader.tasks(since)
+    actions = reader.actions(since)
+    members = reader.members(current) if current is not None else set()
+    targets = reader.files(since, role="target") if check_targets else {}
+    entries: list[Entry] = []
+    history = 0
+    for task in tasks:
+        shown_in_graph = current is None or (task.seen is not None and task.seen >= current)
+        if shown_in_graph:
+            state = _state(task, task.seen, statuses, actions)
+            run = task.seen if task.seen is not None else task.run_id
+        else:
+            history += 1
+            state = "stale"
+            action = actions.get(task.record_key)
+            run = max((r for r in (task.run_id, action[0] if action else None) if r is not None), default=None)
+        entry = Entry(task, state, run, task.record_key in members)
+        if check_targets:
+            entry.targets = targets_state(targets.get(task.record_key, ({}, {}))[1], reader)
+        entries.append(entry)
+    if not everything and current is not None:
+        history = reader.history_count(current)
+    keys = {entry.task.record_key for entry in entries}
+    edges = [(dep, key) for key, dep in reader.deps(since) if key in keys and dep in keys]
+    unrecorded = len(members - {task.record_key for task in tasks})
+    return View(reader, runs, current, later, entries, history, edges, unrecorded)
+
+
+# -- what the next run would do ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the next run would do about one record, from the ledger and the
+    disk alone (a change to the function or its arguments is seen only by
+    the script).
+
+    ``action`` is ``'run'`` (a reason of its own), ``'after'`` (it reads
+    files of a task that would run, so it runs if those change) or
+    ``'skip'``.
+    """
+
+    entry: Entry
+    action: str
+    reasons: tuple[str, ...]
+
+
+def plan(view: View, read: bool = False) -> list[Plan]:
+    """The next run's decisions about the records of the view that are not
+    history, in the order of the view; dependents of a task that would run
+    are ``'after'`` it."""
+    shown = [entry for entry in view.entries if entry.state != "stale"]
+    keys = [entry.task.record_key for entry in shown]
+    files = view.reader.files(view.current) if shown else {}
+    wanted = set(keys)
+    own: dict[str, list[str]] = {}
+    for entry in shown:
+        task = entry.task
+        reasons: list[str] = []
+        if task.state == "failed":
+            failure = failure_of(task)
+            reasons.append(f"its last run failed ({failure.headline()})" if failure else "its last run failed")
+        inputs, targets = files.get(task.record_key, ({}, {}))
+        for role, recorded in (("target", targets), ("input", inputs)):
+            for path, fp in recorded.items():
+                state = file_state(path, fp, view.reader, read)
+                if state != "ok":
+                    reasons.append(f"{role} {path} is {state}")
+        own[task.record_key] = reasons
+    dependents: dict[str, list[str]] = {}
+    for dep, key in view.edges:
+        if dep in wanted and key in wanted:
+            dependents.setdefault(dep, []).append(key)
+    upstream: dict[str, list[str]] = {}
+    names = {entry.task.record_key: entry.task.name for entry in shown}
+    # Breadth-first from every record that would run on its own.
+    queue = [key for key in keys if own[key]]
+    seen = set(queue)
+    while queue:
+        key = queue.pop(0)
+        for child in dependents.get(key, ()):
+            upstream.setdefault(child, []).append(key)
+            if child not in seen:
+                seen.add(child)
+                queue.append(child)
+    out: list[Plan] = []
+    for entry in shown:
+        key = entry.task.record_key
+        if own[key]:
+            out.append(Plan(entry, "run", tuple(own[key])))
+        elif key in upstream:
+            after = ", ".join(repr(names[dep]) for dep in upstream[key][:3])
+            out.append(Plan(entry, "after", (f"it reads what {after} would write",)))
+        else:
+            out.append(Plan(entry, "skip", ()))
+    return out
+
+
+def counts(states: Iterable[str]) -> dict[str, int]:
+    """How many of each state, in the order of :data:`STATES`."""
+    found: dict[str, int] = {}
+    for state in states:
+        found[state] = found.get(state, 0) + 1
+    return {state: found[state] for state in STATES if state in found}
+
+
+def describe_counts(found: dict[str, int], order: Sequence[str] = STATES) -> str:
+    return ", ".join(f"{found[state]} {state}" for state in order if found.get(state))
+
+
+# -- how figures are written ---------------------------------------------------------------
+
+
+def when(timestamp: float | None) -> str:
+    """A local date and time, ``-`` if unknown."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def mebibytes(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.0f}MiB"
+
+
+def seconds(duration: float | None) -> str:
+    if duration is None:
+        return "-"
+    if duration < 60:
+        return f"{duration:.2f}s"
+    minutes, rest = divmod(duration, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)}h{int(minutes):02d}m{int(rest):02d}s" if hours else f"{int(minutes)}m{int(rest):02d}s"
