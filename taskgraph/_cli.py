@@ -173,7 +173,8 @@ def _run_lines(view: View) -> list[str]:
                              "may still be running there, or was killed")
             else:
                 lines.append(f"run {later.run_id} is in progress ({where}, started {_when(later.started)}): "
-                             f"given {count} tasks so far; its records are shown as they are committed")
+                             f"{count} of its tasks committed so far (its decisions are committed with the "
+                             "tasks it finishes) are shown with the current graph")
         else:
             lines.append(f"run {later.run_id} did not finish ({where}, started {_when(later.started)}, is gone: "
                          "killed or crashed); what it recorded is shown with the current graph")

@@ -370,6 +370,11 @@ class TaskGraph:
             self._terminate(interrupt)
             raise
         if self._n_workers < 0 and task._error is not None:
+            if self._scheduler.failure is not None:
+                # The graph stopped: end the run now (it is what the ledger's
+                # current graph is), as join() would; the script usually
+                # lets this exception end it.
+                self._shutdown()
             raise task._error
         return task
 

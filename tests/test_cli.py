@@ -1,5 +1,6 @@
 """The ``taskgraph`` command, run as a real console script against real ledgers."""
 
+import inspect
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import history_funcs
 import pytest
 
 import taskgraph
@@ -18,7 +20,7 @@ PIPELINE = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import engine_funcs, taskgraph
     if __name__ == "__main__":
-        ws, fail = sys.argv[1], sys.argv[2] == "fail"
+        ws, modes = sys.argv[1], sys.argv[2].split(",")
         source = os.path.join(ws, "source.txt")
         if not os.path.exists(source):
             open(source, "w").write("s")
@@ -28,10 +30,12 @@ PIPELINE = textwrap.dedent("""
         b = graph.add_task(engine_funcs.concat, args=(os.path.join(ws, "b.txt"), os.path.join(ws, "a.txt")),
                            target_path_list=[os.path.join(ws, "b.txt")], dependent_task_list=[a],
                            task_name="beta")
-        graph.add_task(engine_funcs.write, args=(os.path.join(ws, "c.txt"), "c"),
-                       target_path_list=[os.path.join(ws, "c.txt")], task_name="gamma")
-        if fail:
-            graph.add_task(engine_funcs.fail, dependent_task_list=[b], task_name="broken")
+        # "change" changes one value deep in gamma's argument.
+        value = {{"catchment_1": {{"area_km2": 655.2 if "change" in modes else 631.6056, "note": "x" * 80}}}}
+        c = graph.add_task(engine_funcs.write, args=(os.path.join(ws, "c.txt"), value),
+                           target_path_list=[os.path.join(ws, "c.txt")], task_name="gamma")
+        if "fail" in modes:
+            graph.add_task(engine_funcs.fail, dependent_task_list=[b, c], task_name="broken")
         graph.close()
         try:
             graph.join()
@@ -52,8 +56,9 @@ class Workspace:
     def __init__(self, path, script):
         self.path, self.script = path, script
 
-    def run(self, fail=False):
-        return subprocess.run([sys.executable, str(self.script), str(self.path), "fail" if fail else "ok"],
+    def run(self, fail=False, change=False):
+        modes = ",".join(["ok"] + ["fail"] * fail + ["change"] * change)
+        return subprocess.run([sys.executable, str(self.script), str(self.path), modes],
                               capture_output=True, text=True, timeout=120).returncode
 
     def __truediv__(self, name):
@@ -77,7 +82,8 @@ def test_status_lists_every_task(workspace):
     assert workspace.run() == 0  # second run: everything skipped
     result = tg("status", workspace)
     assert result.returncode == 0, result.stderr
-    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:-1]}
+    assert result.stdout.startswith("current graph: run 2, ended ")
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:-1]}
     assert set(lines) == {"alpha", "beta", "gamma"}
     assert all(line[1] == "skipped" and line[-1] == "ok" for line in lines.values())
     assert result.stdout.splitlines()[-1].startswith("3 tasks: 3 skipped")
@@ -230,3 +236,233 @@ def test_status_of_a_ledger_from_a_killed_run(tmp_path):
     tasks = json.loads(result.stdout)["tasks"]
     assert sorted(task["name"] for task in tasks) == ["quick0", "quick1", "quick2", "quick3"]
     assert all(task["targets"] == "ok" for task in tasks)
+
+
+# -- runs, the current graph and the history --------------------------------------------
+
+
+def status_json(workspace, *options):
+    result = tg("status", workspace, "--json", *options)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_two_runs_with_a_changed_argument_and_a_failure(workspace, tmp_path):
+    first = {row["name"]: row["key"] for row in status_json(workspace)["tasks"]}
+    assert workspace.run(fail=True, change=True) == 3
+
+    failed = tg("explain", workspace, "broken")
+    assert failed.returncode == 0, failed.stderr
+    assert "last run failed at " in failed.stdout
+    assert ": ZeroDivisionError: division by zero" in failed.stdout
+    assert 'engine_funcs.py", line ' in failed.stdout and "return 1 / 0" in failed.stdout
+
+    changed = tg("explain", workspace, "gamma")
+    assert changed.returncode == 0, changed.stderr
+    current_gamma = next(row["key"] for row in status_json(workspace)["tasks"] if row["name"] == "gamma")
+    assert current_gamma != first["gamma"]
+    assert changed.stdout.startswith(f"task 'gamma' (key {current_gamma[:12]}), in the current graph (run 2)")
+    assert "its arguments changed: args[1]['catchment_1']['area_km2']: 631.6056 -> 655.2" in changed.stdout
+    assert f"1 older record of this name (history): {first['gamma'][:12]} (run 1, " in changed.stdout
+
+    # The current graph is exactly what run 2 was given.
+    data = status_json(workspace)
+    assert data["current_run"] == 2 and data["history"] == 1
+    assert sorted((row["name"], row["state"]) for row in data["tasks"]) == [
+        ("alpha", "skipped"), ("beta", "skipped"), ("broken", "failed"), ("gamma", "ran")]
+    assert all(row["current"] for row in data["tasks"])
+    assert current_gamma in {row["key"] for row in data["tasks"]}
+    everything = status_json(workspace, "--all")
+    assert {row["key"]: row["state"] for row in everything["tasks"]}[first["gamma"]] == "stale"
+    text = tg("status", workspace).stdout
+    assert "1 older record is history (not considered since run 2)" in text
+
+    forgot = tg("forget", workspace, "--stale", "--yes")
+    assert forgot.returncode == 0, forgot.stderr
+    assert forgot.stdout.startswith("forgot 1 record(s) of history")
+    after = status_json(workspace, "--all")
+    assert sorted(row["key"] for row in after["tasks"]) == sorted(row["key"] for row in data["tasks"])
+    assert after["history"] == 0 and all(row["current"] for row in after["tasks"])
+
+    mermaid = tmp_path / "g.mmd"
+    assert tg("graph", workspace, "-o", mermaid).returncode == 0
+    assert mermaid.read_text().startswith("flowchart LR\n")
+    report = tmp_path / "report.html"
+    made = tg("report", workspace, "-o", report)
+    assert made.returncode == 0, made.stderr
+    page = report.read_text()
+    assert '<svg id="graph"' in page and '<svg id="timeline"' in page and "ZeroDivisionError" in page
+
+
+def test_forget_stale_asks_first_and_keeps_recent_history(workspace):
+    assert workspace.run(change=True) == 0
+    history = [row["key"] for row in status_json(workspace, "--all")["tasks"] if row["state"] == "stale"]
+    assert len(history) == 1
+    refused = tg("forget", workspace, "--stale")
+    assert refused.returncode == 1 and "--yes" in refused.stderr and "'gamma'" in refused.stderr
+    recent = tg("forget", workspace, "--stale", "--older-than", "30d", "--yes")
+    assert recent.returncode == 0 and recent.stdout.startswith("nothing to forget")
+    assert len(status_json(workspace, "--all")["tasks"]) == 4
+    # Make the old record 40 days old, as months of history would.
+    con = sqlite3.connect(str(workspace / taskgraph.LEDGER_FILENAME))
+    with con:
+        con.execute("UPDATE decisions SET decided_at = decided_at - 40 * 86400 WHERE record_key = ?", history)
+        con.execute("UPDATE tasks SET ended = ended - 40 * 86400 WHERE record_key = ?", history)
+    con.close()
+    old = tg("forget", workspace, "--stale", "--older-than", "30d", "--yes")
+    assert old.returncode == 0 and old.stdout.startswith("forgot 1 record(s)"), old.stdout
+    assert [row["name"] for row in status_json(workspace, "--all")["tasks"]].count("gamma") == 1
+    bad = tg("forget", workspace, "--stale", "--older-than", "soon")
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+    log = workspace / "executions.log"
+    log.write_text("")
+    assert workspace.run(change=True) == 0
+    assert log.read_text() == ""  # the current graph was untouched: nothing runs
+
+
+def test_explain_and_forget_name_the_current_record(workspace):
+    assert workspace.run(change=True) == 0
+    old, new = sorted((row for row in status_json(workspace, "--all")["tasks"] if row["name"] == "gamma"),
+                      key=lambda row: row["state"] == "stale", reverse=True)
+    assert old["state"] == "stale" and new["state"] == "ran"
+    history = tg("explain", workspace, old["key"][:8])
+    assert history.returncode == 0
+    assert "history: not in the current graph (run 2); last considered run 1" in history.stdout
+    assert tg("forget", workspace, "gamma", "--yes").returncode == 0
+    remaining = {row["key"] for row in status_json(workspace, "--all")["tasks"]}
+    assert old["key"] in remaining and new["key"] not in remaining
+
+
+def line_of(func):
+    """The line of a one-line function's body."""
+    return inspect.getsourcelines(func)[1] + 1
+
+
+def test_failed_tasks_show_type_message_and_the_users_frames(tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import history_funcs, taskgraph
+        if __name__ == "__main__":
+            graph = taskgraph.TaskGraph(sys.argv[1], int(sys.argv[2]))
+            try:
+                graph.add_task(history_funcs.nested, args=({{"present": 1}},), task_name="step 3")
+                graph.close()
+                graph.join()
+            except KeyError:
+                sys.exit(3)
+    """))
+    for n_workers in (2, 0, -1):
+        ws = tmp_path / f"ws{n_workers}"
+        ws.mkdir()
+        run = subprocess.run([sys.executable, str(script), str(ws), str(n_workers)], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 3, run.stderr
+        explained = tg("explain", ws, "step 3").stdout
+        assert ": KeyError: 'missing'\n" in explained, (n_workers, explained)
+        assert "raised by taskgraph task" not in explained
+        failed = tg("status", ws, "--failed").stdout
+        frames = failed.splitlines()[3:-1]
+        assert [line.strip() for line in frames] == [
+            f'File "{history_funcs.__file__}", line {line_of(history_funcs.nested)}, in nested',
+            "return helper(values)",
+            f'File "{history_funcs.__file__}", line {line_of(history_funcs.helper)}, in helper',
+            'return values["missing"]',
+            "KeyError: 'missing'",
+        ], (n_workers, failed)
+        row = status_json(ws)["tasks"][0]
+        assert (row["error_type"], row["error_message"]) == ("KeyError", "'missing'")
+        assert [frame["function"] for frame in row["error_frames"]] == ["nested", "helper"]
+
+
+def test_trace_says_which_run_it_exports(workspace, tmp_path):
+    assert workspace.run() == 0  # run 2 executes nothing
+    out = tmp_path / "trace.json"
+    result = tg("trace", workspace, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("run 2, the latest, executed nothing (3 skipped): the trace is of run 1")
+    assert "3 tasks of run 1" in result.stdout
+    assert tg("trace", workspace, "-o", out, "--run", "1").stdout.startswith("wrote ")
+    none = tg("trace", workspace, "-o", out, "--run", "2")
+    assert none.returncode == 1 and "runs with tasks to show: 1" in none.stderr
+
+
+def test_graph_format_follows_the_file_name(workspace, tmp_path):
+    for name, start in (("g.mmd", "flowchart LR"), ("g.mermaid", "flowchart LR"), ("g.dot", "digraph"),
+                        ("g.gv", "digraph"), ("g.json", "{"), ("g.txt", "digraph")):
+        result = tg("graph", workspace, "-o", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name).read_text().startswith(start), name
+    explicit = tg("graph", workspace, "--format", "json", "-o", tmp_path / "x.mmd")
+    assert explicit.returncode == 0 and (tmp_path / "x.mmd").read_text().startswith("{")
+
+
+def test_every_argument_has_help():
+    from taskgraph._cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [action for action in parser._actions if action.dest == "command"]
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"`taskgraph {name}`: {action.dest} has no help text"
+        assert "workspace directory" in sub.format_help(), name
+
+
+def test_wrong_workspaces_and_short_prefixes_say_what_is_wrong(workspace, tmp_path):
+    missing = tg("status", tmp_path / "nowhere")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    a_file = tg("status", workspace / "a.txt")
+    assert a_file.returncode == 1 and "is a file, not a workspace directory" in a_file.stderr
+    natcap = tmp_path / "natcap"
+    natcap.mkdir()
+    (natcap / "taskgraph_data.db").write_bytes(b"")
+    natcap_result = tg("explain", natcap, "x")
+    assert natcap_result.returncode == 1
+    assert "is a natcap taskgraph workspace" in natcap_result.stderr and "runs every task once" in natcap_result.stderr
+    for result in (missing, a_file, natcap_result):
+        assert len(result.stderr.strip().splitlines()) == 1
+    key = status_json(workspace)["tasks"][0]["key"]
+    short = tg("explain", workspace, key[:3])
+    assert short.returncode == 1 and "a key prefix needs at least 4 characters" in short.stderr
+
+
+def test_status_says_a_run_is_in_progress_and_when_it_was_killed(tmp_path):
+    gate = tmp_path / "gate"
+    script = tmp_path / "live.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import history_funcs, taskgraph
+        if __name__ == "__main__":
+            ws, wait = sys.argv[1], sys.argv[2] == "wait"
+            graph = taskgraph.TaskGraph(ws, 1)
+            quick = os.path.join(ws, "quick.txt")
+            graph.add_task(history_funcs.write, args=(quick, 1), target_path_list=[quick], task_name="quick")
+            if wait:
+                graph.add_task(history_funcs.wait_for, args=({str(gate)!r}, 60), task_name="waiting")
+            graph.close()
+            graph.join()
+    """))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert subprocess.run([sys.executable, str(script), str(ws), "no"], timeout=120).returncode == 0
+    proc = subprocess.Popen([sys.executable, str(script), str(ws), "wait"])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            data = status_json(ws)
+            if data["later_runs"] and data["later_runs"][0]["status"] == "running":
+                break
+            assert time.monotonic() < deadline, data
+            time.sleep(0.1)
+        text = tg("status", ws).stdout
+        assert "run 2 is in progress (pid " in text
+        refused = tg("forget", ws, "--stale", "--yes")
+        assert refused.returncode == 1 and "run 2 is in progress" in refused.stderr
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    text = tg("status", ws).stdout
+    assert "run 2 did not finish" in text and "killed or crashed" in text
+    assert status_json(ws)["current_run"] == 1
