@@ -4,9 +4,9 @@ import os
 import time
 
 
-def write(path, value):
+def write(path, value, **options):
     with open(path, "w") as stream:
-        stream.write(repr(value))
+        stream.write(repr((value, options)))
 
 
 def wait_for(path, timeout):
