@@ -463,7 +463,7 @@ def _forget_stale(args: argparse.Namespace, out: TextIO) -> int:
             out.write("nothing is history: no run has ended yet, so there is no current graph\n")
             return 0
         for run in reader.runs():
-            if run.run_id > current and run_status(run) == "running" and run.host == socket.gethostname():
+            if run_status(run) == "running" and run.host == socket.gethostname():
                 raise CommandError(
                     f"run {run.run_id} is in progress (pid {run.pid}): it may be using records that are "
                     "history now; forget --stale once it has ended"
