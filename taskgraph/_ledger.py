@@ -884,18 +884,19 @@ class Ledger:
             failure.type if failure else None, failure.message if failure else None,
             failure.frames_json() if failure else None, outcome.arguments,
         ))
+        if not outcome.fresh:
+            rows[_DELETE_DEPS].append((key,))
+        rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
         if not outcome.fresh:
             rows[_DELETE_FILES].append((key,))
-            rows[_DELETE_DEPS].append((key,))
             rows[_DELETE_RESULT].append((key,))
         for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
             rows[_INSERT_FILE].extend(
                 (key, role, path, fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
                 for path, fp in files.items()
             )
-        rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
         if outcome.store_result:
             value = sqlitedict.encode(outcome.result)
             secret = self._workspace_key()

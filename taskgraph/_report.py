@@ -89,7 +89,7 @@ def _graph_nodes(entries: Sequence[Entry], edges: Sequence[tuple[str, str]]) -> 
     if len(entries) <= _MAX_NODES:
         nodes = [
             _Node(entry.task.record_key, entry.task.name,
-                  f"{entry.task.name}\n{entry.state}, {seconds(entry.task.duration)} (run {entry.run or '-'})"
+                  f"{entry.task.name}\n{entry.state}, {duration(entry.task.duration)} (run {entry.run or '-'})"
                   f"\nkey {entry.task.record_key[:12]}", entry.state)
             for entry in entries
         ]
@@ -104,7 +104,7 @@ def _graph_nodes(entries: Sequence[Entry], edges: Sequence[tuple[str, str]]) -> 
         tally = ", ".join(f"{states.count(state)} {state}" for state in COLOURS if state in states)
         total = sum(member.task.duration or 0 for member in members)
         nodes.append(_Node(family, f"{family} (x{len(members)})" if len(members) > 1 else family,
-                           f"{family}: {len(members)} tasks ({tally}), {seconds(total)} in all", _worst(states)))
+                           f"{family}: {len(members)} tasks ({tally}), {duration(total)} in all", _worst(states)))
     family_edges = sorted({(of[a], of[b]) for a, b in edges if of[a] != of[b]})
     note = (f"{len(entries)} tasks, drawn as {len(nodes)} families of names (digits in a name stand for any "
             "number); each family has the colour of its worst state")
@@ -187,7 +187,7 @@ def graph_svg(view: View) -> tuple[str, str]:
                      'marker-end="url(#arrow)"/>')
     for number, node in enumerate(nodes):
         x, y = where[node.key]
-        label = _cut(node.label, 26)
+        label = _cut(node.label, 24)
         sub = node.detail.splitlines()[1] if "\n" in node.detail else node.detail[len(node.label):]
         parts.append(
             f'<g class="node state-{esc(node.state)}" id="node-{number}"><title>{esc(node.detail)}</title>'
@@ -201,6 +201,21 @@ def graph_svg(view: View) -> tuple[str, str]:
 
 
 # -- the timeline --------------------------------------------------------------------------
+
+
+def duration(value: float | None) -> str:
+    """A duration as a person reads it: milliseconds below a second."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.1f} ms" if value < 0.01 else f"{value * 1000:.0f} ms"
+    return seconds(value)
+
+
+def _tick_label(value: float, step: float) -> str:
+    if step < 1:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.0f}s" if value < 60 else seconds(value)
 
 
 def _tick(span: float) -> float:
@@ -252,7 +267,7 @@ def timeline_svg(tasks: Sequence[TaskRow]) -> tuple[str, str]:
     while mark <= span + 1e-9:
         x = label_w + mark * scale
         parts.append(f'<line class="grid" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 6}"/>'
-                     f'<text class="tick" x="{x:.1f}" y="{top - 10}">{esc(seconds(mark))}</text>')
+                     f'<text class="tick" x="{x:.1f}" y="{top - 10}">{esc(_tick_label(mark, step))}</text>')
         mark += step
     for worker, lane in lanes.items():
         y = top + lane * lane_h
@@ -265,7 +280,7 @@ def timeline_svg(tasks: Sequence[TaskRow]) -> tuple[str, str]:
         x = label_w + ((task.started or 0) - origin) * scale
         bar = max((task.duration or 0) * scale, 1.5)
         state = "failed" if task.state == "failed" else "ran"
-        tip = (f"{task.name}\n{seconds(task.duration)} wall, {seconds(task.cpu_time)} CPU, "
+        tip = (f"{task.name}\n{duration(task.duration)} wall, {duration(task.cpu_time)} CPU, "
                f"{mebibytes(task.peak_memory)} peak\nstarted {when(task.started)} on {task.worker}")
         text = ""
         if bar > 40:
@@ -302,7 +317,7 @@ def bars_svg(name: str, rows: Sequence[tuple[str, float]], fmt: Callable[[float]
 
 def _top(entries: Sequence[Entry], value: Callable[[TaskRow], float | None]) -> list[tuple[str, float]]:
     measured = [(entry.task.name, value(entry.task)) for entry in entries]
-    found = [(name, float(figure)) for name, figure in measured if figure]
+    found = [(name, float(figure)) for name, figure in measured if figure is not None]
     return sorted(found, key=lambda pair: -pair[1])[:_TOP]
 
 
@@ -388,8 +403,8 @@ def render(view: View) -> tuple[str, str]:
         '<p class="note">One lane per worker; each bar is a task from its start to its end. Tasks that ran '
         "again in a later run show there instead.</p></section>",
         '<section id="costs"><h2>What cost most</h2><div class="costs">',
-        "<div><h3>wall time</h3>" + bars_svg("cost-wall", _top(shown, lambda t: t.duration), seconds) + "</div>",
-        "<div><h3>CPU time</h3>" + bars_svg("cost-cpu", _top(shown, lambda t: t.cpu_time), seconds) + "</div>",
+        "<div><h3>wall time</h3>" + bars_svg("cost-wall", _top(shown, lambda t: t.duration), duration) + "</div>",
+        "<div><h3>CPU time</h3>" + bars_svg("cost-cpu", _top(shown, lambda t: t.cpu_time), duration) + "</div>",
         "<div><h3>peak memory</h3>" + bars_svg(
             "cost-memory", _top(shown, lambda t: t.peak_memory), lambda v: mebibytes(int(v))) + "</div>",
         "</div></section>",
