@@ -37,7 +37,7 @@ from taskgraph._errors import LedgerError, TaskGraphError
 from taskgraph._failure import format_frames
 from taskgraph._ledger import LedgerReader, TaskRow, forget, forget_stale
 from taskgraph._version import __version__
-from taskgraph._view import View, describe_counts, failure_of, file_state, mebibytes, run_status, seconds, when
+from taskgraph._view import Entry, View, describe_counts, failure_of, file_state, mebibytes, run_status, seconds, when
 from taskgraph._view import build as build_view
 from taskgraph._view import counts as view_counts
 
@@ -205,59 +205,61 @@ def _failure_lines(task: TaskRow) -> list[str]:
 # -- commands ----------------------------------------------------------------------------
 
 
+def _status_row(entry: Entry, task: TaskRow | None) -> dict[str, Any]:
+    failure = failure_of(task) if task is not None else None
+    return {
+        "name": entry.name,
+        "key": entry.key,
+        "state": entry.state,
+        "run": entry.run,
+        "current": entry.current,
+        "recorded": entry.recorded,
+        "last_run": entry.ended,
+        "duration": entry.duration,
+        "cpu_time": entry.cpu_time,
+        "peak_memory": entry.peak_memory,
+        "targets": entry.targets,
+        "error": task.error if task is not None else None,
+        "error_type": failure.type if failure else None,
+        "error_message": failure.message if failure else None,
+        "error_frames": [{"file": f, "line": n, "function": func, "code": code}
+                         for f, n, func, code in failure.frames] if failure else None,
+    }
+
+
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     reader = LedgerReader(args.workspace)
     view = build_view(reader, everything=args.all)
-    rows: list[dict[str, Any]] = []
-    for entry in view.entries:
-        task = entry.task
-        if args.failed and task.state != "failed":
-            continue
-        failure = failure_of(task)
-        rows.append({
-            "name": task.name,
-            "key": task.record_key,
-            "state": entry.state,
-            "run": entry.run,
-            "current": entry.current,
-            "recorded": task.state,
-            "last_run": task.ended,
-            "duration": task.duration,
-            "cpu_time": task.cpu_time,
-            "peak_memory": task.peak_memory,
-            "targets": entry.targets,
-            "error": task.error,
-            "error_type": failure.type if failure else None,
-            "error_message": failure.message if failure else None,
-            "error_frames": [{"file": f, "line": n, "function": func, "code": code}
-                             for f, n, func, code in failure.frames] if failure else None,
-        })
-    summary: dict[str, Any] = {"tasks": len(rows), **view_counts(row["state"] for row in rows)}
+    failed = view.failed()
+    entries = [entry for entry in view.entries if not args.failed or entry.recorded == "failed"]
+    summary: dict[str, Any] = {"tasks": len(entries), **view_counts(entry.state for entry in entries)}
     if args.json:
         runs = [{"run": run.run_id, "status": status, "started": run.started, "pid": run.pid, "host": run.host}
                 for run, status in view.later]
-        json.dump({"workspace": args.workspace, "current_run": view.current, "later_runs": runs,
-                   "tasks": rows, "summary": summary, "history": view.history}, out, indent=1)
-        out.write("\n")
+        # One task per line: readable, greppable, and written by json's C encoder.
+        head = json.dumps({"workspace": args.workspace, "current_run": view.current, "later_runs": runs})
+        out.write(head[:-1] + ', "tasks": [\n')
+        out.write(",\n".join(json.dumps(_status_row(entry, failed.get(entry.key))) for entry in entries))
+        out.write(f'\n], "summary": {json.dumps(summary)}, "history": {view.history}}}\n')
         return 0
     for line in _run_lines(view):
         out.write(line + "\n")
-    width = max([len(row["name"]) for row in rows] + [4])
+    width = max([len(entry.name) for entry in entries] + [4])
     out.write(f"{'TASK':<{width}}  {'STATE':<11} {'RUN':>4} {'LAST RUN':<19} {'DURATION':>9} {'CPU':>9} "
               f"{'PEAK MEM':>9}  TARGETS\n")
-    tasks = {entry.task.record_key: entry.task for entry in view.entries}
-    for row in rows:
-        out.write(
-            f"{row['name']:<{width}}  {row['state']:<11} {row['run'] or '-':>4} {_when(row['last_run']):<19} "
-            f"{_seconds(row['duration']):>9} {_seconds(row['cpu_time']):>9} {_mebibytes(row['peak_memory']):>9}  "
-            f"{row['targets']}\n"
+    lines = []
+    for entry in entries:
+        lines.append(
+            f"{entry.name:<{width}}  {entry.state:<11} {entry.run or '-':>4} {_when(entry.ended):<19} "
+            f"{_seconds(entry.duration):>9} {_seconds(entry.cpu_time):>9} {_mebibytes(entry.peak_memory):>9}  "
+            f"{entry.targets}\n"
         )
-        if args.failed:
-            for line in _failure_lines(tasks[row["key"]]):
-                out.write(f"    {line}\n")
+        if args.failed and entry.key in failed:
+            lines.extend(f"    {line}\n" for line in _failure_lines(failed[entry.key]))
+    out.write("".join(lines))
     counts = describe_counts({key: value for key, value in summary.items() if key != "tasks"})
-    drift = sum(row["targets"] in ("missing", "changed") for row in rows)
-    out.write(f"{len(rows)} tasks" + (f": {counts}" if counts else "")
+    drift = sum(entry.targets in ("missing", "changed") for entry in entries)
+    out.write(f"{len(entries)} tasks" + (f": {counts}" if counts else "")
               + (f"; {drift} with missing or changed targets" if drift else "") + "\n")
     if view.history and not args.all and not args.failed:
         out.write(_history_line(view) + "\n")
@@ -322,8 +324,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
 
 def _graph_model(view: View) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     nodes = [
-        {"key": entry.task.record_key, "name": entry.task.name, "state": entry.state,
-         "duration": entry.task.duration}
+        {"key": entry.key, "name": entry.name, "state": entry.state, "duration": entry.duration}
         for entry in view.entries
     ]
     return nodes, view.edges

@@ -25,8 +25,11 @@ application_id`` = :data:`APPLICATION_ID`)::
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
                                                  mac: HMAC-SHA256 of key and value
     decisions (record_key PK, run_id, decided_at, name, action 'run'|'skip', reasons)
-    considered (run_id, record_key)              PK (run_id, record_key): the records
-                                                 each run was given (schema 3)
+    considered (run_id, record_key, state)       PK (run_id, record_key): the records
+                                                 each run was given, and what became of
+                                                 each: 'ran', 'skipped', 'failed',
+                                                 'cancelled'; while it runs also
+                                                 'pending' and 'running' (schema 3)
 
 Runs and the current graph: every task added to a run is *considered* by it
 (a row of ``considered``, whether it then ran, was skipped or was cancelled).
@@ -62,6 +65,7 @@ every file taskgraph creates in the workspace are readable by their owner only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -166,6 +170,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE TABLE IF NOT EXISTS considered (
     run_id INTEGER NOT NULL,
     record_key TEXT NOT NULL,
+    state TEXT NOT NULL,
     PRIMARY KEY (run_id, record_key)) WITHOUT ROWID;
 """
 # Buffered writes, in the order a flush runs them: deletes before inserts.
@@ -177,7 +182,7 @@ _INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 _UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
 _DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
-_CONSIDER = "INSERT OR IGNORE INTO considered VALUES (?,?)"
+_CONSIDER = "INSERT OR REPLACE INTO considered VALUES (?,?,?)"
 _END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE run_id=?"
 # A run that ends becomes the current graph: the rows of the finished runs
 # before it are history (the run ids of runs that may still be going on
@@ -187,7 +192,6 @@ _STATEMENTS = (
     _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP,
     _UPSERT_RESULT, _DECISION, _CONSIDER, _END_RUN,
 )
-_LAZY_STATEMENTS = (_DECISION, _CONSIDER)
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
@@ -211,11 +215,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE runs ADD COLUMN ran INTEGER",
         "ALTER TABLE runs ADD COLUMN skipped INTEGER",
         "ALTER TABLE runs ADD COLUMN failed INTEGER",
-        "CREATE TABLE considered (run_id INTEGER NOT NULL, record_key TEXT NOT NULL,"
+        "CREATE TABLE considered (run_id INTEGER NOT NULL, record_key TEXT NOT NULL, state TEXT NOT NULL,"
         " PRIMARY KEY (run_id, record_key)) WITHOUT ROWID",
-        "INSERT OR IGNORE INTO considered SELECT d.run_id, d.record_key FROM decisions d"
-        " JOIN tasks t ON t.record_key = d.record_key WHERE d.run_id IS NOT NULL",
-        "INSERT OR IGNORE INTO considered SELECT run_id, record_key FROM tasks t WHERE run_id IS NOT NULL"
+        "INSERT OR IGNORE INTO considered SELECT d.run_id, d.record_key, CASE"
+        " WHEN t.run_id = d.run_id THEN (CASE t.state WHEN 'done' THEN 'ran' ELSE 'failed' END)"
+        " WHEN d.action = 'skip' THEN 'skipped' ELSE 'cancelled' END"
+        " FROM decisions d JOIN tasks t ON t.record_key = d.record_key WHERE d.run_id IS NOT NULL",
+        "INSERT OR IGNORE INTO considered SELECT run_id, record_key,"
+        " CASE state WHEN 'done' THEN 'ran' ELSE 'failed' END FROM tasks t WHERE run_id IS NOT NULL"
         " AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.record_key = t.record_key AND d.run_id IS NOT NULL)",
         "UPDATE runs SET tasks = (SELECT count(*) FROM considered c WHERE c.run_id = runs.run_id)"
         " WHERE ended IS NOT NULL"),
@@ -487,10 +494,11 @@ class Ledger:
         self._written: set[str] = set()
         self._digest_lookups = 0
         self.run_id: int | None = None
-        # The records this run was given, and what became of them (the
-        # run's counts, written when it ends).
-        self._considered: set[str] = set()
-        self._counts = {"ran": 0, "skipped": 0, "failed": 0}
+        # The records this run was given, and what became of each (its
+        # considered rows, and its counts when it ends); the changes not yet
+        # written are in _members_changed.
+        self._members: dict[str, str] = {}
+        self._members_changed: dict[str, str] = {}
         # Set by end_run: the statement that drops older runs' considered rows.
         self._prune: tuple[str, tuple[Any, ...]] | None = None
         if read_only:
@@ -668,21 +676,30 @@ class Ledger:
     def consider(self, record_key: str) -> None:
         """Note that this run was given the task (a lazy row): it is part of
         this run's graph whatever becomes of it."""
-        if record_key not in self._considered:
-            self._considered.add(record_key)
-            if self.run_id is not None:  # (a dry run records nothing)
-                self._rows[_CONSIDER].append((self.run_id, record_key))
+        if record_key not in self._members:
+            self._member(record_key, "pending")
+
+    def _member(self, record_key: str, state: str) -> None:
+        self._members[record_key] = state
+        if self.run_id is not None:  # (a dry run records nothing)
+            self._members_changed[record_key] = state
 
     def end_run(self) -> None:
         """Record the end of the run with its counts; the next commit makes
         it the workspace's current graph (if it was given any task)."""
         if self.run_id is None:
             return
-        counts = self._counts
-        self._rows[_END_RUN].append((time.time(), len(self._considered), counts["ran"], counts["skipped"],
+        for key, state in self._members.items():
+            if state in ("pending", "running"):
+                self._member(key, "cancelled")  # the graph stopped before it finished
+        counts = dict.fromkeys(("ran", "skipped", "failed"), 0)
+        for state in self._members.values():
+            if state in counts:
+                counts[state] += 1
+        self._rows[_END_RUN].append((time.time(), len(self._members), counts["ran"], counts["skipped"],
                                      counts["failed"], self.run_id))
         self._durable = True
-        if self._considered and not self.read_only:
+        if self._members and not self.read_only:
             keep = [
                 run_id for run_id, pid, host in self._conn.execute(
                     "SELECT run_id, pid, host FROM runs WHERE run_id < ? AND ended IS NULL", (self.run_id,))
@@ -788,7 +805,7 @@ class Ledger:
             " ORDER BY ended DESC LIMIT 64",
             (name,),
         ):
-            if row[0] not in self._considered:
+            if row[0] not in self._members:
                 return Previous(*row)
         return None
 
@@ -873,7 +890,7 @@ class Ledger:
         state = "done" if outcome.error is None else "failed"
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._durable = True
-        self._counts["ran" if outcome.error is None else "failed"] += 1
+        self._member(key, "ran" if outcome.error is None else "failed")
         failure = outcome.failure
         rows = self._rows
         rows[_UPSERT_TASK].append((
@@ -906,8 +923,7 @@ class Ledger:
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
-        if not run:
-            self._counts["skipped"] += 1  # a skip is final; a task decided to run may be decided again
+        self._member(record_key, "running" if run else "skipped")
         self._rows[_DECISION].append((
             record_key, self.run_id, time.time(), name, "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
@@ -925,12 +941,15 @@ class Ledger:
         """
         if self.read_only:
             return
-        lazy = sum(len(self._rows[sql]) for sql in _LAZY_STATEMENTS) + len(self._pending_digests)
+        lazy = len(self._rows[_DECISION]) + len(self._members_changed) + len(self._pending_digests)
         if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
         rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
         self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
+        if self._members_changed:
+            rows[_CONSIDER].extend((self.run_id, key, state) for key, state in self._members_changed.items())
+            self._members_changed = {}
         prune, self._prune = self._prune, None
         with self._transaction() as conn:
             self._write(conn, rows, digests)
@@ -1095,8 +1114,11 @@ class StaleRow:
     last_seen: float | None
 
 
-# Records considered by runs from a given one on, each with the latest of them.
-_SEEN_SINCE = "SELECT record_key, max(run_id) AS seen FROM considered WHERE run_id >= ? GROUP BY record_key"
+# The records considered by the runs from a given one on.
+_SCOPE = "SELECT record_key FROM considered WHERE run_id >= ?"
+#: What ``LedgerReader.overview`` gives of a record: (record_key, name, state,
+#: run_id, started, ended, duration, worker, cpu_time, peak_memory).
+OverviewRow = tuple[Any, ...]
 
 
 class LedgerReader:
@@ -1137,6 +1159,7 @@ class LedgerReader:
             )
         #: The schema of the file (the view is always of the current schema).
         self.schema = version
+        self._wanted: set[str] | None = None  # the keys in the temporary table
         if version < SCHEMA_VERSION:
             memory = sqlite3.connect(":memory:", isolation_level=None)
             try:
@@ -1173,34 +1196,91 @@ class LedgerReader:
         """How many tasks the ledger knows ``run_id`` was given (recorded or not)."""
         return int(self._rows("SELECT count(*) FROM considered WHERE run_id=?", (run_id,))[0][0])
 
-    def members(self, run_id: int) -> set[str]:
-        """The record keys ``run_id`` considered (as far as the ledger still knows)."""
-        return {row[0] for row in self._rows("SELECT record_key FROM considered WHERE run_id=?", (run_id,))}
+    def memberships(self, since: int = 0) -> list[tuple[str, int, str]]:
+        """(record_key, run, state) of every record the runs from ``since``
+        on considered (as far as the ledger still knows), by run."""
+        return self._rows("SELECT record_key, run_id, state FROM considered WHERE run_id >= ? ORDER BY run_id",
+                          (since,))
+
+    def _seen(self, keys: Iterable[str] | None = None) -> dict[str, int]:
+        """The latest run that considered each record (of ``keys``, or all)."""
+        if keys is None:
+            rows = self._rows("SELECT record_key, max(run_id) FROM considered GROUP BY record_key")
+        else:
+            wanted = list(keys)
+            rows = []
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                rows += self._rows(
+                    "SELECT record_key, max(run_id) FROM considered WHERE record_key IN"
+                    f" ({','.join('?' * len(chunk))}) GROUP BY record_key", chunk)
+        return {key: run for key, run in rows}
 
     def history_count(self, since: int) -> int:
         """How many records no run from ``since`` on considered."""
-        return int(self._rows(
-            f"SELECT count(*) FROM tasks t LEFT JOIN ({_SEEN_SINCE}) c ON c.record_key = t.record_key"
-            " WHERE c.record_key IS NULL", (since,))[0][0])
+        return int(self._rows(f"SELECT count(*) FROM tasks WHERE record_key NOT IN ({_SCOPE})", (since,))[0][0])
 
     # -- records ------------------------------------------------------------------------
 
-    def tasks(self, since: int | None = None) -> list[TaskRow]:
-        """Recorded tasks, in the order they last ended.
+    def count(self) -> int:
+        """How many records there are."""
+        return int(self._rows("SELECT count(*) FROM tasks")[0][0])
+
+    def overview(self, keys: set[str] | None = None) -> list[OverviewRow]:
+        """What status shows of each record, cheaply: (record_key, name,
+        state, run_id, started, ended, duration, worker, cpu_time,
+        peak_memory), in no particular order; with ``keys``, only those."""
+        columns = "record_key, name, state, run_id, started, ended, duration, worker, cpu_time, peak_memory"
+        return self._some(f"SELECT {columns} FROM tasks", keys)
+
+    def targets(self, keys: set[str] | None = None) -> list[tuple[Any, ...]]:
+        """(record_key, path, mode, size, mtime_ns, digest) of every recorded
+        target (of the records ``keys``, if given)."""
+        return self._some("SELECT record_key, path, mode, size, mtime_ns, digest FROM files WHERE role = 'target'",
+                          keys)
+
+    def _some(self, sql: str, keys: set[str] | None) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` whose first column is one of ``keys`` (all if None).
+
+        A scan that Python filters costs less than looking up each key once
+        the keys are a good part of the table (a current graph usually is);
+        a few keys are looked up through a temporary table.
+        """
+        if keys is None:
+            return self._rows(sql)
+        if len(keys) * 4 >= self.count():
+            return [row for row in self._rows(sql) if row[0] in keys]
+        self._rows("CREATE TEMP TABLE IF NOT EXISTS wanted (key TEXT PRIMARY KEY) WITHOUT ROWID")
+        if self._wanted is not keys:
+            self._rows("DELETE FROM temp.wanted")
+            self._conn.executemany("INSERT OR IGNORE INTO temp.wanted VALUES (?)", ((key,) for key in keys))
+            self._wanted = keys
+        joiner = " AND" if " WHERE " in sql else " WHERE"
+        return self._rows(f"{sql}{joiner} record_key IN (SELECT key FROM temp.wanted)")
+
+    def tasks(self, since: int | None = None, state: str | None = None) -> list[TaskRow]:
+        """Recorded tasks, whole, in the order they last ended.
 
         Args:
             since: only those considered by this run or a later one (the
                 current graph and what runs after it were given); None for
                 every record, history included.
+            state: only those recorded in this state (``'done'``, ``'failed'``).
         """
-        if since is None:
-            sql = (f"SELECT {_TASK_COLUMNS}, c.seen FROM tasks t LEFT JOIN"
-                   f" ({_SEEN_SINCE}) c ON c.record_key = t.record_key")
-            params: tuple[Any, ...] = (0,)
-        else:
-            sql = f"SELECT {_TASK_COLUMNS}, c.seen FROM ({_SEEN_SINCE}) c JOIN tasks t ON t.record_key = c.record_key"
-            params = (since,)
-        return [_task_row(row) for row in self._rows(sql + " ORDER BY t.ended IS NULL, t.ended, t.name", params)]
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append(f"t.record_key IN ({_SCOPE})")
+            params.append(since)
+        if state is not None:
+            where.append("t.state = ?")
+            params.append(state)
+        sql = f"SELECT {_TASK_COLUMNS}, NULL FROM tasks t"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        found = [_task_row(row) for row in self._rows(sql + " ORDER BY t.ended IS NULL, t.ended, t.name", params)]
+        seen = self._seen() if len(found) > 500 else self._seen(task.record_key for task in found)
+        return [dataclasses.replace(task, seen=seen.get(task.record_key)) for task in found]
 
     def named(self, name: str) -> list[TaskRow]:
         """The records of tasks with this name, latest first."""
@@ -1215,9 +1295,11 @@ class LedgerReader:
         return self._select_tasks("t.record_key >= ? AND t.record_key < ?", (prefix, prefix + "g"))
 
     def _select_tasks(self, where: str, params: tuple[Any, ...]) -> list[TaskRow]:
-        return [_task_row(row) for row in self._rows(
-            f"SELECT {_TASK_COLUMNS}, (SELECT max(run_id) FROM considered c WHERE c.record_key = t.record_key)"
-            f" FROM tasks t WHERE {where} ORDER BY t.ended IS NULL, t.ended DESC", params)]
+        found = [_task_row(row) for row in self._rows(
+            f"SELECT {_TASK_COLUMNS}, NULL FROM tasks t WHERE {where} ORDER BY t.ended IS NULL, t.ended DESC",
+            params)]
+        seen = self._seen(task.record_key for task in found)
+        return [dataclasses.replace(task, seen=seen.get(task.record_key)) for task in found]
 
     def last_seen(self, record_key: str) -> tuple[int | None, float | None]:
         """The last run that considered a record, and when, as far as its
@@ -1237,9 +1319,8 @@ class LedgerReader:
         rows = self._rows(
             "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
             " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) AS seen_at"
-            f" FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            f" LEFT JOIN ({_SEEN_SINCE}) c ON c.record_key = t.record_key"
-            " WHERE c.record_key IS NULL ORDER BY seen_at, t.name", (since,))
+            " FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            f" WHERE t.record_key NOT IN ({_SCOPE}) ORDER BY seen_at, t.name", (since,))
         return [StaleRow(key, name, run or None, when or None) for key, name, run, when in rows
                 if before is None or (when or 0) < before]
 
@@ -1249,20 +1330,23 @@ class LedgerReader:
         """record_key -> (inputs, targets), each path -> Fingerprint; with
         ``since``, only for the records considered by that run or later; with
         ``role`` (``'input'`` or ``'target'``), only those files."""
-        sql = "SELECT f.record_key, f.role, f.path, f.mode, f.size, f.mtime_ns, f.digest, f.taken_at_ns FROM files f"
-        params: tuple[Any, ...] = ()
+        sql = "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
+        where: list[str] = []
+        params: list[Any] = []
         if since is not None:
-            sql += f" JOIN ({_SEEN_SINCE}) c ON c.record_key = f.record_key"
-            params = (since,)
+            where.append(f"record_key IN ({_SCOPE})")
+            params.append(since)
         if role is not None:
-            sql += " WHERE f.role = ?"
-            params = (*params, role)
+            where.append("role = ?")
+            params.append(role)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         out: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
-        for key, role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(sql, params):
+        for key, kind, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(sql, params):
             pair = out.get(key)
             if pair is None:
                 pair = out[key] = ({}, {})
-            pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            pair[0 if kind == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
         return out
 
     def record_files(self, record_key: str) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
@@ -1282,30 +1366,19 @@ class LedgerReader:
         if since is None:
             return [(a, b) for a, b in self._rows("SELECT record_key, dep_key FROM deps")]
         return [(a, b) for a, b in self._rows(
-            f"SELECT d.record_key, d.dep_key FROM deps d JOIN ({_SEEN_SINCE}) c ON c.record_key = d.record_key",
-            (since,))]
+            f"SELECT record_key, dep_key FROM deps WHERE record_key IN ({_SCOPE})", (since,))]
 
     def decisions(self, since: int | None = None) -> dict[str, DecisionRow]:
         """Each record's last decision, with its reasons."""
-        sql = "SELECT d.record_key, d.run_id, d.decided_at, d.action, d.reasons FROM decisions d"
+        sql = "SELECT record_key, run_id, decided_at, action, reasons FROM decisions"
         params: tuple[Any, ...] = ()
         if since is not None:
-            sql += f" JOIN ({_SEEN_SINCE}) c ON c.record_key = d.record_key"
+            sql += f" WHERE record_key IN ({_SCOPE})"
             params = (since,)
         return {
             key: DecisionRow(key, run_id, decided_at, action, json.loads(reasons))
             for key, run_id, decided_at, action, reasons in self._rows(sql, params)
         }
-
-    def actions(self, since: int | None = None) -> dict[str, tuple[int | None, str]]:
-        """Each record's last decision as (run, 'run' or 'skip'), without its
-        reasons (cheap for a whole graph)."""
-        sql = "SELECT d.record_key, d.run_id, d.action FROM decisions d"
-        params: tuple[Any, ...] = ()
-        if since is not None:
-            sql += f" JOIN ({_SEEN_SINCE}) c ON c.record_key = d.record_key"
-            params = (since,)
-        return {key: (run_id, action) for key, run_id, action in self._rows(sql, params)}
 
     def decision(self, record_key: str) -> DecisionRow | None:
         rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
@@ -1393,7 +1466,7 @@ def forget_stale(workspace: str, record_keys: Iterable[str], before: float | Non
                 key for key, seen_at in conn.execute(
                     "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"
                     " LEFT JOIN decisions d ON d.record_key = t.record_key"
-                    f" LEFT JOIN ({_SEEN_SINCE}) c ON c.record_key = t.record_key WHERE c.record_key IS NULL",
+                    f" WHERE t.record_key NOT IN ({_SCOPE})",
                     (current,))
                 if key in wanted and (before is None or (seen_at or 0) < before)
             ]

@@ -88,21 +88,21 @@ def _graph_nodes(entries: Sequence[Entry], edges: Sequence[tuple[str, str]]) -> 
     """The nodes and edges to draw, and a note (how the graph was simplified)."""
     if len(entries) <= _MAX_NODES:
         nodes = [
-            _Node(entry.task.record_key, entry.task.name,
-                  f"{entry.task.name}\n{entry.state}, {duration(entry.task.duration)} (run {entry.run or '-'})"
-                  f"\nkey {entry.task.record_key[:12]}", entry.state)
+            _Node(entry.key, entry.name,
+                  f"{entry.name}\n{entry.state}, {duration(entry.duration)} (run {entry.run or '-'})"
+                  f"\nkey {entry.key[:12]}", entry.state)
             for entry in entries
         ]
         return nodes, list(edges), ""
     families: dict[str, list[Entry]] = {}
     for entry in entries:
-        families.setdefault(_family(entry.task.name), []).append(entry)
-    of = {entry.task.record_key: _family(entry.task.name) for entry in entries}
+        families.setdefault(_family(entry.name), []).append(entry)
+    of = {entry.key: _family(entry.name) for entry in entries}
     nodes = []
     for family, members in families.items():
         states = [member.state for member in members]
         tally = ", ".join(f"{states.count(state)} {state}" for state in COLOURS if state in states)
-        total = sum(member.task.duration or 0 for member in members)
+        total = sum(member.duration or 0 for member in members)
         nodes.append(_Node(family, f"{family} (x{len(members)})" if len(members) > 1 else family,
                            f"{family}: {len(members)} tasks ({tally}), {duration(total)} in all", _worst(states)))
     family_edges = sorted({(of[a], of[b]) for a, b in edges if of[a] != of[b]})
@@ -315,8 +315,8 @@ def bars_svg(name: str, rows: Sequence[tuple[str, float]], fmt: Callable[[float]
     return "".join(parts)
 
 
-def _top(entries: Sequence[Entry], value: Callable[[TaskRow], float | None]) -> list[tuple[str, float]]:
-    measured = [(entry.task.name, value(entry.task)) for entry in entries]
+def _top(entries: Sequence[Entry], value: Callable[[Entry], float | None]) -> list[tuple[str, float]]:
+    measured = [(entry.name, value(entry)) for entry in entries]
     found = [(name, float(figure)) for name, figure in measured if figure is not None]
     return sorted(found, key=lambda pair: -pair[1])[:_TOP]
 
@@ -367,7 +367,8 @@ def render(view: View) -> tuple[str, str]:
     run_id, run_tasks, run_note = timeline_run(view)
     timeline, bars_note = timeline_svg(run_tasks)
     shown = [entry for entry in view.entries if entry.state != "stale"]
-    failed = [entry for entry in shown if entry.task.state == "failed"]
+    failed_rows = view.failed()
+    failed = [entry for entry in shown if entry.key in failed_rows]
     decisions = plan(view)
     would_run = [item for item in decisions if item.action != "skip"]
     own = sum(item.action == "run" for item in decisions)
@@ -413,13 +414,14 @@ def render(view: View) -> tuple[str, str]:
     if not failed:
         out.append('<p class="none">no task of the current graph failed in its last run</p>')
     for entry in failed[:_MAX_FAILURES]:
-        failure = failure_of(entry.task)
+        task = failed_rows[entry.key]
+        failure = failure_of(task)
         assert failure is not None
         frames = "\n".join(format_frames(failure.frames, failure.omitted))
         out.append(
-            f'<div class="failure"><h3>{esc(entry.task.name)}: {esc(failure.headline())}</h3>'
-            f'<p class="note">key {esc(entry.task.record_key[:12])}, run {entry.task.run_id}, '
-            f"{esc(when(entry.task.ended))}, on {esc(entry.task.worker or '-')}</p>"
+            f'<div class="failure"><h3>{esc(task.name)}: {esc(failure.headline())}</h3>'
+            f'<p class="note">key {esc(task.record_key[:12])}, run {task.run_id}, '
+            f"{esc(when(task.ended))}, on {esc(task.worker or '-')}</p>"
             + (f"<pre>{esc(frames)}\n{esc(failure.headline())}</pre>" if frames else "")
             + f"<details><summary>the whole traceback</summary><pre>{esc(failure.text)}</pre></details></div>"
         )
@@ -437,7 +439,7 @@ def render(view: View) -> tuple[str, str]:
         for item in would_run[:_MAX_PLAN_ROWS]:
             why = "<br>".join(esc(reason) for reason in item.reasons)
             verb = "run" if item.action == "run" else "run after"
-            out.append(f"<tr><td>{esc(item.entry.task.name)}</td><td>{verb}</td><td>{why}</td></tr>")
+            out.append(f"<tr><td>{esc(item.entry.name)}</td><td>{verb}</td><td>{why}</td></tr>")
         out.append("</table>")
         if len(would_run) > _MAX_PLAN_ROWS:
             out.append(f'<p class="note">and {len(would_run) - _MAX_PLAN_ROWS} more</p>')

@@ -15,6 +15,7 @@ history (state ``stale``).
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -76,15 +77,6 @@ def file_state(path: str, recorded: Fingerprint, reader: LedgerReader, read: boo
     return "missing" if change.what == "missing" else "changed"
 
 
-def targets_state(targets: dict[str, Fingerprint], reader: LedgerReader) -> str:
-    """The worst state of a record's targets, ``-`` without targets."""
-    states = {file_state(path, fp, reader, read=False) for path, fp in targets.items()}
-    for worst in ("missing", "changed", "unreadable", "touched"):
-        if worst in states:
-            return worst
-    return "ok" if states else "-"
-
-
 # -- failures ------------------------------------------------------------------------------
 
 
@@ -124,17 +116,30 @@ class Entry:
     """One record as shown.
 
     Attributes:
+        key, name: the record's key and its task's name.
         state: one of :data:`STATES`: what became of it in the run that last
             considered it, or ``'stale'`` for history.
         run: that run (for history, the last run that considered it).
         current: whether the current graph's run considered it.
-        targets: the state of its targets on disk (``targets_state``).
+        recorded: the record's own state, ``'done'`` or ``'failed'``.
+        run_id, started, ended, duration, worker, cpu_time, peak_memory: its
+            last execution.
+        targets: the state of its targets on disk (:func:`targets_state`).
     """
 
-    task: TaskRow
+    key: str
+    name: str
     state: str
     run: int | None
     current: bool
+    recorded: str
+    run_id: int | None
+    started: float | None
+    ended: float | None
+    duration: float | None
+    worker: str | None
+    cpu_time: float | None
+    peak_memory: int | None
     targets: str = "-"
 
 
@@ -151,6 +156,8 @@ class View:
             they last ended.
         history: how many records are history.
         edges: (dependency, dependent) pairs among the entries.
+        unrecorded: tasks the current graph's run was given that have no
+            record (they never finished: cancelled, or stopped with the run).
     """
 
     reader: LedgerReader
@@ -160,9 +167,8 @@ class View:
     entries: list[Entry]
     history: int
     edges: list[tuple[str, str]] = field(default_factory=list)
-    #: Tasks the current graph's run was given that have no record (they
-    #: never finished: cancelled, or stopped with the run).
     unrecorded: int = 0
+    _failed: dict[str, TaskRow] | None = None
 
     def run(self, run_id: int | None) -> RunRow | None:
         for run in self.runs:
@@ -170,59 +176,91 @@ class View:
                 return run
         return None
 
+    def failed(self) -> dict[str, TaskRow]:
+        """The whole records of the failed entries, by key."""
+        if self._failed is None:
+            keys = {entry.key for entry in self.entries if entry.recorded == "failed"}
+            self._failed = {task.record_key: task for task in self.reader.tasks(state="failed")
+                            if task.record_key in keys} if keys else {}
+        return self._failed
 
-def _state(task: TaskRow, seen: int | None, statuses: dict[int, str],
-           actions: dict[str, tuple[int | None, str]]) -> str:
-    if seen is None:  # no run is known to have considered it: its own record says
-        if task.state == "failed":
-            return "failed"
-        action = actions.get(task.record_key)
-        return "skipped" if action is not None and action[1] == "skip" and action[0] != task.run_id else "ran"
-    if task.run_id == seen:
-        return "failed" if task.state == "failed" else "ran"
-    action = actions.get(task.record_key)
-    status = statuses.get(seen, "ended")
-    if action is not None and action[0] == seen:
-        if action[1] == "skip":
-            return "skipped"
-        return {"running": "running", "ended": "cancelled"}.get(status, "interrupted")
-    return {"running": "pending", "ended": "cancelled"}.get(status, "interrupted")
+
+# How a run's state for a record reads once the run is over, or was killed.
+_ENDED = {"pending": "cancelled", "running": "cancelled"}
+_KILLED = {"pending": "interrupted", "running": "interrupted"}
+
+
+def _stat_state(path: str, mode: str, size: int, mtime_ns: int, digest: str | None, reader: LedgerReader) -> str:
+    """A target's state from one stat, without reading it (a content-hashed
+    target whose stat changed is looked up in the digest cache)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return "missing"
+    if mode == "exists":
+        return "ok"
+    if found.st_size != size:
+        return "changed"
+    if found.st_mtime_ns == mtime_ns:
+        return "ok"
+    if not is_content_algorithm(mode):
+        return "changed"
+    st = file_stat(path)
+    entry = reader.lookup_digest(path, mode) if st is not None else None
+    if entry is None or entry.stat != st:
+        return "touched"
+    return "ok" if entry.digest == digest else "changed"
 
 
 def build(reader: LedgerReader, everything: bool = False, check_targets: bool = True) -> View:
     """The view of a workspace: the current graph (and, with ``everything``,
     the history), each record's state and, with ``check_targets``, its
-    targets checked on disk."""
+    targets checked on disk (by their stat: no file is read)."""
     runs = reader.runs()
     statuses = {run.run_id: run_status(run) for run in runs}
     current = reader.current_run()
     later = [(run, statuses[run.run_id]) for run in runs if current is None or run.run_id > current]
+    # The latest run that considered each record, and what became of it there.
+    latest: dict[str, tuple[int, str]] = {}
+    in_current: set[str] = set()
+    for key, run_id, state in reader.memberships(current or 0):
+        latest[key] = (run_id, state)
+        if run_id == current:
+            in_current.add(key)
     since = None if everything or current is None else current
-    tasks = reader.tasks(since)
-    actions = reader.actions(since)
-    members = reader.members(current) if current is not None else set()
-    targets = reader.files(since, role="target") if check_targets else {}
+    scope = None if since is None else set(latest)
+    rows = reader.overview(scope)
+    rows.sort(key=lambda row: (row[5] is None, row[5] or 0.0, row[1]))  # as they last ended
     entries: list[Entry] = []
-    history = 0
-    for task in tasks:
-        shown_in_graph = current is None or (task.seen is not None and task.seen >= current)
-        if shown_in_graph:
-            state = _state(task, task.seen, statuses, actions)
-            run = task.seen if task.seen is not None else task.run_id
+    for key, name, recorded, run_id, started, ended, duration, worker, cpu_time, peak_memory in rows:
+        seen = latest.get(key)
+        if seen is not None:
+            run, state = seen
+            status = statuses.get(run, "ended")
+            if status != "running":
+                state = (_ENDED if status == "ended" else _KILLED).get(state, state)
+        elif current is None:  # before any run ended, its own record says
+            run, state = run_id, ("failed" if recorded == "failed" else "ran")
         else:
-            history += 1
-            state = "stale"
-            action = actions.get(task.record_key)
-            run = max((r for r in (task.run_id, action[0] if action else None) if r is not None), default=None)
-        entry = Entry(task, state, run, task.record_key in members)
-        if check_targets:
-            entry.targets = targets_state(targets.get(task.record_key, ({}, {}))[1], reader)
-        entries.append(entry)
-    if not everything and current is not None:
+            run, state = run_id, "stale"
+        entries.append(Entry(key, name, state, run, key in in_current, recorded, run_id, started, ended,
+                             duration, worker, cpu_time, peak_memory))
+    if check_targets:
+        worst: dict[str, str] = {}
+        rank = {"missing": 4, "changed": 3, "touched": 2, "ok": 1}
+        for key, path, mode, size, mtime_ns, digest in reader.targets(scope):
+            state = _stat_state(path, mode, size, mtime_ns, digest, reader)
+            if rank[state] > rank.get(worst.get(key, "ok"), 0) or key not in worst:
+                worst[key] = state
+        for entry in entries:
+            entry.targets = worst.get(entry.key, "-")
+    if everything or current is None:
+        history = sum(entry.state == "stale" for entry in entries)
+    else:
         history = reader.history_count(current)
-    keys = {entry.task.record_key for entry in entries}
+    keys = {entry.key for entry in entries}
     edges = [(dep, key) for key, dep in reader.deps(since) if key in keys and dep in keys]
-    unrecorded = len(members - {task.record_key for task in tasks})
+    unrecorded = len(in_current - keys)
     return View(reader, runs, current, later, entries, history, edges, unrecorded)
 
 
@@ -250,29 +288,29 @@ def plan(view: View, read: bool = False) -> list[Plan]:
     history, in the order of the view; dependents of a task that would run
     are ``'after'`` it."""
     shown = [entry for entry in view.entries if entry.state != "stale"]
-    keys = [entry.task.record_key for entry in shown]
+    keys = [entry.key for entry in shown]
+    failed = view.failed()
     files = view.reader.files(view.current) if shown else {}
     wanted = set(keys)
     own: dict[str, list[str]] = {}
     for entry in shown:
-        task = entry.task
         reasons: list[str] = []
-        if task.state == "failed":
-            failure = failure_of(task)
+        if entry.recorded == "failed":
+            failure = failure_of(failed[entry.key]) if entry.key in failed else None
             reasons.append(f"its last run failed ({failure.headline()})" if failure else "its last run failed")
-        inputs, targets = files.get(task.record_key, ({}, {}))
+        inputs, targets = files.get(entry.key, ({}, {}))
         for role, recorded in (("target", targets), ("input", inputs)):
             for path, fp in recorded.items():
                 state = file_state(path, fp, view.reader, read)
                 if state != "ok":
                     reasons.append(f"{role} {path} is {state}")
-        own[task.record_key] = reasons
+        own[entry.key] = reasons
     dependents: dict[str, list[str]] = {}
     for dep, key in view.edges:
         if dep in wanted and key in wanted:
             dependents.setdefault(dep, []).append(key)
     upstream: dict[str, list[str]] = {}
-    names = {entry.task.record_key: entry.task.name for entry in shown}
+    names = {entry.key: entry.name for entry in shown}
     # Breadth-first from every record that would run on its own.
     queue = [key for key in keys if own[key]]
     seen = set(queue)
@@ -285,7 +323,7 @@ def plan(view: View, read: bool = False) -> list[Plan]:
                 queue.append(child)
     out: list[Plan] = []
     for entry in shown:
-        key = entry.task.record_key
+        key = entry.key
         if own[key]:
             out.append(Plan(entry, "run", tuple(own[key])))
         elif key in upstream:
@@ -311,9 +349,20 @@ def describe_counts(found: dict[str, int], order: Sequence[str] = STATES) -> str
 # -- how figures are written ---------------------------------------------------------------
 
 
+_WHEN: dict[int, str] = {}
+
+
 def when(timestamp: float | None) -> str:
     """A local date and time, ``-`` if unknown."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+    if not timestamp:
+        return "-"
+    second = int(timestamp)
+    text = _WHEN.get(second)
+    if text is None:
+        if len(_WHEN) > 4096:
+            _WHEN.clear()
+        text = _WHEN[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+    return text
 
 
 def mebibytes(size: int | None) -> str:
