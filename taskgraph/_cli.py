@@ -159,8 +159,8 @@ def _run_lines(view: View) -> list[str]:
             found["cancelled"] = max(0, run.tasks - sum(v or 0 for v in found.values()))
             given += ": " + ", ".join(f"{v} {k}" for k, v in found.items() if v)
         if view.unrecorded:
-            given += (f"; {view.unrecorded} of them never finished, so they have no record"
-                      if view.unrecorded > 1 else "; 1 of them never finished, so it has no record")
+            given += (f"; {view.unrecorded} of them were never decided, so they have no record"
+                      if view.unrecorded > 1 else "; 1 of them was never decided, so it has no record")
         lines.append(f"current graph: run {run.run_id}, ended {_when(run.ended)} ({given})")
     for later, status in view.later:
         if run is not None and later.run_id < run.run_id:
@@ -213,7 +213,7 @@ def _status_row(entry: Entry, task: TaskRow | None) -> dict[str, Any]:
         "state": entry.state,
         "run": entry.run,
         "current": entry.current,
-        "recorded": entry.recorded,
+        "recorded": entry.recorded or None,
         "last_run": entry.ended,
         "duration": entry.duration,
         "cpu_time": entry.cpu_time,

@@ -1233,6 +1233,11 @@ class LedgerReader:
         columns = "record_key, name, state, run_id, started, ended, duration, worker, cpu_time, peak_memory"
         return self._some(f"SELECT {columns} FROM tasks", keys)
 
+    def decided_names(self, keys: set[str]) -> list[tuple[str, str]]:
+        """(record_key, name) of those of ``keys`` that were decided: a task a
+        run decided to run is named there before it has a record."""
+        return self._some("SELECT record_key, name FROM decisions", keys)
+
     def targets(self, keys: set[str] | None = None) -> list[tuple[Any, ...]]:
         """(record_key, path, mode, size, mtime_ns, digest) of every recorded
         target (of the records ``keys``, if given)."""

@@ -445,9 +445,12 @@ def render(view: View) -> tuple[str, str]:
             out.append(f'<p class="note">and {len(would_run) - _MAX_PLAN_ROWS} more</p>')
     out.append("</section>")
     if view.history:
-        out.append(f'<section id="history"><h2>History</h2><p>{view.history} older records are not part of the '
-                   f"current graph (no run since run {view.current} considered them): <code>taskgraph status "
-                   "--all</code> lists them, <code>taskgraph forget --stale</code> drops them.</p></section>")
+        one = view.history == 1
+        out.append(f'<section id="history"><h2>History</h2><p>{view.history} older record{"" if one else "s"} '
+                   f"{'is' if one else 'are'} not part of the current graph (no run since run {view.current} "
+                   f"considered {'it' if one else 'them'}): <code>taskgraph status --all</code> lists "
+                   f"{'it' if one else 'them'}, <code>taskgraph forget --stale</code> drops "
+                   f"{'it' if one else 'them'}.</p></section>")
     out.append("</main></body></html>\n")
     summary = (f"{len(shown)} tasks in the graph, {len(run_tasks)} in the timeline of run {run_id}, "
                f"{len(failed)} failed, {len(would_run)} would run next")

@@ -121,7 +121,9 @@ class Entry:
             considered it, or ``'stale'`` for history.
         run: that run (for history, the last run that considered it).
         current: whether the current graph's run considered it.
-        recorded: the record's own state, ``'done'`` or ``'failed'``.
+        recorded: the record's own state, ``'done'`` or ``'failed'``; ``''``
+            for a task a run was given and decided to run that has no record
+            yet (running, or it never finished).
         run_id, started, ended, duration, worker, cpu_time, peak_memory: its
             last execution.
         targets: the state of its targets on disk (:func:`targets_state`).
@@ -254,13 +256,24 @@ def build(reader: LedgerReader, everything: bool = False, check_targets: bool = 
                 worst[key] = state
         for entry in entries:
             entry.targets = worst.get(entry.key, "-")
+    # Tasks given to a run that have no record yet (running, or stopped before
+    # they first finished): shown by the name their decision has.
+    missing = set(latest) - {entry.key for entry in entries}
+    named = reader.decided_names(missing) if missing else []
+    for key, name in named:
+        run, state = latest[key]
+        status = statuses.get(run, "ended")
+        if status != "running":
+            state = (_ENDED if status == "ended" else _KILLED).get(state, state)
+        entries.append(Entry(key, name, state, run, key in in_current, "", None, None, None, None, None, None,
+                             None))
     if everything or current is None:
         history = sum(entry.state == "stale" for entry in entries)
     else:
         history = reader.history_count(current)
     keys = {entry.key for entry in entries}
     edges = [(dep, key) for key, dep in reader.deps(since) if key in keys and dep in keys]
-    unrecorded = len(in_current - keys)
+    unrecorded = len(in_current - keys)  # not even decided: no name to show
     return View(reader, runs, current, later, entries, history, edges, unrecorded)
 
 
@@ -295,6 +308,8 @@ def plan(view: View, read: bool = False) -> list[Plan]:
     own: dict[str, list[str]] = {}
     for entry in shown:
         reasons: list[str] = []
+        if not entry.recorded:
+            reasons.append("it has no record: it has never finished")
         if entry.recorded == "failed":
             failure = failure_of(failed[entry.key]) if entry.key in failed else None
             reasons.append(f"its last run failed ({failure.headline()})" if failure else "its last run failed")

@@ -438,7 +438,9 @@ def test_status_says_a_run_is_in_progress_and_when_it_was_killed(tmp_path):
             ws, wait = sys.argv[1], sys.argv[2] == "wait"
             graph = taskgraph.TaskGraph(ws, 1)
             quick = os.path.join(ws, "quick.txt")
-            graph.add_task(history_funcs.write, args=(quick, 1), target_path_list=[quick], task_name="quick")
+            # It runs again when waiting: its commit carries the run's decisions.
+            graph.add_task(history_funcs.write, args=(quick, 2 if wait else 1), target_path_list=[quick],
+                           task_name="quick")
             if wait:
                 graph.add_task(history_funcs.wait_for, args=({str(gate)!r}, 60), task_name="waiting")
             graph.close()
@@ -452,12 +454,14 @@ def test_status_says_a_run_is_in_progress_and_when_it_was_killed(tmp_path):
         deadline = time.monotonic() + 60
         while True:
             data = status_json(ws)
-            if data["later_runs"] and data["later_runs"][0]["status"] == "running":
+            states = {row["name"]: (row["state"], row["run"]) for row in data["tasks"] if row["run"] == 2}
+            if data["later_runs"] and data["later_runs"][0]["status"] == "running" and states:
                 break
             assert time.monotonic() < deadline, data
             time.sleep(0.1)
         text = tg("status", ws).stdout
         assert "run 2 is in progress (pid " in text
+        assert states == {"quick": ("ran", 2), "waiting": ("running", 2)}, states
         refused = tg("forget", ws, "--stale", "--yes")
         assert refused.returncode == 1 and "run 2 is in progress" in refused.stderr
     finally:
@@ -465,4 +469,7 @@ def test_status_says_a_run_is_in_progress_and_when_it_was_killed(tmp_path):
         proc.wait(timeout=30)
     text = tg("status", ws).stdout
     assert "run 2 did not finish" in text and "killed or crashed" in text
-    assert status_json(ws)["current_run"] == 1
+    data = status_json(ws)
+    assert data["current_run"] == 1
+    assert {row["name"]: row["state"] for row in data["tasks"] if row["run"] == 2} == {
+        "quick": "ran", "waiting": "interrupted"}
