@@ -229,7 +229,7 @@ def _status_row(entry: Entry, task: TaskRow | None) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     reader = LedgerReader(args.workspace)
-    view = build_view(reader, everything=args.all)
+    view = build_view(reader, everything=args.all, edges=False)
     failed = view.failed()
     entries = [entry for entry in view.entries if not args.failed or entry.recorded == "failed"]
     summary: dict[str, Any] = {"tasks": len(entries), **view_counts(entry.state for entry in entries)}
@@ -247,12 +247,15 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     width = max([len(entry.name) for entry in entries] + [4])
     out.write(f"{'TASK':<{width}}  {'STATE':<11} {'RUN':>4} {'LAST RUN':<19} {'DURATION':>9} {'CPU':>9} "
               f"{'PEAK MEM':>9}  TARGETS\n")
-    lines = []
+    lines: list[str] = []
+    append = lines.append
     for entry in entries:
-        lines.append(
+        duration, cpu = entry.duration, entry.cpu_time
+        append(
             f"{entry.name:<{width}}  {entry.state:<11} {entry.run or '-':>4} {_when(entry.ended):<19} "
-            f"{_seconds(entry.duration):>9} {_seconds(entry.cpu_time):>9} {_mebibytes(entry.peak_memory):>9}  "
-            f"{entry.targets}\n"
+            f"{f'{duration:.2f}s' if duration is not None and duration < 60 else _seconds(duration):>9} "
+            f"{f'{cpu:.2f}s' if cpu is not None and cpu < 60 else _seconds(cpu):>9} "
+            f"{_mebibytes(entry.peak_memory):>9}  {entry.targets}\n"
         )
         if args.failed and entry.key in failed:
             lines.extend(f"    {line}\n" for line in _failure_lines(failed[entry.key]))

@@ -214,19 +214,27 @@ def _stat_state(path: str, mode: str, size: int, mtime_ns: int, digest: str | No
     return "ok" if entry.digest == digest else "changed"
 
 
-def build(reader: LedgerReader, everything: bool = False, check_targets: bool = True) -> View:
+def build(reader: LedgerReader, everything: bool = False, check_targets: bool = True, edges: bool = True) -> View:
     """The view of a workspace: the current graph (and, with ``everything``,
     the history), each record's state and, with ``check_targets``, its
-    targets checked on disk (by their stat: no file is read)."""
+    targets checked on disk (by their stat: no file is read); with
+    ``edges``, the dependencies between them."""
     runs = reader.runs()
     statuses = {run.run_id: run_status(run) for run in runs}
     current = reader.current_run()
     later = [(run, statuses[run.run_id]) for run in runs if current is None or run.run_id > current]
-    # The latest run that considered each record, and what became of it there.
+    # The latest run that considered each record, and what its state there
+    # reads as now (a run that ended or was killed leaves no task pending).
+    shown: dict[tuple[int, str], tuple[int, str]] = {}
     latest: dict[str, tuple[int, str]] = {}
     in_current: set[str] = set()
     for key, run_id, state in reader.memberships(current or 0):
-        latest[key] = (run_id, state)
+        pair = shown.get((run_id, state))
+        if pair is None:
+            status = statuses.get(run_id, "ended")
+            now = state if status == "running" else (_ENDED if status == "ended" else _KILLED).get(state, state)
+            pair = shown[(run_id, state)] = (run_id, now)
+        latest[key] = pair
         if run_id == current:
             in_current.add(key)
     since = None if everything or current is None else current
@@ -234,25 +242,31 @@ def build(reader: LedgerReader, everything: bool = False, check_targets: bool = 
     rows = reader.overview(scope)
     rows.sort(key=lambda row: (row[5] is None, row[5] or 0.0, row[1]))  # as they last ended
     entries: list[Entry] = []
+    append = entries.append
     for key, name, recorded, run_id, started, ended, duration, worker, cpu_time, peak_memory in rows:
         seen = latest.get(key)
         if seen is not None:
             run, state = seen
-            status = statuses.get(run, "ended")
-            if status != "running":
-                state = (_ENDED if status == "ended" else _KILLED).get(state, state)
         elif current is None:  # before any run ended, its own record says
             run, state = run_id, ("failed" if recorded == "failed" else "ran")
         else:
             run, state = run_id, "stale"
-        entries.append(Entry(key, name, state, run, key in in_current, recorded, run_id, started, ended,
-                             duration, worker, cpu_time, peak_memory))
+        append(Entry(key, name, state, run, key in in_current, recorded, run_id, started, ended,
+                     duration, worker, cpu_time, peak_memory))
     if check_targets:
         worst: dict[str, str] = {}
         rank = {"missing": 4, "changed": 3, "touched": 2, "ok": 1}
+        stat = os.stat
         for key, path, mode, size, mtime_ns, digest in reader.targets(scope):
-            state = _stat_state(path, mode, size, mtime_ns, digest, reader)
-            if rank[state] > rank.get(worst.get(key, "ok"), 0) or key not in worst:
+            try:
+                found = stat(path)
+                # The common case, settled by the stat alone.
+                same = found.st_size == size and (found.st_mtime_ns == mtime_ns or mode == "exists")
+            except OSError:
+                same = False
+            state = "ok" if same else _stat_state(path, mode, size, mtime_ns, digest, reader)
+            known = worst.get(key)
+            if known is None or rank[state] > rank[known]:
                 worst[key] = state
         for entry in entries:
             entry.targets = worst.get(entry.key, "-")
@@ -262,9 +276,6 @@ def build(reader: LedgerReader, everything: bool = False, check_targets: bool = 
     named = reader.decided_names(missing) if missing else []
     for key, name in named:
         run, state = latest[key]
-        status = statuses.get(run, "ended")
-        if status != "running":
-            state = (_ENDED if status == "ended" else _KILLED).get(state, state)
         entries.append(Entry(key, name, state, run, key in in_current, "", None, None, None, None, None, None,
                              None))
     if everything or current is None:
@@ -272,9 +283,9 @@ def build(reader: LedgerReader, everything: bool = False, check_targets: bool = 
     else:
         history = reader.history_count(current)
     keys = {entry.key for entry in entries}
-    edges = [(dep, key) for key, dep in reader.deps(since) if key in keys and dep in keys]
+    pairs = [(dep, key) for key, dep in reader.deps(since) if key in keys and dep in keys] if edges else []
     unrecorded = len(in_current - keys)  # not even decided: no name to show
-    return View(reader, runs, current, later, entries, history, edges, unrecorded)
+    return View(reader, runs, current, later, entries, history, pairs, unrecorded)
 
 
 # -- what the next run would do ------------------------------------------------------------
@@ -388,7 +399,7 @@ def seconds(duration: float | None) -> str:
     if duration is None:
         return "-"
     if duration < 60:
-        return f"{duration:.2f}s"
+        return f"{duration:.2f}s"  # the common case first
     minutes, rest = divmod(duration, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{int(hours)}h{int(minutes):02d}m{int(rest):02d}s" if hours else f"{int(minutes)}m{int(rest):02d}s"
