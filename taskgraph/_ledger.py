@@ -1226,6 +1226,35 @@ class LedgerReader:
         """How many records there are."""
         return int(self._rows("SELECT count(*) FROM tasks")[0][0])
 
+    def status_rows(self, since: int | None) -> list[tuple[Any, ...]]:
+        """What status shows, in one pass: (record_key, run, run's state,
+        name, recorded state, run_id, ended, duration, cpu_time,
+        peak_memory, and one target's path, mode, size, mtime_ns, digest, or
+        NULLs), one row per target of each record.
+
+        With ``since``, the records considered by that run or later, ``run``
+        being each of those runs that considered it; without it, every record,
+        with ``run`` and its state NULL.
+        """
+        columns = ("t.name, t.state, t.run_id, t.ended, t.duration, t.cpu_time, t.peak_memory,"
+                   " f.path, f.mode, f.size, f.mtime_ns, f.digest")
+        target = "LEFT JOIN files f ON f.record_key = t.record_key AND f.role = 'target'"
+        if since is not None:
+            return self._rows(
+                f"SELECT c.record_key, c.run_id, c.state, {columns} FROM considered c"
+                f" JOIN tasks t ON t.record_key = c.record_key {target} WHERE c.run_id >= ?", (since,))
+        # (considered has no index by record: its runs are looked up in memberships().)
+        return self._rows(f"SELECT t.record_key, NULL, NULL, {columns} FROM tasks t {target}")
+
+    def unrecorded(self, since: int) -> list[tuple[str, int, str, str | None]]:
+        """(record_key, run, state, name from its decision or NULL) of the
+        tasks the runs from ``since`` on were given that have no record."""
+        return self._rows(
+            "SELECT c.record_key, c.run_id, c.state, d.name FROM considered c"
+            " LEFT JOIN decisions d ON d.record_key = c.record_key"
+            " WHERE c.run_id >= ? AND c.record_key NOT IN (SELECT record_key FROM tasks) ORDER BY c.run_id",
+            (since,))
+
     def overview(self, keys: set[str] | None = None) -> list[OverviewRow]:
         """What status shows of each record, cheaply: (record_key, name,
         state, run_id, started, ended, duration, worker, cpu_time,

@@ -124,8 +124,7 @@ class Entry:
         recorded: the record's own state, ``'done'`` or ``'failed'``; ``''``
             for a task a run was given and decided to run that has no record
             yet (running, or it never finished).
-        run_id, started, ended, duration, worker, cpu_time, peak_memory: its
-            last execution.
+        run_id, ended, duration, cpu_time, peak_memory: its last execution.
         targets: the state of its targets on disk (:func:`targets_state`).
     """
 
@@ -136,10 +135,8 @@ class Entry:
     current: bool
     recorded: str
     run_id: int | None
-    started: float | None
     ended: float | None
     duration: float | None
-    worker: str | None
     cpu_time: float | None
     peak_memory: int | None
     targets: str = "-"
@@ -223,68 +220,87 @@ def build(reader: LedgerReader, everything: bool = False, check_targets: bool = 
     statuses = {run.run_id: run_status(run) for run in runs}
     current = reader.current_run()
     later = [(run, statuses[run.run_id]) for run in runs if current is None or run.run_id > current]
-    # The latest run that considered each record, and what its state there
-    # reads as now (a run that ended or was killed leaves no task pending).
-    shown: dict[tuple[int, str], tuple[int, str]] = {}
-    latest: dict[str, tuple[int, str]] = {}
-    in_current: set[str] = set()
-    for key, run_id, state in reader.memberships(current or 0):
-        pair = shown.get((run_id, state))
-        if pair is None:
-            status = statuses.get(run_id, "ended")
-            now = state if status == "running" else (_ENDED if status == "ended" else _KILLED).get(state, state)
-            pair = shown[(run_id, state)] = (run_id, now)
-        latest[key] = pair
-        if run_id == current:
-            in_current.add(key)
     since = None if everything or current is None else current
-    scope = None if since is None else set(latest)
-    rows = reader.overview(scope)
-    rows.sort(key=lambda row: (row[5] is None, row[5] or 0.0, row[1]))  # as they last ended
-    entries: list[Entry] = []
-    append = entries.append
-    for key, name, recorded, run_id, started, ended, duration, worker, cpu_time, peak_memory in rows:
-        seen = latest.get(key)
-        if seen is not None:
-            run, state = seen
-        elif current is None:  # before any run ended, its own record says
-            run, state = run_id, ("failed" if recorded == "failed" else "ran")
+    shown: dict[tuple[int, str], str] = {}
+
+    def now(run_id: int, state: str) -> str:
+        """What a run's state for a task reads as now: a run that ended or
+        was killed leaves no task pending."""
+        found = shown.get((run_id, state))
+        if found is None:
+            status = statuses.get(run_id, "ended")
+            found = state if status == "running" else (_ENDED if status == "ended" else _KILLED).get(state, state)
+            shown[(run_id, state)] = found
+        return found
+
+    rank = {"missing": 4, "changed": 3, "touched": 2, "ok": 1}
+    stat = os.stat
+    by_key: dict[str, Entry] = {}
+    # A record considered by several runs from the current graph's on comes
+    # once per run (a run in progress or killed after it): its targets are
+    # checked once, and the latest run says its state.
+    checked: set[tuple[str, str]] | None = set() if later else None
+    # Without a scope, the runs that considered each record come from here.
+    runs_of: dict[str, list[tuple[int, str]]] = {}
+    if since is None:
+        for key, run_id, state in reader.memberships(0):
+            runs_of.setdefault(key, []).append((run_id, state))
+    for (key, run_id, state, name, recorded, last_run, ended, duration, cpu_time, peak_memory,
+         path, mode, size, mtime_ns, digest) in reader.status_rows(since):
+        if run_id is None and key in runs_of:
+            run_id, state = runs_of[key][-1]  # (by run: the latest)
+            current_too = any(run == current for run, _ in runs_of[key])
         else:
-            run, state = run_id, "stale"
-        append(Entry(key, name, state, run, key in in_current, recorded, run_id, started, ended,
-                     duration, worker, cpu_time, peak_memory))
-    if check_targets:
-        worst: dict[str, str] = {}
-        rank = {"missing": 4, "changed": 3, "touched": 2, "ok": 1}
-        stat = os.stat
-        for key, path, mode, size, mtime_ns, digest in reader.targets(scope):
+            current_too = run_id == current
+        entry = by_key.get(key)
+        in_graph = run_id is not None and (current is None or run_id >= current)
+        if entry is None:
+            run: int | None
+            if in_graph:
+                shown_state, run = now(run_id, state), run_id
+            elif current is None:  # before any run ended, its own record says
+                shown_state, run = ("failed" if recorded == "failed" else "ran"), last_run
+            else:
+                shown_state, run = "stale", max(run_id or 0, last_run or 0) or None
+            entry = by_key[key] = Entry(key, name, shown_state, run, current_too, recorded, last_run,
+                                        ended, duration, cpu_time, peak_memory)
+        elif in_graph and entry.run is not None and run_id != entry.run:
+            entry.current = entry.current or run_id == current
+            if run_id > entry.run:
+                entry.state, entry.run = now(run_id, state), run_id
+        if checked is not None and path is not None:
+            if (key, path) in checked:
+                continue
+            checked.add((key, path))
+        if check_targets and path is not None:
             try:
                 found = stat(path)
                 # The common case, settled by the stat alone.
                 same = found.st_size == size and (found.st_mtime_ns == mtime_ns or mode == "exists")
             except OSError:
                 same = False
-            state = "ok" if same else _stat_state(path, mode, size, mtime_ns, digest, reader)
-            known = worst.get(key)
-            if known is None or rank[state] > rank[known]:
-                worst[key] = state
-        for entry in entries:
-            entry.targets = worst.get(entry.key, "-")
-    # Tasks given to a run that have no record yet (running, or stopped before
-    # they first finished): shown by the name their decision has.
-    missing = set(latest) - {entry.key for entry in entries}
-    named = reader.decided_names(missing) if missing else []
-    for key, name in named:
-        run, state = latest[key]
-        entries.append(Entry(key, name, state, run, key in in_current, "", None, None, None, None, None, None,
-                             None))
-    if everything or current is None:
+            target = "ok" if same else _stat_state(path, mode, size, mtime_ns, digest, reader)
+            if entry.targets == "-" or rank[target] > rank[entry.targets]:
+                entry.targets = target
+    entries = sorted(by_key.values(), key=lambda entry: (entry.ended is None, entry.ended or 0.0, entry.name))
+    if since is None:
         history = sum(entry.state == "stale" for entry in entries)
     else:
-        history = reader.history_count(current)
+        history = reader.count() - len(entries)
+    # Tasks given to a run that have no record yet (running, or stopped before
+    # they first finished): shown by the name their decision has.
+    unrecorded = 0
+    missing: dict[str, tuple[int, str, str | None]] = {}
+    for key, run_id, state, name in reader.unrecorded(current or 0):
+        missing[key] = (run_id, state, name)  # by run: the latest says
+    for key, (run_id, state, name) in missing.items():
+        if name is None:
+            unrecorded += run_id == current  # not even decided: no name to show
+            continue
+        entries.append(Entry(key, name, now(run_id, state), run_id, run_id == current, "", None, None, None,
+                             None, None))
     keys = {entry.key for entry in entries}
     pairs = [(dep, key) for key, dep in reader.deps(since) if key in keys and dep in keys] if edges else []
-    unrecorded = len(in_current - keys)  # not even decided: no name to show
     return View(reader, runs, current, later, entries, history, pairs, unrecorded)
 
 
