@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in ran:
         print(f"  ran: {task.task_name}")
         for reason in task.reasons:
-            why = str(reason)  # changed arguments are printed whole: keep one screen line
+            why = str(reason)  # a long reason (a changed file's path, several changed values): one screen line
             print(f"      why: {why if len(why) <= 150 else why[:147] + '...'}")
     print(f"outputs in {args.workspace}: slope_mosaic.tif, hillshade_mosaic.tif, catchments.csv")
     return 0
