@@ -69,3 +69,9 @@ def timed_step(path, seconds, *inputs):
     time.sleep(seconds)
     with open(path, "w") as stream:
         stream.write(str(seconds))
+
+
+def dag_step(path, i, *dep_paths):
+    """One task of the DAG workload: write ``i`` to ``path`` (the dependencies' files are its inputs)."""
+    with open(path, "w") as stream:
+        stream.write(str(i))
