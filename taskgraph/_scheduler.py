@@ -36,7 +36,7 @@ from taskgraph import _threads
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError, WorkerStartError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._history import SHORT_S, History
 from taskgraph._identity import describe_arguments
@@ -76,7 +76,7 @@ class Scheduler:
         self._policy = policy
         self._memory_limit = memory_limit
         self._executor = executor
-        self._local = isinstance(executor, (InlineExecutor, ThreadExecutor))
+        self._local = executor.in_process
         self._finished_condition = finished
         self._dry_run = dry_run
         self._claims = claims
