@@ -80,7 +80,6 @@ class DaskExecutor(Executor):
 
     def __init__(self, client: Any = None, address: str | None = None, max_in_flight: int | None = None) -> None:
         distributed = require_distributed()
-        self._distributed = distributed
         self._own_client = client is None
         self._client = client if client is not None else distributed.Client(address)
         self._max_in_flight = max_in_flight if max_in_flight and max_in_flight > 0 else None

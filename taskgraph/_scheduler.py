@@ -116,7 +116,6 @@ class Scheduler:
         self._stop_requested = False
         self._reporting_interval = reporting_interval or None
         self._next_report = time.monotonic() + (self._reporting_interval or 0)
-        self._run_started = time.monotonic()
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = _threads.start(self._loop, "taskgraph-scheduler")
