@@ -213,8 +213,17 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
     """Pickle a result to send it to the parent process.
 
     A value or exception that cannot be pickled becomes a
-    :class:`TaskExecutionError` that says so.
+    :class:`TaskExecutionError` that says so. The exception goes without its
+    traceback objects (their text is in ``remote_traceback``): a library that
+    teaches pickle to keep tracebacks (tblib, which Dask's distributed
+    installs) would otherwise pickle one frame per level of a deep stack.
     """
+    seen: set[int] = set()
+    error = outcome.error
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
     try:
         return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as pickling_error:

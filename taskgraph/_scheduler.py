@@ -25,6 +25,7 @@ anything; a timed wait is used only for ``reporting_interval`` progress logs.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import queue
@@ -32,6 +33,7 @@ import threading
 import time
 from typing import Any
 
+from taskgraph import _threads
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import (
@@ -40,6 +42,7 @@ from taskgraph._errors import (
     TaskGraphError,
     TaskGraphTerminatedError,
     WorkerDiedError,
+    WorkerStartError,
 )
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
 from taskgraph._fingerprint import is_content_algorithm
@@ -99,6 +102,9 @@ class Scheduler:
         self._elsewhere: dict[int, Task] = {}
         # Finished tasks whose records are not committed yet (within a batch).
         self._unnotified: list[Task] = []
+        # Every task added whose waiters are not released yet, whatever its
+        # state: what a failure of the scheduler itself must finish.
+        self._unfinished: dict[int, Task] = {}
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
@@ -116,8 +122,7 @@ class Scheduler:
         self._run_started = time.monotonic()
         self._thread: threading.Thread | None = None
         if threaded:
-            self._thread = threading.Thread(target=self._loop, name="taskgraph-scheduler", daemon=True)
-            self._thread.start()
+            self._thread = _threads.start(self._loop, "taskgraph-scheduler")
 
     # -- called from other threads (messages only) -----------------------------------
 
@@ -184,11 +189,7 @@ class Scheduler:
             try:
                 self._batch(message)
             except BaseException as error:
-                LOGGER.exception("the taskgraph scheduler failed; stopping the graph")
-                self._fail_graph(error)
-                self._cancel_pending()
-                if self._stop_requested and not self._stopped:
-                    self._stop_now()  # the batch held the stop message: never leave join() waiting
+                self._crash(error)
             self._report()
 
     def _drive(self) -> None:
@@ -205,8 +206,43 @@ class Scheduler:
                 self._dispatch()
                 self._report()
                 continue
-            self._batch(message)
+            try:
+                self._batch(message)
+            except BaseException as error:
+                self._crash(error)
             self._report()
+
+    def _crash(self, error: BaseException) -> None:
+        """Something raised inside the scheduler itself (not a task): stop the
+        graph and finish every task, whatever its state, so that no ``join()``
+        waits for a task that nothing will finish. Results that arrive later
+        for tasks finished here are ignored."""
+        LOGGER.error("the taskgraph scheduler failed; stopping the graph", exc_info=error)
+        with contextlib.suppress(BaseException):
+            self._fail_graph(error)
+        self._ready.clear()
+        self._blockers.clear()
+        self._elsewhere.clear()
+        self._running.clear()
+        self._started_at.clear()
+        self._unnotified = []
+        stranded = [task for task in self._unfinished.values() if not task._finished]
+        for task in stranded:
+            if task._state not in ("ran", "skipped", "failed", "cancelled", "would-run"):
+                self._cancel(task)
+        for task in stranded:
+            task._finished = True
+            if self._claims is not None:
+                with contextlib.suppress(BaseException):
+                    self._claims.release(task._identity.record_key)
+        self._unfinished.clear()
+        self._finished_count = self._known
+        with self._finished_condition:
+            self._finished_condition.notify_all()
+        if self._stop_requested and not self._stopped:
+            with contextlib.suppress(BaseException):
+                self._stop_now()  # the batch held the stop message: never leave join() waiting
+            self._stopped = True
 
     def _batch(self, first: tuple[str, Any]) -> None:
         messages = [first]
@@ -263,6 +299,7 @@ class Scheduler:
 
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
+        self._unfinished[task.task_id] = task
         if self._progress is not None:
             self._progress.added(task.task_id, self._recorded_duration(task))
         if task._memory is not None and not isinstance(self._policy, MemoryLimit):
@@ -303,7 +340,9 @@ class Scheduler:
             self._policy = MemoryLimit(self._memory_limit, self._policy)
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
-        task = self._running.pop(result.task_id)
+        task = self._running.pop(result.task_id, None)
+        if task is None:
+            return  # finished already (cancelled when the scheduler failed): the result is ignored
         self._started_at.pop(result.task_id, None)
         if result.ended:
             task._started = result.started
@@ -388,6 +427,7 @@ class Scheduler:
             return
         for task in finished:
             task._finished = True
+            self._unfinished.pop(task.task_id, None)
             if self._claims is not None:
                 self._claims.release(task._identity.record_key)
         with self._finished_condition:
@@ -562,7 +602,12 @@ class Scheduler:
         self._started_at[task.task_id] = time.monotonic()
         if self._progress is not None:
             self._progress.started(task.task_id)
-        self._executor.submit(job, self._job_done)
+        try:
+            self._executor.submit(job, self._job_done)
+        except Exception as error:  # a backend's submit should not raise; if it does, the task fails
+            self._job_done(JobResult(task.task_id, error=WorkerStartError(
+                f"task {task.task_name!r} could not be started: {type(error).__name__}: {error}"
+            )))
 
     def _recheck_elsewhere(self) -> None:
         """Tasks another process was running: back to the ready queue once it
