@@ -9,9 +9,11 @@ processes go through the parent's handlers, so they are covered too. The
 proxy clears the status line, writes the text, and draws the line again
 below it, all under one lock, so no screen line ever holds both.
 
-Handlers are found by walking the logging tree when the line opens, and
-again at most once a second while it is shown (a ``logging.basicConfig``
-called after the graph started is picked up). A handler counts as writing
+Handlers are found by walking the logging tree when the line is made (in
+the thread that makes the graph, before anything is drawn), and again
+before each redraw, so that a handler added later (a ``logging.basicConfig``
+called after the graph was made) is covered from the next redraw on. A
+handler counts as writing
 to the terminal when its stream is a terminal device that is the very one
 the line is drawn on (same device and inode): a handler on stdout is
 covered when stdout and stderr are the same terminal, a file or a pipe never
@@ -24,12 +26,8 @@ import logging
 import os
 import shutil
 import threading
-import time
 import unicodedata
 from typing import Any, TextIO
-
-# How often the logging tree is walked again for handlers added since.
-_RESCAN_S = 1.0
 
 
 def _device(stream: Any) -> tuple[int, int] | None:
@@ -114,7 +112,7 @@ class StatusLine:
         self._mid_line = False  # text above ended without a newline: do not draw yet
         self._redirected: dict[logging.StreamHandler[Any], _Above] = {}
         self._last_resort: tuple[logging.Handler | None, logging.Handler] | None = None
-        self._scanned_at = 0.0
+        self._redirect_handlers()
 
     def columns(self) -> int:
         """The terminal's width now (it may be resized while we run)."""
@@ -129,10 +127,7 @@ class StatusLine:
         """Draw ``text`` (one line, at most ``columns() - 1`` wide) as the status line."""
         if self._closed:
             return
-        now = time.monotonic()
-        if now - self._scanned_at >= _RESCAN_S:
-            self._scanned_at = now
-            self._redirect_handlers()  # not under the lock: see _redirect_handlers
+        self._redirect_handlers()  # not under the lock: see _redirect_handlers
         with self._lock:
             self._text = text
             if not self._mid_line:
