@@ -284,7 +284,8 @@ class TaskGraph:
             self._ledger, backend, self._finished_condition,
             threaded=(n_workers >= 0 or self._remote) and not dry_run,
             reporting_interval=reporting_interval, dry_run=dry_run,
-            progress=Progress(make_display(sys.stderr), backend.capacity) if show_progress else None,
+            # A dry run runs nothing: there is no progress to show.
+            progress=Progress(make_display(sys.stderr), backend.capacity) if show_progress and not dry_run else None,
             claims=None if dry_run else Claims(self._ledger.path),
             policy=policy, memory_limit=memory_limit, keep_going=self._keep_going,
         )

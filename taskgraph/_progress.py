@@ -316,7 +316,7 @@ class Progress:
 
     def finished(self, task_id: int, state: str, name: str, duration: float) -> None:
         """A task settled: ``state`` is ``'ran'``, ``'skipped'``, ``'failed'``
-        or ``'cancelled'`` (a dry run's ``'would-run'`` counts as ran)."""
+        or ``'cancelled'``."""
         self._running.pop(task_id, None)
         if task_id in self._expected:
             recorded = self._expected.pop(task_id)
@@ -324,7 +324,7 @@ class Progress:
                 self._unknown -= 1
             else:
                 self._expected_sum -= recorded
-        if state in ("ran", "would-run"):
+        if state == "ran":
             self._ran += 1
             if duration > 0:
                 self._ran_sum += duration

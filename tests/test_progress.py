@@ -24,8 +24,6 @@ import pytest
 from taskgraph._ledger import Ledger
 from taskgraph._progress import Progress
 
-pyte = pytest.importorskip("pyte", reason="the terminal tests render a pty with pyte: pip install -e '.[test]'")
-
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = textwrap.dedent(f"""
     import sys
@@ -53,6 +51,7 @@ def run_on_pty(command, columns, env=None, interrupt_when=None):
 
     ``interrupt_when``: a regex; once the output matches it, the process gets
     SIGINT (Ctrl-C)."""
+    pyte = pytest.importorskip("pyte", reason="the terminal tests render a pty with pyte: pip install -e '.[test]'")
     leader, follower = os.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, columns, 0, 0))
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
