@@ -183,6 +183,27 @@ def tiles(ws, folder, count, side, n_workers, mode, **_):
     return figures
 
 
+def slow_import(ws, n, n_workers, start_method=None, **_):
+    """``n`` tasks of a module that takes seconds to import (``_slow_import``), imported here first.
+
+    Timed from before the import (as a user's script pays it) to ``join()``: a worker that imports
+    the module again adds that time to the run; a forked worker does not.
+    """
+    start = _start()
+    import _slow_import
+
+    import taskgraph
+
+    extra = {"start_method": start_method} if start_method else {}
+    graph = taskgraph.TaskGraph(ws, n_workers, **extra)
+    for i in range(n):
+        path = os.path.join(ws, f"out{i}.txt")
+        graph.add_task(_slow_import.work, args=(path, i), target_path_list=[path], task_name=f"t{i}")
+    graph.close()
+    graph.join()
+    return _since(start)
+
+
 def dag_dependencies(n, fan=8, depth=10):
     """The dependencies (earlier indices) of each of ``n`` tasks in a wide-and-deep DAG.
 
@@ -228,7 +249,7 @@ def scale(ws, n, n_workers, phase, **_):
 
 
 WORKLOADS = {"overhead": overhead, "noop": noop, "chain": chain, "big": big, "cat": cat, "raw_xxh3": raw_xxh3,
-             "tiles": tiles, "scale": scale}
+             "tiles": tiles, "scale": scale, "slow_import": slow_import}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import _data  # noqa: E402
 
 DRIVER = os.path.join(HERE, "_driver.py")
 NATCAP_VENV = os.path.join(_data.CACHE, "natcap-venv")
-WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale")
+WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale", "slow_import")
 
 
 def natcap_python() -> str:
@@ -204,6 +204,8 @@ def build_rows(args: argparse.Namespace, ours: str, theirs: str) -> list[Row]:
         rows.append(_big_row(args, ours, theirs))
     if "tiles" in only:
         rows.append(_tiles_row(args, ours, theirs))
+    if "slow_import" in only:
+        rows.append(_slow_import_row(args, ours, theirs))
     if "scale" in only:
         n = args.scale_n
         sides = pair("scale", n, {"n_workers": -1}, ("cold", "rerun"))
@@ -279,6 +281,17 @@ def _tiles_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
     return Row("raster tiles", f"{args.tiles} tiles of {args.tile_side}², n_workers=2", sides, lines, prepare)
 
 
+def _slow_import_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
+    """A task module that takes 2 s to import, 12 tasks of 50 ms, n_workers=2: ours (fork and spawn) and natcap."""
+    params: dict[str, object] = {"n": args.slow_import_n, "n_workers": 2}
+    sides = [Side("ours", ours, "slow_import", dict(params, start_method="fork")),
+             Side("natcap", theirs, "slow_import", dict(params)),
+             Side("ours spawn", ours, "slow_import", dict(params, start_method="spawn"))]
+    lines = [Line("cold run (import included)", "ours", "seconds", "natcap", unit="s"),
+             Line("cold run (import included)", "ours spawn", "seconds", "natcap", unit="s")]
+    return Row("slow task module", f"2 s import, {args.slow_import_n} tasks, n_workers=2", sides, lines)
+
+
 def _ints(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",")]
 
@@ -299,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiles", type=int, default=64, help="number of tiles (a square number)")
     parser.add_argument("--tile-side", type=int, default=1024)
     parser.add_argument("--scale-n", type=int, default=100_000)
+    parser.add_argument("--slow-import-n", type=int, default=12, help="tasks of the slow task module workload")
     parser.add_argument("--natcap-max-n", type=int, default=10_000,
                         help="natcap runs at most this many tasks per measurement (its N is shown when smaller)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one measurement")
@@ -317,6 +331,16 @@ def main(argv: list[str] | None = None) -> int:
 
     theirs = args.natcap_python or ("natcap" if args.table_from else natcap_python())
     ours = sys.executable
+    if not args.table_from:
+        # pip compiles natcap's modules when it installs them; an editable install of ours is compiled on
+        # first import, unless PYTHONDONTWRITEBYTECODE is set: then every measurement would compile our
+        # sources again. Compile them once here, as an installed wheel would be.
+        import compileall
+
+        import taskgraph
+
+        for folder in (os.path.dirname(taskgraph.__file__), os.path.dirname(os.path.abspath(__file__))):
+            compileall.compile_dir(folder, quiet=1)
     rows = build_rows(args, ours, theirs)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.reps} interleaved runs; "
           f"ratio = side / baseline (below 1 is faster)\n")

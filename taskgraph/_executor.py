@@ -31,6 +31,10 @@ class Executor(abc.ABC):
     #: True when ``submit`` runs the job before returning (no job can still
     #: be running once ``submit`` has returned or raised).
     synchronous: bool = False
+    #: How many jobs marked ``short`` it takes beyond ``capacity``: they wait
+    #: behind a short job already running, so that the round trip of one
+    #: overlaps the other. Zero: never more than ``capacity``.
+    queue_depth: int = 0
 
     @abc.abstractmethod
     def submit(self, job: Job, done: DoneCallback) -> None:

@@ -39,6 +39,7 @@ class Job:
         want_result: whether the return value is sent back (``store_result``).
         known_digests: digests the scheduler already holds for the inputs, so
             the worker does not read an input the up-to-date check just hashed.
+        priority: the task's priority (for backends that order their own queue).
     """
 
     task_id: int
@@ -54,6 +55,9 @@ class Job:
     want_result: bool
     known_digests: dict[tuple[str, str], CachedDigest] = field(default_factory=dict)
     priority: float = 0
+    #: Expected to take a few milliseconds at most (from the ledger's history):
+    #: it may wait behind another short job in a worker (``Executor.queue_depth``).
+    short: bool = False
 
     def spec(self) -> tuple[Any, ...]:
         """Everything but the call itself, as :func:`run_job` takes it."""

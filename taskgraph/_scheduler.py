@@ -46,6 +46,7 @@ from taskgraph._errors import (
 )
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
 from taskgraph._fingerprint import is_content_algorithm
+from taskgraph._history import SHORT_S, History
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
 from taskgraph._ledger import Ledger, Outcome, UntrustedResultError, format_exception
@@ -105,6 +106,17 @@ class Scheduler:
         # Every task added whose waiters are not released yet, whatever its
         # state: what a failure of the scheduler itself must finish.
         self._unfinished: dict[int, Task] = {}
+        # Durations of earlier runs and of this one (read from the ledger when
+        # first needed), for two choices: short jobs may wait behind another in
+        # a worker (the executor's queue_depth), and with several workers, ready
+        # tasks of equal priority start by their remaining critical path.
+        self._history = History(ledger.durations)
+        self._overlap = 0 if executor.synchronous else executor.queue_depth
+        self._order_by_path = not executor.synchronous and executor.capacity > 1
+        self._by_path = False
+        self._paths: dict[int, float] = {}
+        self._paths_known = -1
+        self._next_rekey = 0.0
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
@@ -325,7 +337,11 @@ class Scheduler:
 
     def _push_ready(self, task: Task) -> None:
         if self._policy is None:
-            heapq.heappush(self._ready, (-task._priority, task.task_id, task))
+            if self._by_path:  # see _rekey
+                heapq.heappush(self._ready, ((-task._priority, -self._paths.get(task.task_id, 0.0)),
+                                             task.task_id, task))
+            else:
+                heapq.heappush(self._ready, (-task._priority, task.task_id, task))
         else:
             heapq.heappush(self._ready, (self._policy.key(task), task.task_id, task))
 
@@ -347,6 +363,10 @@ class Scheduler:
         if result.ended:
             task._started = result.started
             task._duration = result.ended - result.started
+            if result.error is None:
+                function = task._identity.function
+                self._history.observe(task._identity.record_key, (function.name, function.source_hash),
+                                      task._duration)
             task._cpu_time = result.cpu_time
             task._peak_memory = result.peak_memory
             task._worker = result.worker
@@ -471,9 +491,13 @@ class Scheduler:
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
             slots = self._executor.capacity - len(self._running)
+            if slots <= 0 and self._ready and self._order_by_path:
+                self._rekey()  # every worker is busy: order what waits by its remaining critical path
             starting: list[tuple[Task, Decision]] = []
             held: list[tuple[Any, int, Task]] = []
-            while self._ready and self._failure is None and len(starting) < slots:
+            while self._ready and self._failure is None and (
+                len(starting) < slots or (self._overlap and self._may_overlap(len(starting)))
+            ):
                 entry = heapq.heappop(self._ready)
                 task = entry[2]
                 if self._policy is not None and not self._admit(task, starting):
@@ -521,6 +545,56 @@ class Scheduler:
                     LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
                                 task.task_name)
                     self._elsewhere[task.task_id] = task
+
+    def _may_overlap(self, starting: int) -> bool:
+        """Whether the next ready task may go to the executor beyond its
+        capacity, to wait behind a running one: only a task known to be short
+        (a long or unknown one never waits behind another)."""
+        if self._policy is not None or len(self._running) + starting >= self._executor.capacity + self._overlap:
+            return False
+        estimate = self._estimate(self._ready[0][2])
+        return estimate is not None and estimate < SHORT_S
+
+    def _estimate(self, task: Task) -> float | None:
+        function = task._identity.function
+        return self._history.estimate(task._identity.record_key, (function.name, function.source_hash))
+
+    def _rekey(self) -> None:
+        """Order the ready tasks (among equal priorities) by their remaining
+        critical path: their own expected duration plus the longest chain of
+        expected durations through the tasks that wait for them, from the
+        ledger's history (a function's mean for a task with no record of its
+        own). Recomputed when tasks were added since, at most every 50 ms (or
+        four times what the last computation took), so a graph that is still
+        growing costs little."""
+        now = time.monotonic()
+        if self._known == self._paths_known or now < self._next_rekey:
+            return
+        started = time.perf_counter()
+        default = self._history.default()
+        paths: dict[int, float] = {}
+        for _, _, root in self._ready:
+            stack: list[tuple[Task, bool]] = [(root, False)]
+            while stack:
+                task, expanded = stack.pop()
+                task_id = task.task_id
+                if task_id in paths:
+                    continue
+                waiting = self._dependents.get(task_id, ())
+                if not expanded:
+                    stack.append((task, True))
+                    stack.extend((child, False) for child in waiting if child.task_id not in paths)
+                    continue
+                own = self._estimate(task)
+                paths[task_id] = (default if own is None else own) + max(
+                    (paths.get(child.task_id, 0.0) for child in waiting), default=0.0)
+        self._paths = paths
+        self._paths_known = self._known
+        self._ready = [((-task._priority, -paths.get(task.task_id, 0.0)), task.task_id, task)
+                       for _, _, task in self._ready]
+        heapq.heapify(self._ready)
+        self._by_path = True
+        self._next_rekey = now + max(0.05, 4 * (time.perf_counter() - started))
 
     def _admit(self, task: Task, starting: list[tuple[Task, Decision]]) -> bool:
         """The policy's word on starting ``task`` now; always yes when
@@ -595,6 +669,9 @@ class Scheduler:
             known_digests=known,
             priority=task._priority,
         )
+        if self._overlap:
+            estimate = self._estimate(task)
+            job.short = estimate is not None and estimate < SHORT_S
         task._payload = None  # sent once; free the memory
         task._state = "running"
         task._started = time.time()
