@@ -684,13 +684,6 @@ class Ledger:
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2], row[3])
 
-    def durations(self) -> dict[str, float]:
-        """How long each recorded task took when it last ran, in seconds, by
-        record key (what the progress display's time estimate is built on)."""
-        if not self._had_tasks:
-            return {}
-        return dict(self._conn.execute("SELECT record_key, duration FROM tasks WHERE duration IS NOT NULL"))
-
     def load_result(self, record_key: str) -> Any:
         """The stored result of a task, unpickled only once its HMAC verifies.
 

@@ -8,11 +8,12 @@ batch and on a one-second tick. A display shows it: :class:`TerminalBar`
 second) when stderr is a terminal, :class:`LogLines` (a plain line through
 the ``taskgraph`` logger every 10 % or every minute) when it is not.
 
-The estimate: each task added brings the duration the ledger recorded for
-its last run, if any. The work left is the sum of those durations over the
-tasks not finished (less what a running task has already spent), plus, for
-each task with no recorded duration, the mean duration of the tasks that ran
-in this run so far (before any has: the mean of the recorded durations).
+The estimate: each task added brings the scheduler's estimate of its
+duration, from the ledger (its last run's duration, else its function's
+mean). The work left is the sum of those over the tasks not finished (less
+what a running task has already spent), plus, for each task with no
+estimate, the mean duration of the tasks that ran in this run so far (before
+any has: the mean of the estimates).
 Spread over the workers: divided by the number of workers, or by the number
 of tasks left when fewer. A task that turns out to be up to date is skipped
 in no time, so early in a rerun the estimate may be too high; it drops as
@@ -297,7 +298,7 @@ class Progress:
         self._ended = False
 
     def added(self, task_id: int, recorded: float | None) -> None:
-        """A task joined the graph; ``recorded`` is its last run's duration."""
+        """A task joined the graph; ``recorded`` is its expected duration, if known."""
         self._total += 1
         self._expected[task_id] = recorded
         if recorded is None:

@@ -125,7 +125,6 @@ class Scheduler:
         self._keep_going = keep_going
         self._failed_tasks: list[Task] = []
         self._blame: dict[int, Task] = {}
-        self._durations: dict[str, float] | None = None
         self._killing = False
         self._stopped = False
         self._stop_requested = False
@@ -313,7 +312,7 @@ class Scheduler:
         self._known += 1
         self._unfinished[task.task_id] = task
         if self._progress is not None:
-            self._progress.added(task.task_id, self._recorded_duration(task))
+            self._progress.added(task.task_id, self._estimate(task))
         if task._memory is not None and not isinstance(self._policy, MemoryLimit):
             self._memory_aware()
         if self._failure is not None:
@@ -769,15 +768,6 @@ class Scheduler:
         self._finish(cancelled)
 
     # -- progress --------------------------------------------------------------------
-
-    def _recorded_duration(self, task: Task) -> float | None:
-        """How long the task took when it last ran, from the ledger (for the ETA)."""
-        if self._durations is None:
-            try:
-                self._durations = self._ledger.durations()
-            except LedgerError:
-                self._durations = {}  # an estimate is not worth stopping for
-        return self._durations.get(task._identity.record_key)
 
     def _ending(self) -> str | None:
         """What stopped the run, for the final progress line (None: nothing did)."""

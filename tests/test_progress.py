@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from taskgraph._ledger import Ledger
 from taskgraph._progress import Progress
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -239,19 +238,3 @@ def test_the_eta_sums_recorded_durations_spread_over_the_workers():
     empty = Progress(Recorder(), workers=4)
     empty.added(0, None)
     assert empty.eta(now) is None  # nothing to go on
-
-
-def test_the_ledger_hands_the_recorded_durations_to_the_estimate(tmp_path):
-    import engine_funcs
-
-    import taskgraph
-
-    with taskgraph.TaskGraph(str(tmp_path), -1, progress=False) as graph:
-        task = graph.add_task(engine_funcs.sleep, args=(0.01,), task_name="nap")
-    ledger = Ledger(str(tmp_path))
-    try:
-        durations = ledger.durations()
-    finally:
-        ledger.close()
-    assert list(durations) == [task.key] and durations[task.key] >= 0.01
-
