@@ -204,6 +204,49 @@ def slow_import(ws, n, n_workers, start_method=None, **_):
     return _since(start)
 
 
+def uneven(ws, n_workers, chain, link_s, short, short_s, phase, **_):
+    """Many short independent tasks, then one long chain added last, then a fan-in of everything.
+
+    ``cold`` runs it once (the ledger records every duration); ``rerun`` deletes the targets and
+    runs it again, timed: its makespan against the lower bound max(critical path, total work /
+    workers). Added in this order, first-added-first keeps one worker idle while the chain runs
+    at the end; the remaining critical path, known from the first run, starts the chain first.
+    """
+    import taskgraph
+
+    if phase == "rerun":
+        for entry in os.scandir(ws):
+            if entry.name.endswith(".out"):
+                os.remove(entry.path)
+    fan_s = 0.05
+    start = _start()
+    graph = taskgraph.TaskGraph(ws, n_workers)
+    tasks, paths = [], []
+    for i in range(short):
+        path = os.path.join(ws, f"short{i}.out")
+        # i in the call: calls that differ only in their targets would be one task, each a dependency of the next.
+        tasks.append(graph.add_task(_workloads.timed_step, args=(path, short_s, i), target_path_list=[path],
+                                    task_name=f"short {i}"))
+        paths.append(path)
+    previous = None
+    for i in range(chain):
+        path = os.path.join(ws, f"link{i}.out")
+        upstream = (paths[-1],) if previous else ()
+        previous = graph.add_task(_workloads.timed_step, args=(path, link_s, *upstream), target_path_list=[path],
+                                  dependent_task_list=[previous] if previous else [], task_name=f"link {i}")
+        paths.append(path)
+    tasks.append(previous)
+    final = os.path.join(ws, "fan_in.out")
+    graph.add_task(_workloads.timed_step, args=(final, fan_s, *paths), target_path_list=[final],
+                   dependent_task_list=tasks, task_name="fan in")
+    graph.close()
+    graph.join()
+    figures = _since(start)
+    total = chain * link_s + short * short_s + fan_s
+    figures["lower_bound"] = max(chain * link_s + fan_s, total / n_workers)
+    return figures
+
+
 def dag_dependencies(n, fan=8, depth=10):
     """The dependencies (earlier indices) of each of ``n`` tasks in a wide-and-deep DAG.
 
@@ -249,7 +292,7 @@ def scale(ws, n, n_workers, phase, **_):
 
 
 WORKLOADS = {"overhead": overhead, "noop": noop, "chain": chain, "big": big, "cat": cat, "raw_xxh3": raw_xxh3,
-             "tiles": tiles, "scale": scale, "slow_import": slow_import}
+             "tiles": tiles, "scale": scale, "slow_import": slow_import, "uneven": uneven}
 
 
 if __name__ == "__main__":

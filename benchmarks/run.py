@@ -32,7 +32,7 @@ import _data  # noqa: E402
 
 DRIVER = os.path.join(HERE, "_driver.py")
 NATCAP_VENV = os.path.join(_data.CACHE, "natcap-venv")
-WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale", "slow_import")
+WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale", "slow_import", "uneven")
 
 
 def natcap_python() -> str:
@@ -204,6 +204,8 @@ def build_rows(args: argparse.Namespace, ours: str, theirs: str) -> list[Row]:
         rows.append(_big_row(args, ours, theirs))
     if "tiles" in only:
         rows.append(_tiles_row(args, ours, theirs))
+    if "uneven" in only:
+        rows.append(_uneven_row(args, ours, theirs))
     if "slow_import" in only:
         rows.append(_slow_import_row(args, ours, theirs))
     if "scale" in only:
@@ -290,6 +292,19 @@ def _slow_import_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
     lines = [Line("cold run (import included)", "ours", "seconds", "natcap", unit="s"),
              Line("cold run (import included)", "ours spawn", "seconds", "natcap", unit="s")]
     return Row("slow task module", f"2 s import, {args.slow_import_n} tasks, n_workers=2", sides, lines)
+
+
+def _uneven_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
+    """Short tasks, a long chain added last, a fan-in; the second run's makespan against its lower bound."""
+    params: dict[str, object] = {"n_workers": 2, "chain": 8, "link_s": 0.25, "short": 24, "short_s": 0.1}
+    sides = [Side("ours", ours, "uneven", dict(params), ("cold", "rerun")),
+             Side("natcap", theirs, "uneven", dict(params), ("cold", "rerun"))]
+    lines = [Line("second run: makespan / lower bound", "ours", "rerun.seconds", "ours", "rerun.lower_bound", unit="s"),
+             Line("second run: makespan / lower bound", "natcap", "rerun.seconds", "natcap", "rerun.lower_bound",
+                  unit="s"),
+             Line("second run: makespan", "ours", "rerun.seconds", "natcap", unit="s")]
+    return Row("uneven DAG", "24 tasks of 0.1 s, a chain of 8 x 0.25 s added last, a fan-in; n_workers=2",
+               sides, lines)
 
 
 def _ints(text: str) -> list[int]:

@@ -490,8 +490,10 @@ class Scheduler:
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
             slots = self._executor.capacity - len(self._running)
-            if slots <= 0 and self._ready and self._order_by_path:
-                self._rekey()  # every worker is busy: order what waits by its remaining critical path
+            if self._order_by_path and self._running and len(self._ready) > max(slots, 0):
+                # More tasks ready than workers free: order them by their remaining critical path.
+                # (Not while nothing runs: a rerun that skips everything never pays for it.)
+                self._rekey()
             starting: list[tuple[Task, Decision]] = []
             held: list[tuple[Any, int, Task]] = []
             while self._ready and self._failure is None and (
