@@ -69,6 +69,27 @@ class TaskCancelledError(TaskGraphError, RuntimeError):
     """
 
 
+class TasksFailedError(TaskGraphError, RuntimeError):
+    """Raised by ``TaskGraph.join()`` of a graph made with ``keep_going=True``
+    when one or more of its tasks failed.
+
+    Every task that did not depend on a failed one ran; the dependents of a
+    failed task were cancelled (``TaskCancelledError``, chained to that
+    failure). The message names every failed task.
+
+    Attributes:
+        failures: ``(task name, exception)`` for each failed task, in the
+            order they failed. The first exception is also the ``__cause__``.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, BaseException]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.failures))
+
+
 class StageError(TaskGraphError, RuntimeError):
     """A stage of a ``TaskSequencer`` or a work of a ``Topology`` raised on
     one item.

@@ -24,6 +24,7 @@ from taskgraph._errors import (
     InvalidTaskError,
     TaskGraphClosedError,
     TaskGraphTerminatedError,
+    TasksFailedError,
     TaskTimeoutError,
 )
 from taskgraph._executor import make_executor
@@ -33,7 +34,7 @@ from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import Ledger
 from taskgraph._policy import Policy, make_policy
 from taskgraph._pool import check_start_method, usable_cpus
-from taskgraph._progress import ProgressBar
+from taskgraph._progress import Progress, make_display, wanted
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
 
@@ -132,6 +133,13 @@ def _path_list(paths: Any) -> list[str | PurePath] | None:
     return listed
 
 
+def _one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, at most 200 characters of it."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+
+
 def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """Name the first part of a call that cannot be pickled."""
     parts: list[tuple[str, Any]] = [("the function", func)]
@@ -154,8 +162,13 @@ class TaskGraph:
         dry_run: decide, but run nothing and record nothing: tasks that would
             run end in state ``'would-run'`` (and so do their dependents), the
             others ``'skipped'``; :meth:`plan` lists them with their reasons.
-        progress: draw a progress bar on stderr. By default it is drawn when
-            stderr is a terminal; False turns it off.
+        progress: show progress. On a terminal it is a bar below the log
+            output (log records are printed above it); when stderr is not a
+            terminal, a plain line through the ``taskgraph`` logger at each
+            tenth of the tasks done or each minute. By default: the
+            ``TASKGRAPH_PROGRESS`` environment variable (``1`` or ``0``) if
+            set, else a bar when stderr is a terminal and nothing otherwise;
+            False turns it off.
         executor: a ``distributed.Client``: tasks then run on that Dask
             cluster (``pip install 'taskgraph[dask]'``), while the ledger and
             the decisions stay in this process. ``n_workers > 0`` then caps
@@ -175,6 +188,11 @@ class TaskGraph:
         bind_cpus: pin each worker process to a core of its own
             (``n_workers > 0``, at most one worker per usable core; Linux and
             Windows).
+        keep_going: if True, a failed task does not stop the graph: its
+            dependents are cancelled (chained to the failure) and every task
+            that does not depend on it still runs; :meth:`join` then raises
+            :class:`TasksFailedError` naming every failed task. By default the
+            first failure stops the graph, as in natcap taskgraph.
         start_method: how worker processes start (``n_workers > 0``):
             ``'fork'`` (the default on Linux and other POSIX systems but
             macOS) forks them from a copy of this process made now, so they
@@ -200,6 +218,7 @@ class TaskGraph:
         scheduler: str | Policy = "priority",
         memory_limit: float | None = None,
         bind_cpus: bool = False,
+        keep_going: bool = False,
         start_method: str | None = None,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
@@ -224,6 +243,10 @@ class TaskGraph:
         except ValueError as error:
             raise InvalidTaskError(f"TaskGraph: {error}") from error
         self._check_pinning(n_workers, bind_cpus, executor, scheduler_address)
+        try:
+            show_progress = wanted(progress, sys.stderr)
+        except ValueError as error:
+            raise InvalidTaskError(f"TaskGraph: {error}") from error
         if reporting_interval is not None and (
             not isinstance(reporting_interval, (int, float)) or reporting_interval < 0
         ):
@@ -234,6 +257,7 @@ class TaskGraph:
         if not dry_run:  # a dry run creates nothing
             os.makedirs(self._workspace, exist_ok=True)
         self._n_workers = n_workers
+        self._keep_going = bool(keep_going)
         self._dry_run = dry_run
         self._created = time.monotonic()
         self._remote = (executor is not None or scheduler_address is not None) and not dry_run
@@ -255,15 +279,14 @@ class TaskGraph:
         if not dry_run:
             self._ledger.begin_run(n_workers)
         self._finished_condition = threading.Condition(threading.Lock())
-        if progress is None:
-            progress = sys.stderr is not None and sys.stderr.isatty()
         self._scheduler = Scheduler(
             self._ledger, backend, self._finished_condition,
             threaded=(n_workers >= 0 or self._remote) and not dry_run,
             reporting_interval=reporting_interval, dry_run=dry_run,
-            progress=ProgressBar(sys.stderr) if progress else None,
+            # A dry run runs nothing: there is no progress to show.
+            progress=Progress(make_display(sys.stderr), backend.capacity) if show_progress and not dry_run else None,
             claims=None if dry_run else Claims(self._ledger.path),
-            policy=policy, memory_limit=memory_limit,
+            policy=policy, memory_limit=memory_limit, keep_going=self._keep_going,
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
@@ -362,7 +385,7 @@ class TaskGraph:
                 a task; the message names the task and the argument.
             DuplicateTaskError: (a RuntimeError) for a call identical to an
                 earlier one whose targets only partly overlap it.
-            Exception: with ``n_workers < 0``, the task's own exception.
+            Exception: with ``n_workers < 0`` (and not ``keep_going``), the task's own exception.
         """
         label = task_name if task_name is not None else getattr(func, "__name__", None) or "noop"
         with self._lock:
@@ -396,7 +419,7 @@ class TaskGraph:
         except KeyboardInterrupt as interrupt:
             self._terminate(interrupt)
             raise
-        if self._n_workers < 0 and task._error is not None:
+        if self._n_workers < 0 and task._error is not None and not self._keep_going:
             raise task._error
         return task
 
@@ -548,6 +571,8 @@ class TaskGraph:
 
     def close(self) -> None:
         """Accept no more tasks. ``join()`` then also shuts the workers down."""
+        if not self._closed and not self._shut_down:
+            self._scheduler.all_added()
         self._closed = True
 
     def join(self, timeout: float | None = None) -> bool:
@@ -563,9 +588,13 @@ class TaskGraph:
             Exception: the first failure of the graph: a task's own exception
                 (with the worker's traceback as ``__cause__``) or a
                 :class:`TaskGraphError`.
+            TasksFailedError: with ``keep_going=True``, once every task has
+                finished, if any failed: it names them all.
             KeyboardInterrupt: after stopping the workers.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._shut_down:
+            self._scheduler.all_added()
         try:
             for task in list(self._tasks):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -578,9 +607,31 @@ class TaskGraph:
         if failure is not None:
             self._shutdown()
             raise failure
+        failed = self._scheduler.failed_tasks
         if self._closed:
             self._shutdown()
+        if failed:
+            raise self._failures_error(failed)
         return True
+
+    def _failures_error(self, failed: list[Task]) -> TasksFailedError:
+        """keep_going: one error naming every failed task, chained to the first failure."""
+        failures = [(task.task_name, task._error) for task in failed if task._error is not None]
+        cancelled = sum(task._state == "cancelled" for task in self._tasks)
+        listed = "; ".join(f"{name!r} ({_one_line(error)})" for name, error in failures)
+        plural = len(failures) != 1
+        stopped = (
+            f"{cancelled} task{'s' if cancelled != 1 else ''} depending on {'them' if plural else 'it'} "
+            "did not run; every other task finished" if cancelled else "Every other task finished"
+        )
+        error = TasksFailedError(
+            f"{len(failures)} task{'s' if plural else ''} failed: {listed}. {stopped}. Fix the "
+            f"failure{'s' if plural else ''} and run again: the finished tasks are skipped "
+            f"(`taskgraph status {self._workspace} --failed` shows the errors).",
+            failures,
+        )
+        error.__cause__ = failures[0][1] if failures else None
+        return error
 
     def plan(self, timeout: float | None = None) -> list[PlanEntry]:
         """What each task added so far did (or, in a dry run, would do) and why.

@@ -354,7 +354,11 @@ class ProcessPool(Executor):
     def _kill_all(self) -> None:
         self._killing = True
         self._deadline = time.monotonic() + _KILL_GRACE_S
-        for worker in self._workers:
+        for worker in list(self._workers):
+            # A result already in the pipe is delivered, not lost with the worker.
+            with contextlib.suppress(EOFError, OSError):
+                while worker.jobs and worker.conn is not None and worker.conn.poll():
+                    self._on_message(worker, worker.conn.recv_bytes())
             _kill_tree(worker.pid)
 
     def _escalate(self) -> None:

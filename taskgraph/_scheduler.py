@@ -5,6 +5,7 @@ for ``n_workers >= 0``; the caller's own thread, inside ``add_task``, for
 ``n_workers < 0``). Other threads only put messages in its inbox::
 
     add_task ──('add', task)──────────┐
+    close/join ──('all added', None)──┤
     executor ──('done', JobResult)────┤──> inbox ──> scheduler thread
     join/Ctrl-C ──('abort', error)────┘              │
                                                      ├─> decide() (ledger read, stat)
@@ -35,7 +36,14 @@ from typing import Any
 from taskgraph import _threads
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
-from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError, WorkerStartError
+from taskgraph._errors import (
+    LedgerError,
+    TaskCancelledError,
+    TaskGraphError,
+    TaskGraphTerminatedError,
+    WorkerDiedError,
+    WorkerStartError,
+)
 from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._history import SHORT_S, History
@@ -43,7 +51,7 @@ from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
 from taskgraph._ledger import Ledger, Outcome, UntrustedResultError, format_exception
 from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
-from taskgraph._progress import ProgressBar
+from taskgraph._progress import Progress
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -66,10 +74,11 @@ class Scheduler:
         threaded: bool,
         reporting_interval: float | None,
         dry_run: bool = False,
-        progress: ProgressBar | None = None,
+        progress: Progress | None = None,
         claims: Claims | None = None,
         policy: Policy | None = None,
         memory_limit: float | None = None,
+        keep_going: bool = False,
     ) -> None:
         self._ledger = ledger
         # None keeps the plain priority heap: no policy call per task.
@@ -111,6 +120,11 @@ class Scheduler:
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
+        # keep_going: a failed task stops only its dependents; they are kept
+        # here in order, and each cancelled task's failed ancestor by task_id.
+        self._keep_going = keep_going
+        self._failed_tasks: list[Task] = []
+        self._blame: dict[int, Task] = {}
         self._killing = False
         self._stopped = False
         self._stop_requested = False
@@ -137,6 +151,12 @@ class Scheduler:
         if self._thread is None:
             self._drive()
 
+    def all_added(self) -> None:
+        """No more tasks are coming for now: progress can show a total."""
+        self._inbox.put(("all added", None))
+        if self._thread is None:
+            self._drive()
+
     def stop(self, timeout: float | None = None) -> None:
         """Finish the scheduler thread after the graph is idle, then close the ledger."""
         self._inbox.put(("stop", None))
@@ -149,6 +169,11 @@ class Scheduler:
     def failure(self) -> BaseException | None:
         """The first failure that stopped the graph, if any."""
         return self._failure
+
+    @property
+    def failed_tasks(self) -> list[Task]:
+        """With ``keep_going``: the tasks that failed so far, in order."""
+        return list(self._failed_tasks)
 
     # -- the scheduler's own thread ---------------------------------------------------
 
@@ -251,6 +276,9 @@ class Scheduler:
                         self._cancel(task)
                         finished.append(task)
                     self._running.clear()
+            elif kind == "all added":
+                if self._progress is not None:
+                    self._progress.all_added()
             elif kind == "stop":
                 stop = self._stop_requested = True
                 # Only after an abort can jobs still be out (threads cannot be
@@ -282,14 +310,17 @@ class Scheduler:
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
         self._unfinished[task.task_id] = task
+        if self._progress is not None:
+            self._progress.added(task.task_id, self._estimate(task))
         if task._memory is not None and not isinstance(self._policy, MemoryLimit):
             self._memory_aware()
         if self._failure is not None:
             self._cancel(task)
             finished.append(task)
             return
-        if any(dep._state in ("failed", "cancelled") for dep in task._dependencies):
-            self._cancel(task)
+        stopped = next((dep for dep in task._dependencies if dep._state in ("failed", "cancelled")), None)
+        if stopped is not None:
+            self._cancel(task, upstream=stopped)
             finished.append(task)
             return
         waiting = 0
@@ -356,7 +387,7 @@ class Scheduler:
                     result.error.add_note(f"raised by taskgraph task {task.task_name!r}")
                 LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
                 self._ledger.record(self._outcome(task, result, format_exception(result.error)))
-                self._fail_graph(result.error)
+                self._task_failed(task, result.error)
             finished.append(task)
             return
         for (path, algorithm), entry in result.digests.items():
@@ -428,11 +459,13 @@ class Scheduler:
             self._finished_count += 1
             if task._state == "failed":
                 self._failed_count += 1
+            if self._progress is not None:
+                self._progress.finished(task.task_id, task._state, task.task_name, task._duration)
             for dependent in self._dependents.pop(task.task_id, ()):
                 if task._state in ("failed", "cancelled"):
                     if dependent._state == "pending":
                         self._blockers.pop(dependent.task_id, None)
-                        self._cancel(dependent)
+                        self._cancel(dependent, upstream=task)
                         self._finish([dependent])
                     continue
                 entry = self._blockers.get(dependent.task_id)
@@ -583,7 +616,8 @@ class Scheduler:
         except Exception as error:
             task._state = "failed"
             task._error = error
-            self._fail_graph(error)
+            LOGGER.error("task %r could not be checked: %s: %.500s", task.task_name, type(error).__name__, error)
+            self._task_failed(task, error)
             self._finish([task])
             return None
         if not decision.run and task._store_result:
@@ -646,6 +680,8 @@ class Scheduler:
         task._started = time.time()
         self._running[task.task_id] = task
         self._started_at[task.task_id] = time.monotonic()
+        if self._progress is not None:
+            self._progress.started(task.task_id)
         try:
             self._executor.submit(job, self._job_done)
         except Exception as error:  # a backend's submit should not raise; if it does, the task fails
@@ -694,15 +730,33 @@ class Scheduler:
         self._executor.shutdown(kill=True)
         self._cancel_pending()
 
-    def _cancel(self, task: Task) -> None:
+    def _task_failed(self, task: Task, error: BaseException) -> None:
+        """A task failed: stop the graph, or with keep_going only its dependents."""
+        if self._keep_going:
+            self._failed_tasks.append(task)
+        else:
+            self._fail_graph(error)
+
+    def _cancel(self, task: Task, upstream: Task | None = None) -> None:
+        """Cancel ``task``: the graph stopped, or (keep_going) ``upstream``,
+        a task it depends on, failed or was cancelled."""
         if task._state == "running" and self._claims is not None:
             self._claims.release(task._identity.record_key)  # let other processes run it
         task._state = "cancelled"
         cause = self._failure
-        error = TaskCancelledError(
-            f"task {task.task_name!r} did not run because the graph stopped: "
-            f"{type(cause).__name__}: {cause}"
-        )
+        if cause is None and upstream is not None:
+            root = self._blame.get(upstream.task_id, upstream)
+            self._blame[task.task_id] = root
+            cause = root._error
+            error = TaskCancelledError(
+                f"task {task.task_name!r} did not run because task {root.task_name!r}, which it "
+                f"depends on, failed: {type(cause).__name__}: {cause}"
+            )
+        else:
+            error = TaskCancelledError(
+                f"task {task.task_name!r} did not run because the graph stopped: "
+                f"{type(cause).__name__}: {cause}"
+            )
         error.__cause__ = cause
         task._error = error
 
@@ -719,12 +773,25 @@ class Scheduler:
 
     # -- progress --------------------------------------------------------------------
 
+    def _ending(self) -> str | None:
+        """What stopped the run, for the final progress line (None: nothing did)."""
+        failure = self._failure
+        if failure is None:
+            return None
+        if isinstance(failure, KeyboardInterrupt):
+            return "interrupted"
+        if isinstance(failure, TaskGraphTerminatedError):
+            return "stopped by terminate()"
+        if self._failed_count:
+            return "stopped after a failure"
+        return f"stopped: {type(failure).__name__}"
+
     def _report(self) -> None:
         if self._progress is not None:
             if self._stopped:
-                self._progress.close(self._finished_count, self._known, len(self._running), self._failed_count)
+                self._progress.end(self._ending())
             else:
-                self._progress.update(self._finished_count, self._known, len(self._running), self._failed_count)
+                self._progress.tick()
         if not self._reporting_interval or time.monotonic() < self._next_report:
             return
         self._next_report = time.monotonic() + self._reporting_interval
