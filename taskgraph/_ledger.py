@@ -22,6 +22,12 @@ application_id`` = :data:`APPLICATION_ID`)::
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
                                                  mac: HMAC-SHA256 of key and value
 
+Paths (``files.path``, ``digests.path``) are TEXT, except a file name that is
+not valid UTF-8 (``os.listdir`` returns such names with surrogate escapes):
+it is stored as a BLOB of the file system's own bytes (``os.fsencode``), so it
+is kept exactly. Other text (names, arguments, errors) that is not valid UTF-8
+is stored with backslash escapes.
+
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never
 corrupted). All writes of a batch of finished tasks (their row, files, deps and
@@ -80,6 +86,10 @@ KEY_SUFFIX = ".key"
 SCHEMA_VERSION = 2
 _KEY_BYTES = 32
 _MAC_CONTEXT = b"taskgraph stored result v1\0"
+# SQLite's unix VFS holds a database's full path and the names of its
+# journals (the path plus "-journal") in 512 bytes.
+_SQLITE_MAX_PATH = 512
+_JOURNAL_SUFFIX = "-journal"
 #: Files taskgraph creates in a workspace are for their owner's eyes only.
 FILE_MODE = 0o600
 APPLICATION_ID = 0x54475248  # "TGRH"
@@ -260,6 +270,58 @@ def result_mac(key: bytes, record_key: str, value: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
+def stored_path(path: str) -> str | bytes:
+    """A path as the ledger stores it: its text, or, for a name that is not
+    valid UTF-8, the file system's own bytes (kept exactly)."""
+    if path.isascii():
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(path)
+        except UnicodeError:  # not a file name on this system at all
+            return path.encode("utf-8", "surrogatepass")
+    return path
+
+
+def loaded_path(value: str | bytes) -> str:
+    """A path as the ledger stored it, back as ``str`` (with surrogate escapes
+    for bytes that are not UTF-8, as ``os.listdir`` returns it)."""
+    return value if type(value) is str else os.fsdecode(value)
+
+
+def _text(value: str | None) -> str | None:
+    """Text for a TEXT column: as it is when valid UTF-8, else with the
+    characters that are not (lone surrogates) as backslash escapes."""
+    if value is None or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _open_problem(path: str, error: BaseException) -> LedgerError | None:
+    """The real reason SQLite cannot open ``path``, when it is the length of
+    its path (SQLite's "unable to open database file" says nothing of it)."""
+    try:
+        full = len(os.fsencode(os.path.realpath(path)))
+    except (OSError, ValueError):
+        return None
+    if full + len(_JOURNAL_SUFFIX) <= _SQLITE_MAX_PATH:
+        return None
+    most = _SQLITE_MAX_PATH - len(_JOURNAL_SUFFIX) - len(os.sep + LEDGER_FILENAME)
+    return LedgerError(
+        f"cannot open the taskgraph ledger {path}: its absolute path is {full} bytes long, and "
+        f"SQLite opens a database only if its path and its journal's (the path plus "
+        f"{_JOURNAL_SUFFIX!r}) fit in {_SQLITE_MAX_PATH} bytes ({error}). Use a workspace whose "
+        f"absolute path (symbolic links resolved) is at most {most} bytes long; this one is "
+        f"{full - len(os.sep + LEDGER_FILENAME)} bytes."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
     """What the ledger holds about one task."""
@@ -391,7 +453,7 @@ class Ledger:
             with _file_lock(self.path + ".lock"):
                 self._conn = self._open()
         except sqlite3.Error as error:
-            raise LedgerError(
+            raise _open_problem(self.path, error) or LedgerError(
                 f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
                 "workspace is writable and the disk is not full."
             ) from error
@@ -470,6 +532,9 @@ class Ledger:
             target = self._read_only_uri() if self.read_only else self.path
             conn = sqlite3.connect(target, uri=self.read_only, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.DatabaseError as error:
+            too_long = _open_problem(self.path, error)
+            if too_long is not None:
+                raise too_long from error  # the file may be fine: never move it aside for this
             return f"it cannot be opened ({error})"
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -477,6 +542,9 @@ class Ledger:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as error:
+            too_long = _open_problem(self.path, error)
+            if too_long is not None:
+                raise too_long from error
             return f"it is not a readable SQLite database ({error})"
         finally:
             conn.close()
@@ -617,7 +685,7 @@ class Ledger:
             (record_key,),
         ):
             fingerprint = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-            (inputs if role == "input" else targets)[path] = fingerprint
+            (inputs if role == "input" else targets)[loaded_path(path)] = fingerprint
         name, state, algorithm, store_result, ended, error, has_result = row
         return TaskRecord(
             record_key, name, state, algorithm, bool(store_result), inputs, targets,
@@ -635,6 +703,8 @@ class Ledger:
             listed = files.get(row[0])
             if listed is None:
                 listed = files[row[0]] = []
+            if type(row[2]) is not str:  # a name that is not UTF-8, stored as bytes
+                row = (*row[:2], loaded_path(row[2]), *row[3:])
             listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
         records: dict[str, TaskRecord | _SnapshotRow | None] = {}
@@ -652,7 +722,7 @@ class Ledger:
         # Plain tuples, for the garbage collector as in _load_records;
         # lookup_digest builds the entry.
         return {
-            (row[0], row[1]): row[2:]
+            (loaded_path(row[0]), row[1]): row[2:]
             for row in self._conn.execute(
                 "SELECT path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
                 " FROM digests"
@@ -666,7 +736,7 @@ class Ledger:
             return None  # a new ledger: nothing to compare with
         row = self._conn.execute(
             "SELECT record_key, func, source_hash, args FROM tasks WHERE name=? ORDER BY ended DESC LIMIT 1",
-            (name,),
+            (_text(name),),
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2], row[3])
 
@@ -731,7 +801,7 @@ class Ledger:
         row = self._conn.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
-            (path, algorithm),
+            (stored_path(path), algorithm),
         ).fetchone()
         if row is None:
             return None
@@ -752,11 +822,12 @@ class Ledger:
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._durable = True
         rows = self._rows
+        run_key = exec_key(key, outcome.inputs)
         rows[_UPSERT_TASK].append((
-            key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
-            outcome.source_hash, outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
+            key, outcome.task_key, run_key, _text(outcome.name), _text(outcome.func),
+            outcome.source_hash, _text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
-            outcome.worker, outcome.error, outcome.cpu_time, outcome.peak_memory,
+            _text(outcome.worker), _text(outcome.error), outcome.cpu_time, outcome.peak_memory,
         ))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
@@ -766,7 +837,7 @@ class Ledger:
             rows[_DELETE_RESULT].append((key,))
         for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
             rows[_INSERT_FILE].extend(
-                (key, role, path, fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
+                (key, role, stored_path(path), fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
                 for path, fp in files.items()
             )
         rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
@@ -780,7 +851,7 @@ class Ledger:
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
         self._rows[_DECISION].append((
-            record_key, self.run_id, time.time(), name, "run" if run else "skip",
+            record_key, self.run_id, time.time(), _text(name), "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
 
@@ -818,7 +889,7 @@ class Ledger:
             conn.executemany(
                 "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (path, algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
+                    (stored_path(path), algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
                      e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
                     for (path, algorithm), e in digests.items()
                 ],
@@ -853,6 +924,13 @@ class Ledger:
                 raise LedgerError(
                     f"cannot write the ledger {self.path}: {error}. Nothing recorded before "
                     "this error is lost; free disk space or fix permissions and run again."
+                ) from error
+            if isinstance(error, Exception):
+                # Not the disk: a value SQLite could not take. Still a ledger
+                # error, so the graph stops and every waiter is released.
+                raise LedgerError(
+                    f"cannot write the ledger {self.path}: {type(error).__name__}: {error}. Nothing "
+                    "recorded before this error is lost; please report this as a taskgraph bug."
                 ) from error
             raise
 
@@ -928,7 +1006,8 @@ class LedgerReader:
             app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as error:
-            raise LedgerError(f"{self.path} is not a readable taskgraph ledger ({error})") from error
+            raise _open_problem(self.path, error) or LedgerError(
+                f"{self.path} is not a readable taskgraph ledger ({error})") from error
         if app_id != APPLICATION_ID:
             raise LedgerError(f"{self.path} was not written by this taskgraph (it is another SQLite file)")
         if version > SCHEMA_VERSION:
@@ -970,7 +1049,8 @@ class LedgerReader:
             "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
         ):
             pair = out.setdefault(key, ({}, {}))
-            pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            pair[0 if role == "input" else 1][loaded_path(path)] = Fingerprint(
+                mode, size, mtime_ns, digest, taken_at_ns)
         return out
 
     def deps(self) -> list[tuple[str, str]]:
@@ -991,7 +1071,7 @@ class LedgerReader:
         rows = self._rows(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
-            (path, algorithm),
+            (stored_path(path), algorithm),
         )
         if not rows:
             return None
