@@ -20,7 +20,7 @@ application_id`` = :data:`APPLICATION_ID`)::
              digest, hashed_at_ns)               PK (path, algorithm)
     results (key PK, value BLOB, mac BLOB)       a sqlitedict table: read it with
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
-                                                 mac: HMAC-SHA256 of key and value
+                                                 mac: HMAC-SHA256 of key, exec key and value
 
 Paths (``files.path``, ``digests.path``) are TEXT, except a file name that is
 not valid UTF-8 (``os.listdir`` returns such names with surrogate escapes):
@@ -42,12 +42,15 @@ place, in one transaction that keeps every record (:data:`_MIGRATIONS`). A
 ledger from a newer taskgraph is left alone and refused.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
-stored with an HMAC-SHA256 of its record key and bytes, keyed by a secret of
+stored with an HMAC-SHA256 of its record key, the exec key of the run that
+computed it (the input fingerprints of that run) and its bytes, keyed by a secret of
 the workspace (``taskgraph_ledger.sqlite.key``, 32 random bytes, mode 0600,
 created atomically on first use). A result whose HMAC does not verify (the
 ledger was edited, written by another tool, or copied from another workspace)
 is never unpickled: :meth:`Ledger.load_result` raises
-:class:`UntrustedResultError` and the task runs again. The ledger, its WAL and
+:class:`UntrustedResultError` and the task runs again. Nor is the result of an
+earlier run of the task written back over a newer one: it was computed from
+other inputs than the record's, so its HMAC does not verify. The ledger, its WAL and
 every file taskgraph creates in the workspace are readable by their owner only.
 """
 
@@ -66,7 +69,7 @@ import sqlite3
 import time
 import traceback
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,9 +86,12 @@ LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 KEY_SUFFIX = ".key"
 #: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column
 #: (a schema-1 ledger is upgraded in place, see :data:`_MIGRATIONS`).
-SCHEMA_VERSION = 2
+#: 3: the ``mac`` of a result also covers the exec key of its run.
+SCHEMA_VERSION = 3
 _KEY_BYTES = 32
-_MAC_CONTEXT = b"taskgraph stored result v1\0"
+_MAC_CONTEXT = b"taskgraph stored result v2\0"
+# Schema 2's HMAC: record key and bytes only (checked once, by the upgrade).
+_MAC_CONTEXT_V1 = b"taskgraph stored result v1\0"
 # SQLite's unix VFS holds a database's full path and the names of its
 # journals (the path plus "-journal") in 512 bytes.
 _SQLITE_MAX_PATH = 512
@@ -172,12 +178,17 @@ _LAZY_LIMIT = 4096
 # Schema upgrades: from version N, the statements that make version N + 1.
 # New columns are added at the end of their table, so a migrated ledger has
 # the same column order as a new one.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+# A step is SQL, or a function of the ledger and the connection (run in the
+# same transaction).
+_MIGRATIONS: dict[int, tuple[str | Callable[[Ledger, sqlite3.Connection], None], ...]] = {
     # Schema 1 results carry no HMAC: they fail their check, so tasks with
     # stored results run once more; every other record is kept as it is.
     1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
         "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER",
         "ALTER TABLE results ADD COLUMN mac BLOB"),
+    # Schema 2's HMAC covered record key and bytes only: results whose HMAC
+    # verifies are signed again for the inputs their record holds.
+    2: (lambda ledger, conn: ledger._bind_results_to_inputs(conn),),
 }
 _EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions"}
 
@@ -264,9 +275,17 @@ def workspace_key(path: str, create: bool = True) -> bytes | None:
     raise LedgerError(f"cannot make the taskgraph key {path}: it keeps being replaced or damaged")
 
 
-def result_mac(key: bytes, record_key: str, value: bytes) -> bytes:
-    """HMAC-SHA256 binding a stored result's bytes to its task's record key."""
-    message = _MAC_CONTEXT + record_key.encode() + b"\0" + bytes(value)
+def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes:
+    """HMAC-SHA256 binding a stored result's bytes to its task's record key
+    and to the exec key of the run that computed it (``run_key``: the input
+    fingerprints of that run), so that the result of one run cannot stand in
+    for another's."""
+    message = _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value)
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
+    message = _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value)
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
@@ -611,8 +630,11 @@ class Ledger:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             start = version
             while version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
+                for step in _MIGRATIONS[version]:
+                    if callable(step):
+                        step(self, conn)
+                    else:
+                        conn.execute(step)
                 version += 1
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -622,6 +644,27 @@ class Ledger:
         if start < SCHEMA_VERSION:
             LOGGER.info("the taskgraph ledger %s was upgraded from schema %d to %d; every record was kept",
                         self.path, start, SCHEMA_VERSION)
+
+    def _bind_results_to_inputs(self, conn: sqlite3.Connection) -> None:
+        """The upgrade from schema 2: a result whose schema-2 HMAC (record key
+        and bytes) verifies is signed again, binding it to the input
+        fingerprints its record holds (what it was computed from); one that
+        does not verify is left as it is and stays refused."""
+        if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM results WHERE mac IS NOT NULL)").fetchone()[0]:
+            return
+        secret = self._workspace_key(create=False)
+        if secret is None:
+            return  # no key: no result can verify
+        inputs: dict[str, dict[str, Fingerprint]] = {}
+        for key, path, mode, size, mtime_ns, digest, taken_at_ns in conn.execute(
+            "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
+        ):
+            inputs.setdefault(key, {})[loaded_path(path)] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+        signed = []
+        for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
+            if hmac.compare_digest(bytes(mac), _schema_2_mac(secret, key, value)):
+                signed.append((result_mac(secret, key, exec_key(key, inputs.get(key, {})), value), key))
+        conn.executemany("UPDATE results SET mac=? WHERE key=?", signed)
 
     # -- runs -------------------------------------------------------------------
 
@@ -753,7 +796,13 @@ class Ledger:
             raise KeyError(record_key)
         value, mac = row
         key = self._workspace_key(create=not self.read_only)
-        if mac is None or key is None or not hmac.compare_digest(bytes(mac), result_mac(key, record_key, value)):
+        # Bound to the inputs the record holds: the ones the up-to-date check
+        # just found unchanged on disk.
+        record = self.lookup(record_key)
+        run_key = exec_key(record_key, record.inputs if record is not None else {})
+        if mac is None or key is None or not hmac.compare_digest(
+            bytes(mac), result_mac(key, record_key, run_key, value)
+        ):
             if mac is None:
                 # Results recorded before results were authenticated (a
                 # schema-1 ledger, upgraded in place) have no code: expected,
@@ -766,7 +815,8 @@ class Ledger:
             raise UntrustedResultError(
                 f"the stored result in {self.path} was not unpickled because its authentication "
                 "code does not match: the ledger was changed outside taskgraph, written by another "
-                "tool, or copied from another workspace"
+                "tool, or copied from another workspace, or the result is that of another run of "
+                "the task (computed from other input files) written back"
             )
         return sqlitedict.decode(value)
 
@@ -845,7 +895,7 @@ class Ledger:
             value = sqlitedict.encode(outcome.result)
             secret = self._workspace_key()
             assert secret is not None  # made when missing
-            mac = result_mac(secret, key, value)
+            mac = result_mac(secret, key, run_key, value)
             rows[_UPSERT_RESULT].append((key, value, mac))
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:

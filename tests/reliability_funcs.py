@@ -124,3 +124,8 @@ class BadBool:
 
     def __bool__(self):
         raise UserError("no truth value")
+
+
+def read_text(path):
+    with open(path) as stream:
+        return stream.read()
