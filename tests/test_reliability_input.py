@@ -4,12 +4,14 @@ works with the meaning documented in docs/reliability.md or raises a
 or a damaged ledger."""
 
 import functools
+import gc
 import math
 import os
 import shutil
 import sqlite3
 import tempfile
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -582,3 +584,20 @@ def test_add_task_raises_only_its_own_errors_and_never_hangs(arguments):
     finally:
         os.chdir(here)
         shutil.rmtree(ws)
+
+
+@pytest.mark.parametrize("bound", ["partial", "method"])
+def test_a_closed_graph_keeps_no_task_function_alive(tmp_path, bound):
+    """A partial or bound method used as a task function, and the (large)
+    argument it holds, are freed once the graph is closed and dropped."""
+    holder = Adder(1)
+    holder.payload = bytearray(8 << 20)
+    func = functools.partial(r.identity, holder) if bound == "partial" else holder.add
+    args = () if bound == "partial" else (1,)
+    with taskgraph.TaskGraph(str(tmp_path), -1) as graph:
+        task = graph.add_task(func, args=args, task_name=bound)
+    assert task.state == "ran"
+    alive = weakref.ref(holder)
+    del holder, func, graph, task
+    gc.collect()
+    assert alive() is None
