@@ -57,6 +57,11 @@ def call_args(args: Any, invalid: Invalid) -> tuple[Any, ...]:
             f"args must be a list or tuple of positional arguments, got {type(args).__name__} "
             f"{shown(args)}; for a single argument pass args=[value]"
         )
+    if isinstance(args, (set, frozenset)):
+        raise invalid(
+            f"args must be a list or tuple of positional arguments, got a {type(args).__name__}, "
+            "whose order is not defined; for one set argument pass args=[the_set]"
+        )
     return tuple(args)
 
 

@@ -357,6 +357,7 @@ def test_taskgraphs_own_files_cannot_be_targets(tmp_path, suffix):
 @pytest.mark.parametrize("arguments,argument", [
     ({"args": 5}, "args"),
     ({"args": "abc"}, "args"),
+    ({"args": {1, 2}}, "args"),
     ({"kwargs": {1: 2}}, "kwargs"),
     ({"kwargs": [("a", 1)]}, "kwargs"),
     ({"target_path_list": 5}, "target_path_list"),
