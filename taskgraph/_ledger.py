@@ -1051,7 +1051,7 @@ class LedgerReader:
                 "run a pipeline with this workspace first"
             )
         try:
-            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(self.path))) + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S)
             app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]

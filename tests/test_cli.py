@@ -339,3 +339,14 @@ def test_file_names_that_are_not_utf8_show_readably(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "out\\xfe.txt is missing" in result.stdout
     assert tg("status", ws).stdout.splitlines()[1].split()[-1] == "missing"
+
+
+def test_a_workspace_whose_name_is_not_utf8(tmp_path):
+    ws = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"ws\xff"))
+    with taskgraph.TaskGraph(ws, -1) as graph:
+        graph.add_task(reliability_funcs.identity, args=(1,), task_name="one")
+    result = tg("status", ws)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split()[:2] == ["one", "ran"]
+    missing = tg("status", ws + "-missing")
+    assert missing.returncode == 1 and "ws\\xff-missing" in missing.stderr
