@@ -56,6 +56,12 @@ class WorkerDiedError(TaskGraphError, RuntimeError):
     ``os._exit``) before returning a result."""
 
 
+class WorkerStartError(TaskGraphError, RuntimeError):
+    """A worker process for a task could not be started (too many open files,
+    no memory left to fork, the fork server gone): the task fails with the
+    cause, and the graph stops as for any failure."""
+
+
 class TaskCancelledError(TaskGraphError, RuntimeError):
     """A task did not run because another task of the graph failed first.
 

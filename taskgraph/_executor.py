@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from taskgraph import _threads
 from taskgraph._job import Job, JobResult, run_job
 
 DoneCallback = Callable[[JobResult], None]
@@ -30,6 +31,10 @@ class Executor(abc.ABC):
     #: True when ``submit`` runs the job before returning (no job can still
     #: be running once ``submit`` has returned or raised).
     synchronous: bool = False
+    #: How many jobs marked ``short`` it takes beyond ``capacity``: they wait
+    #: behind a short job already running, so that the round trip of one
+    #: overlaps the other. Zero: never more than ``capacity``.
+    queue_depth: int = 0
 
     @abc.abstractmethod
     def submit(self, job: Job, done: DoneCallback) -> None:
@@ -68,12 +73,7 @@ class ThreadExecutor(Executor):
     def __init__(self, n_threads: int = 1) -> None:
         self.capacity = n_threads
         self._queue: queue.SimpleQueue[tuple[Job, DoneCallback] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"taskgraph-thread-{i}", daemon=True)
-            for i in range(n_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads = [_threads.start(self._work, f"taskgraph-thread-{i}") for i in range(n_threads)]
         self._closed = False
 
     def _work(self) -> None:
@@ -104,11 +104,15 @@ class ThreadExecutor(Executor):
                     thread.join()
 
 
-def make_executor(n_workers: int, executor: Any = None, scheduler_address: str | None = None) -> Executor:
+def make_executor(
+    n_workers: int, executor: Any = None, scheduler_address: str | None = None, start_method: str | None = None
+) -> Executor:
     """The backend for ``n_workers`` (natcap's meanings), or a remote one.
 
     ``n_workers < 0``: inline in the caller; ``0``: one thread of this
-    process; ``> 0``: that many niced worker processes. ``executor`` (an
+    process; ``> 0``: that many niced worker processes, started with
+    ``start_method`` (``'fork'`` or ``'spawn'``; None: the platform's
+    default, see :mod:`taskgraph._pool`). ``executor`` (an
     :class:`Executor`, or a ``distributed.Client``) or ``scheduler_address``
     (a Dask scheduler) take precedence. Every layer built on the engine
     (``TaskGraph``, the sequencer, ``multitask``, ``Topology``, the boss)
@@ -126,4 +130,4 @@ def make_executor(n_workers: int, executor: Any = None, scheduler_address: str |
         return ThreadExecutor(1)
     from taskgraph._pool import ProcessPool
 
-    return ProcessPool(n_workers)
+    return ProcessPool(n_workers, start_method)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import multiprocessing
 import os
 import pickle
 import sys
@@ -32,6 +33,7 @@ from taskgraph._identity import SelfReferenceError, normalize_path, task_identit
 from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import Ledger
 from taskgraph._policy import Policy, make_policy
+from taskgraph._pool import ProcessPool, check_start_method, usable_cpus
 from taskgraph._progress import ProgressBar
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
@@ -160,6 +162,14 @@ class TaskGraph:
         bind_cpus: pin each worker process to a core of its own
             (``n_workers > 0``, at most one worker per usable core; Linux and
             Windows).
+        start_method: how worker processes start (``n_workers > 0``):
+            ``'fork'`` (the default on Linux and other POSIX systems but
+            macOS) forks them from a copy of this process made now, so they
+            have every module imported before the graph was made and a
+            script's top level is not run again in them; ``'spawn'`` (the
+            default on macOS and Windows) starts each in a fresh interpreter
+            that imports the main script. ``TASKGRAPH_START_METHOD`` in the
+            environment sets the default.
 
     Use as a context manager, or call :meth:`close` then :meth:`join`.
     """
@@ -177,14 +187,30 @@ class TaskGraph:
         scheduler: str | Policy = "priority",
         memory_limit: float | None = None,
         bind_cpus: bool = False,
+        start_method: str | None = None,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
             raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A spawn worker is importing the main script, whose top level makes a
+            # graph: left to go on, it would wait for its own workers forever.
+            raise InvalidTaskError(
+                "TaskGraph() was called while a worker process started with 'spawn' imported the "
+                "main script: its top-level code runs again in every such worker. Put it under "
+                "`if __name__ == '__main__':`, or use start_method='fork' (the default on Linux)."
+            )
+        if start_method is not None and not isinstance(start_method, str):
+            raise InvalidTaskError(f"start_method must be 'fork', 'spawn' or None, got {start_method!r}")
+        if n_workers > 0 and executor is None and scheduler_address is None:
+            try:
+                start_method = check_start_method(start_method)
+            except ValueError as error:
+                raise InvalidTaskError(f"TaskGraph: {error}") from error
         try:
             policy = make_policy(scheduler, memory_limit)
         except ValueError as error:
             raise InvalidTaskError(f"TaskGraph: {error}") from error
-        pinned = self._pinned_pool(n_workers, bind_cpus, executor, scheduler_address, dry_run)
+        self._check_pinning(n_workers, bind_cpus, executor, scheduler_address)
         if reporting_interval is not None and (
             not isinstance(reporting_interval, (int, float)) or reporting_interval < 0
         ):
@@ -197,17 +223,25 @@ class TaskGraph:
         self._n_workers = n_workers
         self._dry_run = dry_run
         self._created = time.monotonic()
-        self._ledger = Ledger(self._workspace, read_only=dry_run)
+        self._remote = (executor is not None or scheduler_address is not None) and not dry_run
+        # The backend first: a process pool forks its fork server now, before
+        # this graph opens the ledger or starts a thread.
+        if self._remote:
+            backend = make_executor(n_workers, executor, scheduler_address)
+        elif bind_cpus and not dry_run:
+            backend = ProcessPool(n_workers, start_method, bind_cpus=True)
+        else:
+            backend = make_executor(-1 if dry_run else n_workers, start_method=start_method)
+        self._executor = backend
+        try:
+            self._ledger = Ledger(self._workspace, read_only=dry_run)
+        except BaseException:
+            backend.shutdown(kill=True)
+            raise
         # Where the ledger is, fixed now: SQLite opened it relative to this cwd.
         self._ledger_path = normalize_path(self._ledger.path)
         if not dry_run:
             self._ledger.begin_run(n_workers)
-        self._remote = (executor is not None or scheduler_address is not None) and not dry_run
-        if self._remote:
-            backend = make_executor(n_workers, executor, scheduler_address)
-        else:
-            backend = make_executor(-1 if dry_run else n_workers, pinned)
-        self._executor = backend
         self._finished_condition = threading.Condition(threading.Lock())
         if progress is None:
             progress = sys.stderr is not None and sys.stderr.isatty()
@@ -227,21 +261,16 @@ class TaskGraph:
         self._shut_down = False
 
     @staticmethod
-    def _pinned_pool(
-        n_workers: int, bind_cpus: bool, executor: Any, scheduler_address: str | None, dry_run: bool
-    ) -> Any:
-        """The process pool for ``bind_cpus=True`` (None otherwise), after
-        checking that the request can be met here."""
+    def _check_pinning(n_workers: int, bind_cpus: bool, executor: Any, scheduler_address: str | None) -> None:
+        """Check that ``bind_cpus=True`` can be met here."""
         if not bind_cpus:
-            return None
+            return
         if n_workers <= 0 or executor is not None or scheduler_address is not None:
             raise InvalidTaskError(
                 f"bind_cpus=True pins worker processes to cores, so it needs n_workers > 0 and no "
                 f"Dask executor; got n_workers={n_workers!r}"
                 + (" with a Dask executor" if executor is not None or scheduler_address else "")
             )
-        from taskgraph._pool import ProcessPool, usable_cpus
-
         cpus = usable_cpus()
         if cpus is None:
             raise InvalidTaskError(
@@ -254,7 +283,6 @@ class TaskGraph:
                 f"exceeds the {len(cpus)} cores this process may use ({cpus}); use "
                 f"n_workers <= {len(cpus)}"
             )
-        return None if dry_run else ProcessPool(n_workers, bind_cpus=True)
 
     # -- building -------------------------------------------------------------------------
 

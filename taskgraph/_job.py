@@ -39,6 +39,7 @@ class Job:
         want_result: whether the return value is sent back (``store_result``).
         known_digests: digests the scheduler already holds for the inputs, so
             the worker does not read an input the up-to-date check just hashed.
+        priority: the task's priority (for backends that order their own queue).
     """
 
     task_id: int
@@ -54,6 +55,9 @@ class Job:
     want_result: bool
     known_digests: dict[tuple[str, str], CachedDigest] = field(default_factory=dict)
     priority: float = 0
+    #: Expected to take a few milliseconds at most (from the ledger's history):
+    #: it may wait behind another short job in a worker (``Executor.queue_depth``).
+    short: bool = False
 
     def spec(self) -> tuple[Any, ...]:
         """Everything but the call itself, as :func:`run_job` takes it."""
@@ -213,8 +217,17 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
     """Pickle a result to send it to the parent process.
 
     A value or exception that cannot be pickled becomes a
-    :class:`TaskExecutionError` that says so.
+    :class:`TaskExecutionError` that says so. The exception goes without its
+    traceback objects (their text is in ``remote_traceback``): a library that
+    teaches pickle to keep tracebacks (tblib, which Dask's distributed
+    installs) would otherwise pickle one frame per level of a deep stack.
     """
+    seen: set[int] = set()
+    error = outcome.error
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
     try:
         return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as pickling_error:

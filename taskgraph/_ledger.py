@@ -772,6 +772,20 @@ class Ledger:
             )
         }
 
+    def durations(self) -> tuple[dict[str, float], dict[tuple[str, str], tuple[int, float]]]:
+        """How long recorded tasks took: each record's last duration, and per
+        function (name, source hash) how many records and their total seconds."""
+        by_record: dict[str, float] = {}
+        by_function: dict[tuple[str, str], tuple[int, float]] = {}
+        for key, func, source_hash, duration in self._conn.execute(
+            "SELECT record_key, func, source_hash, duration FROM tasks "
+            "WHERE state='done' AND duration IS NOT NULL"
+        ):
+            by_record[key] = duration
+            count, total = by_function.get((func, source_hash), (0, 0.0))
+            by_function[func, source_hash] = (count + 1, total + duration)
+        return by_record, by_function
+
     def previous_by_name(self, name: str) -> tuple[str, str, str, str] | None:
         """The latest record of a task with this name: (record_key, func,
         source_hash, args); explains why a task with no record of its own is new."""

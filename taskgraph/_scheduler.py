@@ -24,6 +24,7 @@ anything; a timed wait is used only for ``reporting_interval`` progress logs.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import queue
@@ -31,11 +32,13 @@ import threading
 import time
 from typing import Any
 
+from taskgraph import _threads
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
-from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError
+from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError, WorkerStartError
 from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
 from taskgraph._fingerprint import is_content_algorithm
+from taskgraph._history import SHORT_S, History
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
 from taskgraph._ledger import Ledger, Outcome, UntrustedResultError, format_exception
@@ -91,6 +94,20 @@ class Scheduler:
         self._elsewhere: dict[int, Task] = {}
         # Finished tasks whose records are not committed yet (within a batch).
         self._unnotified: list[Task] = []
+        # Every task added whose waiters are not released yet, whatever its
+        # state: what a failure of the scheduler itself must finish.
+        self._unfinished: dict[int, Task] = {}
+        # Durations of earlier runs and of this one (read from the ledger when
+        # first needed), for two choices: short jobs may wait behind another in
+        # a worker (the executor's queue_depth), and with several workers, ready
+        # tasks of equal priority start by their remaining critical path.
+        self._history = History(ledger.durations)
+        self._overlap = 0 if executor.synchronous else executor.queue_depth
+        self._order_by_path = not executor.synchronous and executor.capacity > 1
+        self._by_path = False
+        self._paths: dict[int, float] = {}
+        self._paths_known = -1
+        self._next_rekey = 0.0
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
@@ -102,8 +119,7 @@ class Scheduler:
         self._run_started = time.monotonic()
         self._thread: threading.Thread | None = None
         if threaded:
-            self._thread = threading.Thread(target=self._loop, name="taskgraph-scheduler", daemon=True)
-            self._thread.start()
+            self._thread = _threads.start(self._loop, "taskgraph-scheduler")
 
     # -- called from other threads (messages only) -----------------------------------
 
@@ -159,11 +175,7 @@ class Scheduler:
             try:
                 self._batch(message)
             except BaseException as error:
-                LOGGER.exception("the taskgraph scheduler failed; stopping the graph")
-                self._fail_graph(error)
-                self._cancel_pending()
-                if self._stop_requested and not self._stopped:
-                    self._stop_now()  # the batch held the stop message: never leave join() waiting
+                self._crash(error)
             self._report()
 
     def _drive(self) -> None:
@@ -180,8 +192,43 @@ class Scheduler:
                 self._dispatch()
                 self._report()
                 continue
-            self._batch(message)
+            try:
+                self._batch(message)
+            except BaseException as error:
+                self._crash(error)
             self._report()
+
+    def _crash(self, error: BaseException) -> None:
+        """Something raised inside the scheduler itself (not a task): stop the
+        graph and finish every task, whatever its state, so that no ``join()``
+        waits for a task that nothing will finish. Results that arrive later
+        for tasks finished here are ignored."""
+        LOGGER.error("the taskgraph scheduler failed; stopping the graph", exc_info=error)
+        with contextlib.suppress(BaseException):
+            self._fail_graph(error)
+        self._ready.clear()
+        self._blockers.clear()
+        self._elsewhere.clear()
+        self._running.clear()
+        self._started_at.clear()
+        self._unnotified = []
+        stranded = [task for task in self._unfinished.values() if not task._finished]
+        for task in stranded:
+            if task._state not in ("ran", "skipped", "failed", "cancelled", "would-run"):
+                self._cancel(task)
+        for task in stranded:
+            task._finished = True
+            if self._claims is not None:
+                with contextlib.suppress(BaseException):
+                    self._claims.release(task._identity.record_key)
+        self._unfinished.clear()
+        self._finished_count = self._known
+        with self._finished_condition:
+            self._finished_condition.notify_all()
+        if self._stop_requested and not self._stopped:
+            with contextlib.suppress(BaseException):
+                self._stop_now()  # the batch held the stop message: never leave join() waiting
+            self._stopped = True
 
     def _batch(self, first: tuple[str, Any]) -> None:
         messages = [first]
@@ -235,6 +282,7 @@ class Scheduler:
 
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
+        self._unfinished[task.task_id] = task
         if task._memory is not None and not isinstance(self._policy, MemoryLimit):
             self._memory_aware()
         if self._failure is not None:
@@ -257,7 +305,11 @@ class Scheduler:
 
     def _push_ready(self, task: Task) -> None:
         if self._policy is None:
-            heapq.heappush(self._ready, (-task._priority, task.task_id, task))
+            if self._by_path:  # see _rekey
+                heapq.heappush(self._ready, ((-task._priority, -self._paths.get(task.task_id, 0.0)),
+                                             task.task_id, task))
+            else:
+                heapq.heappush(self._ready, (-task._priority, task.task_id, task))
         else:
             heapq.heappush(self._ready, (self._policy.key(task), task.task_id, task))
 
@@ -272,11 +324,17 @@ class Scheduler:
             self._policy = MemoryLimit(self._memory_limit, self._policy)
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
-        task = self._running.pop(result.task_id)
+        task = self._running.pop(result.task_id, None)
+        if task is None:
+            return  # finished already (cancelled when the scheduler failed): the result is ignored
         self._started_at.pop(result.task_id, None)
         if result.ended:
             task._started = result.started
             task._duration = result.ended - result.started
+            if result.error is None:
+                function = task._identity.function
+                self._history.observe(task._identity.record_key, (function.name, function.source_hash),
+                                      task._duration)
             task._cpu_time = result.cpu_time
             task._peak_memory = result.peak_memory
             task._worker = result.worker
@@ -357,6 +415,7 @@ class Scheduler:
             return
         for task in finished:
             task._finished = True
+            self._unfinished.pop(task.task_id, None)
             if self._claims is not None:
                 self._claims.release(task._identity.record_key)
         with self._finished_condition:
@@ -398,9 +457,15 @@ class Scheduler:
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
             slots = self._executor.capacity - len(self._running)
+            if self._order_by_path and self._running and len(self._ready) > max(slots, 0):
+                # More tasks ready than workers free: order them by their remaining critical path.
+                # (Not while nothing runs: a rerun that skips everything never pays for it.)
+                self._rekey()
             starting: list[tuple[Task, Decision]] = []
             held: list[tuple[Any, int, Task]] = []
-            while self._ready and self._failure is None and len(starting) < slots:
+            while self._ready and self._failure is None and (
+                len(starting) < slots or (self._overlap and self._may_overlap(len(starting)))
+            ):
                 entry = heapq.heappop(self._ready)
                 task = entry[2]
                 if self._policy is not None and not self._admit(task, starting):
@@ -448,6 +513,56 @@ class Scheduler:
                     LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
                                 task.task_name)
                     self._elsewhere[task.task_id] = task
+
+    def _may_overlap(self, starting: int) -> bool:
+        """Whether the next ready task may go to the executor beyond its
+        capacity, to wait behind a running one: only a task known to be short
+        (a long or unknown one never waits behind another)."""
+        if self._policy is not None or len(self._running) + starting >= self._executor.capacity + self._overlap:
+            return False
+        estimate = self._estimate(self._ready[0][2])
+        return estimate is not None and estimate < SHORT_S
+
+    def _estimate(self, task: Task) -> float | None:
+        function = task._identity.function
+        return self._history.estimate(task._identity.record_key, (function.name, function.source_hash))
+
+    def _rekey(self) -> None:
+        """Order the ready tasks (among equal priorities) by their remaining
+        critical path: their own expected duration plus the longest chain of
+        expected durations through the tasks that wait for them, from the
+        ledger's history (a function's mean for a task with no record of its
+        own). Recomputed when tasks were added since, at most every 50 ms (or
+        four times what the last computation took), so a graph that is still
+        growing costs little."""
+        now = time.monotonic()
+        if self._known == self._paths_known or now < self._next_rekey:
+            return
+        started = time.perf_counter()
+        default = self._history.default()
+        paths: dict[int, float] = {}
+        for _, _, root in self._ready:
+            stack: list[tuple[Task, bool]] = [(root, False)]
+            while stack:
+                task, expanded = stack.pop()
+                task_id = task.task_id
+                if task_id in paths:
+                    continue
+                waiting = self._dependents.get(task_id, ())
+                if not expanded:
+                    stack.append((task, True))
+                    stack.extend((child, False) for child in waiting if child.task_id not in paths)
+                    continue
+                own = self._estimate(task)
+                paths[task_id] = (default if own is None else own) + max(
+                    (paths.get(child.task_id, 0.0) for child in waiting), default=0.0)
+        self._paths = paths
+        self._paths_known = self._known
+        self._ready = [((-task._priority, -paths.get(task.task_id, 0.0)), task.task_id, task)
+                       for _, _, task in self._ready]
+        heapq.heapify(self._ready)
+        self._by_path = True
+        self._next_rekey = now + max(0.05, 4 * (time.perf_counter() - started))
 
     def _admit(self, task: Task, starting: list[tuple[Task, Decision]]) -> bool:
         """The policy's word on starting ``task`` now; always yes when
@@ -521,12 +636,20 @@ class Scheduler:
             known_digests=known,
             priority=task._priority,
         )
+        if self._overlap:
+            estimate = self._estimate(task)
+            job.short = estimate is not None and estimate < SHORT_S
         task._payload = None  # sent once; free the memory
         task._state = "running"
         task._started = time.time()
         self._running[task.task_id] = task
         self._started_at[task.task_id] = time.monotonic()
-        self._executor.submit(job, self._job_done)
+        try:
+            self._executor.submit(job, self._job_done)
+        except Exception as error:  # a backend's submit should not raise; if it does, the task fails
+            self._job_done(JobResult(task.task_id, error=WorkerStartError(
+                f"task {task.task_name!r} could not be started: {type(error).__name__}: {error}"
+            )))
 
     def _recheck_elsewhere(self) -> None:
         """Tasks another process was running: back to the ready queue once it

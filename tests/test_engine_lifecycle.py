@@ -31,7 +31,8 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
             graph.add_task(engine_funcs.write, args=(target, i), target_path_list=[target], task_name=f"quick{{i}}")
         graph.add_task(engine_funcs.sleep, args=(60,), task_name="long")
         graph.add_task(engine_funcs.sleep, args=(60,), task_name="long2")
-        while len(psutil.Process().children()) < 3:  # 2 workers + resource tracker
+        # fork: the fork server and 2 workers; spawn: 2 workers and the resource tracker
+        while len(psutil.Process().children(recursive=True)) < 3:
             time.sleep(0.01)
         with open(os.path.join(ws, "pids.json"), "w") as stream:
             json.dump([p.pid for p in psutil.Process().children(recursive=True)], stream)
