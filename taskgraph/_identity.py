@@ -2,13 +2,15 @@
 
 Leaf module: imports only the standard library, xxhash and ``_fingerprint``.
 
-Two tasks are the same task when they call the same function (same qualified
-name, same source text) with the same arguments. Arguments are encoded
-canonically, not by ``repr``: dicts and sets are ordered, paths are normalised
-(``str`` and ``pathlib`` alike, relative and absolute alike), target paths are
-replaced by a placeholder, and functions passed as arguments count by their
-source. The canonical structure is encoded with ``marshal`` and hashed with
-xxh3-128.
+Two tasks are the same task when they call the same function (same name, same
+source text, and the same defaults, closure cells and bound arguments) with the
+same arguments. Arguments are encoded canonically, not by ``repr``: dicts and
+sets are ordered, paths are normalised (``str`` and ``pathlib`` alike, relative
+and absolute alike; URLs are not paths), target paths are replaced by a
+placeholder, functions passed as arguments count as task functions do, and
+other objects by what pickle would save of them, encoded the same canonical
+way (so equal values give equal keys whatever the interpreter's hash seed).
+The canonical structure is encoded with ``marshal`` and hashed with xxh3-128.
 """
 
 from __future__ import annotations
