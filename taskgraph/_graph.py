@@ -33,7 +33,7 @@ from taskgraph._identity import SelfReferenceError, normalize_path, task_identit
 from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import Ledger
 from taskgraph._policy import Policy, make_policy
-from taskgraph._pool import ProcessPool, check_start_method, usable_cpus
+from taskgraph._pool import check_start_method, usable_cpus
 from taskgraph._progress import ProgressBar
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
@@ -228,10 +228,9 @@ class TaskGraph:
         # this graph opens the ledger or starts a thread.
         if self._remote:
             backend = make_executor(n_workers, executor, scheduler_address)
-        elif bind_cpus and not dry_run:
-            backend = ProcessPool(n_workers, start_method, bind_cpus=True)
         else:
-            backend = make_executor(-1 if dry_run else n_workers, start_method=start_method)
+            backend = make_executor(-1 if dry_run else n_workers, start_method=start_method,
+                                    bind_cpus=bind_cpus and not dry_run)
         self._executor = backend
         try:
             self._ledger = Ledger(self._workspace, read_only=dry_run)

@@ -87,6 +87,18 @@ class JobResult:
     peak_memory: int | None = None
 
 
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in another process
+    (a worker, a Dask worker) as the ``__cause__`` of the re-raised exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
 def worker_name() -> str:
     """Where a job ran: the process (and thread, if not the main one)."""
     name = f"{multiprocessing.current_process().name} (pid {os.getpid()})"

@@ -68,7 +68,7 @@ import psutil
 from taskgraph import _forkserver, _threads
 from taskgraph._errors import TaskExecutionError, WorkerDiedError, WorkerStartError
 from taskgraph._executor import DoneCallback, Executor
-from taskgraph._job import Job, JobResult
+from taskgraph._job import Job, JobResult, RemoteTraceback
 from taskgraph._worker import LOG, STOP, worker_main
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -77,17 +77,6 @@ _STOP_GRACE_S = 5.0  # shutdown(kill=False): how long workers may take to stop b
 _KILL_GRACE_S = 5.0  # after a kill: how long until a worker whose end was never seen is given up
 START_METHODS = ("fork", "spawn")
 ENVIRONMENT_VARIABLE = "TASKGRAPH_START_METHOD"
-
-
-class _RemoteTraceback(Exception):
-    """Carries a worker's traceback text as the ``__cause__`` of a task's exception."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
 
 
 def default_start_method() -> str:
@@ -209,6 +198,7 @@ class ProcessPool(Executor):
 
     Raises:
         ValueError: for a start method this platform does not have.
+        WorkerStartError: when the fork server cannot be started.
     """
 
     def __init__(
@@ -227,7 +217,13 @@ class ProcessPool(Executor):
         self._server: _forkserver.ForkServer | None = None
         if self.start_method == "fork":
             # Now, before the manager thread below (and the scheduler's) exist.
-            self._server = _forkserver.start()
+            try:
+                self._server = _forkserver.start()
+            except OSError as error:
+                raise WorkerStartError(
+                    f"the fork server that starts worker processes could not be started ({error}); raise "
+                    "the open-file limit (ulimit -n) or free memory, or pass start_method='spawn'"
+                ) from error
             if self._server is None:
                 LOGGER.warning(
                     "taskgraph threads of another graph are running in this process and no fork server "
@@ -446,7 +442,7 @@ class ProcessPool(Executor):
                 f"({error!r}); return only types importable here."
             ))
         if result.error is not None and result.remote_traceback:
-            result.error.__cause__ = _RemoteTraceback(result.remote_traceback)
+            result.error.__cause__ = RemoteTraceback(result.remote_traceback)
         worker.finished_jobs += 1
         self._finish(worker.jobs.popleft(), result)
         if not worker.jobs and not self._closing:

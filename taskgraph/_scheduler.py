@@ -36,7 +36,7 @@ from taskgraph import _threads
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError, WorkerStartError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
 from taskgraph._history import SHORT_S, History
 from taskgraph._identity import describe_arguments
@@ -76,7 +76,7 @@ class Scheduler:
         self._policy = policy
         self._memory_limit = memory_limit
         self._executor = executor
-        self._local = isinstance(executor, (InlineExecutor, ThreadExecutor))
+        self._local = executor.in_process
         self._finished_condition = finished
         self._dry_run = dry_run
         self._claims = claims
@@ -116,7 +116,6 @@ class Scheduler:
         self._stop_requested = False
         self._reporting_interval = reporting_interval or None
         self._next_report = time.monotonic() + (self._reporting_interval or 0)
-        self._run_started = time.monotonic()
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = _threads.start(self._loop, "taskgraph-scheduler")
@@ -317,11 +316,14 @@ class Scheduler:
         """A task declared its memory: admit tasks by memory from now on.
 
         The built-in orders keep their keys (``MemoryLimit`` delegates to
-        them), so the tasks already in the heap stay in place. A custom
-        policy is left as it is: it decides admission itself.
+        them); the heap is keyed again, since without a policy its keys may
+        hold the critical path (see :meth:`_rekey`). A custom policy is left
+        as it is: it decides admission itself.
         """
         if self._policy is None or type(self._policy) in (PriorityOrder, LongestFirst):
-            self._policy = MemoryLimit(self._memory_limit, self._policy)
+            policy = self._policy = MemoryLimit(self._memory_limit, self._policy)
+            self._ready = [(policy.key(task), task.task_id, task) for _, _, task in self._ready]
+            heapq.heapify(self._ready)
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
         task = self._running.pop(result.task_id, None)
@@ -536,7 +538,7 @@ class Scheduler:
         four times what the last computation took), so a graph that is still
         growing costs little."""
         now = time.monotonic()
-        if self._known == self._paths_known or now < self._next_rekey:
+        if self._policy is not None or self._known == self._paths_known or now < self._next_rekey:
             return
         started = time.perf_counter()
         default = self._history.default()
