@@ -17,6 +17,7 @@ from pathlib import PurePath
 from types import TracebackType
 from typing import Any
 
+from taskgraph import _validate as validate
 from taskgraph._claims import Claims
 from taskgraph._decide import Reason
 from taskgraph._errors import (
@@ -29,7 +30,7 @@ from taskgraph._errors import (
 )
 from taskgraph._executor import make_executor
 from taskgraph._fingerprint import validate_algorithm
-from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
+from taskgraph._identity import SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import Ledger
 from taskgraph._policy import Policy, make_policy
@@ -117,20 +118,6 @@ class TaskReport:
 # Hash algorithms that passed validate_algorithm (hashlib's need a trial digest).
 _KNOWN_ALGORITHMS: set[str] = set()
 _NO_PATHS: frozenset[str] = frozenset()
-
-
-def _path_list(paths: Any) -> list[str | PurePath] | None:
-    """``paths`` as a list, or None if it is not a list of str or pathlib paths
-    (``Any``: it comes from the user unchecked)."""
-    if paths is None:
-        return []
-    if isinstance(paths, (str, PurePath)):
-        return None  # one path where a list was meant
-    listed: list[Any] = list(paths)
-    for path in listed:
-        if type(path) is not str and not isinstance(path, PATH_TYPES):
-            return None
-    return listed
 
 
 def _one_line(error: BaseException) -> str:
@@ -387,7 +374,7 @@ class TaskGraph:
                 earlier one whose targets only partly overlap it.
             Exception: with ``n_workers < 0`` (and not ``keep_going``), the task's own exception.
         """
-        label = task_name if task_name is not None else getattr(func, "__name__", None) or "noop"
+        label = validate.task_label(task_name, func)
         with self._lock:
             failure = self._scheduler.failure
             if failure is not None:
@@ -448,56 +435,33 @@ class TaskGraph:
             func = noop
         elif not callable(func):
             raise invalid(f"func must be callable, got {type(func).__name__}")
-        if isinstance(args, (str, bytes, dict)):
-            raise invalid(f"args must be a list or tuple of arguments, got {type(args).__name__}")
-        call_args = tuple(args) if args is not None else ()
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise invalid(f"kwargs must be a dict, got {type(kwargs).__name__}")
-        call_kwargs = dict(kwargs) if kwargs else {}
-        deps = list(dependent_task_list) if dependent_task_list is not None else []
+        call_args = validate.call_args(args, invalid)
+        call_kwargs = validate.call_kwargs(kwargs, invalid)
+        deps = validate.dependencies(dependent_task_list, invalid, Task)
         if deps:
-            bad_deps = [dep for dep in deps if not isinstance(dep, Task)]
-            if bad_deps:
-                raise invalid(
-                    f"Objects passed to dependent task list that are not tasks: {bad_deps!r}. "
-                    "Pass the Task objects returned by add_task."
-                )
             foreign = [dep for dep in deps if id(dep) not in self._task_ids]
             if foreign:
                 raise invalid(
                     f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
                     "Dependencies must be added to the same graph."
                 )
-        raw_targets = _path_list(target_path_list)
-        if raw_targets is None:
-            raise invalid(
-                f"Values passed to target_path_list are not strings: {target_path_list!r}. "
-                "target_path_list must be a list of str or pathlib paths."
-            )
-        raw_ignore = _path_list(ignore_path_list)
-        if raw_ignore is None:
-            raise invalid(
-                f"ignore_path_list must be a list of str or pathlib paths, got {ignore_path_list!r}"
-            )
+        raw_targets = validate.path_list(target_path_list, "target_path_list", invalid)
+        if raw_targets:
+            validate.check_target_names(raw_targets, invalid)
+        raw_ignore = validate.path_list(ignore_path_list, "ignore_path_list", invalid)
         if type(hash_algorithm) is not str or hash_algorithm not in _KNOWN_ALGORITHMS:
             problem = validate_algorithm(hash_algorithm)
             if problem is not None:
                 raise invalid(problem)
             _KNOWN_ALGORITHMS.add(hash_algorithm)
-        if type(priority) is not int and type(priority) is not float and (
-            isinstance(priority, bool) or not isinstance(priority, (int, float))
-        ):
-            raise invalid(f"priority must be a number, got {priority!r}")
-        if memory is not None or expected_time is not None:
-            for label, hint, unit in (("memory", memory, "MiB"), ("expected_time", expected_time, "seconds")):
-                if hint is not None and (
-                    isinstance(hint, bool) or not isinstance(hint, (int, float))
-                    or not 0 <= hint < float("inf")
-                ):
-                    raise invalid(
-                        f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}"
-                    )
+        validate.check_priority(priority, invalid)
+        if memory is not None:
+            memory = validate.hint(memory, "memory", "MiB", invalid)
+        if expected_time is not None:
+            expected_time = validate.hint(expected_time, "expected_time", "seconds", invalid)
         targets = tuple(sorted({normalize_path(path) for path in raw_targets})) if raw_targets else ()
+        if targets:
+            validate.check_normalised_targets(targets, invalid)
         own = self._ledger_path
         for path in targets:
             if path.startswith(own) and (path == own or path[len(own):] in _LEDGER_SIDECARS):
