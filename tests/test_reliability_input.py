@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import weakref
@@ -142,7 +143,9 @@ def test_odd_file_names_as_targets(name):
         except OSError as error:
             # ENAMETOOLONG past 255 bytes; "." and ".." are directories.
             assert len(name.encode()) > 255 or name in (".", ".."), error
-            assert any("named" in note for note in getattr(error, "__notes__", ["named"]))
+            # The OS's own error, with a note that names the task (notes are Python 3.11+).
+            if sys.version_info >= (3, 11):
+                assert any("'named'" in note for note in error.__notes__), error
         assert integrity(ws) == "ok"
     finally:
         shutil.rmtree(ws)
