@@ -35,6 +35,7 @@ from taskgraph._errors import (
     TaskGraphTerminatedError,
     TasksFailedError,
     TaskTimeoutError,
+    UnpicklableTaskError,
     WorkerDiedError,
     WorkerStartError,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "TaskTimeoutError",
     "TasksFailedError",
     "Topology",
+    "UnpicklableTaskError",
     "WorkerDiedError",
     "WorkerStartError",
     "__version__",

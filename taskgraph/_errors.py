@@ -29,6 +29,13 @@ class InvalidTaskError(TaskGraphError, ValueError):
     """
 
 
+class UnpicklableTaskError(InvalidTaskError):
+    """Raised by ``add_task`` when the graph sends tasks to other processes
+    (``n_workers > 0``, Dask) and the call cannot be pickled; the message
+    names the part (the function, which argument) and its ``__cause__`` is
+    pickle's own error."""
+
+
 class TaskGraphClosedError(TaskGraphError, ValueError):
     """Raised by ``add_task`` after ``TaskGraph.close()`` was called."""
 

@@ -27,6 +27,7 @@ from taskgraph._errors import (
     TaskGraphTerminatedError,
     TasksFailedError,
     TaskTimeoutError,
+    UnpicklableTaskError,
 )
 from taskgraph._executor import make_executor
 from taskgraph._fingerprint import validate_algorithm
@@ -498,8 +499,8 @@ class TaskGraph:
             try:
                 payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as error:
-                raise invalid(
-                    f"{_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
+                raise UnpicklableTaskError(
+                    f"task {name!r}: {_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
                     "this graph sends every task to another process to run. Define "
                     "the function at module level (not a lambda, nested function or method of an "
                     "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
