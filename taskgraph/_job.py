@@ -8,6 +8,7 @@ taken right where the files were written.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -97,6 +98,17 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.text}"""'
+
+
+def flatten_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Make a log record ready to pickle (as it leaves a worker): its message
+    formatted, its exception as text."""
+    record.msg = record.getMessage()
+    record.args = None
+    if record.exc_info:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+    return record
 
 
 def worker_name() -> str:

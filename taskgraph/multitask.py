@@ -35,7 +35,7 @@ from typing import Any
 
 from taskgraph._errors import InvalidArgumentError, TaskExecutionError
 from taskgraph._executor import Executor, make_executor
-from taskgraph._job import Job, JobResult, RemoteTraceback, call_job
+from taskgraph._job import Job, JobResult, RemoteTraceback, call_job, flatten_record
 from taskgraph._shared import SharedArray
 
 LOGGER = logging.getLogger("taskgraph.multitask")
@@ -179,13 +179,7 @@ class _KeepItemRecords(logging.Filter):
             return True
         if record.__dict__.get("_taskgraph_kept") != id(kept):
             record._taskgraph_kept = id(kept)
-            # Ready to pickle, as the process pool sends records.
-            record.msg = record.getMessage()
-            record.args = None
-            if record.exc_info:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-                record.exc_info = None
-            kept.append(record)
+            kept.append(flatten_record(record))  # ready to pickle, as the process pool sends records
         return False
 
 
