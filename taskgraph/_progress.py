@@ -30,7 +30,9 @@ class ProgressBar:
         self._drawn_at = 0.0
         self._width = 0
 
-    def update(self, done: int, total: int, running: int, failed: int, force: bool = False) -> None:
+    def update(self, done: int, total: int, running: int, failed: int, force: bool = False,
+               restored: tuple[int, int] | None = None) -> None:
+        """Redraw; ``restored`` is (tasks, bytes) restored from the shared cache."""
         now = time.monotonic()
         if not force and now - self._drawn_at < _MIN_REDRAW_S:
             return
@@ -40,6 +42,7 @@ class ProgressBar:
         text = (
             f" {done}/{total} tasks  {running} running"
             + (f"  {failed} failed" if failed else "")
+            + (f"  {restored[0]} restored ({restored[1] / 2**20:.0f} MiB)" if restored else "")
             + f"  {_clock(elapsed)} elapsed  ETA {eta}"
         )
         columns = shutil.get_terminal_size((80, 20)).columns
@@ -50,7 +53,8 @@ class ProgressBar:
         self._stream.flush()
         self._width = len(line)
 
-    def close(self, done: int, total: int, running: int, failed: int) -> None:
-        self.update(done, total, running, failed, force=True)
+    def close(self, done: int, total: int, running: int, failed: int,
+              restored: tuple[int, int] | None = None) -> None:
+        self.update(done, total, running, failed, force=True, restored=restored)
         self._stream.write("\n")
         self._stream.flush()
