@@ -175,17 +175,39 @@ def _reflink(source_fd: int, fd: int) -> bool:
     return True
 
 
+def _kernel_copy(source_fd: int, fd: int) -> bool:
+    """Copy with ``copy_file_range`` (Linux): no trip through this process's
+    memory, and a server-side copy on NFS 4.2. False where it is not
+    available (then nothing was written)."""
+    copy_file_range = getattr(os, "copy_file_range", None)
+    if copy_file_range is None:
+        return False
+    offset = 0
+    while True:
+        try:
+            count = copy_file_range(source_fd, fd, 1 << 30, offset, offset)
+        except OSError as error:
+            if offset == 0 and error.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                               errno.EBADF, errno.EPERM):
+                return False
+            raise
+        if not count:
+            return True
+        offset += count
+
+
 def _clone_or_copy(source: Any, fd: int) -> tuple[str, int]:
     """Fill ``fd`` with the bytes of ``source``: a reflink where possible, else
-    a copy; return the xxh3-128 digest and size of what ``fd`` now holds."""
-    if _reflink(source.fileno(), fd):
+    a copy; return the xxh3-128 digest and size of what ``fd`` now holds
+    (read back from it, so the digest is that of the bytes written)."""
+    if _reflink(source.fileno(), fd) or _kernel_copy(source.fileno(), fd):
         return hash_fd(fd)
     return _copy_hashing(source, fd)
 
 
 def read_team_key(path: str) -> bytes:
-    """The secret in a cache key file (at least 32 bytes; surrounding
-    whitespace of a text key is ignored).
+    """The secret in a cache key file (at least 32 bytes; whitespace around
+    a text key, such as a final newline, is ignored).
 
     Raises:
         CacheUnusable: if the file cannot be read or is too short.
@@ -193,9 +215,12 @@ def read_team_key(path: str) -> bytes:
     try:
         with open(path, "rb") as stream:
             info = os.fstat(stream.fileno())
-            secret = stream.read(1 << 16).strip()
+            raw = stream.read(1 << 16)
     except OSError as error:
         raise CacheUnusable(f"cannot read the cache key file {path}: {error}") from error
+    # A text key (hex, base64) may end with a newline; a binary one is used whole.
+    stripped = raw.strip()
+    secret = stripped if stripped and all(32 < byte < 127 for byte in stripped) else raw
     if len(secret) < _MIN_KEY_BYTES:
         raise CacheUnusable(
             f"the cache key file {path} holds {len(secret)} bytes; it needs at least {_MIN_KEY_BYTES} "
