@@ -122,6 +122,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _chmod(fd: int, path: str, mode: int) -> None:
+    """Set a file's mode bits (by descriptor where the platform can)."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # pragma: no cover - Windows before Python 3.13
+        os.chmod(path, mode)
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         written = os.write(fd, data)
@@ -377,9 +385,10 @@ class Cache:
             if create:
                 os.makedirs(cache.root, exist_ok=True)
                 for name in _SUBDIRS:
-                    os.makedirs(os.path.join(cache.root, name), exist_ok=True)
+                    cache._directory(os.path.join(cache.root, name))
                 if not os.path.exists(marker):
                     cache._make_marker(marker)
+                cache._make_locks()
             with open(marker, "rb") as stream:
                 info = json.loads(stream.read(1 << 16))
         except FileNotFoundError as error:
@@ -404,7 +413,7 @@ class Cache:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, text.encode())
-            os.fchmod(fd, 0o444)
+            _chmod(fd, temporary, 0o444)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -420,7 +429,43 @@ class Cache:
                 os.unlink(temporary)
         _fsync_dir(self.root)
 
-    # -- names --
+    # -- names and permissions --
+
+    def _root_mode(self) -> int:
+        try:
+            return stat_module.S_IMODE(os.stat(self.root).st_mode)
+        except OSError:
+            return 0o755
+
+    def _directory(self, path: str) -> None:
+        """Make a directory of the cache (and its missing parents within it)
+        with the root's permission bits, whatever this process's umask: in a
+        team's cache (``chmod 2775``) every member may write what another
+        member's run made."""
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        if parent != self.root and len(parent) > len(self.root):
+            self._directory(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            return
+        with contextlib.suppress(OSError):
+            os.chmod(path, self._root_mode())
+
+    def _make_locks(self) -> None:
+        """The lock file, writable by whoever may write the cache (a lock
+        needs a descriptor open for writing)."""
+        path = os.path.join(self.root, "locks")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return  # there already (or not writable: runs then compute without locks)
+        try:
+            _chmod(fd, path, 0o600 | (self._root_mode() & 0o066))
+        finally:
+            os.close(fd)
 
     def object_path(self, digest: str) -> str:
         return os.path.join(self.root, "objects", digest[:2], digest[2:])
@@ -435,11 +480,7 @@ class Cache:
     def _entry_mode(self) -> int:
         """Manifests may be touched (a hit marks them used) by whoever may
         write the cache: group-writable in a group-writable cache."""
-        try:
-            root_mode = os.stat(self.root).st_mode
-        except OSError:
-            return 0o644
-        return 0o644 | (root_mode & stat_module.S_IWGRP)
+        return 0o644 | (self._root_mode() & stat_module.S_IWGRP)
 
     # -- reading --
 
@@ -530,7 +571,7 @@ class Cache:
             try:
                 try:
                     digest, size = _clone_or_copy(stream, fd)
-                    os.fchmod(fd, stored.mode & 0o7777)
+                    _chmod(fd, temporary, stored.mode & 0o7777)
                 finally:
                     os.close(fd)
                 if digest != stored.digest or size != stored.size:
@@ -562,7 +603,7 @@ class Cache:
                 fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     digest, size = _clone_or_copy(source, fd)
-                    os.fchmod(fd, 0o444)
+                    _chmod(fd, temporary, 0o444)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -582,7 +623,7 @@ class Cache:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _write_all(fd, memoryview(data))
-                os.fchmod(fd, 0o444)
+                _chmod(fd, temporary, 0o444)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -609,7 +650,7 @@ class Cache:
         """Link a complete temporary file to its final name; returns its size
         if it was installed, 0 if another process installed one first."""
         folder = os.path.dirname(final)
-        os.makedirs(folder, exist_ok=True)
+        self._directory(folder)
         size = os.stat(temporary).st_size
         try:
             os.link(temporary, final)
@@ -648,12 +689,12 @@ class Cache:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _write_all(fd, memoryview(data))
-                os.fchmod(fd, self._entry_mode())
+                _chmod(fd, temporary, self._entry_mode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
             folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
+            self._directory(folder)
             os.replace(temporary, path)
             _fsync_dir(folder)
         finally:
@@ -693,10 +734,14 @@ class Cache:
         if not _LOCKS:
             return None
         path = os.path.join(self.root, "locks")
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError:
-            return None
+        for _ in range(2):
+            try:
+                return os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                self._make_locks()
+            except OSError:
+                return None
+        return None
 
     # -- runs --
 
@@ -711,7 +756,7 @@ class Cache:
                 _write_all(fd, memoryview(json.dumps(summary, sort_keys=True).encode()))
             finally:
                 os.close(fd)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            self._directory(os.path.dirname(final))
             os.replace(temporary, final)
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -77,7 +77,7 @@ def scan(cache: Cache, secret: bytes | None = None) -> Scan:
     """Read every manifest and stat every object (reads no object)."""
     found = Scan()
     for key, path, info in _files(os.path.join(cache.root, "entries")):
-        found.entries[key] = (path, max(info.st_mtime, info.st_atime), info.st_size)
+        found.entries[key] = (path, info.st_mtime, info.st_size)  # a hit touches its entry
         try:
             entry = cache.read_entry(key, secret)
         except EntryProblem as error:
@@ -220,6 +220,9 @@ class VerifyReport:
     leftovers: int = 0
     quarantined: int = 0
     bytes: int = 0
+    #: With a key: entries whose stored result is not signed with it (their
+    #: targets are used, their results never).
+    untrusted: int = 0
 
 
 def verify(cache: Cache, secret: bytes | None = None, repair: bool = False) -> VerifyReport:
@@ -243,6 +246,8 @@ def verify(cache: Cache, secret: bytes | None = None, repair: bool = False) -> V
     for key, problem in found.bad_entries.items():
         report.bad[key] = problem
     for key, entry in found.parsed.items():
+        if secret is not None and entry.result is not None and not entry.signed:
+            report.untrusted += 1
         named = [(t.digest, t.size, f"target {t.label}") for t in entry.targets]
         if entry.result:
             named.append((entry.result[0], entry.result[1], "result"))

@@ -367,6 +367,25 @@ def test_a_full_disk_while_putting_is_a_warning_and_the_task_succeeds(tmp_path, 
     assert report.bad == {} and report.entries == 1 and report.leftovers == 0
 
 
+def test_a_team_cache_keeps_its_permissions_whatever_the_umask(tmp_path):
+    cache = tmp_path / "team-cache"
+    cache.mkdir()
+    cache.chmod(0o2775)  # group-writable, new files in the group
+    old = os.umask(0o077)
+    try:
+        run_chain(tmp_path / "A", cache)
+    finally:
+        os.umask(old)
+    store = Cache(str(cache))
+    entry = next(iter(entries(cache).values()))
+    for folder in ("objects", "entries", os.path.dirname(store.object_path(entry.targets[0].digest)),
+                   os.path.dirname(store.entry_path(entry.key))):
+        assert os.stat(os.path.join(cache, folder)).st_mode & 0o7777 == 0o2775, folder
+    assert os.stat(cache / "locks").st_mode & 0o777 == 0o664
+    assert os.stat(store.entry_path(entry.key)).st_mode & 0o777 == 0o664
+    assert os.stat(store.object_path(entry.targets[0].digest)).st_mode & 0o777 == 0o444
+
+
 # -- managing the cache -------------------------------------------------------------------------
 
 
