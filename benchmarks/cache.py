@@ -13,7 +13,9 @@ just before ``TaskGraph(...)`` to ``join()`` returning, inline (``n_workers=-1``
   *restored, input digest known* (the target deleted and restored again in the
   same workspace, whose ledger has the input's digest); beside them ``cp`` of
   the target and a plain xxh3-128 of it (python ``xxhash``), both from the page
-  cache as the restores are. The files live under ``--dir`` (default: a new
+  cache as the restores are. Each measurement starts after an ``os.sync()``, so
+  none is slowed by the write-back of the files an earlier one wrote (a put's
+  fsync of its object is measured: it is part of a put). The files live under ``--dir`` (default: a new
   temporary directory, removed afterwards); they need about 6 times ``--mib``.
 - **no-op rerun**: ``--noop-n`` tasks with one small target each, made once
   with the cache; then reruns (all up to date) alternately with ``cache=`` and
@@ -103,6 +105,7 @@ def drive(kind: str, ws: str, cache: str | None, params: dict[str, object]) -> d
 
 
 def measure(kind: str, ws: str, cache: str | None, expect: str, **params: object) -> dict[str, object]:
+    os.sync()  # no write-back of an earlier measurement's files slows this one down
     process = subprocess.run(
         [sys.executable, HERE, "--driver", kind, ws, cache or "", json.dumps(params)],
         capture_output=True, text=True, timeout=3600,
@@ -118,6 +121,7 @@ def measure(kind: str, ws: str, cache: str | None, expect: str, **params: object
 
 
 def _timed(command: list[str]) -> float:
+    os.sync()
     start = time.perf_counter()
     subprocess.run(command, check=True, timeout=3600)
     return time.perf_counter() - start

@@ -19,8 +19,11 @@ from typing import Any
 from taskgraph._cache import Cache, Entry, EntryProblem, hash_fd
 
 #: Objects unreferenced for less than this long are kept by ``prune``: a put
-#: may be about to name them. Temporary files older than this are leftovers.
+#: may be about to name them.
 GRACE_S = 15 * 60.0
+#: A temporary file not written for this long is a leftover of a process that
+#: was killed (a put in progress writes its file all the time).
+LEFTOVER_S = 3600.0
 _KEPT_RUNS = 1000
 
 
@@ -136,9 +139,9 @@ def _unlink(path: str, dry_run: bool) -> bool:
 
 def prune(cache: Cache, max_size: int | None, dry_run: bool = False, grace_s: float = GRACE_S,
           now: float | None = None) -> PruneReport:
-    """Remove damaged manifests, leftover temporary files, quarantined and
-    unreferenced objects, then (with ``max_size``) the least recently used
-    entries until the cache holds at most ``max_size`` bytes.
+    """Remove damaged manifests, leftover temporary files (an hour old),
+    quarantined and unreferenced objects, then (with ``max_size``) the least
+    recently used entries until the cache holds at most ``max_size`` bytes.
 
     Safe while others use the cache: an object is removed only if it has not
     been written or reused for ``grace_s`` seconds before this prune began
@@ -179,9 +182,10 @@ def prune(cache: Cache, max_size: int | None, dry_run: bool = False, grace_s: fl
             size -= entry_size
     for digest in [d for d in found.objects if d not in refs]:
         drop_object(digest)
-    for folder, count in ((found.leftovers, "leftovers"), (found.quarantined, "quarantined")):
+    for folder, count, limit in ((found.leftovers, "leftovers", started - max(grace_s, LEFTOVER_S)),
+                                 (found.quarantined, "quarantined", old)):
         for path, file_size, mtime in folder:
-            if mtime < old and _unlink(path, dry_run):
+            if mtime < limit and _unlink(path, dry_run):
                 setattr(report, count, getattr(report, count) + 1)
                 report.freed_bytes += file_size
     if max_size is not None:
@@ -292,4 +296,4 @@ def parse_size(text: str) -> int:
 
 
 
-__all__ = ["GRACE_S", "PruneReport", "Scan", "VerifyReport", "parse_size", "prune", "recent_runs", "scan", "verify"]
+__all__ = ["GRACE_S", "LEFTOVER_S", "PruneReport", "Scan", "VerifyReport", "parse_size", "prune", "recent_runs", "scan", "verify"]
