@@ -123,8 +123,10 @@ class PruneReport:
     freed_bytes: int = 0
     size_before: int = 0
     size_after: int = 0
-    #: Objects that would be freed but were used within the grace period.
+    #: Unreferenced objects kept because they were used within the grace
+    #: period (a put may be about to name them), and their bytes.
     kept_recent: int = 0
+    pending_bytes: int = 0
 
 
 def _unlink(path: str, dry_run: bool) -> bool:
@@ -158,21 +160,27 @@ def prune(cache: Cache, max_size: int | None, dry_run: bool = False, grace_s: fl
             refs[digest] = refs.get(digest, 0) + 1
     size = report.size_before
 
+    pending = 0  # bytes of unreferenced objects kept for the grace period
+
     def drop_object(digest: str) -> None:
-        nonlocal size
-        path, object_size, mtime = found.objects[digest]
-        if mtime >= old:
+        nonlocal size, pending
+        path, object_size, mtime = found.objects.pop(digest)
+        recent = mtime >= old
+        if not recent and not dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                recent = os.stat(path).st_mtime >= old  # reused since the scan
+        if recent:
+            # A put may be about to name it: the next prune after the grace
+            # period removes it if nothing does. It counts as gone already,
+            # so that recent objects do not make this prune evict more entries.
             report.kept_recent += 1
+            pending += object_size
+            size -= object_size
             return
-        with contextlib.suppress(FileNotFoundError):
-            if not dry_run and os.stat(path).st_mtime >= old:  # reused since the scan
-                report.kept_recent += 1
-                return
         if _unlink(path, dry_run):
             report.objects += 1
             report.freed_bytes += object_size
             size -= object_size
-        del found.objects[digest]
 
     for key in found.bad_entries:
         path, _, entry_size = found.entries[key]
@@ -207,7 +215,8 @@ def prune(cache: Cache, max_size: int | None, dry_run: bool = False, grace_s: fl
     runs = sorted(_flat(os.path.join(cache.root, "runs")), key=lambda item: item[2], reverse=True)
     for path, _, _ in runs[_KEPT_RUNS:]:
         _unlink(path, dry_run)
-    report.size_after = max(0, size)
+    report.size_after = max(0, size + pending)
+    report.pending_bytes = pending
     return report
 
 
@@ -296,4 +305,7 @@ def parse_size(text: str) -> int:
 
 
 
-__all__ = ["GRACE_S", "LEFTOVER_S", "PruneReport", "Scan", "VerifyReport", "parse_size", "prune", "recent_runs", "scan", "verify"]
+__all__ = [
+    "GRACE_S", "LEFTOVER_S", "PruneReport", "Scan", "VerifyReport", "parse_size", "prune", "recent_runs", "scan",
+    "verify",
+]

@@ -109,9 +109,9 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
               f"{'would hold' if args.dry_run else 'holds'} {_size(report.size_after)} "
               f"(it held {_size(report.size_before)})\n")
     if report.kept_recent:
-        out.write(f"kept {report.kept_recent} unreferenced object(s) used in the last minutes: a run may be "
-                  "putting them\n")
-    if max_size is not None and report.size_after > max_size:
+        out.write(f"kept {report.kept_recent} unreferenced object(s) ({_size(report.pending_bytes)}) used in the "
+                  "last 15 minutes, in case a run is putting them: a prune after that removes them\n")
+    if max_size is not None and report.size_after - report.pending_bytes > max_size:
         out.write(f"still above {_size(max_size)}: what is left is in use or was used recently\n")
     return 0
 
