@@ -448,7 +448,7 @@ def test_prune_while_a_run_puts_entries_leaves_no_bad_entry(tmp_path):
         if (cache / "taskgraph-cache.json").exists():
             prune(Cache(str(cache)), 0)
             prunes += 1
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert verify(Cache(str(cache))).bad == {}
     before = child_pids()

@@ -58,7 +58,7 @@ class BrokenPromise(AssertionError):
 class Stats:
     kills: int = 0
     finished_before_kill: int = 0
-    leftovers_seen: int = 0
+    leftovers: int = 0
     bad_entries: int = 0
     orphans: int = 0
     entries: int = 0
@@ -152,7 +152,7 @@ def run(kills: int, n_tasks: int = 60, size: int = 2 << 20, seed: int | None = N
                 raise BrokenPromise(f"processes of the killed run are left: {_marked(marker)}")
             time.sleep(0.05)
         report = verify(cache)
-        stats.leftovers_seen += int(report["leftovers"])
+        stats.leftovers = int(report["leftovers"])
         stats.entries = int(report["entries"])
         if log:
             what = "finished before its kill" if stats.kills == kills_before else f"kill {stats.kills}/{kills}"
@@ -189,7 +189,7 @@ def main() -> int:
         return 1
     shutil.rmtree(root, ignore_errors=True)
     print(f"{stats.kills} kills ({stats.finished_before_kill} runs finished before their kill), 0 bad entries "
-          f"after each ({stats.entries} entries at the end), {stats.leftovers_seen} leftover temporary files seen, "
+          f"after each ({stats.entries} entries and {stats.leftovers} leftover temporary files at the end), "
           f"no process left; the final run and a fresh workspace restored byte for byte "
           f"({time.monotonic() - started:.0f} s)")
     return 0
