@@ -62,6 +62,10 @@ class CacheUse:
                                          decision.inputs, self.workspace)
         except (SelfReferenceError, RecursionError):
             return None
+        except Exception as error:  # the cache only saves work: it never stops a task
+            LOGGER.warning("task %r: its cache key cannot be made (%s: %s); it runs without the cache",
+                           task.task_name, type(error).__name__, error)
+            return None
         for path in portable.inputs:
             if (path, CHECK_ALGORITHM) not in known:
                 entry = digests.lookup_digest(path, CHECK_ALGORITHM)

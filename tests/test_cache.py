@@ -107,6 +107,24 @@ def test_a_second_workspace_restores_every_task_and_runs_no_function(tmp_path, j
     assert [task.state for task in run_chain(tmp_path / "B", cache)] == ["skipped"] * 3
 
 
+def test_statistics_report_and_progress_count_restored_tasks(tmp_path):
+    import io
+
+    from taskgraph._progress import ProgressBar
+
+    cache = tmp_path / "cache"
+    run_chain(tmp_path / "A", cache)
+    with taskgraph.TaskGraph(str(tmp_path / "B"), 0, cache=str(cache), progress=False) as graph:
+        chain(graph, tmp_path / "B")
+    stats = graph.statistics()
+    assert (stats.ran, stats.restored, stats.skipped) == (0, 3, 0)
+    assert stats.restored_bytes == sum(len(data) for data in files_of(tmp_path / "B").values())
+    assert [report.state for report in graph.report()] == ["restored"] * 3
+    stream = io.StringIO()
+    ProgressBar(stream).update(3, 3, 0, 0, force=True, restored=(3, 120 << 20))
+    assert "3 restored (120 MiB)" in stream.getvalue()
+
+
 @pytest.mark.parametrize("n_workers", [-1, 2])
 def test_restores_work_with_inline_and_process_workers(tmp_path, journal, n_workers):
     cache = tmp_path / "cache"
