@@ -94,7 +94,7 @@ def main() -> int:
         print(json.dumps(_measure(args.child == "heavy", args.heap_mb)))
         return 0
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.reps} fresh interpreters\n")
-    print("| caller | bare fork | fork server (once per pool) | first worker, fork | worker − bare fork | "
+    print("| caller | bare fork | fork server (once per pool) | first worker, fork | worker minus bare fork | "
           "first worker, spawn |")
     print("|---|---:|---:|---:|---:|---:|")
     for kind in ("light", "heavy"):

@@ -116,6 +116,14 @@ class CacheUse:
             LOGGER.warning("could not write this run's summary into the cache %s: %s", self.cache.root, error)
 
 
+def restored_bytes(reasons: tuple[Any, ...]) -> int:
+    """The bytes a restored task's ``restored_from_cache`` reason says came from the cache."""
+    for reason in reasons:
+        if getattr(reason, "code", None) == "restored_from_cache" and isinstance(reason.new, dict):
+            return int(reason.new.get("bytes", 0))
+    return 0
+
+
 def open_cache(cache: Any, cache_key: Any, workspace: str) -> CacheUse | None:
     """The cache a ``TaskGraph`` uses: ``cache`` (a directory; None reads
     ``TASKGRAPH_CACHE``; False: none) with ``cache_key`` (a key file; None
@@ -151,4 +159,4 @@ def open_cache(cache: Any, cache_key: Any, workspace: str) -> CacheUse | None:
     return CacheUse(opened, key_file, workspace)
 
 
-__all__ = ["CacheUse", "open_cache"]
+__all__ = ["CacheUse", "open_cache", "restored_bytes"]

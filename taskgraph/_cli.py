@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from taskgraph._errors import LedgerError, TaskGraphError
+from taskgraph._escape import dot_id, dot_label, mermaid_id, mermaid_label, terminal
 from taskgraph._fingerprint import Fingerprint, compare, file_stat, is_content_algorithm
 from taskgraph._ledger import DecisionRow, LedgerReader, TaskRow, forget
 from taskgraph._version import __version__
@@ -135,7 +136,7 @@ def _resolve(reader: LedgerReader, names: Sequence[str]) -> list[TaskRow]:
             hint = f"; close matches: {', '.join(repr(name) for name in close)}" if close else ""
             raise CommandError(f"no task named {wanted!r} in {reader.workspace}{hint}")
         if len(matches) > 1:
-            listed = ", ".join(f"{task.record_key[:12]} ({task.args[:40]})" for task in matches[:8])
+            listed = ", ".join(f"{task.record_key[:12]} ({terminal(task.args[:40])})" for task in matches[:8])
             raise CommandError(
                 f"{len(matches)} tasks are named {wanted!r}; give a key prefix instead: {listed}"
             )
@@ -193,18 +194,20 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         json.dump({"workspace": args.workspace, "tasks": rows, "summary": summary}, out, indent=1)
         out.write("\n")
         return 0
-    width = max([len(row["name"]) for row in rows] + [4])
+    # One line per task whatever its name holds: names are shown escaped.
+    names = [terminal(row["name"]) for row in rows]
+    width = max([len(name) for name in names] + [4])
     out.write(f"{'TASK':<{width}}  {'STATE':<8} {'RUN':>4} {'LAST RUN':<19} {'DURATION':>9} {'CPU':>9} "
               f"{'PEAK MEM':>9}  TARGETS\n")
-    for row in rows:
+    for name, row in zip(names, rows, strict=True):
         out.write(
-            f"{row['name']:<{width}}  {row['state']:<8} {row['run'] or '-':>4} {_when(row['last_run']):<19} "
+            f"{name:<{width}}  {row['state']:<8} {row['run'] or '-':>4} {_when(row['last_run']):<19} "
             f"{_seconds(row['duration']):>9} {_seconds(row['cpu_time']):>9} {_mebibytes(row['peak_memory']):>9}  "
             f"{row['targets']}\n"
         )
         if args.failed and row["error"]:
             for line in row["error"].rstrip().splitlines()[-6:]:
-                out.write(f"    {line}\n")
+                out.write(f"    {terminal(line)}\n")
     counts = ", ".join(f"{summary[key]} {key}" for key in ("ran", "restored", "skipped", "failed", "stale")
                        if key in summary)
     if "restored" in summary:
@@ -223,8 +226,8 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     inputs, targets = reader.files().get(task.record_key, ({}, {}))
     decision = reader.decisions().get(task.record_key)
     out.write(f"task {task.name!r} (key {task.record_key[:12]})\n")
-    out.write(f"  function:  {task.func}\n  arguments: {task.args}\n")
-    out.write(f"  hash:      {task.hash_algorithm}\n")
+    out.write(f"  function:  {terminal(task.func)}\n  arguments: {terminal(task.args)}\n")
+    out.write(f"  hash:      {terminal(task.hash_algorithm)}\n")
     if decision is not None:
         verb = "ran" if decision.action == "run" else "was skipped (up to date)"
         if decision.action == "run" and _restored(decision) is not None:
@@ -232,12 +235,13 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"last decision ({_when(decision.decided_at)}, run {decision.run_id}): it {verb}")
         out.write(":\n" if decision.reasons else "\n")
         for reason in decision.reasons:
-            out.write(f"  - {reason['detail']}\n")
+            out.write(f"  - {terminal(str(reason.get('detail')))}\n")
     if task.state == "failed":
         last_line = (task.error or "").rstrip().splitlines()[-1:] or [""]
-        out.write(f"last run failed at {_when(task.ended)}: {last_line[0]}\n")
+        out.write(f"last run failed at {_when(task.ended)}: {terminal(last_line[0])}\n")
     else:
-        out.write(f"last run finished {_when(task.ended)} in {_seconds(task.duration)} on {task.worker}\n")
+        out.write(f"last run finished {_when(task.ended)} in {_seconds(task.duration)} on "
+                  f"{terminal(str(task.worker))}\n")
     now: list[str] = []
     if task.state == "failed":
         now.append("its last run failed")
@@ -245,7 +249,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         for path, fp in recorded.items():
             state = _file_state(path, fp, fp.mode, reader, read=True)
             if state != "ok":
-                now.append(f"{role} {path} is {state}")
+                now.append(f"{role} {terminal(path)} is {state}")
     if now:
         out.write("now: it would run, because:\n")
         for line in now:
@@ -276,10 +280,11 @@ def _dot(nodes: list[dict[str, Any]], edges: list[tuple[str, str]]) -> str:
     lines = ["digraph taskgraph {", "  rankdir=LR;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];']
     for node in nodes:
-        label = f"{node['name']}\\n{_seconds(node['duration'])}".replace('"', '\\"')
+        # Names are text: escaped so that they add no node, attribute or link.
+        label = f"{dot_label(node['name'])}\\n{_seconds(node['duration'])}"
         colour = _STATE_COLOURS.get(node["state"], "#eeeeee")
-        lines.append(f'  "{node["key"][:16]}" [label="{label}", fillcolor="{colour}"];')
-    lines += [f'  "{a[:16]}" -> "{b[:16]}";' for a, b in edges]
+        lines.append(f'  {dot_id(node["key"][:16])} [label="{label}", fillcolor="{colour}"];')
+    lines += [f"  {dot_id(a[:16])} -> {dot_id(b[:16])};" for a, b in edges]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -287,9 +292,9 @@ def _dot(nodes: list[dict[str, Any]], edges: list[tuple[str, str]]) -> str:
 def _mermaid(nodes: list[dict[str, Any]], edges: list[tuple[str, str]]) -> str:
     lines = ["flowchart LR"]
     for node in nodes:
-        label = f"{node['name']}<br/>{_seconds(node['duration'])}".replace('"', "#quot;")
-        lines.append(f'  k{node["key"][:16]}["{label}"]:::{node["state"]}')
-    lines += [f"  k{a[:16]} --> k{b[:16]}" for a, b in edges]
+        label = f"{mermaid_label(node['name'])}<br/>{_seconds(node['duration'])}"
+        lines.append(f'  {mermaid_id(node["key"])}["{label}"]:::{node["state"]}')
+    lines += [f"  {mermaid_id(a)} --> {mermaid_id(b)}" for a, b in edges]
     lines += [f"  classDef {state} fill:{colour}" for state, colour in _STATE_COLOURS.items()]
     return "\n".join(lines) + "\n"
 
@@ -387,7 +392,7 @@ def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
                     os.remove(path)
                     deleted += 1
             except OSError as error:
-                out.write(f"could not delete {path}: {error}\n")
+                out.write(f"could not delete {terminal(path)}: {terminal(str(error))}\n")
     count = forget(args.workspace, [task.record_key for task in tasks])
     out.write(f"forgot {count} task(s)" + (f", deleted {deleted} target file(s)" if args.targets else "") + "\n")
     return 0
@@ -444,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args, sys.stdout))
     except (LedgerError, CommandError) as error:
-        sys.stderr.write(f"taskgraph: {error}\n")
+        sys.stderr.write(f"taskgraph: {terminal(str(error))}\n")
         return 1
     except subprocess.CalledProcessError as error:
         sys.stderr.write(f"taskgraph: Graphviz failed ({error})\n")

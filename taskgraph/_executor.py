@@ -31,6 +31,13 @@ class Executor(abc.ABC):
     #: True when ``submit`` runs the job before returning (no job can still
     #: be running once ``submit`` has returned or raised).
     synchronous: bool = False
+    #: True when jobs run in this process (inline or in threads): their
+    #: arguments and results are not pickled on the way.
+    in_process: bool = False
+    #: How many jobs marked ``short`` it takes beyond ``capacity``: they wait
+    #: behind a short job already running, so that the round trip of one
+    #: overlaps the other. Zero: never more than ``capacity``.
+    queue_depth: int = 0
 
     @abc.abstractmethod
     def submit(self, job: Job, done: DoneCallback) -> None:
@@ -55,6 +62,7 @@ class InlineExecutor(Executor):
 
     capacity = 1
     synchronous = True
+    in_process = True
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         done(run_job((job.func, job.args, job.kwargs), *job.spec()))
@@ -65,6 +73,8 @@ class InlineExecutor(Executor):
 
 class ThreadExecutor(Executor):
     """Runs jobs in ``n_threads`` daemon threads of this process."""
+
+    in_process = True
 
     def __init__(self, n_threads: int = 1) -> None:
         self.capacity = n_threads
@@ -100,30 +110,54 @@ class ThreadExecutor(Executor):
                     thread.join()
 
 
-def make_executor(
-    n_workers: int, executor: Any = None, scheduler_address: str | None = None, start_method: str | None = None
-) -> Executor:
-    """The backend for ``n_workers`` (natcap's meanings), or a remote one.
+#: The names the layers accept for a backend (``sequential`` is ``Topology``'s word for inline).
+BY_NAME = ("processes", "threads", "inline", "sequential")
 
-    ``n_workers < 0``: inline in the caller; ``0``: one thread of this
-    process; ``> 0``: that many niced worker processes, started with
-    ``start_method`` (``'fork'`` or ``'spawn'``; None: the platform's
-    default, see :mod:`taskgraph._pool`). ``executor`` (an
-    :class:`Executor`, or a ``distributed.Client``) or ``scheduler_address``
-    (a Dask scheduler) take precedence. Every layer built on the engine
-    (``TaskGraph``, the sequencer, ``multitask``, ``Topology``, the boss)
-    gets its backend here, so there is one pool implementation.
+
+def is_dask_client(value: Any) -> bool:
+    """Whether ``value`` is a ``distributed.Client`` (checked without importing Dask)."""
+    return type(value).__module__.split(".")[0] == "distributed"
+
+
+def make_executor(
+    n_workers: int,
+    executor: Any = None,
+    scheduler_address: str | None = None,
+    start_method: str | None = None,
+    bind_cpus: bool = False,
+) -> Executor:
+    """The one factory of backends: every layer (``TaskGraph``, the sequencer,
+    ``multitask``, ``Topology``, the boss) gets its backend here, so there is
+    one pool implementation and one place that knows the backend classes.
+
+    ``executor`` decides first: an :class:`Executor` is used as it is; a
+    ``distributed.Client`` (or ``scheduler_address``, a Dask scheduler's
+    address) runs jobs on that cluster, ``n_workers > 0`` capping how many
+    are there at once; ``'inline'`` (or ``'sequential'``) runs each job in
+    the caller, ``'threads'`` in ``max(1, n_workers)`` threads, and
+    ``'processes'`` in ``max(1, n_workers)`` niced worker processes. With no
+    ``executor``, ``n_workers`` has natcap's meanings: ``< 0`` inline,
+    ``0`` one thread, ``> 0`` that many worker processes. Processes start
+    with ``start_method`` (``'fork'`` or ``'spawn'``; None: the platform's
+    default, see :mod:`taskgraph._pool`), each pinned to a core of its own
+    with ``bind_cpus``.
     """
     if isinstance(executor, Executor):
         return executor
-    if executor is not None or scheduler_address is not None:
+    if executor in ("inline", "sequential"):
+        return InlineExecutor()
+    if executor == "threads":
+        return ThreadExecutor(max(1, n_workers))
+    if executor == "processes":
+        n_workers = max(1, n_workers)
+    elif executor is not None or scheduler_address is not None:
         from taskgraph._dask import DaskExecutor
 
         return DaskExecutor(executor, scheduler_address, n_workers if n_workers > 0 else None)
-    if n_workers < 0:
+    elif n_workers < 0:
         return InlineExecutor()
-    if n_workers == 0:
+    elif n_workers == 0:
         return ThreadExecutor(1)
     from taskgraph._pool import ProcessPool
 
-    return ProcessPool(n_workers, start_method)
+    return ProcessPool(n_workers, start_method, bind_cpus=bind_cpus)

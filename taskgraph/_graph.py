@@ -17,6 +17,7 @@ from pathlib import PurePath
 from types import TracebackType
 from typing import Any
 
+from taskgraph import _validate as validate
 from taskgraph._cache_use import open_cache
 from taskgraph._claims import Claims
 from taskgraph._decide import Reason
@@ -25,16 +26,18 @@ from taskgraph._errors import (
     InvalidTaskError,
     TaskGraphClosedError,
     TaskGraphTerminatedError,
+    TasksFailedError,
     TaskTimeoutError,
+    UnpicklableTaskError,
 )
 from taskgraph._executor import make_executor
 from taskgraph._fingerprint import validate_algorithm
-from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
+from taskgraph._identity import SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import Ledger
 from taskgraph._policy import Policy, make_policy
-from taskgraph._pool import ProcessPool, check_start_method, usable_cpus
-from taskgraph._progress import ProgressBar
+from taskgraph._pool import check_start_method, usable_cpus
+from taskgraph._progress import Progress, make_display, wanted
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
 
@@ -125,18 +128,11 @@ _KNOWN_ALGORITHMS: set[str] = set()
 _NO_PATHS: frozenset[str] = frozenset()
 
 
-def _path_list(paths: Any) -> list[str | PurePath] | None:
-    """``paths`` as a list, or None if it is not a list of str or pathlib paths
-    (``Any``: it comes from the user unchecked)."""
-    if paths is None:
-        return []
-    if isinstance(paths, (str, PurePath)):
-        return None  # one path where a list was meant
-    listed: list[Any] = list(paths)
-    for path in listed:
-        if type(path) is not str and not isinstance(path, PATH_TYPES):
-            return None
-    return listed
+def _one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, at most 200 characters of it."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
 
 
 def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
@@ -161,8 +157,13 @@ class TaskGraph:
         dry_run: decide, but run nothing and record nothing: tasks that would
             run end in state ``'would-run'`` (and so do their dependents), the
             others ``'skipped'``; :meth:`plan` lists them with their reasons.
-        progress: draw a progress bar on stderr. By default it is drawn when
-            stderr is a terminal; False turns it off.
+        progress: show progress. On a terminal it is a bar below the log
+            output (log records are printed above it); when stderr is not a
+            terminal, a plain line through the ``taskgraph`` logger at each
+            tenth of the tasks done or each minute. By default: the
+            ``TASKGRAPH_PROGRESS`` environment variable (``1`` or ``0``) if
+            set, else a bar when stderr is a terminal and nothing otherwise;
+            False turns it off.
         executor: a ``distributed.Client``: tasks then run on that Dask
             cluster (``pip install 'taskgraph[dask]'``), while the ledger and
             the decisions stay in this process. ``n_workers > 0`` then caps
@@ -182,6 +183,11 @@ class TaskGraph:
         bind_cpus: pin each worker process to a core of its own
             (``n_workers > 0``, at most one worker per usable core; Linux and
             Windows).
+        keep_going: if True, a failed task does not stop the graph: its
+            dependents are cancelled (chained to the failure) and every task
+            that does not depend on it still runs; :meth:`join` then raises
+            :class:`TasksFailedError` naming every failed task. By default the
+            first failure stops the graph, as in natcap taskgraph.
         cache: a directory shared by workspaces (local or on a network
             filesystem): a task that must run is first looked up there by its
             cache key (its function, arguments and input files' contents,
@@ -219,6 +225,7 @@ class TaskGraph:
         scheduler: str | Policy = "priority",
         memory_limit: float | None = None,
         bind_cpus: bool = False,
+        keep_going: bool = False,
         start_method: str | None = None,
         cache: str | os.PathLike[str] | bool | None = None,
         cache_key: str | os.PathLike[str] | None = None,
@@ -249,6 +256,10 @@ class TaskGraph:
             raise InvalidTaskError(f"cache must be a directory path, None or False, got {cache!r}")
         if cache_key is not None and not isinstance(cache_key, (str, os.PathLike)):
             raise InvalidTaskError(f"cache_key must be the path of a key file or None, got {cache_key!r}")
+        try:
+            show_progress = wanted(progress, sys.stderr)
+        except ValueError as error:
+            raise InvalidTaskError(f"TaskGraph: {error}") from error
         if reporting_interval is not None and (
             not isinstance(reporting_interval, (int, float)) or reporting_interval < 0
         ):
@@ -259,6 +270,7 @@ class TaskGraph:
         if not dry_run:  # a dry run creates nothing
             os.makedirs(self._workspace, exist_ok=True)
         self._n_workers = n_workers
+        self._keep_going = bool(keep_going)
         self._dry_run = dry_run
         self._created = time.monotonic()
         self._remote = (executor is not None or scheduler_address is not None) and not dry_run
@@ -266,10 +278,9 @@ class TaskGraph:
         # this graph opens the ledger or starts a thread.
         if self._remote:
             backend = make_executor(n_workers, executor, scheduler_address)
-        elif bind_cpus and not dry_run:
-            backend = ProcessPool(n_workers, start_method, bind_cpus=True)
         else:
-            backend = make_executor(-1 if dry_run else n_workers, start_method=start_method)
+            backend = make_executor(-1 if dry_run else n_workers, start_method=start_method,
+                                    bind_cpus=bind_cpus and not dry_run)
         self._executor = backend
         try:
             self._ledger = Ledger(self._workspace, read_only=dry_run)
@@ -281,17 +292,16 @@ class TaskGraph:
         if not dry_run:
             self._ledger.begin_run(n_workers)
         self._finished_condition = threading.Condition(threading.Lock())
-        if progress is None:
-            progress = sys.stderr is not None and sys.stderr.isatty()
         # A dry run decides only: it neither reads nor writes the cache.
         self._cache = None if dry_run else open_cache(cache, cache_key, normalize_path(self._workspace))
         self._scheduler = Scheduler(
             self._ledger, backend, self._finished_condition,
             threaded=(n_workers >= 0 or self._remote) and not dry_run,
             reporting_interval=reporting_interval, dry_run=dry_run,
-            progress=ProgressBar(sys.stderr) if progress else None,
+            # A dry run runs nothing: there is no progress to show.
+            progress=Progress(make_display(sys.stderr), backend.capacity) if show_progress and not dry_run else None,
             claims=None if dry_run else Claims(self._ledger.path),
-            policy=policy, memory_limit=memory_limit, cache=self._cache,
+            policy=policy, memory_limit=memory_limit, keep_going=self._keep_going, cache=self._cache,
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
@@ -390,9 +400,9 @@ class TaskGraph:
                 a task; the message names the task and the argument.
             DuplicateTaskError: (a RuntimeError) for a call identical to an
                 earlier one whose targets only partly overlap it.
-            Exception: with ``n_workers < 0``, the task's own exception.
+            Exception: with ``n_workers < 0`` (and not ``keep_going``), the task's own exception.
         """
-        label = task_name if task_name is not None else getattr(func, "__name__", None) or "noop"
+        label = validate.task_label(task_name, func)
         with self._lock:
             failure = self._scheduler.failure
             if failure is not None:
@@ -424,7 +434,7 @@ class TaskGraph:
         except KeyboardInterrupt as interrupt:
             self._terminate(interrupt)
             raise
-        if self._n_workers < 0 and task._error is not None:
+        if self._n_workers < 0 and task._error is not None and not self._keep_going:
             raise task._error
         return task
 
@@ -453,56 +463,33 @@ class TaskGraph:
             func = noop
         elif not callable(func):
             raise invalid(f"func must be callable, got {type(func).__name__}")
-        if isinstance(args, (str, bytes, dict)):
-            raise invalid(f"args must be a list or tuple of arguments, got {type(args).__name__}")
-        call_args = tuple(args) if args is not None else ()
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise invalid(f"kwargs must be a dict, got {type(kwargs).__name__}")
-        call_kwargs = dict(kwargs) if kwargs else {}
-        deps = list(dependent_task_list) if dependent_task_list is not None else []
+        call_args = validate.call_args(args, invalid)
+        call_kwargs = validate.call_kwargs(kwargs, invalid)
+        deps = validate.dependencies(dependent_task_list, invalid, Task)
         if deps:
-            bad_deps = [dep for dep in deps if not isinstance(dep, Task)]
-            if bad_deps:
-                raise invalid(
-                    f"Objects passed to dependent task list that are not tasks: {bad_deps!r}. "
-                    "Pass the Task objects returned by add_task."
-                )
             foreign = [dep for dep in deps if id(dep) not in self._task_ids]
             if foreign:
                 raise invalid(
                     f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
                     "Dependencies must be added to the same graph."
                 )
-        raw_targets = _path_list(target_path_list)
-        if raw_targets is None:
-            raise invalid(
-                f"Values passed to target_path_list are not strings: {target_path_list!r}. "
-                "target_path_list must be a list of str or pathlib paths."
-            )
-        raw_ignore = _path_list(ignore_path_list)
-        if raw_ignore is None:
-            raise invalid(
-                f"ignore_path_list must be a list of str or pathlib paths, got {ignore_path_list!r}"
-            )
+        raw_targets = validate.path_list(target_path_list, "target_path_list", invalid)
+        if raw_targets:
+            validate.check_target_names(raw_targets, invalid)
+        raw_ignore = validate.path_list(ignore_path_list, "ignore_path_list", invalid)
         if type(hash_algorithm) is not str or hash_algorithm not in _KNOWN_ALGORITHMS:
             problem = validate_algorithm(hash_algorithm)
             if problem is not None:
                 raise invalid(problem)
             _KNOWN_ALGORITHMS.add(hash_algorithm)
-        if type(priority) is not int and type(priority) is not float and (
-            isinstance(priority, bool) or not isinstance(priority, (int, float))
-        ):
-            raise invalid(f"priority must be a number, got {priority!r}")
-        if memory is not None or expected_time is not None:
-            for label, hint, unit in (("memory", memory, "MiB"), ("expected_time", expected_time, "seconds")):
-                if hint is not None and (
-                    isinstance(hint, bool) or not isinstance(hint, (int, float))
-                    or not 0 <= hint < float("inf")
-                ):
-                    raise invalid(
-                        f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}"
-                    )
+        validate.check_priority(priority, invalid)
+        if memory is not None:
+            memory = validate.hint(memory, "memory", "MiB", invalid)
+        if expected_time is not None:
+            expected_time = validate.hint(expected_time, "expected_time", "seconds", invalid)
         targets = tuple(sorted({normalize_path(path) for path in raw_targets})) if raw_targets else ()
+        if targets:
+            validate.check_normalised_targets(targets, invalid)
         own = self._ledger_path
         for path in targets:
             if path.startswith(own) and (path == own or path[len(own):] in _LEDGER_SIDECARS):
@@ -539,8 +526,8 @@ class TaskGraph:
             try:
                 payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as error:
-                raise invalid(
-                    f"{_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
+                raise UnpicklableTaskError(
+                    f"task {name!r}: {_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
                     "this graph sends every task to another process to run. Define "
                     "the function at module level (not a lambda, nested function or method of an "
                     "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
@@ -576,6 +563,8 @@ class TaskGraph:
 
     def close(self) -> None:
         """Accept no more tasks. ``join()`` then also shuts the workers down."""
+        if not self._closed and not self._shut_down:
+            self._scheduler.all_added()
         self._closed = True
 
     def join(self, timeout: float | None = None) -> bool:
@@ -591,9 +580,13 @@ class TaskGraph:
             Exception: the first failure of the graph: a task's own exception
                 (with the worker's traceback as ``__cause__``) or a
                 :class:`TaskGraphError`.
+            TasksFailedError: with ``keep_going=True``, once every task has
+                finished, if any failed: it names them all.
             KeyboardInterrupt: after stopping the workers.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._shut_down:
+            self._scheduler.all_added()
         try:
             for task in list(self._tasks):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -606,9 +599,31 @@ class TaskGraph:
         if failure is not None:
             self._shutdown()
             raise failure
+        failed = self._scheduler.failed_tasks
         if self._closed:
             self._shutdown()
+        if failed:
+            raise self._failures_error(failed)
         return True
+
+    def _failures_error(self, failed: list[Task]) -> TasksFailedError:
+        """keep_going: one error naming every failed task, chained to the first failure."""
+        failures = [(task.task_name, task._error) for task in failed if task._error is not None]
+        cancelled = sum(task._state == "cancelled" for task in self._tasks)
+        listed = "; ".join(f"{name!r} ({_one_line(error)})" for name, error in failures)
+        plural = len(failures) != 1
+        stopped = (
+            f"{cancelled} task{'s' if cancelled != 1 else ''} depending on {'them' if plural else 'it'} "
+            "did not run; every other task finished" if cancelled else "Every other task finished"
+        )
+        error = TasksFailedError(
+            f"{len(failures)} task{'s' if plural else ''} failed: {listed}. {stopped}. Fix the "
+            f"failure{'s' if plural else ''} and run again: the finished tasks are skipped "
+            f"(`taskgraph status {self._workspace} --failed` shows the errors).",
+            failures,
+        )
+        error.__cause__ = failures[0][1] if failures else None
+        return error
 
     def plan(self, timeout: float | None = None) -> list[PlanEntry]:
         """What each task added so far did (or, in a dry run, would do) and why.

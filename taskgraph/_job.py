@@ -8,6 +8,7 @@ taken right where the files were written.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -42,6 +43,7 @@ class Job:
         want_result: whether the return value is sent back (``store_result``).
         known_digests: digests the scheduler already holds for the inputs, so
             the worker does not read an input the up-to-date check just hashed.
+        priority: the task's priority (for backends that order their own queue).
         cache: how to use the shared cache (``_cache_job.CacheJob``), or None.
     """
 
@@ -58,6 +60,9 @@ class Job:
     want_result: bool
     known_digests: dict[tuple[str, str], CachedDigest] = field(default_factory=dict)
     priority: float = 0
+    #: Expected to take a few milliseconds at most (from the ledger's history):
+    #: it may wait behind another short job in a worker (``Executor.queue_depth``).
+    short: bool = False
     cache: CacheJob | None = None
 
     def spec(self) -> tuple[Any, ...]:
@@ -88,6 +93,29 @@ class JobResult:
     peak_memory: int | None = None
     #: What the shared cache did (a ``_cache_job.CacheOutcome``), when one is used.
     cache: CacheOutcome | None = None
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in another process
+    (a worker, a Dask worker) as the ``__cause__`` of the re-raised exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def flatten_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Make a log record ready to pickle (as it leaves a worker): its message
+    formatted, its exception as text."""
+    record.msg = record.getMessage()
+    record.args = None
+    if record.exc_info:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+    return record
 
 
 def worker_name() -> str:

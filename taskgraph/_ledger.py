@@ -20,7 +20,13 @@ application_id`` = :data:`APPLICATION_ID`)::
              digest, hashed_at_ns)               PK (path, algorithm)
     results (key PK, value BLOB, mac BLOB)       a sqlitedict table: read it with
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
-                                                 mac: HMAC-SHA256 of key and value
+                                                 mac: HMAC-SHA256 of key, exec key and value
+
+Paths (``files.path``, ``digests.path``) are TEXT, except a file name that is
+not valid UTF-8 (``os.listdir`` returns such names with surrogate escapes):
+it is stored as a BLOB of the file system's own bytes (``os.fsencode``), so it
+is kept exactly. Other text (names, arguments, errors) that is not valid UTF-8
+is stored with backslash escapes.
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never
@@ -36,12 +42,15 @@ place, in one transaction that keeps every record (:data:`_MIGRATIONS`). A
 ledger from a newer taskgraph is left alone and refused.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
-stored with an HMAC-SHA256 of its record key and bytes, keyed by a secret of
+stored with an HMAC-SHA256 of its record key, the exec key of the run that
+computed it (the input fingerprints of that run) and its bytes, keyed by a secret of
 the workspace (``taskgraph_ledger.sqlite.key``, 32 random bytes, mode 0600,
 created atomically on first use). A result whose HMAC does not verify (the
 ledger was edited, written by another tool, or copied from another workspace)
 is never unpickled: :meth:`Ledger.load_result` raises
-:class:`UntrustedResultError` and the task runs again. The ledger, its WAL and
+:class:`UntrustedResultError` and the task runs again. Nor is the result of an
+earlier run of the task written back over a newer one: it was computed from
+other inputs than the record's, so its HMAC does not verify. The ledger, its WAL and
 every file taskgraph creates in the workspace are readable by their owner only.
 """
 
@@ -60,7 +69,7 @@ import sqlite3
 import time
 import traceback
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +86,16 @@ LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 KEY_SUFFIX = ".key"
 #: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column
 #: (a schema-1 ledger is upgraded in place, see :data:`_MIGRATIONS`).
-SCHEMA_VERSION = 2
+#: 3: the ``mac`` of a result also covers the exec key of its run.
+SCHEMA_VERSION = 3
 _KEY_BYTES = 32
-_MAC_CONTEXT = b"taskgraph stored result v1\0"
+_MAC_CONTEXT = b"taskgraph stored result v2\0"
+# Schema 2's HMAC: record key and bytes only (checked once, by the upgrade).
+_MAC_CONTEXT_V1 = b"taskgraph stored result v1\0"
+# SQLite's unix VFS holds a database's full path and the names of its
+# journals (the path plus "-journal") in 512 bytes.
+_SQLITE_MAX_PATH = 512
+_JOURNAL_SUFFIX = "-journal"
 #: Files taskgraph creates in a workspace are for their owner's eyes only.
 FILE_MODE = 0o600
 APPLICATION_ID = 0x54475248  # "TGRH"
@@ -162,12 +178,17 @@ _LAZY_LIMIT = 4096
 # Schema upgrades: from version N, the statements that make version N + 1.
 # New columns are added at the end of their table, so a migrated ledger has
 # the same column order as a new one.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+# A step is SQL, or a function of the ledger and the connection (run in the
+# same transaction).
+_MIGRATIONS: dict[int, tuple[str | Callable[[Ledger, sqlite3.Connection], None], ...]] = {
     # Schema 1 results carry no HMAC: they fail their check, so tasks with
     # stored results run once more; every other record is kept as it is.
     1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
         "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER",
         "ALTER TABLE results ADD COLUMN mac BLOB"),
+    # Schema 2's HMAC covered record key and bytes only: results whose HMAC
+    # verifies are signed again for the inputs their record holds.
+    2: (lambda ledger, conn: ledger._bind_results_to_inputs(conn),),
 }
 _EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions"}
 
@@ -254,10 +275,70 @@ def workspace_key(path: str, create: bool = True) -> bytes | None:
     raise LedgerError(f"cannot make the taskgraph key {path}: it keeps being replaced or damaged")
 
 
-def result_mac(key: bytes, record_key: str, value: bytes) -> bytes:
-    """HMAC-SHA256 binding a stored result's bytes to its task's record key."""
-    message = _MAC_CONTEXT + record_key.encode() + b"\0" + bytes(value)
+def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes:
+    """HMAC-SHA256 binding a stored result's bytes to its task's record key
+    and to the exec key of the run that computed it (``run_key``: the input
+    fingerprints of that run), so that the result of one run cannot stand in
+    for another's."""
+    message = _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value)
     return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
+    message = _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value)
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def stored_path(path: str) -> str | bytes:
+    """A path as the ledger stores it: its text, or, for a name that is not
+    valid UTF-8, the file system's own bytes (kept exactly)."""
+    if path.isascii():
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(path)
+        except UnicodeError:  # not a file name on this system at all
+            return path.encode("utf-8", "surrogatepass")
+    return path
+
+
+def loaded_path(value: str | bytes) -> str:
+    """A path as the ledger stored it, back as ``str`` (with surrogate escapes
+    for bytes that are not UTF-8, as ``os.listdir`` returns it)."""
+    return value if type(value) is str else os.fsdecode(value)
+
+
+def _text(value: str | None) -> str | None:
+    """Text for a TEXT column: as it is when valid UTF-8, else with the
+    characters that are not (lone surrogates) as backslash escapes."""
+    if value is None or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _open_problem(path: str, error: BaseException) -> LedgerError | None:
+    """The real reason SQLite cannot open ``path``, when it is the length of
+    its path (SQLite's "unable to open database file" says nothing of it)."""
+    try:
+        full = len(os.fsencode(os.path.realpath(path)))
+    except (OSError, ValueError):
+        return None
+    if full + len(_JOURNAL_SUFFIX) <= _SQLITE_MAX_PATH:
+        return None
+    most = _SQLITE_MAX_PATH - len(_JOURNAL_SUFFIX) - len(os.sep + LEDGER_FILENAME)
+    return LedgerError(
+        f"cannot open the taskgraph ledger {path}: its absolute path is {full} bytes long, and "
+        f"SQLite opens a database only if its path and its journal's (the path plus "
+        f"{_JOURNAL_SUFFIX!r}) fit in {_SQLITE_MAX_PATH} bytes ({error}). Use a workspace whose "
+        f"absolute path (symbolic links resolved) is at most {most} bytes long; this one is "
+        f"{full - len(os.sep + LEDGER_FILENAME)} bytes."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +472,7 @@ class Ledger:
             with _file_lock(self.path + ".lock"):
                 self._conn = self._open()
         except sqlite3.Error as error:
-            raise LedgerError(
+            raise _open_problem(self.path, error) or LedgerError(
                 f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
                 "workspace is writable and the disk is not full."
             ) from error
@@ -470,6 +551,9 @@ class Ledger:
             target = self._read_only_uri() if self.read_only else self.path
             conn = sqlite3.connect(target, uri=self.read_only, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.DatabaseError as error:
+            too_long = _open_problem(self.path, error)
+            if too_long is not None:
+                raise too_long from error  # the file may be fine: never move it aside for this
             return f"it cannot be opened ({error})"
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -477,6 +561,9 @@ class Ledger:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as error:
+            too_long = _open_problem(self.path, error)
+            if too_long is not None:
+                raise too_long from error
             return f"it is not a readable SQLite database ({error})"
         finally:
             conn.close()
@@ -543,8 +630,11 @@ class Ledger:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             start = version
             while version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
+                for step in _MIGRATIONS[version]:
+                    if callable(step):
+                        step(self, conn)
+                    else:
+                        conn.execute(step)
                 version += 1
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -554,6 +644,27 @@ class Ledger:
         if start < SCHEMA_VERSION:
             LOGGER.info("the taskgraph ledger %s was upgraded from schema %d to %d; every record was kept",
                         self.path, start, SCHEMA_VERSION)
+
+    def _bind_results_to_inputs(self, conn: sqlite3.Connection) -> None:
+        """The upgrade from schema 2: a result whose schema-2 HMAC (record key
+        and bytes) verifies is signed again, binding it to the input
+        fingerprints its record holds (what it was computed from); one that
+        does not verify is left as it is and stays refused."""
+        if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM results WHERE mac IS NOT NULL)").fetchone()[0]:
+            return
+        secret = self._workspace_key(create=False)
+        if secret is None:
+            return  # no key: no result can verify
+        inputs: dict[str, dict[str, Fingerprint]] = {}
+        for key, path, mode, size, mtime_ns, digest, taken_at_ns in conn.execute(
+            "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
+        ):
+            inputs.setdefault(key, {})[loaded_path(path)] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+        signed = []
+        for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
+            if hmac.compare_digest(bytes(mac), _schema_2_mac(secret, key, value)):
+                signed.append((result_mac(secret, key, exec_key(key, inputs.get(key, {})), value), key))
+        conn.executemany("UPDATE results SET mac=? WHERE key=?", signed)
 
     # -- runs -------------------------------------------------------------------
 
@@ -617,7 +728,7 @@ class Ledger:
             (record_key,),
         ):
             fingerprint = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-            (inputs if role == "input" else targets)[path] = fingerprint
+            (inputs if role == "input" else targets)[loaded_path(path)] = fingerprint
         name, state, algorithm, store_result, ended, error, has_result = row
         return TaskRecord(
             record_key, name, state, algorithm, bool(store_result), inputs, targets,
@@ -635,6 +746,8 @@ class Ledger:
             listed = files.get(row[0])
             if listed is None:
                 listed = files[row[0]] = []
+            if type(row[2]) is not str:  # a name that is not UTF-8, stored as bytes
+                row = (*row[:2], loaded_path(row[2]), *row[3:])
             listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
         records: dict[str, TaskRecord | _SnapshotRow | None] = {}
@@ -652,12 +765,26 @@ class Ledger:
         # Plain tuples, for the garbage collector as in _load_records;
         # lookup_digest builds the entry.
         return {
-            (row[0], row[1]): row[2:]
+            (loaded_path(row[0]), row[1]): row[2:]
             for row in self._conn.execute(
                 "SELECT path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
                 " FROM digests"
             )
         }
+
+    def durations(self) -> tuple[dict[str, float], dict[tuple[str, str], tuple[int, float]]]:
+        """How long recorded tasks took: each record's last duration, and per
+        function (name, source hash) how many records and their total seconds."""
+        by_record: dict[str, float] = {}
+        by_function: dict[tuple[str, str], tuple[int, float]] = {}
+        for key, func, source_hash, duration in self._conn.execute(
+            "SELECT record_key, func, source_hash, duration FROM tasks "
+            "WHERE state='done' AND duration IS NOT NULL"
+        ):
+            by_record[key] = duration
+            count, total = by_function.get((func, source_hash), (0, 0.0))
+            by_function[func, source_hash] = (count + 1, total + duration)
+        return by_record, by_function
 
     def previous_by_name(self, name: str) -> tuple[str, str, str, str] | None:
         """The latest record of a task with this name: (record_key, func,
@@ -666,7 +793,7 @@ class Ledger:
             return None  # a new ledger: nothing to compare with
         row = self._conn.execute(
             "SELECT record_key, func, source_hash, args FROM tasks WHERE name=? ORDER BY ended DESC LIMIT 1",
-            (name,),
+            (_text(name),),
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2], row[3])
 
@@ -683,7 +810,13 @@ class Ledger:
             raise KeyError(record_key)
         value, mac = row
         key = self._workspace_key(create=not self.read_only)
-        if mac is None or key is None or not hmac.compare_digest(bytes(mac), result_mac(key, record_key, value)):
+        # Bound to the inputs the record holds: the ones the up-to-date check
+        # just found unchanged on disk.
+        record = self.lookup(record_key)
+        run_key = exec_key(record_key, record.inputs if record is not None else {})
+        if mac is None or key is None or not hmac.compare_digest(
+            bytes(mac), result_mac(key, record_key, run_key, value)
+        ):
             if mac is None:
                 # Results recorded before results were authenticated (a
                 # schema-1 ledger, upgraded in place) have no code: expected,
@@ -696,7 +829,8 @@ class Ledger:
             raise UntrustedResultError(
                 f"the stored result in {self.path} was not unpickled because its authentication "
                 "code does not match: the ledger was changed outside taskgraph, written by another "
-                "tool, or copied from another workspace"
+                "tool, or copied from another workspace, or the result is that of another run of "
+                "the task (computed from other input files) written back"
             )
         return sqlitedict.decode(value)
 
@@ -731,7 +865,7 @@ class Ledger:
         row = self._conn.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
-            (path, algorithm),
+            (stored_path(path), algorithm),
         ).fetchone()
         if row is None:
             return None
@@ -752,11 +886,12 @@ class Ledger:
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._durable = True
         rows = self._rows
+        run_key = exec_key(key, outcome.inputs)
         rows[_UPSERT_TASK].append((
-            key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
-            outcome.source_hash, outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
+            key, outcome.task_key, run_key, _text(outcome.name), _text(outcome.func),
+            outcome.source_hash, _text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
-            outcome.worker, outcome.error, outcome.cpu_time, outcome.peak_memory,
+            _text(outcome.worker), _text(outcome.error), outcome.cpu_time, outcome.peak_memory,
         ))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
@@ -766,7 +901,7 @@ class Ledger:
             rows[_DELETE_RESULT].append((key,))
         for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
             rows[_INSERT_FILE].extend(
-                (key, role, path, fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
+                (key, role, stored_path(path), fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
                 for path, fp in files.items()
             )
         rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
@@ -774,13 +909,13 @@ class Ledger:
             value = sqlitedict.encode(outcome.result)
             secret = self._workspace_key()
             assert secret is not None  # made when missing
-            mac = result_mac(secret, key, value)
+            mac = result_mac(secret, key, run_key, value)
             rows[_UPSERT_RESULT].append((key, value, mac))
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
         self._rows[_DECISION].append((
-            record_key, self.run_id, time.time(), name, "run" if run else "skip",
+            record_key, self.run_id, time.time(), _text(name), "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
 
@@ -818,7 +953,7 @@ class Ledger:
             conn.executemany(
                 "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (path, algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
+                    (stored_path(path), algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
                      e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
                     for (path, algorithm), e in digests.items()
                 ],
@@ -853,6 +988,13 @@ class Ledger:
                 raise LedgerError(
                     f"cannot write the ledger {self.path}: {error}. Nothing recorded before "
                     "this error is lost; free disk space or fix permissions and run again."
+                ) from error
+            if isinstance(error, Exception):
+                # Not the disk: a value SQLite could not take. Still a ledger
+                # error, so the graph stops and every waiter is released.
+                raise LedgerError(
+                    f"cannot write the ledger {self.path}: {type(error).__name__}: {error}. Nothing "
+                    "recorded before this error is lost; please report this as a taskgraph bug."
                 ) from error
             raise
 
@@ -923,12 +1065,13 @@ class LedgerReader:
                 "run a pipeline with this workspace first"
             )
         try:
-            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(self.path))) + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S)
             app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as error:
-            raise LedgerError(f"{self.path} is not a readable taskgraph ledger ({error})") from error
+            raise _open_problem(self.path, error) or LedgerError(
+                f"{self.path} is not a readable taskgraph ledger ({error})") from error
         if app_id != APPLICATION_ID:
             raise LedgerError(f"{self.path} was not written by this taskgraph (it is another SQLite file)")
         if version > SCHEMA_VERSION:
@@ -970,7 +1113,8 @@ class LedgerReader:
             "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
         ):
             pair = out.setdefault(key, ({}, {}))
-            pair[0 if role == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            pair[0 if role == "input" else 1][loaded_path(path)] = Fingerprint(
+                mode, size, mtime_ns, digest, taken_at_ns)
         return out
 
     def deps(self) -> list[tuple[str, str]]:
@@ -991,7 +1135,7 @@ class LedgerReader:
         rows = self._rows(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
-            (path, algorithm),
+            (stored_path(path), algorithm),
         )
         if not rows:
             return None

@@ -46,7 +46,9 @@ process dies. With ``bind_cpus`` each worker is pinned to a core of its own.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -66,7 +68,7 @@ import psutil
 from taskgraph import _forkserver, _threads
 from taskgraph._errors import TaskExecutionError, WorkerDiedError, WorkerStartError
 from taskgraph._executor import DoneCallback, Executor
-from taskgraph._job import Job, JobResult
+from taskgraph._job import Job, JobResult, RemoteTraceback
 from taskgraph._worker import LOG, STOP, worker_main
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -75,17 +77,6 @@ _STOP_GRACE_S = 5.0  # shutdown(kill=False): how long workers may take to stop b
 _KILL_GRACE_S = 5.0  # after a kill: how long until a worker whose end was never seen is given up
 START_METHODS = ("fork", "spawn")
 ENVIRONMENT_VARIABLE = "TASKGRAPH_START_METHOD"
-
-
-class _RemoteTraceback(Exception):
-    """Carries a worker's traceback text as the ``__cause__`` of a task's exception."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
 
 
 def default_start_method() -> str:
@@ -130,10 +121,19 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode} (the task or a library called os._exit or exited the process)"
 
 
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    """A job in the pool: its callback and the message that carries it."""
+
+    job: Job
+    done: DoneCallback
+    message: bytes
+
+
 class _Worker:
     """The manager thread's record of one worker process."""
 
-    __slots__ = ("conn", "cpu", "done", "exitcode", "finished_jobs", "index", "job", "name", "pid", "process")
+    __slots__ = ("conn", "cpu", "exitcode", "finished_jobs", "index", "jobs", "name", "pid", "process")
 
     def __init__(self, pid: int, conn: Connection, index: int, cpu: int | None, process: Any = None) -> None:
         self.pid = pid
@@ -142,8 +142,8 @@ class _Worker:
         self.name = f"taskgraph-worker-{index}"
         self.cpu = cpu
         self.process = process  # the multiprocessing.Process under spawn; None when forked by the server
-        self.job: Job | None = None
-        self.done: DoneCallback | None = None
+        # The job it runs, then the short ones sent to wait behind it (see ProcessPool).
+        self.jobs: collections.deque[_Entry] = collections.deque()
         self.finished_jobs = 0
         self.exitcode: int | None = None
 
@@ -198,12 +198,14 @@ class ProcessPool(Executor):
 
     Raises:
         ValueError: for a start method this platform does not have.
+        WorkerStartError: when the fork server cannot be started.
     """
 
     def __init__(
         self, n_workers: int, start_method: str | None = None, nice: bool = True, bind_cpus: bool = False
     ) -> None:
         self.capacity = n_workers
+        self.queue_depth = n_workers  # one short job may wait behind each worker's short job
         self.start_method = check_start_method(start_method)
         self._free_cpus: list[int] | None = None
         if bind_cpus:
@@ -215,7 +217,13 @@ class ProcessPool(Executor):
         self._server: _forkserver.ForkServer | None = None
         if self.start_method == "fork":
             # Now, before the manager thread below (and the scheduler's) exist.
-            self._server = _forkserver.start()
+            try:
+                self._server = _forkserver.start()
+            except OSError as error:
+                raise WorkerStartError(
+                    f"the fork server that starts worker processes could not be started ({error}); raise "
+                    "the open-file limit (ulimit -n) or free memory, or pass start_method='spawn'"
+                ) from error
             if self._server is None:
                 LOGGER.warning(
                     "taskgraph threads of another graph are running in this process and no fork server "
@@ -226,10 +234,15 @@ class ProcessPool(Executor):
         self._context: Any = multiprocessing.get_context("spawn")
         self._requests: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        # Set by the first request after the manager last looked: later ones
+        # need not write to the pipe again (a write per job costs a system call).
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
         # Owned by the manager thread alone from here on:
         self._levels: dict[str, int] | None = None
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
+        self._backlog: collections.deque[_Entry] = collections.deque()
         self._closing = False
         self._killing = False
         self._deadline = 0.0
@@ -268,6 +281,10 @@ class ProcessPool(Executor):
             LOGGER.warning("the process pool's manager thread did not stop in time")
 
     def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         with contextlib.suppress(OSError):
             self._wake_w.send_bytes(b"w")
 
@@ -300,8 +317,7 @@ class ProcessPool(Executor):
             for worker in list(self._workers):
                 _kill_tree(worker.pid)
                 self._forget(worker, WorkerDiedError(
-                    f"task {worker.job.name if worker.job else '?'!r} was stopped because the process pool "
-                    f"failed: {type(error).__name__}: {error}"
+                    f"the process pool failed: {type(error).__name__}: {error}"
                 ))
         finally:
             self._closing = True
@@ -338,7 +354,11 @@ class ProcessPool(Executor):
     def _kill_all(self) -> None:
         self._killing = True
         self._deadline = time.monotonic() + _KILL_GRACE_S
-        for worker in self._workers:
+        for worker in list(self._workers):
+            # A result already in the pipe is delivered, not lost with the worker.
+            with contextlib.suppress(EOFError, OSError):
+                while worker.jobs and worker.conn is not None and worker.conn.poll():
+                    self._on_message(worker, worker.conn.recv_bytes())
             _kill_tree(worker.pid)
 
     def _escalate(self) -> None:
@@ -355,6 +375,9 @@ class ProcessPool(Executor):
             with contextlib.suppress(EOFError, OSError):
                 while self._wake_r.poll():
                     self._wake_r.recv_bytes()
+            with self._wake_lock:
+                self._wake_pending = False  # requests posted from now on wake it again
+            self._take_requests()
             return
         if handle is self._server:
             assert self._server is not None
@@ -396,6 +419,8 @@ class ProcessPool(Executor):
             with contextlib.suppress(OSError):
                 worker.conn.close()
             worker.conn = None
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
         if worker.process is None and (self._server is None or self._server.gone):
             self._on_death(worker)
 
@@ -410,9 +435,9 @@ class ProcessPool(Executor):
             except Exception:  # a broken log record or handler must not stop the pool
                 LOGGER.exception("could not relay a log record from %s", worker.name)
             return
-        job = worker.job
-        if job is None:
+        if not worker.jobs:
             return  # the job was given up already
+        job = worker.jobs[0].job
         try:
             result: JobResult = pickle.loads(body)
         except Exception as error:
@@ -421,28 +446,31 @@ class ProcessPool(Executor):
                 f"({error!r}); return only types importable here."
             ))
         if result.error is not None and result.remote_traceback:
-            result.error.__cause__ = _RemoteTraceback(result.remote_traceback)
+            result.error.__cause__ = RemoteTraceback(result.remote_traceback)
         worker.finished_jobs += 1
-        self._finish(worker, result)
-        if not self._closing:
-            self._idle.append(worker)
+        self._finish(worker.jobs.popleft(), result)
+        if not worker.jobs and not self._closing:
+            if self._backlog:
+                self._send(worker, self._backlog.popleft())
+            else:
+                self._idle.append(worker)
 
-    def _finish(self, worker: _Worker, result: JobResult) -> None:
-        """Hand a job's result to its ``done``: the one place that calls it."""
-        done, worker.job, worker.done = worker.done, None, None
-        if done is not None:
-            done(result)
+    @staticmethod
+    def _finish(entry: _Entry, result: JobResult) -> None:
+        """Hand a job's result to its ``done``: the one place that calls it
+        (each entry leaves the pool's lists before it comes here, so once)."""
+        entry.done(result)
 
     def _on_death(self, worker: _Worker) -> None:
         if worker.conn is not None:
             # Read what the worker sent before it died (a result may be there).
             with contextlib.suppress(EOFError, OSError):
-                while worker.job is not None and worker.conn.poll():
+                while worker.jobs and worker.conn.poll():
                     self._on_message(worker, worker.conn.recv_bytes())
         _kill_group(worker.pid)
-        job = worker.job
         error = None
-        if job is not None:
+        if worker.jobs:
+            job = worker.jobs[0].job
             if self._killing:
                 error = WorkerDiedError(f"task {job.name!r} was stopped because the graph is shutting down")
             else:
@@ -477,10 +505,17 @@ class ProcessPool(Executor):
             with contextlib.suppress(OSError):
                 worker.conn.close()
             worker.conn = None
-        if worker.job is not None:
-            self._finish(worker, JobResult(worker.job.task_id, error=error or WorkerDiedError(
-                f"task {worker.job.name!r} was stopped because the graph is shutting down"
+        entries, worker.jobs = list(worker.jobs), collections.deque()
+        if entries:
+            first = entries.pop(0)
+            self._finish(first, JobResult(first.job.task_id, error=error or WorkerDiedError(
+                f"task {first.job.name!r} was stopped because the graph is shutting down"
             ), worker=worker.name))
+        # Jobs that waited behind the one that died never started: they go to
+        # another worker (or, when the pool is closing, fail as not started).
+        for entry in reversed(entries):
+            self._backlog.appendleft(entry)
+        self._drain_backlog()
 
     def _assign(self, job: Job, done: DoneCallback) -> None:
         if self._closing:
@@ -497,22 +532,46 @@ class ProcessPool(Executor):
                 f"task {job.name!r} could not be sent to a worker process: {type(error).__name__}: {error}"
             )))
             return
-        worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            try:
-                worker = self._start_worker()
-            except Exception as error:
-                done(JobResult(job.task_id, error=WorkerStartError(
-                    f"task {job.name!r} could not run: a worker process could not be started "
-                    f"({type(error).__name__}: {error}). If it says too many open files, raise the "
-                    "limit (ulimit -n) or use a smaller n_workers; if it says no memory, free some "
-                    "or use fewer workers."
+        self._backlog.append(_Entry(job, done, message))
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Give waiting jobs to workers: an idle one, a new one while fewer than
+        ``capacity`` run, or, for a short job, a worker busy with a short job
+        (it waits there, so the round trip overlaps the job before it)."""
+        while self._backlog:
+            entry = self._backlog[0]
+            if self._closing:
+                self._backlog.popleft()
+                self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
+                    f"task {entry.job.name!r} was not started because the graph is shutting down"
                 )))
-                return
-        worker.job, worker.done = job, done
+                continue
+            worker = self._idle.pop() if self._idle else None
+            if worker is None and len(self._workers) < self.capacity:
+                try:
+                    worker = self._start_worker()
+                except Exception as error:
+                    self._backlog.popleft()
+                    self._finish(entry, JobResult(entry.job.task_id, error=WorkerStartError(
+                        f"task {entry.job.name!r} could not run: a worker process could not be started "
+                        f"({type(error).__name__}: {error}). If it says too many open files, raise the "
+                        "limit (ulimit -n) or use a smaller n_workers; if it says no memory, free some "
+                        "or use fewer workers."
+                    )))
+                    continue
+            if worker is None and entry.job.short:
+                worker = next((w for w in self._workers if len(w.jobs) == 1 and w.jobs[0].job.short
+                               and w.conn is not None), None)
+            if worker is None:
+                return  # it waits for the next worker to finish
+            self._send(worker, self._backlog.popleft())
+
+    def _send(self, worker: _Worker, entry: _Entry) -> None:
+        worker.jobs.append(entry)
         assert worker.conn is not None
         try:
-            worker.conn.send_bytes(message)
+            worker.conn.send_bytes(entry.message)
         except OSError:
             # The worker died before it got the job: its exit status, seen
             # next, fails the job with the cause.

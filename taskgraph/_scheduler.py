@@ -5,6 +5,7 @@ for ``n_workers >= 0``; the caller's own thread, inside ``add_task``, for
 ``n_workers < 0``). Other threads only put messages in its inbox::
 
     add_task ──('add', task)──────────┐
+    close/join ──('all added', None)──┤
     executor ──('done', JobResult)────┤──> inbox ──> scheduler thread
     join/Ctrl-C ──('abort', error)────┘              │
                                                      ├─> decide() (ledger read, stat)
@@ -33,17 +34,25 @@ import time
 from typing import Any
 
 from taskgraph import _threads
-from taskgraph._cache_use import CacheUse
+from taskgraph._cache_use import CacheUse, restored_bytes
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
-from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError, WorkerStartError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._errors import (
+    LedgerError,
+    TaskCancelledError,
+    TaskGraphError,
+    TaskGraphTerminatedError,
+    WorkerDiedError,
+    WorkerStartError,
+)
+from taskgraph._executor import Executor
 from taskgraph._fingerprint import is_content_algorithm
+from taskgraph._history import SHORT_S, History
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
 from taskgraph._ledger import Ledger, Outcome, UntrustedResultError, format_exception
 from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
-from taskgraph._progress import ProgressBar
+from taskgraph._progress import Progress
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -66,10 +75,11 @@ class Scheduler:
         threaded: bool,
         reporting_interval: float | None,
         dry_run: bool = False,
-        progress: ProgressBar | None = None,
+        progress: Progress | None = None,
         claims: Claims | None = None,
         policy: Policy | None = None,
         memory_limit: float | None = None,
+        keep_going: bool = False,
         cache: CacheUse | None = None,
     ) -> None:
         self._ledger = ledger
@@ -79,7 +89,7 @@ class Scheduler:
         self._policy = policy
         self._memory_limit = memory_limit
         self._executor = executor
-        self._local = isinstance(executor, (InlineExecutor, ThreadExecutor))
+        self._local = executor.in_process
         self._finished_condition = finished
         self._dry_run = dry_run
         self._claims = claims
@@ -100,15 +110,30 @@ class Scheduler:
         # Every task added whose waiters are not released yet, whatever its
         # state: what a failure of the scheduler itself must finish.
         self._unfinished: dict[int, Task] = {}
+        # Durations of earlier runs and of this one (read from the ledger when
+        # first needed), for two choices: short jobs may wait behind another in
+        # a worker (the executor's queue_depth), and with several workers, ready
+        # tasks of equal priority start by their remaining critical path.
+        self._history = History(ledger.durations)
+        self._overlap = 0 if executor.synchronous else executor.queue_depth
+        self._order_by_path = not executor.synchronous and executor.capacity > 1
+        self._by_path = False
+        self._paths: dict[int, float] = {}
+        self._paths_known = -1
+        self._next_rekey = 0.0
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
+        # keep_going: a failed task stops only its dependents; they are kept
+        # here in order, and each cancelled task's failed ancestor by task_id.
+        self._keep_going = keep_going
+        self._failed_tasks: list[Task] = []
+        self._blame: dict[int, Task] = {}
         self._killing = False
         self._stopped = False
         self._stop_requested = False
         self._reporting_interval = reporting_interval or None
         self._next_report = time.monotonic() + (self._reporting_interval or 0)
-        self._run_started = time.monotonic()
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = _threads.start(self._loop, "taskgraph-scheduler")
@@ -130,6 +155,12 @@ class Scheduler:
         if self._thread is None:
             self._drive()
 
+    def all_added(self) -> None:
+        """No more tasks are coming for now: progress can show a total."""
+        self._inbox.put(("all added", None))
+        if self._thread is None:
+            self._drive()
+
     def stop(self, timeout: float | None = None) -> None:
         """Finish the scheduler thread after the graph is idle, then close the ledger."""
         self._inbox.put(("stop", None))
@@ -142,6 +173,11 @@ class Scheduler:
     def failure(self) -> BaseException | None:
         """The first failure that stopped the graph, if any."""
         return self._failure
+
+    @property
+    def failed_tasks(self) -> list[Task]:
+        """With ``keep_going``: the tasks that failed so far, in order."""
+        return list(self._failed_tasks)
 
     # -- the scheduler's own thread ---------------------------------------------------
 
@@ -244,6 +280,9 @@ class Scheduler:
                         self._cancel(task)
                         finished.append(task)
                     self._running.clear()
+            elif kind == "all added":
+                if self._progress is not None:
+                    self._progress.all_added()
             elif kind == "stop":
                 stop = self._stop_requested = True
                 # Only after an abort can jobs still be out (threads cannot be
@@ -277,14 +316,17 @@ class Scheduler:
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
         self._unfinished[task.task_id] = task
+        if self._progress is not None:
+            self._progress.added(task.task_id, self._estimate(task))
         if task._memory is not None and not isinstance(self._policy, MemoryLimit):
             self._memory_aware()
         if self._failure is not None:
             self._cancel(task)
             finished.append(task)
             return
-        if any(dep._state in ("failed", "cancelled") for dep in task._dependencies):
-            self._cancel(task)
+        stopped = next((dep for dep in task._dependencies if dep._state in ("failed", "cancelled")), None)
+        if stopped is not None:
+            self._cancel(task, upstream=stopped)
             finished.append(task)
             return
         waiting = 0
@@ -299,7 +341,11 @@ class Scheduler:
 
     def _push_ready(self, task: Task) -> None:
         if self._policy is None:
-            heapq.heappush(self._ready, (-task._priority, task.task_id, task))
+            if self._by_path:  # see _rekey
+                heapq.heappush(self._ready, ((-task._priority, -self._paths.get(task.task_id, 0.0)),
+                                             task.task_id, task))
+            else:
+                heapq.heappush(self._ready, (-task._priority, task.task_id, task))
         else:
             heapq.heappush(self._ready, (self._policy.key(task), task.task_id, task))
 
@@ -307,11 +353,14 @@ class Scheduler:
         """A task declared its memory: admit tasks by memory from now on.
 
         The built-in orders keep their keys (``MemoryLimit`` delegates to
-        them), so the tasks already in the heap stay in place. A custom
-        policy is left as it is: it decides admission itself.
+        them); the heap is keyed again, since without a policy its keys may
+        hold the critical path (see :meth:`_rekey`). A custom policy is left
+        as it is: it decides admission itself.
         """
         if self._policy is None or type(self._policy) in (PriorityOrder, LongestFirst):
-            self._policy = MemoryLimit(self._memory_limit, self._policy)
+            policy = self._policy = MemoryLimit(self._memory_limit, self._policy)
+            self._ready = [(policy.key(task), task.task_id, task) for _, _, task in self._ready]
+            heapq.heapify(self._ready)
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
         task = self._running.pop(result.task_id, None)
@@ -321,6 +370,10 @@ class Scheduler:
         if result.ended:
             task._started = result.started
             task._duration = result.ended - result.started
+            if result.error is None:
+                function = task._identity.function
+                self._history.observe(task._identity.record_key, (function.name, function.source_hash),
+                                      task._duration)
             task._cpu_time = result.cpu_time
             task._peak_memory = result.peak_memory
             task._worker = result.worker
@@ -341,7 +394,7 @@ class Scheduler:
                     result.error.add_note(f"raised by taskgraph task {task.task_name!r}")
                 LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
                 self._ledger.record(self._outcome(task, result, format_exception(result.error)))
-                self._fail_graph(result.error)
+                self._task_failed(task, result.error)
             finished.append(task)
             return
         for (path, algorithm), entry in result.digests.items():
@@ -419,11 +472,14 @@ class Scheduler:
             self._finished_count += 1
             if task._state == "failed":
                 self._failed_count += 1
+            if self._progress is not None:
+                self._progress.finished(task.task_id, task._state, task.task_name, task._duration,
+                                        restored_bytes(task._reasons) if task._state == "restored" else 0)
             for dependent in self._dependents.pop(task.task_id, ()):
                 if task._state in ("failed", "cancelled"):
                     if dependent._state == "pending":
                         self._blockers.pop(dependent.task_id, None)
-                        self._cancel(dependent)
+                        self._cancel(dependent, upstream=task)
                         self._finish([dependent])
                     continue
                 entry = self._blockers.get(dependent.task_id)
@@ -450,9 +506,15 @@ class Scheduler:
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
             slots = self._executor.capacity - len(self._running)
+            if self._order_by_path and self._running and len(self._ready) > max(slots, 0):
+                # More tasks ready than workers free: order them by their remaining critical path.
+                # (Not while nothing runs: a rerun that skips everything never pays for it.)
+                self._rekey()
             starting: list[tuple[Task, Decision]] = []
             held: list[tuple[Any, int, Task]] = []
-            while self._ready and self._failure is None and len(starting) < slots:
+            while self._ready and self._failure is None and (
+                len(starting) < slots or (self._overlap and self._may_overlap(len(starting)))
+            ):
                 entry = heapq.heappop(self._ready)
                 task = entry[2]
                 if self._policy is not None and not self._admit(task, starting):
@@ -501,6 +563,56 @@ class Scheduler:
                                 task.task_name)
                     self._elsewhere[task.task_id] = task
 
+    def _may_overlap(self, starting: int) -> bool:
+        """Whether the next ready task may go to the executor beyond its
+        capacity, to wait behind a running one: only a task known to be short
+        (a long or unknown one never waits behind another)."""
+        if self._policy is not None or len(self._running) + starting >= self._executor.capacity + self._overlap:
+            return False
+        estimate = self._estimate(self._ready[0][2])
+        return estimate is not None and estimate < SHORT_S
+
+    def _estimate(self, task: Task) -> float | None:
+        function = task._identity.function
+        return self._history.estimate(task._identity.record_key, (function.name, function.source_hash))
+
+    def _rekey(self) -> None:
+        """Order the ready tasks (among equal priorities) by their remaining
+        critical path: their own expected duration plus the longest chain of
+        expected durations through the tasks that wait for them, from the
+        ledger's history (a function's mean for a task with no record of its
+        own). Recomputed when tasks were added since, at most every 50 ms (or
+        four times what the last computation took), so a graph that is still
+        growing costs little."""
+        now = time.monotonic()
+        if self._policy is not None or self._known == self._paths_known or now < self._next_rekey:
+            return
+        started = time.perf_counter()
+        default = self._history.default()
+        paths: dict[int, float] = {}
+        for _, _, root in self._ready:
+            stack: list[tuple[Task, bool]] = [(root, False)]
+            while stack:
+                task, expanded = stack.pop()
+                task_id = task.task_id
+                if task_id in paths:
+                    continue
+                waiting = self._dependents.get(task_id, ())
+                if not expanded:
+                    stack.append((task, True))
+                    stack.extend((child, False) for child in waiting if child.task_id not in paths)
+                    continue
+                own = self._estimate(task)
+                paths[task_id] = (default if own is None else own) + max(
+                    (paths.get(child.task_id, 0.0) for child in waiting), default=0.0)
+        self._paths = paths
+        self._paths_known = self._known
+        self._ready = [((-task._priority, -paths.get(task.task_id, 0.0)), task.task_id, task)
+                       for _, _, task in self._ready]
+        heapq.heapify(self._ready)
+        self._by_path = True
+        self._next_rekey = now + max(0.05, 4 * (time.perf_counter() - started))
+
     def _admit(self, task: Task, starting: list[tuple[Task, Decision]]) -> bool:
         """The policy's word on starting ``task`` now; always yes when
         nothing else runs (so a task too large for the limit runs alone)."""
@@ -518,7 +630,8 @@ class Scheduler:
         except Exception as error:
             task._state = "failed"
             task._error = error
-            self._fail_graph(error)
+            LOGGER.error("task %r could not be checked: %s: %.500s", task.task_name, type(error).__name__, error)
+            self._task_failed(task, error)
             self._finish([task])
             return None
         if not decision.run and task._store_result:
@@ -574,11 +687,16 @@ class Scheduler:
             priority=task._priority,
             cache=None if self._cache is None else self._cache.job_for(task, decision, known, self._ledger),
         )
+        if self._overlap:
+            estimate = self._estimate(task)
+            job.short = estimate is not None and estimate < SHORT_S
         task._payload = None  # sent once; free the memory
         task._state = "running"
         task._started = time.time()
         self._running[task.task_id] = task
         self._started_at[task.task_id] = time.monotonic()
+        if self._progress is not None:
+            self._progress.started(task.task_id)
         try:
             self._executor.submit(job, self._job_done)
         except Exception as error:  # a backend's submit should not raise; if it does, the task fails
@@ -627,15 +745,33 @@ class Scheduler:
         self._executor.shutdown(kill=True)
         self._cancel_pending()
 
-    def _cancel(self, task: Task) -> None:
+    def _task_failed(self, task: Task, error: BaseException) -> None:
+        """A task failed: stop the graph, or with keep_going only its dependents."""
+        if self._keep_going:
+            self._failed_tasks.append(task)
+        else:
+            self._fail_graph(error)
+
+    def _cancel(self, task: Task, upstream: Task | None = None) -> None:
+        """Cancel ``task``: the graph stopped, or (keep_going) ``upstream``,
+        a task it depends on, failed or was cancelled."""
         if task._state == "running" and self._claims is not None:
             self._claims.release(task._identity.record_key)  # let other processes run it
         task._state = "cancelled"
         cause = self._failure
-        error = TaskCancelledError(
-            f"task {task.task_name!r} did not run because the graph stopped: "
-            f"{type(cause).__name__}: {cause}"
-        )
+        if cause is None and upstream is not None:
+            root = self._blame.get(upstream.task_id, upstream)
+            self._blame[task.task_id] = root
+            cause = root._error
+            error = TaskCancelledError(
+                f"task {task.task_name!r} did not run because task {root.task_name!r}, which it "
+                f"depends on, failed: {type(cause).__name__}: {cause}"
+            )
+        else:
+            error = TaskCancelledError(
+                f"task {task.task_name!r} did not run because the graph stopped: "
+                f"{type(cause).__name__}: {cause}"
+            )
         error.__cause__ = cause
         task._error = error
 
@@ -652,16 +788,25 @@ class Scheduler:
 
     # -- progress --------------------------------------------------------------------
 
+    def _ending(self) -> str | None:
+        """What stopped the run, for the final progress line (None: nothing did)."""
+        failure = self._failure
+        if failure is None:
+            return None
+        if isinstance(failure, KeyboardInterrupt):
+            return "interrupted"
+        if isinstance(failure, TaskGraphTerminatedError):
+            return "stopped by terminate()"
+        if self._failed_count:
+            return "stopped after a failure"
+        return f"stopped: {type(failure).__name__}"
+
     def _report(self) -> None:
         if self._progress is not None:
-            cache = self._cache
-            restored = (cache.hits, cache.restored_bytes) if cache is not None and cache.hits else None
             if self._stopped:
-                self._progress.close(self._finished_count, self._known, len(self._running), self._failed_count,
-                                     restored)
+                self._progress.end(self._ending())
             else:
-                self._progress.update(self._finished_count, self._known, len(self._running), self._failed_count,
-                                      restored=restored)
+                self._progress.tick()
         if not self._reporting_interval or time.monotonic() < self._next_report:
             return
         self._next_report = time.monotonic() + self._reporting_interval

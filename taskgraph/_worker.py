@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 
 from taskgraph._errors import TaskExecutionError
-from taskgraph._job import JobResult, encode_result, run_job
+from taskgraph._job import JobResult, encode_result, flatten_record, run_job
 
 #: Message tags on a worker's pipe (the first byte of each message).
 RESULT = b"R"
@@ -61,12 +61,7 @@ class _PipeLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            record.msg = record.getMessage()
-            record.args = None
-            if record.exc_info:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-                record.exc_info = None
-            data = pickle.dumps(record)
+            data = pickle.dumps(flatten_record(record))
             with self._lock:
                 self._conn.send_bytes(LOG + data)
         except Exception:

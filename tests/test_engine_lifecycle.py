@@ -51,7 +51,19 @@ def test_ctrl_c_stops_workers_keeps_ledger_and_raises(tmp_path):
     deadline = time.monotonic() + 60
     while not (pids_file.exists() and len(list(ws.glob("quick*.txt"))) == 5) and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # let the finished quick tasks be committed and the long ones start
+    # Interrupt once the quick tasks' records are committed (the long ones run then).
+    def committed():
+        try:
+            con = sqlite3.connect(f"file:{ws / taskgraph.LEDGER_FILENAME}?mode=ro", uri=True, timeout=1)
+            try:
+                return con.execute("SELECT count(*) FROM tasks WHERE state='done' AND name LIKE 'quick%'"
+                                   ).fetchone()[0] == 5
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return False
+    while not committed() and time.monotonic() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0

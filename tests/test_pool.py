@@ -253,3 +253,23 @@ def test_the_fork_server_and_workers_leave_when_the_caller_is_killed(tmp_path):
 def test_start_method_is_checked_at_construction(tmp_path):
     with pytest.raises(taskgraph.InvalidTaskError, match="start method must be one of 'fork', 'spawn'"):
         taskgraph.TaskGraph(str(tmp_path), 2, start_method="forkserver")
+
+
+def test_a_task_declaring_memory_after_the_ready_tasks_were_ordered_by_history(tmp_path):
+    # The ready heap is keyed by (priority, critical path) once durations are
+    # known; a task that declares memory then switches to the memory policy,
+    # whose keys must replace those (mixed keys cannot be compared).
+    with taskgraph.TaskGraph(str(tmp_path), 2) as graph:
+        for i in range(6):
+            graph.add_task(pf.sleep, args=(0.01 + i / 1000,), task_name=f"first {i}")
+    graph = taskgraph.TaskGraph(str(tmp_path), 2)
+    tasks = [graph.add_task(pf.sleep, args=(0.01 + i / 1000,), transient_run=True, task_name=f"again {i}")
+             for i in range(6)]
+    deadline = time.monotonic() + 30
+    while not graph._scheduler._by_path and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert graph._scheduler._by_path, "the ready tasks were never ordered by their critical path"
+    tasks.append(graph.add_task(pf.sleep, args=(0.05,), memory=10, task_name="declares memory"))
+    graph.close()
+    assert graph.join(timeout=30)
+    assert all(task._state == "ran" for task in tasks)
