@@ -21,6 +21,10 @@ that read it rerun. A generator reruns, and overwrites its files, only when its
 arguments change (``--size``, ``--tiles``, ``--change-tile``, which draws tile
 K from another random seed) or a file it made is deleted.
 
+With ``TASKGRAPH_CACHE=DIR`` in the environment, finished tasks are put in
+that shared cache, and a run in another workspace restores them instead of
+computing them (see "Sharing work across workspaces" in the docs).
+
 Needs rasterio and numpy (``pip install -e '.[examples]'``). Task functions
 live at module level in this file and the script body is under ``if __name__
 == '__main__'``: worker processes are started with ``spawn`` and import this
@@ -440,11 +444,13 @@ def main(argv: list[str] | None = None) -> int:
                 {index: 1 for index in args.change_tile}, args.hash_algorithm)
     elapsed = time.perf_counter() - started
     ran = [task for task in tasks if task.state == "ran"]
+    restored = [task for task in tasks if task.state == "restored"]
     skipped = sum(task.state == "skipped" for task in tasks)
     edited = f" after editing tile {', '.join(map(str, args.touch_tile))}" if args.touch_tile else ""
-    print(f"ran {len(ran)} tasks, skipped {skipped} in {elapsed:.1f} s{edited}; outputs in {args.workspace}: "
-          "slope_mosaic.tif, hillshade_mosaic.tif, catchments.csv")
-    for task in ran:
+    from_cache = f", restored {len(restored)} from the cache" if restored else ""
+    print(f"ran {len(ran)} tasks, skipped {skipped} in {elapsed:.1f} s{from_cache}{edited}; outputs in "
+          f"{args.workspace}: slope_mosaic.tif, hillshade_mosaic.tif, catchments.csv")
+    for task in ran + restored:  # a restored task's first reason says where it came from
         print(f"  {task.task_name}: {why(task, args.workspace)}")
     return 0
 

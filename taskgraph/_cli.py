@@ -10,6 +10,7 @@ the next run would decide. It never unpickles anything from the ledger.
     taskgraph trace WORKSPACE -o trace.json
     taskgraph forget WORKSPACE TASK... [--yes]
     taskgraph clean WORKSPACE [--targets] [--yes]
+    taskgraph cache stats|prune|verify CACHE ...   (see _cli_cache)
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from taskgraph._fingerprint import Fingerprint, compare, file_stat, is_content_a
 from taskgraph._ledger import DecisionRow, LedgerReader, TaskRow, forget
 from taskgraph._version import __version__
 
-_STATE_COLOURS = {"ran": "#a5d6a7", "skipped": "#e8f5e9", "failed": "#ef9a9a", "stale": "#e0e0e0"}
+_STATE_COLOURS = {"ran": "#a5d6a7", "restored": "#c8e6c9", "skipped": "#e8f5e9", "failed": "#ef9a9a",
+                  "stale": "#e0e0e0"}
 
 
 class CommandError(TaskGraphError):
@@ -105,10 +107,20 @@ def _states(tasks: Sequence[TaskRow], decisions: dict[str, DecisionRow]) -> dict
             state = "failed"
         elif decision is not None and decision.action == "skip":
             state = "skipped"
+        elif decision is not None and _restored(decision) is not None:
+            state = "restored"
         else:
             state = "ran"
         states[task.record_key] = (state, run)
     return states
+
+
+def _restored(decision: DecisionRow) -> dict[str, Any] | None:
+    """The ``restored_from_cache`` reason of a decision, if the task was restored."""
+    for reason in decision.reasons:
+        if reason.get("code") == "restored_from_cache":
+            return reason
+    return None
 
 
 def _resolve(reader: LedgerReader, names: Sequence[str]) -> list[TaskRow]:
@@ -149,7 +161,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     reader = LedgerReader(args.workspace)
     tasks = reader.tasks()
     files = reader.files()
-    states = _states(tasks, reader.decisions())
+    decisions = reader.decisions()
+    states = _states(tasks, decisions)
     rows: list[dict[str, Any]] = []
     for task in tasks:
         if args.failed and task.state != "failed":
@@ -172,6 +185,11 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     summary: dict[str, Any] = {"tasks": len(rows)}
     for row in rows:
         summary[row["state"]] = summary.get(row["state"], 0) + 1
+    if "restored" in summary:
+        summary["restored_bytes"] = sum(
+            int((_restored(decisions[row["key"]]) or {}).get("new", {}).get("bytes", 0))
+            for row in rows if row["state"] == "restored"
+        )
     if args.json:
         json.dump({"workspace": args.workspace, "tasks": rows, "summary": summary}, out, indent=1)
         out.write("\n")
@@ -190,7 +208,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         if args.failed and row["error"]:
             for line in row["error"].rstrip().splitlines()[-6:]:
                 out.write(f"    {terminal(line)}\n")
-    counts = ", ".join(f"{summary[key]} {key}" for key in ("ran", "skipped", "failed", "stale") if key in summary)
+    counts = ", ".join(f"{summary[key]} {key}" for key in ("ran", "restored", "skipped", "failed", "stale")
+                       if key in summary)
+    if "restored" in summary:
+        counts += f" ({summary['restored_bytes'] / 2**20:.1f} MiB from the cache)"
     drift = sum(row["targets"] in ("missing", "changed") for row in rows)
     out.write(f"{len(rows)} tasks" + (f": {counts}" if counts else "")
               + (f"; {drift} with missing or changed targets" if drift else "") + "\n")
@@ -209,6 +230,8 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"  hash:      {terminal(task.hash_algorithm)}\n")
     if decision is not None:
         verb = "ran" if decision.action == "run" else "was skipped (up to date)"
+        if decision.action == "run" and _restored(decision) is not None:
+            verb = "was restored from the shared cache (its function did not run)"
         out.write(f"last decision ({_when(decision.decided_at)}, run {decision.run_id}): it {verb}")
         out.write(":\n" if decision.reasons else "\n")
         for reason in decision.reasons:
@@ -413,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--targets", action="store_true", help="also delete recorded target files")
     clean.add_argument("--yes", action="store_true", help="do not ask")
     clean.set_defaults(run=cmd_clean)
+
+    from taskgraph._cli_cache import add_cache_command  # (it imports this module)
+
+    add_cache_command(commands)
     return parser
 
 

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from taskgraph import _validate as validate
+from taskgraph._cache_use import open_cache
 from taskgraph._claims import Claims
 from taskgraph._decide import Reason
 from taskgraph._errors import (
@@ -66,6 +67,8 @@ class Statistics:
             each state.
         elapsed: seconds since the graph was created.
         task_seconds: the summed run time of the tasks that ran.
+        restored: tasks restored from the shared cache (``cache=``).
+        restored_bytes: the bytes of their targets and results.
     """
 
     added: int
@@ -78,6 +81,8 @@ class Statistics:
     would_run: int
     elapsed: float
     task_seconds: float
+    restored: int = 0
+    restored_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +92,9 @@ class TaskReport:
     Attributes:
         name: the task's name.
         key: its record key in the ledger.
-        state: ``'ran'``, ``'failed'`` or (while the graph runs) ``'running'``.
+        state: ``'ran'``, ``'restored'`` (from the shared cache: the figures
+            are those of the restore), ``'failed'`` or (while the graph runs)
+            ``'running'``.
         started: when it started (``time.time()``).
         wall_time: seconds from start to end (so far, while running).
         cpu_time: CPU seconds of the call, None while running. In a worker
@@ -181,6 +188,18 @@ class TaskGraph:
             that does not depend on it still runs; :meth:`join` then raises
             :class:`TasksFailedError` naming every failed task. By default the
             first failure stops the graph, as in natcap taskgraph.
+        cache: a directory shared by workspaces (local or on a network
+            filesystem): a task that must run is first looked up there by its
+            cache key (its function, arguments and input files' contents,
+            not where the workspace is); on a hit its targets are restored
+            and it ends in state ``'restored'`` without running; after a run
+            its targets are put there. None reads ``TASKGRAPH_CACHE`` from
+            the environment; False uses no cache. See "Sharing work across
+            workspaces" in the documentation.
+        cache_key: a file of at least 32 random bytes shared by the team
+            (None reads ``TASKGRAPH_CACHE_KEY``): with it, stored results
+            (``store_result=True``) are shared too, signed with it; without
+            it the cache holds targets only and tasks with stored results run.
         start_method: how worker processes start (``n_workers > 0``):
             ``'fork'`` (the default on Linux and other POSIX systems but
             macOS) forks them from a copy of this process made now, so they
@@ -208,6 +227,8 @@ class TaskGraph:
         bind_cpus: bool = False,
         keep_going: bool = False,
         start_method: str | None = None,
+        cache: str | os.PathLike[str] | bool | None = None,
+        cache_key: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
             raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
@@ -231,6 +252,10 @@ class TaskGraph:
         except ValueError as error:
             raise InvalidTaskError(f"TaskGraph: {error}") from error
         self._check_pinning(n_workers, bind_cpus, executor, scheduler_address)
+        if cache is True or not (cache is None or cache is False or isinstance(cache, (str, os.PathLike))):
+            raise InvalidTaskError(f"cache must be a directory path, None or False, got {cache!r}")
+        if cache_key is not None and not isinstance(cache_key, (str, os.PathLike)):
+            raise InvalidTaskError(f"cache_key must be the path of a key file or None, got {cache_key!r}")
         try:
             show_progress = wanted(progress, sys.stderr)
         except ValueError as error:
@@ -267,6 +292,8 @@ class TaskGraph:
         if not dry_run:
             self._ledger.begin_run(n_workers)
         self._finished_condition = threading.Condition(threading.Lock())
+        # A dry run decides only: it neither reads nor writes the cache.
+        self._cache = None if dry_run else open_cache(cache, cache_key, normalize_path(self._workspace))
         self._scheduler = Scheduler(
             self._ledger, backend, self._finished_condition,
             threaded=(n_workers >= 0 or self._remote) and not dry_run,
@@ -274,7 +301,7 @@ class TaskGraph:
             # A dry run runs nothing: there is no progress to show.
             progress=Progress(make_display(sys.stderr), backend.capacity) if show_progress and not dry_run else None,
             claims=None if dry_run else Claims(self._ledger.path),
-            policy=policy, memory_limit=memory_limit, keep_going=self._keep_going,
+            policy=policy, memory_limit=memory_limit, keep_going=self._keep_going, cache=self._cache,
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
@@ -616,7 +643,7 @@ class TaskGraph:
         entries = [
             PlanEntry(task.task_name, task.key, task._state, tuple(task._reasons)) for task in self._tasks
         ]
-        running = [entry for entry in entries if entry.state in ("ran", "would-run")]
+        running = [entry for entry in entries if entry.state in ("ran", "restored", "would-run")]
         verb = "would run" if self._dry_run else "ran"
         LOGGER.info("%s%d of %d tasks %s", "dry run: " if self._dry_run else "", len(running), len(entries), verb)
         for entry in running:
@@ -637,6 +664,8 @@ class TaskGraph:
             would_run=counts["would-run"],
             elapsed=time.monotonic() - self._created,
             task_seconds=sum(task._duration for task in self._tasks),
+            restored=counts["restored"],
+            restored_bytes=self._cache.restored_bytes if self._cache is not None else 0,
         )
 
     def report(self) -> list[TaskReport]:
@@ -655,7 +684,7 @@ class TaskGraph:
             if state == "running" and started is not None:
                 running.append(TaskReport(task.task_name, task.key, state, started, max(0.0, now - started),
                                           None, None, ""))
-            elif state in ("ran", "failed") and started is not None:
+            elif state in ("ran", "restored", "failed") and started is not None:
                 done.append(TaskReport(task.task_name, task.key, state, started, task._duration,
                                        task._cpu_time, task._peak_memory, task._worker))
         return done + running

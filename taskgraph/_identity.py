@@ -639,3 +639,97 @@ def input_files(
         if st is None or (st.is_dir and ignore_directories):
             continue
         yield path
+
+
+# -- the portable identity, for the shared cache ------------------------------------------------
+
+_PORTABLE_VERSION = "taskgraph portable identity v1"
+_INPUT = "\0input"
+_PLACED = "\0placed"
+
+
+def _relative(norm: str, root: str) -> str:
+    """``norm`` relative to ``root``, with ``/`` separators (absolute when it
+    has no relative spelling, on another Windows drive)."""
+    try:
+        return os.path.relpath(norm, root).replace(os.sep, "/")
+    except ValueError:
+        return norm
+
+
+class _Portable(_Canonical):
+    """The canonical encoding with no absolute path in it: input files become
+    numbered slots (their content digests are added by the job), targets
+    numbered placeholders in the order the arguments name them, and any other
+    path its spelling relative to the workspace."""
+
+    def __init__(self, targets: frozenset[str], inputs: frozenset[str], root: str) -> None:
+        super().__init__(targets)
+        self.inputs = inputs
+        self.root = root
+        self.slots: dict[str, int] = {}
+        self.target_slots: dict[str, int] = {}
+
+    def _path(self, norm: str) -> Any:
+        if norm in self.targets:
+            return ("\0target", self.target_slots.setdefault(norm, len(self.target_slots)))
+        if norm in self.inputs:
+            return (_INPUT, self.slots.setdefault(norm, len(self.slots)))
+        return (_PLACED, _relative(norm, self.root))
+
+
+@dataclass(frozen=True, slots=True)
+class PortableIdentity:
+    """A task's identity without its workspace's location: the first half of
+    its cache key, made before its input files are read.
+
+    Attributes:
+        template: hex xxh3-128 of the function and the arguments, with input
+            files as numbered slots, targets as numbered placeholders and
+            other paths relative to the workspace.
+        inputs: the input files in slot order; the cache key is the template
+            followed by their content digests in this order.
+        labels: (target path, label) for each target: ``'arg N'`` for the
+            Nth target the arguments name, ``'path P'`` (P relative to the
+            workspace) for a target the arguments do not name.
+    """
+
+    template: str
+    inputs: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+
+
+def portable_identity(
+    func: Callable[..., Any],
+    args: Iterable[Any],
+    kwargs: dict[str, Any],
+    targets: tuple[str, ...],
+    inputs: tuple[str, ...],
+    root: str,
+) -> PortableIdentity:
+    """The identity of ``func(*args, **kwargs)`` as the shared cache sees it:
+    the same in any workspace that makes the same call on files of the same
+    contents. ``targets`` and ``inputs`` are normalised paths; ``root`` is the
+    normalised workspace.
+
+    Raises:
+        SelfReferenceError: if an argument contains itself.
+    """
+    canonical = _Portable(frozenset(targets), frozenset(inputs), root)
+    structure: list[Any] = [
+        _PORTABLE_VERSION, canonical.function(func), canonical.value(tuple(args)), canonical.value(kwargs),
+    ]
+    # Inputs the arguments name without a separator ("a.tif") stay as written
+    # in the structure; their contents follow the named slots, in argument order.
+    slots = canonical.slots
+    for path in (*canonical.paths, *inputs):
+        if path in canonical.inputs and path not in slots:
+            slots[path] = len(slots)
+    unnamed = sorted(_relative(path, root) for path in targets if path not in canonical.target_slots)
+    structure += [len(slots), unnamed]
+    labels = tuple(
+        (path, f"arg {canonical.target_slots[path]}" if path in canonical.target_slots
+         else f"path {_relative(path, root)}")
+        for path in targets
+    )
+    return PortableIdentity(xxhash.xxh3_128_hexdigest(_marshal(structure)), tuple(slots), labels)

@@ -17,10 +17,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
 from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
+
+if TYPE_CHECKING:
+    from taskgraph._cache_job import CacheJob, CacheOutcome
 
 
 @dataclass(slots=True)
@@ -41,6 +44,7 @@ class Job:
         known_digests: digests the scheduler already holds for the inputs, so
             the worker does not read an input the up-to-date check just hashed.
         priority: the task's priority (for backends that order their own queue).
+        cache: how to use the shared cache (``_cache_job.CacheJob``), or None.
     """
 
     task_id: int
@@ -59,11 +63,12 @@ class Job:
     #: Expected to take a few milliseconds at most (from the ledger's history):
     #: it may wait behind another short job in a worker (``Executor.queue_depth``).
     short: bool = False
+    cache: CacheJob | None = None
 
     def spec(self) -> tuple[Any, ...]:
         """Everything but the call itself, as :func:`run_job` takes it."""
         return (self.task_id, self.name, self.inputs, self.input_mode, self.targets,
-                self.target_mode, self.want_result, self.known_digests)
+                self.target_mode, self.want_result, self.known_digests, self.cache)
 
 
 @dataclass(slots=True)
@@ -86,6 +91,8 @@ class JobResult:
     #: Peak resident memory of the worker process while the call ran, in
     #: bytes; None where the call shared its process with other work.
     peak_memory: int | None = None
+    #: What the shared cache did (a ``_cache_job.CacheOutcome``), when one is used.
+    cache: CacheOutcome | None = None
 
 
 class RemoteTraceback(Exception):
@@ -163,9 +170,14 @@ def run_job(
     target_mode: str,
     want_result: bool,
     known_digests: dict[tuple[str, str], CachedDigest] | None = None,
+    cache_job: CacheJob | None = None,
 ) -> JobResult:
     """Fingerprint the inputs, call the function, then check and fingerprint
     its targets.
+
+    With ``cache_job``, the shared cache is asked first: on a hit the targets
+    are restored instead of calling the function (``JobResult.cache`` says
+    so); after a call that succeeded, the targets are put there.
 
     Never raises for a failure of the task: the exception is returned in
     ``JobResult.error``.
@@ -176,12 +188,22 @@ def run_job(
     cache = MemoryDigestCache()
     if known_digests:
         cache.entries.update(known_digests)
+    session = None
     try:
         for path in inputs:
             fingerprint = take(path, input_mode, cache)
             if fingerprint is not None:
                 outcome.inputs[path] = fingerprint
-        value = func(*args, **kwargs)
+        restored = False
+        if cache_job is not None:
+            from taskgraph._cache_job import CacheSession  # only jobs that use a cache import it
+
+            session = CacheSession(cache_job, outcome.inputs, cache)
+            restored, value = session.restore()
+        called = time.time()
+        if not restored:
+            value = func(*args, **kwargs)
+        seconds = time.time() - called
         missing = []
         for path in targets:
             fingerprint = take(path, target_mode, cache)
@@ -196,6 +218,8 @@ def run_job(
                 "Missing expected target path results: make the function write every "
                 "path in target_path_list, or remove the paths it does not write."
             )
+        if session is not None and not restored:
+            session.put(outcome.targets, value, seconds)
         outcome.digests = {
             key: entry for key, entry in cache.entries.items()
             if not known_digests or known_digests.get(key) is not entry
@@ -210,6 +234,10 @@ def run_job(
             traceback.format_exception(type(error), error, error.__traceback__)
         )
         outcome.targets = {}
+    finally:
+        if session is not None:
+            session.close()  # another process waiting for this key may go on
+            outcome.cache = session.outcome
     outcome.ended = time.time()
     outcome.cpu_time = time.thread_time() - cpu_started
     return outcome

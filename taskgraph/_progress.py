@@ -64,11 +64,13 @@ class Snapshot:
     eta: float | None  # seconds; None when unknown
     failed_names: tuple[str, ...]
     ending: str | None = None  # set on the final snapshot: None (finished) or what stopped the run
+    restored: int = 0  # restored from the shared cache instead of run
+    restored_bytes: int = 0
 
     @property
     def done(self) -> int:
-        """Tasks that finished well (ran or were up to date)."""
-        return self.ran + self.skipped
+        """Tasks that finished well (ran, were restored or were up to date)."""
+        return self.ran + self.restored + self.skipped
 
     @property
     def waiting(self) -> int:
@@ -110,6 +112,8 @@ def _pieces(snapshot: Snapshot, final: bool, names: bool, log: bool) -> list[_Pi
         # In the final line the counts add up to the total: it may go.
         pieces.append(("head", f"{snapshot.done}/{snapshot.total} done:", _HEAD if final else 0))
     pieces.append(("count", f"{snapshot.ran} ran", 0))
+    if snapshot.restored:
+        pieces.append(("count", f"{snapshot.restored} restored ({snapshot.restored_bytes / 2**20:.0f} MiB)", 0))
     if final or snapshot.skipped:
         pieces.append(("count", f"{snapshot.skipped} skipped", _SKIPPED if snapshot.skipped else _ZERO))
     if snapshot.failed or (final and (snapshot.cancelled or snapshot.ending)):
@@ -285,6 +289,7 @@ class Progress:
         self._adding = True
         self._total = 0
         self._ran = self._skipped = self._failed = self._cancelled = 0
+        self._restored = self._restored_bytes = 0
         self._failed_names: list[str] = []
         # Unfinished tasks: their recorded duration, or None for a new task.
         self._expected: dict[int, float | None] = {}
@@ -315,8 +320,9 @@ class Progress:
     def started(self, task_id: int) -> None:
         self._running[task_id] = time.monotonic()
 
-    def finished(self, task_id: int, state: str, name: str, duration: float) -> None:
-        """A task settled: ``state`` is ``'ran'``, ``'skipped'``, ``'failed'``
+    def finished(self, task_id: int, state: str, name: str, duration: float, restored_bytes: int = 0) -> None:
+        """A task settled: ``state`` is ``'ran'``, ``'restored'`` (from the
+        shared cache, ``restored_bytes`` of it), ``'skipped'``, ``'failed'``
         or ``'cancelled'``."""
         self._running.pop(task_id, None)
         if task_id in self._expected:
@@ -330,6 +336,9 @@ class Progress:
             if duration > 0:
                 self._ran_sum += duration
                 self._ran_count += 1
+        elif state == "restored":
+            self._restored += 1
+            self._restored_bytes += restored_bytes
         elif state == "skipped":
             self._skipped += 1
         elif state == "failed":
@@ -365,7 +374,7 @@ class Progress:
             total=self._total, adding=self._adding, ran=self._ran, skipped=self._skipped,
             failed=self._failed, cancelled=self._cancelled, running=len(self._running),
             elapsed=now - self._started, eta=self.eta(now), failed_names=tuple(self._failed_names),
-            ending=ending,
+            ending=ending, restored=self._restored, restored_bytes=self._restored_bytes,
         )
 
     def tick(self) -> None:

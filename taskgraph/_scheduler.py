@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from taskgraph import _threads
+from taskgraph._cache_use import CacheUse, restored_bytes
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
 from taskgraph._errors import (
@@ -79,8 +80,11 @@ class Scheduler:
         policy: Policy | None = None,
         memory_limit: float | None = None,
         keep_going: bool = False,
+        cache: CacheUse | None = None,
     ) -> None:
         self._ledger = ledger
+        # The shared cache, consulted only for tasks that must run.
+        self._cache = cache
         # None keeps the plain priority heap: no policy call per task.
         self._policy = policy
         self._memory_limit = memory_limit
@@ -238,7 +242,7 @@ class Scheduler:
         self._unnotified = []
         stranded = [task for task in self._unfinished.values() if not task._finished]
         for task in stranded:
-            if task._state not in ("ran", "skipped", "failed", "cancelled", "would-run"):
+            if task._state not in ("ran", "restored", "skipped", "failed", "cancelled", "would-run"):
                 self._cancel(task)
         for task in stranded:
             task._finished = True
@@ -301,6 +305,8 @@ class Scheduler:
         self._stopped = True
         if self._claims is not None:
             self._claims.close()
+        if self._cache is not None:
+            self._cache.close()
         self._ledger.end_run()
         try:
             self._ledger.close()
@@ -325,7 +331,7 @@ class Scheduler:
             return
         waiting = 0
         for dep in task._dependencies:
-            if dep._state not in ("ran", "skipped", "would-run"):
+            if dep._state not in ("ran", "restored", "skipped", "would-run"):
                 waiting += 1
                 self._dependents.setdefault(dep.task_id, []).append(task)
         if waiting:
@@ -375,6 +381,7 @@ class Scheduler:
             # Ran in this process, so its value has not been through a pickle
             # yet, and the ledger stores it pickled: fail the task, not the commit.
             check_storable(result, task.task_name)
+        restored = self._cache.finished(result) if self._cache is not None else None
         if result.error is not None:
             if self._killing and isinstance(result.error, WorkerDiedError):
                 self._cancel(task)
@@ -396,6 +403,12 @@ class Scheduler:
         if task._store_result:
             task._result = result.result
         task._state = "ran"
+        if restored is not None:
+            # Its targets came from the shared cache: the function did not run.
+            task._state = "restored"
+            task._reasons = (restored, *task._reasons)
+            self._ledger.record_decision(task._identity.record_key, task.task_name, True,
+                                         [reason.as_dict() for reason in task._reasons])
         finished.append(task)
 
     def _outcome(self, task: Task, result: JobResult, error: str | None) -> Outcome:
@@ -430,7 +443,7 @@ class Scheduler:
         except LedgerError as error:
             LOGGER.error("%s", error)
             for task in finished:
-                if task._state == "ran":
+                if task._state in ("ran", "restored"):
                     task._state = "failed"
                     task._error = error
             self._fail_graph(error)
@@ -460,7 +473,8 @@ class Scheduler:
             if task._state == "failed":
                 self._failed_count += 1
             if self._progress is not None:
-                self._progress.finished(task.task_id, task._state, task.task_name, task._duration)
+                self._progress.finished(task.task_id, task._state, task.task_name, task._duration,
+                                        restored_bytes(task._reasons) if task._state == "restored" else 0)
             for dependent in self._dependents.pop(task.task_id, ()):
                 if task._state in ("failed", "cancelled"):
                     if dependent._state == "pending":
@@ -671,6 +685,7 @@ class Scheduler:
             want_result=task._store_result,
             known_digests=known,
             priority=task._priority,
+            cache=None if self._cache is None else self._cache.job_for(task, decision, known, self._ledger),
         )
         if self._overlap:
             estimate = self._estimate(task)

@@ -478,7 +478,7 @@ class Boss:
         reports = [
             {"name": job.name, "report": job.task.get()}
             for job in jobs
-            if job.task is not None and job.task.state == "ran"
+            if job.task is not None and job.task.state in ("ran", "restored")
         ]
         return {"workers_report": reports, "status": status}
 

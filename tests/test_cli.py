@@ -296,9 +296,9 @@ def test_hostile_names_are_plain_text_in_mermaid(hostile):
     result = tg("graph", hostile, "--format", "mermaid")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    node = re.compile(r'  k[0-9a-f]+\["[^"<>`]*<br/>[0-9.]+s"\]:::(ran|skipped|failed|stale)')
+    node = re.compile(r'  k[0-9a-f]+\["[^"<>`]*<br/>[0-9.]+s"\]:::(ran|restored|skipped|failed|stale)')
     edge = re.compile(r"  k[0-9a-f]+ --> k[0-9a-f]+")
-    style = re.compile(r"  classDef (ran|skipped|failed|stale) fill:#[0-9a-f]{6}")
+    style = re.compile(r"  classDef (ran|restored|skipped|failed|stale) fill:#[0-9a-f]{6}")
     assert lines[0] == "flowchart LR"
     assert all(node.fullmatch(line) or edge.fullmatch(line) or style.fullmatch(line) for line in lines[1:]), lines
     assert sum(bool(node.fullmatch(line)) for line in lines) == len(HOSTILE_NAMES)
