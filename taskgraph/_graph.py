@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from taskgraph import _validate as validate
+from taskgraph._backends import make_executor
 from taskgraph._cache_use import open_cache
 from taskgraph._claims import Claims
 from taskgraph._decide import Reason
@@ -30,7 +31,6 @@ from taskgraph._errors import (
     TaskTimeoutError,
     UnpicklableTaskError,
 )
-from taskgraph._executor import make_executor
 from taskgraph._fingerprint import validate_algorithm
 from taskgraph._identity import SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import first_unpicklable, noop

@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskgraph._backends import make_executor
 from taskgraph._errors import InvalidArgumentError, TaskExecutionError
-from taskgraph._executor import Executor, make_executor
+from taskgraph._executor import Executor
 from taskgraph._job import Job, JobResult, RemoteTraceback, call_job, flatten_record
 from taskgraph._shared import SharedArray
 

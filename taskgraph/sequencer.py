@@ -10,8 +10,9 @@ import pickle
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from taskgraph._backends import is_dask_client, make_executor
 from taskgraph._errors import InvalidArgumentError, StageError
-from taskgraph._executor import Executor, is_dask_client, make_executor
+from taskgraph._executor import Executor
 from taskgraph._stream import Buffer, Engine, Stage
 
 #: The backends ``executor=`` names.

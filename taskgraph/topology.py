@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskgraph._backends import is_dask_client, make_executor
 from taskgraph._errors import InvalidArgumentError, InvalidTaskError, StageError
-from taskgraph._executor import Executor, is_dask_client, make_executor
+from taskgraph._executor import Executor
 from taskgraph._graph import TaskGraph
 from taskgraph._stream import Buffer, Engine, Stage
 
