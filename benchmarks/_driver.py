@@ -183,6 +183,70 @@ def tiles(ws, folder, count, side, n_workers, mode, **_):
     return figures
 
 
+def slow_import(ws, n, n_workers, start_method=None, **_):
+    """``n`` tasks of a module that takes seconds to import (``_slow_import``), imported here first.
+
+    Timed from before the import (as a user's script pays it) to ``join()``: a worker that imports
+    the module again adds that time to the run; a forked worker does not.
+    """
+    start = _start()
+    import _slow_import
+
+    import taskgraph
+
+    extra = {"start_method": start_method} if start_method else {}
+    graph = taskgraph.TaskGraph(ws, n_workers, **extra)
+    for i in range(n):
+        path = os.path.join(ws, f"out{i}.txt")
+        graph.add_task(_slow_import.work, args=(path, i), target_path_list=[path], task_name=f"t{i}")
+    graph.close()
+    graph.join()
+    return _since(start)
+
+
+def uneven(ws, n_workers, chain, link_s, short, short_s, phase, **_):
+    """Many short independent tasks, then one long chain added last, then a fan-in of everything.
+
+    ``cold`` runs it once (the ledger records every duration); ``rerun`` deletes the targets and
+    runs it again, timed: its makespan against the lower bound max(critical path, total work /
+    workers). Added in this order, first-added-first keeps one worker idle while the chain runs
+    at the end; the remaining critical path, known from the first run, starts the chain first.
+    """
+    import taskgraph
+
+    if phase == "rerun":
+        for entry in os.scandir(ws):
+            if entry.name.endswith(".out"):
+                os.remove(entry.path)
+    fan_s = 0.05
+    start = _start()
+    graph = taskgraph.TaskGraph(ws, n_workers)
+    tasks, paths = [], []
+    for i in range(short):
+        path = os.path.join(ws, f"short{i}.out")
+        # i in the call: calls that differ only in their targets would be one task, each a dependency of the next.
+        tasks.append(graph.add_task(_workloads.timed_step, args=(path, short_s, i), target_path_list=[path],
+                                    task_name=f"short {i}"))
+        paths.append(path)
+    previous = None
+    for i in range(chain):
+        path = os.path.join(ws, f"link{i}.out")
+        upstream = (paths[-1],) if previous else ()
+        previous = graph.add_task(_workloads.timed_step, args=(path, link_s, *upstream), target_path_list=[path],
+                                  dependent_task_list=[previous] if previous else [], task_name=f"link {i}")
+        paths.append(path)
+    tasks.append(previous)
+    final = os.path.join(ws, "fan_in.out")
+    graph.add_task(_workloads.timed_step, args=(final, fan_s, *paths), target_path_list=[final],
+                   dependent_task_list=tasks, task_name="fan in")
+    graph.close()
+    graph.join()
+    figures = _since(start)
+    total = chain * link_s + short * short_s + fan_s
+    figures["lower_bound"] = max(chain * link_s + fan_s, total / n_workers)
+    return figures
+
+
 def dag_dependencies(n, fan=8, depth=10):
     """The dependencies (earlier indices) of each of ``n`` tasks in a wide-and-deep DAG.
 
@@ -227,8 +291,94 @@ def scale(ws, n, n_workers, phase, **_):
     return _since(start)
 
 
+# -- the DAG of small files, and the peers ----------------------------------------------------------
+
+
+def _dag_paths(ws, n):
+    return [os.path.join(ws, f"d{i}.txt") for i in range(n)]
+
+
+def dag_files(ws, n, n_workers, hash="sizetimestamp", **_):
+    """N tasks in the DAG of ``dag_dependencies``, each writing one small file (its dependencies' files are inputs)."""
+    import taskgraph
+
+    structure, paths = dag_dependencies(n), _dag_paths(ws, n)
+    start = _start()
+    graph = taskgraph.TaskGraph(ws, n_workers)
+    tasks = []
+    for i, deps in enumerate(structure):
+        tasks.append(graph.add_task(_workloads.dag_step, args=(paths[i], i, *(paths[d] for d in deps)),
+                                    target_path_list=[paths[i]], dependent_task_list=[tasks[d] for d in deps],
+                                    hash_algorithm=hash, task_name=f"t{i}"))
+    graph.close()
+    graph.join()
+    return _since(start)
+
+
+def loop(ws, n, shape, **_):
+    """The floor: the same calls in a plain loop, no engine (nothing is skipped on a rerun)."""
+    start = _start()
+    if shape == "w1":
+        for i in range(n):
+            _workloads.write(os.path.join(ws, f"t{i}.txt"), i)
+    else:
+        paths = _dag_paths(ws, n)
+        for i, deps in enumerate(dag_dependencies(n)):
+            _workloads.dag_step(paths[i], i, *(paths[d] for d in deps))
+    return _since(start)
+
+
+def doit_run(ws, n, shape, checker, **_):
+    """The same tasks through doit (one process), its state in ``ws``; ``checker`` is ``md5`` or ``timestamp``."""
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    if shape == "w1":
+        def task_w1():
+            for i in range(n):
+                path = os.path.join(ws, f"t{i}.txt")
+                yield {"name": f"t{i}", "actions": [(_workloads.write, (path, i))], "targets": [path],
+                       "uptodate": [True]}
+        tasks = {"task_w1": task_w1}
+    else:
+        structure, paths = dag_dependencies(n), _dag_paths(ws, n)
+
+        def task_dag():
+            for i, deps in enumerate(structure):
+                inputs = [paths[d] for d in deps]
+                yield {"name": f"t{i}", "actions": [(_workloads.dag_step, (paths[i], i, *inputs))],
+                       "file_dep": inputs, "targets": [paths[i]]}
+        tasks = {"task_dag": task_dag}
+    config = {"check_file_uptodate": checker, "dep_file": os.path.join(ws, ".doit.db"), "verbosity": 0,
+              "reporter": "zero"}
+    start = _start()
+    code = DoitMain(ModuleTaskLoader(dict(tasks, DOIT_CONFIG=config))).run(["run"])
+    figures = _since(start)
+    if code:
+        raise SystemExit(f"doit failed with exit code {code}")
+    return figures
+
+
+def joblib_run(ws, n, shape, **_):
+    """The same calls through ``joblib.Memory`` (its cache in ``ws``): a rerun is a cache hit per call."""
+    import joblib
+
+    memory = joblib.Memory(os.path.join(ws, "joblib-cache"), verbose=0)
+    start = _start()
+    if shape == "w1":
+        write = memory.cache(_workloads.write)
+        for i in range(n):
+            write(os.path.join(ws, f"t{i}.txt"), i)
+    else:
+        step, paths = memory.cache(_workloads.dag_step), _dag_paths(ws, n)
+        for i, deps in enumerate(dag_dependencies(n)):
+            step(paths[i], i, *(paths[d] for d in deps))
+    return _since(start)
+
+
 WORKLOADS = {"overhead": overhead, "noop": noop, "chain": chain, "big": big, "cat": cat, "raw_xxh3": raw_xxh3,
-             "tiles": tiles, "scale": scale}
+             "tiles": tiles, "scale": scale, "slow_import": slow_import, "uneven": uneven,
+             "dag_files": dag_files, "loop": loop, "doit": doit_run, "joblib": joblib_run}
 
 
 if __name__ == "__main__":

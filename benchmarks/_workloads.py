@@ -60,3 +60,18 @@ def mosaic(slope_paths, side, mosaic_path):
         out[r * rows:(r + 1) * rows, c * cols:(c + 1) * cols] = numpy.load(path)
     out.flush()
     del out
+
+
+def timed_step(path, seconds, *inputs):
+    """Sleep ``seconds`` (a task of known length that leaves the cores free), then write ``path``."""
+    import time
+
+    time.sleep(seconds)
+    with open(path, "w") as stream:
+        stream.write(str(seconds))
+
+
+def dag_step(path, i, *dep_paths):
+    """One task of the DAG workload: write ``i`` to ``path`` (the dependencies' files are its inputs)."""
+    with open(path, "w") as stream:
+        stream.write(str(i))

@@ -32,7 +32,7 @@ import _data  # noqa: E402
 
 DRIVER = os.path.join(HERE, "_driver.py")
 NATCAP_VENV = os.path.join(_data.CACHE, "natcap-venv")
-WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale")
+WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale", "slow_import", "uneven")
 
 
 def natcap_python() -> str:
@@ -44,6 +44,22 @@ def natcap_python() -> str:
                            capture_output=True)
     if probe.returncode:
         subprocess.run([python, "-m", "pip", "install", "-q", "taskgraph==0.11.2", "psutil", "numpy"], check=True)
+    return python
+
+
+PEERS = {"doit": ["doit==0.37.0"], "joblib": ["joblib"]}
+
+
+def peer_python(name: str) -> str:
+    """The interpreter of a peer's own venv (``~/.cache/taskgraph-bench/NAME-venv``), created if needed."""
+    venv = os.path.join(_data.CACHE, f"{name}-venv")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    module = name
+    probe = subprocess.run([python, "-c", f"import {module}"], cwd=tempfile.gettempdir(), capture_output=True)
+    if probe.returncode:
+        subprocess.run([python, "-m", "pip", "install", "-q", *PEERS[name]], check=True)
     return python
 
 
@@ -204,6 +220,10 @@ def build_rows(args: argparse.Namespace, ours: str, theirs: str) -> list[Row]:
         rows.append(_big_row(args, ours, theirs))
     if "tiles" in only:
         rows.append(_tiles_row(args, ours, theirs))
+    if "uneven" in only:
+        rows.append(_uneven_row(args, ours, theirs))
+    if "slow_import" in only:
+        rows.append(_slow_import_row(args, ours, theirs))
     if "scale" in only:
         n = args.scale_n
         sides = pair("scale", n, {"n_workers": -1}, ("cold", "rerun"))
@@ -279,6 +299,60 @@ def _tiles_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
     return Row("raster tiles", f"{args.tiles} tiles of {args.tile_side}², n_workers=2", sides, lines, prepare)
 
 
+def _slow_import_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
+    """A task module that takes 2 s to import, 12 tasks of 50 ms, n_workers=2: ours (fork and spawn) and natcap."""
+    params: dict[str, object] = {"n": args.slow_import_n, "n_workers": 2}
+    sides = [Side("ours", ours, "slow_import", dict(params, start_method="fork")),
+             Side("natcap", theirs, "slow_import", dict(params)),
+             Side("ours spawn", ours, "slow_import", dict(params, start_method="spawn"))]
+    lines = [Line("cold run (import included)", "ours", "seconds", "natcap", unit="s"),
+             Line("cold run (import included)", "ours spawn", "seconds", "natcap", unit="s")]
+    return Row("slow task module", f"2 s import, {args.slow_import_n} tasks, n_workers=2", sides, lines)
+
+
+def _uneven_row(args: argparse.Namespace, ours: str, theirs: str) -> Row:
+    """Short tasks, a long chain added last, a fan-in; the second run's makespan against its lower bound."""
+    params: dict[str, object] = {"n_workers": 2, "chain": 8, "link_s": 0.25, "short": 24, "short_s": 0.1}
+    sides = [Side("ours", ours, "uneven", dict(params), ("cold", "rerun")),
+             Side("natcap", theirs, "uneven", dict(params), ("cold", "rerun"))]
+    lines = [Line("second run: makespan / lower bound", "ours", "rerun.seconds", "ours", "rerun.lower_bound", unit="s"),
+             Line("second run: makespan / lower bound", "natcap", "rerun.seconds", "natcap", "rerun.lower_bound",
+                  unit="s"),
+             Line("second run: makespan", "ours", "rerun.seconds", "natcap", unit="s")]
+    return Row("uneven DAG", "24 tasks of 0.1 s, a chain of 8 x 0.25 s added last, a fan-in; n_workers=2",
+               sides, lines)
+
+
+def _peer_rows(args: argparse.Namespace, ours: str, theirs: str) -> list[Row]:
+    """W1 (independent tasks, one small file each) and the DAG of small files: ours, natcap, doit (MD5 and
+    timestamp checkers), joblib.Memory, each in its own venv, and a plain loop (the floor)."""
+    doit, joblib = peer_python("doit"), peer_python("joblib")
+    phases = ("cold", "rerun", "rerun3")
+    rows = []
+    for shape, n, ours_workload in (("w1", args.peers_w1_n, "noop"), ("dag", args.peers_dag_n, "dag_files")):
+        their_n = min(n, args.natcap_max_n)
+        common = {"n": n, "shape": shape}
+        sides = [Side("ours", ours, ours_workload, {"n": n, "n_workers": -1, "hash": "sizetimestamp"}, phases, n),
+                 Side("natcap", theirs, ours_workload, {"n": their_n, "n_workers": -1, "hash": "sizetimestamp"},
+                      phases, their_n, capped=their_n != n),
+                 Side("doit md5", doit, "doit", dict(common, checker="md5"), phases, n),
+                 Side("doit timestamp", doit, "doit", dict(common, checker="timestamp"), phases, n),
+                 Side("joblib", joblib, "joblib", common, phases, n),
+                 Side("loop", ours, "loop", common, ("cold",), n)]
+        lines = []
+        for phase, label in (("cold", "cold run"), ("rerun", "first no-op rerun"), ("rerun3", "third run")):
+            metric = f"{phase}.seconds"
+            lines += [Line(label, "ours", metric, "doit md5", unit="s"),
+                      Line(label, "ours", metric, "doit timestamp", unit="s"),
+                      Line(label, "ours", metric, "joblib", unit="s"),
+                      Line(label, "ours", f"{phase}.us_per_task", "natcap")]
+        lines.append(Line("cold run", "ours", "cold.seconds", "loop", unit="s"))
+        lines.append(Line("cold run", "doit md5", "cold.seconds", "loop", unit="s"))
+        setting = f"N={n:,}, n_workers=-1, one small file per task" + (" (DAG)" if shape == "dag" else "")
+        rows.append(Row("peers: W1" if shape == "w1" else "peers: DAG", setting, sides, lines))
+    return rows
+
+
 def _ints(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",")]
 
@@ -299,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiles", type=int, default=64, help="number of tiles (a square number)")
     parser.add_argument("--tile-side", type=int, default=1024)
     parser.add_argument("--scale-n", type=int, default=100_000)
+    parser.add_argument("--peers", action="store_true",
+                        help="run only the workloads measured beside doit and joblib.Memory (each in its own venv)")
+    parser.add_argument("--peers-w1-n", type=int, default=2000)
+    parser.add_argument("--peers-dag-n", type=int, default=20_020)
+    parser.add_argument("--slow-import-n", type=int, default=12, help="tasks of the slow task module workload")
     parser.add_argument("--natcap-max-n", type=int, default=10_000,
                         help="natcap runs at most this many tasks per measurement (its N is shown when smaller)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one measurement")
@@ -317,7 +396,17 @@ def main(argv: list[str] | None = None) -> int:
 
     theirs = args.natcap_python or ("natcap" if args.table_from else natcap_python())
     ours = sys.executable
-    rows = build_rows(args, ours, theirs)
+    if not args.table_from:
+        # pip compiles natcap's modules when it installs them; an editable install of ours is compiled on
+        # first import, unless PYTHONDONTWRITEBYTECODE is set: then every measurement would compile our
+        # sources again. Compile them once here, as an installed wheel would be.
+        import compileall
+
+        import taskgraph
+
+        for folder in (os.path.dirname(taskgraph.__file__), os.path.dirname(os.path.abspath(__file__))):
+            compileall.compile_dir(folder, quiet=1)
+    rows = _peer_rows(args, ours, theirs) if args.peers else build_rows(args, ours, theirs)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.reps} interleaved runs; "
           f"ratio = side / baseline (below 1 is faster)\n")
     print("| workload | setting | measure | ours (or side) | baseline | ratio | paired ratio |")

@@ -41,6 +41,33 @@ autodoc_typehints = "description"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
-html_theme = "alabaster"
 html_title = f"taskgraph {release}"
-html_theme_options = {"description": "A persistent dependency-graph build engine", "fixed_sidebar": True}
+html_static_path = ["_static"]
+html_css_files = ["taskgraph.css"]
+# The API sidebar lists names alone (``TaskGraph``), not ``taskgraph.TaskGraph``.
+toc_object_entries_show_parents = "hide"
+
+try:
+    import pydata_sphinx_theme  # noqa: F401
+except ImportError:  # the docs extra is missing: Sphinx's own theme, widened
+    html_theme = "alabaster"
+    html_theme_options = {
+        "description": "A persistent dependency-graph build engine",
+        "fixed_sidebar": True,
+        "page_width": "1240px",
+        "sidebar_width": "260px",
+    }
+else:
+    # The theme of numpy, xarray and pandas.
+    html_theme = "pydata_sphinx_theme"
+    html_theme_options = {
+        "navbar_align": "left",
+        "header_links_before_dropdown": 5,
+        "show_toc_level": 2,
+        "secondary_sidebar_items": ["page-toc"],
+        "navigation_with_keys": False,
+        "footer_start": ["copyright"],
+        "footer_end": ["sphinx-version"],
+    }
+    # Pages without pages of their own need no section navigation on the left.
+    html_sidebars = {page: [] for page in ("index", "api", "changelog", "design")}

@@ -6,7 +6,7 @@ Run it twice: the second run executes nothing. Change one input tile and only
 the tasks that read it run again::
 
     python examples/raster_pipeline.py                  # first run: everything
-    python examples/raster_pipeline.py                  # second run: ran 0
+    python examples/raster_pipeline.py                  # second run: ran 0 tasks
     python examples/raster_pipeline.py --touch-tile 3   # edit tile 3 in place: reruns its
                                                         # reprojection, slope, hillshade,
                                                         # the mosaics, the statistics, the CSV
@@ -20,6 +20,10 @@ edited afterwards, by hand or by ``--touch-tile``, is kept, and only the tasks
 that read it rerun. A generator reruns, and overwrites its files, only when its
 arguments change (``--size``, ``--tiles``, ``--change-tile``, which draws tile
 K from another random seed) or a file it made is deleted.
+
+With ``TASKGRAPH_CACHE=DIR`` in the environment, finished tasks are put in
+that shared cache, and a run in another workspace restores them instead of
+computing them (see "Sharing work across workspaces" in the docs).
 
 Needs rasterio and numpy (``pip install -e '.[examples]'``). Task functions
 live at module level in this file and the script body is under ``if __name__
@@ -434,23 +438,44 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.exists(path):
             parser.error(f"--touch-tile {index}: {path} does not exist yet; run the pipeline once first")
         touch_tile(path, touch=int.from_bytes(os.urandom(4), "little"))
-        print(f"edited {path}")
 
     started = time.perf_counter()
     tasks = run(args.workspace, args.size, args.tiles, args.n_workers,
                 {index: 1 for index in args.change_tile}, args.hash_algorithm)
     elapsed = time.perf_counter() - started
     ran = [task for task in tasks if task.state == "ran"]
+    restored = [task for task in tasks if task.state == "restored"]
     skipped = sum(task.state == "skipped" for task in tasks)
-    print(f"ran {len(ran)} tasks, skipped {skipped} in {elapsed:.1f} s")
-    for task in ran:
-        print(f"  ran: {task.task_name}")
-        for reason in task.reasons:
-            why = str(reason)  # a long reason (a changed file's path, several changed values): one screen line
-            print(f"      why: {why if len(why) <= 150 else why[:147] + '...'}")
-    print(f"outputs in {args.workspace}: slope_mosaic.tif, hillshade_mosaic.tif, catchments.csv")
+    edited = f" after editing tile {', '.join(map(str, args.touch_tile))}" if args.touch_tile else ""
+    from_cache = f", restored {len(restored)} from the cache" if restored else ""
+    print(f"ran {len(ran)} tasks, skipped {skipped} in {elapsed:.1f} s{from_cache}{edited}; outputs in "
+          f"{args.workspace}: slope_mosaic.tif, hillshade_mosaic.tif, catchments.csv")
+    for task in ran + restored:  # a restored task's first reason says where it came from
+        print(f"  {task.task_name}: {why(task, args.workspace)}")
     return 0
 
 
+def why(task: taskgraph.Task, workspace: str) -> str:
+    """Why a task ran, on one line: its first reason, paths relative to the
+    workspace, cut to 120 characters."""
+    reasons = task.reasons
+    if not reasons:
+        return "ran"
+    first = reasons[0]
+    text = "new" if first.code == "new_task" else str(first).replace(os.path.abspath(workspace) + os.sep, "")
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return text + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()  # here, so that a closed pipe is noticed inside the try
+    except BrokenPipeError:
+        # The reader went away (``| head -1``): the pipeline's work is done and
+        # recorded, there is just nobody left to tell. Point stdout at devnull so
+        # that the interpreter's own flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    sys.exit(status)

@@ -12,13 +12,11 @@ A drop-in replacement for the public API of natcap ``taskgraph`` 0.11::
 Run it twice and the second run executes nothing.
 """
 
-# isort: off
-# Load natcap's module path first: importing it later must not replace the
-# ``taskgraph.Task`` class with the module (the class is bound again below).
-from taskgraph import Task as _natcap_module_path  # noqa: F401
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
-# isort: on
-from taskgraph._decide import Reason
 from taskgraph._errors import (
     DuplicateTaskError,
     InvalidArgumentError,
@@ -35,21 +33,80 @@ from taskgraph._errors import (
     TaskGraphClosedError,
     TaskGraphError,
     TaskGraphTerminatedError,
+    TasksFailedError,
     TaskTimeoutError,
+    UnpicklableTaskError,
     WorkerDiedError,
+    WorkerStartError,
 )
-from taskgraph._graph import PlanEntry, Statistics, TaskGraph, TaskReport
-from taskgraph._ledger import LEDGER_FILENAME
-from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
-from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
-from taskgraph._task import Task
 from taskgraph._version import __version__
-from taskgraph.multitask import multitask
-from taskgraph.sequencer import TaskSequencer
-from taskgraph.topology import Topology
 
-#: natcap taskgraph's name for the ledger file name, kept for old scripts.
-_TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
+if TYPE_CHECKING:
+    from taskgraph._decide import Reason
+    from taskgraph._graph import PlanEntry, Statistics, TaskGraph, TaskReport
+    from taskgraph._ledger import LEDGER_FILENAME
+    from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
+    from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
+    from taskgraph._task import Task
+    from taskgraph.multitask import multitask
+    from taskgraph.sequencer import TaskSequencer
+    from taskgraph.topology import Topology
+
+    _TASKGRAPH_DATABASE_FILENAME = LEDGER_FILENAME
+
+# The rest of the public names are imported on first use: a worker process
+# started with ``spawn`` imports ``taskgraph._worker`` (and so this file)
+# without the engine, the ledger (SQLite) and the layers it never uses.
+_LAZY = {
+    "Reason": ("taskgraph._decide", "Reason"),
+    "PlanEntry": ("taskgraph._graph", "PlanEntry"),
+    "Statistics": ("taskgraph._graph", "Statistics"),
+    "TaskGraph": ("taskgraph._graph", "TaskGraph"),
+    "TaskReport": ("taskgraph._graph", "TaskReport"),
+    "LEDGER_FILENAME": ("taskgraph._ledger", "LEDGER_FILENAME"),
+    #: natcap taskgraph's name for the ledger file name, kept for old scripts.
+    "_TASKGRAPH_DATABASE_FILENAME": ("taskgraph._ledger", "LEDGER_FILENAME"),
+    "LongestFirst": ("taskgraph._policy", "LongestFirst"),
+    "MemoryLimit": ("taskgraph._policy", "MemoryLimit"),
+    "Policy": ("taskgraph._policy", "Policy"),
+    "PriorityOrder": ("taskgraph._policy", "PriorityOrder"),
+    "SharedArray": ("taskgraph._shared", "SharedArray"),
+    "SharedLock": ("taskgraph._shared", "SharedLock"),
+    "SharedNumpyArray": ("taskgraph._shared", "SharedNumpyArray"),
+    "shared_array": ("taskgraph._shared", "shared_array"),
+    "Task": ("taskgraph._task", "Task"),
+    "multitask": ("taskgraph.multitask", "multitask"),
+    "TaskSequencer": ("taskgraph.sequencer", "TaskSequencer"),
+    "Topology": ("taskgraph.topology", "Topology"),
+}
+# Names that are also submodules (natcap's ``taskgraph/Task.py``, and
+# ``taskgraph/multitask.py``): importing the submodule must not replace the
+# class or function of the same name.
+_SHADOWED = frozenset({"Task", "multitask"})
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'taskgraph' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable in sys.modules; the name keeps its object
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "LEDGER_FILENAME",
@@ -83,8 +140,11 @@ __all__ = [
     "TaskReport",
     "TaskSequencer",
     "TaskTimeoutError",
+    "TasksFailedError",
     "Topology",
+    "UnpicklableTaskError",
     "WorkerDiedError",
+    "WorkerStartError",
     "__version__",
     "multitask",
     "shared_array",

@@ -34,15 +34,17 @@ from typing import Any, TextIO
 
 from taskgraph._arguments import shorten, shorten_pair
 from taskgraph._errors import LedgerError, TaskGraphError
+from taskgraph._escape import dot_id, dot_label, mermaid_id, mermaid_label, terminal
 from taskgraph._failure import format_frames
-from taskgraph._ledger import LedgerReader, TaskRow, forget, forget_stale
+from taskgraph._ledger import DecisionRow, LedgerReader, TaskRow, forget, forget_stale
 from taskgraph._version import __version__
 from taskgraph._view import Entry, View, describe_counts, failure_of, file_state, mebibytes, run_status, seconds, when
 from taskgraph._view import build as build_view
 from taskgraph._view import counts as view_counts
 
-_STATE_COLOURS = {"ran": "#a5d6a7", "skipped": "#e8f5e9", "failed": "#ef9a9a", "stale": "#e0e0e0",
-                  "cancelled": "#ffe0b2", "running": "#90caf9", "pending": "#e3f2fd", "interrupted": "#ffcc80"}
+_STATE_COLOURS = {"ran": "#a5d6a7", "restored": "#c8e6c9", "skipped": "#e8f5e9", "failed": "#ef9a9a",
+                  "stale": "#e0e0e0", "cancelled": "#ffe0b2", "running": "#90caf9", "pending": "#e3f2fd",
+                  "interrupted": "#ffcc80"}
 
 
 class CommandError(TaskGraphError):
@@ -128,6 +130,14 @@ def _resolve_one(reader: LedgerReader, wanted: str, current: int | None) -> Reso
     if looks_like_key and len(prefix) < _MIN_PREFIX:
         hint += f" (a key prefix needs at least {_MIN_PREFIX} characters)"
     raise CommandError(f"no task named {wanted!r} in {reader.workspace}{hint}")
+
+
+def _restored(decision: DecisionRow) -> dict[str, Any] | None:
+    """The ``restored_from_cache`` reason of a decision, if the task was restored."""
+    for reason in decision.reasons:
+        if reason.get("code") == "restored_from_cache":
+            return reason
+    return None
 
 
 def _resolve(reader: LedgerReader, names: Sequence[str]) -> list[TaskRow]:
@@ -233,6 +243,12 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     failed = view.failed()
     entries = [entry for entry in view.entries if not args.failed or entry.recorded == "failed"]
     summary: dict[str, Any] = {"tasks": len(entries), **view_counts(entry.state for entry in entries)}
+    if "restored" in summary:
+        decisions = [reader.decision(entry.key) for entry in entries if entry.state == "restored"]
+        summary["restored_bytes"] = sum(
+            int((_restored(decision) or {}).get("new", {}).get("bytes", 0))
+            for decision in decisions if decision is not None
+        )
     if args.json:
         runs = [{"run": run.run_id, "status": status, "started": run.started, "pid": run.pid, "host": run.host}
                 for run, status in view.later]
@@ -244,23 +260,27 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     for line in _run_lines(view):
         out.write(line + "\n")
-    width = max([len(entry.name) for entry in entries] + [4])
+    # One line per task whatever its name holds: names are shown escaped.
+    names = [terminal(entry.name) for entry in entries]
+    width = max([len(name) for name in names] + [4])
     out.write(f"{'TASK':<{width}}  {'STATE':<11} {'RUN':>4} {'LAST RUN':<19} {'DURATION':>9} {'CPU':>9} "
               f"{'PEAK MEM':>9}  TARGETS\n")
     lines: list[str] = []
     append = lines.append
-    for entry in entries:
+    for name, entry in zip(names, entries, strict=True):
         duration, cpu = entry.duration, entry.cpu_time
         append(
-            f"{entry.name:<{width}}  {entry.state:<11} {entry.run or '-':>4} {_when(entry.ended):<19} "
+            f"{name:<{width}}  {entry.state:<11} {entry.run or '-':>4} {_when(entry.ended):<19} "
             f"{f'{duration:.2f}s' if duration is not None and duration < 60 else _seconds(duration):>9} "
             f"{f'{cpu:.2f}s' if cpu is not None and cpu < 60 else _seconds(cpu):>9} "
             f"{_mebibytes(entry.peak_memory):>9}  {entry.targets}\n"
         )
         if args.failed and entry.key in failed:
-            lines.extend(f"    {line}\n" for line in _failure_lines(failed[entry.key]))
+            lines.extend(f"    {terminal(line)}\n" for line in _failure_lines(failed[entry.key]))
     out.write("".join(lines))
-    counts = describe_counts({key: value for key, value in summary.items() if key != "tasks"})
+    counts = describe_counts({key: value for key, value in summary.items() if key not in ("tasks", "restored_bytes")})
+    if "restored" in summary:
+        counts += f" ({summary['restored_bytes'] / 2**20:.1f} MiB from the cache)"
     drift = sum(entry.targets in ("missing", "changed") for entry in entries)
     out.write(f"{len(entries)} tasks" + (f": {counts}" if counts else "")
               + (f"; {drift} with missing or changed targets" if drift else "") + "\n")
@@ -283,21 +303,24 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         where = (f"history: not in the current graph (run {current}); last considered {_last_seen(reader, task)}; "
                  "`taskgraph forget --stale` drops it")
     out.write(f"task {task.name!r} (key {task.record_key[:12]})" + (f", {where}" if where else "") + "\n")
-    out.write(f"  function:  {task.func}\n  arguments: {shorten(task.args, 400)}\n")
-    out.write(f"  hash:      {task.hash_algorithm}\n")
+    out.write(f"  function:  {terminal(task.func)}\n  arguments: {terminal(shorten(task.args, 400))}\n")
+    out.write(f"  hash:      {terminal(task.hash_algorithm)}\n")
     if decision is not None:
         verb = "ran" if decision.action == "run" else "was skipped (up to date)"
+        if decision.action == "run" and _restored(decision) is not None:
+            verb = "was restored from the shared cache (its function did not run)"
         out.write(f"last decision ({_when(decision.decided_at)}, run {decision.run_id}): it {verb}")
         out.write(":\n" if decision.reasons else "\n")
         for reason in decision.reasons:
-            out.write(f"  - {reason['detail']}\n")
+            out.write(f"  - {terminal(str(reason.get('detail')))}\n")
     failure = failure_of(task)
     if failure is not None:
-        out.write(f"last run failed at {_when(task.ended)} (run {task.run_id}): {failure.headline()}\n")
+        out.write(f"last run failed at {_when(task.ended)} (run {task.run_id}): {terminal(failure.headline())}\n")
         for line in format_frames(failure.frames[-1:]):
-            out.write(f"  {line}\n")
+            out.write(f"  {terminal(line)}\n")
     else:
-        out.write(f"last run finished {_when(task.ended)} in {_seconds(task.duration)} on {task.worker}\n")
+        out.write(f"last run finished {_when(task.ended)} in {_seconds(task.duration)} on "
+                  f"{terminal(str(task.worker))}\n")
     now: list[str] = []
     if task.state == "failed":
         now.append("its last run failed")
@@ -305,7 +328,7 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
         for path, fp in recorded.items():
             state = file_state(path, fp, reader, read=True)
             if state != "ok":
-                now.append(f"{role} {path} is {state}")
+                now.append(f"{role} {terminal(path)} is {state}")
     if now:
         out.write("now: it would run, because:\n")
         for line in now:
@@ -337,10 +360,11 @@ def _dot(nodes: list[dict[str, Any]], edges: list[tuple[str, str]]) -> str:
     lines = ["digraph taskgraph {", "  rankdir=LR;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];']
     for node in nodes:
-        label = f"{node['name']}\\n{_seconds(node['duration'])}".replace('"', '\\"')
+        # Names are text: escaped so that they add no node, attribute or link.
+        label = f"{dot_label(node['name'])}\\n{_seconds(node['duration'])}"
         colour = _STATE_COLOURS.get(node["state"], "#eeeeee")
-        lines.append(f'  "{node["key"][:16]}" [label="{label}", fillcolor="{colour}"];')
-    lines += [f'  "{a[:16]}" -> "{b[:16]}";' for a, b in edges]
+        lines.append(f'  {dot_id(node["key"][:16])} [label="{label}", fillcolor="{colour}"];')
+    lines += [f"  {dot_id(a[:16])} -> {dot_id(b[:16])};" for a, b in edges]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -348,9 +372,9 @@ def _dot(nodes: list[dict[str, Any]], edges: list[tuple[str, str]]) -> str:
 def _mermaid(nodes: list[dict[str, Any]], edges: list[tuple[str, str]]) -> str:
     lines = ["flowchart LR"]
     for node in nodes:
-        label = f"{node['name']}<br/>{_seconds(node['duration'])}".replace('"', "#quot;")
-        lines.append(f'  k{node["key"][:16]}["{label}"]:::{node["state"]}')
-    lines += [f"  k{a[:16]} --> k{b[:16]}" for a, b in edges]
+        label = f"{mermaid_label(node['name'])}<br/>{_seconds(node['duration'])}"
+        lines.append(f'  {mermaid_id(node["key"])}["{label}"]:::{node["state"]}')
+    lines += [f"  {mermaid_id(a)} --> {mermaid_id(b)}" for a, b in edges]
     lines += [f"  classDef {state} fill:{colour}" for state, colour in _STATE_COLOURS.items()]
     return "\n".join(lines) + "\n"
 
@@ -539,7 +563,7 @@ def cmd_clean(args: argparse.Namespace, out: TextIO) -> int:
                     os.remove(path)
                     deleted += 1
             except OSError as error:
-                out.write(f"could not delete {path}: {error}\n")
+                out.write(f"could not delete {terminal(path)}: {terminal(str(error))}\n")
     count = forget(args.workspace, [task.record_key for task in tasks])
     out.write(f"forgot {count} task(s)" + (f", deleted {deleted} target file(s)" if args.targets else "") + "\n")
     return 0
@@ -617,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--targets", action="store_true", help="also delete recorded target files")
     clean.add_argument("--yes", action="store_true", help="do not ask")
     clean.set_defaults(run=cmd_clean)
+
+    from taskgraph._cli_cache import add_cache_command  # (it imports this module)
+
+    add_cache_command(commands)
     return parser
 
 
@@ -626,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args, sys.stdout))
     except (LedgerError, CommandError) as error:
-        sys.stderr.write(f"taskgraph: {error}\n")
+        sys.stderr.write(f"taskgraph: {terminal(str(error))}\n")
         return 1
     except subprocess.CalledProcessError as error:
         sys.stderr.write(f"taskgraph: Graphviz failed ({error})\n")

@@ -19,7 +19,7 @@ from typing import Any
 
 from taskgraph._errors import MissingDependencyError, SharedFilesystemError, TaskExecutionError, WorkerDiedError
 from taskgraph._executor import DoneCallback, Executor
-from taskgraph._job import Job, JobResult, encode_result, run_job
+from taskgraph._job import Job, JobResult, RemoteTraceback, encode_result, run_job
 
 LOGGER = logging.getLogger("taskgraph.Task")
 INSTALL = "pip install 'taskgraph[dask]'"
@@ -35,14 +35,6 @@ def require_distributed() -> Any:
             f"running tasks on a Dask cluster needs dask.distributed, which is not installed: {INSTALL}"
         ) from error
     return distributed
-
-
-class _RemoteTraceback(Exception):
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.args[0]}"""'
 
 
 def run_on_worker(payload: bytes, spec: tuple[Any, ...]) -> bytes:
@@ -88,7 +80,6 @@ class DaskExecutor(Executor):
 
     def __init__(self, client: Any = None, address: str | None = None, max_in_flight: int | None = None) -> None:
         distributed = require_distributed()
-        self._distributed = distributed
         self._own_client = client is None
         self._client = client if client is not None else distributed.Client(address)
         self._max_in_flight = max_in_flight if max_in_flight and max_in_flight > 0 else None
@@ -144,7 +135,7 @@ class DaskExecutor(Executor):
                     f"cluster ({error!r})"
                 ))
             if result.error is not None and result.remote_traceback:
-                result.error.__cause__ = _RemoteTraceback(result.remote_traceback)
+                result.error.__cause__ = RemoteTraceback(result.remote_traceback)
             done(result)
             return
         if status == "error":

@@ -34,7 +34,8 @@ class Reason:
     ``'input_removed'``, ``'input_changed'``, ``'target_missing'``,
     ``'target_changed'``, ``'result_missing'``, ``'result_untrusted'`` (its
     stored result failed its authentication check); in a dry run also
-    ``'dependency_would_run'``.
+    ``'dependency_would_run'``. A task restored from the shared cache gets
+    ``'restored_from_cache'`` before the reasons it had to be brought up to date.
     """
 
     code: str

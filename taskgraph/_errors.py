@@ -29,6 +29,13 @@ class InvalidTaskError(TaskGraphError, ValueError):
     """
 
 
+class UnpicklableTaskError(InvalidTaskError):
+    """Raised by ``add_task`` when the graph sends tasks to other processes
+    (``n_workers > 0``, Dask) and the call cannot be pickled; the message
+    names the part (the function, which argument) and its ``__cause__`` is
+    pickle's own error."""
+
+
 class TaskGraphClosedError(TaskGraphError, ValueError):
     """Raised by ``add_task`` after ``TaskGraph.close()`` was called."""
 
@@ -56,11 +63,38 @@ class WorkerDiedError(TaskGraphError, RuntimeError):
     ``os._exit``) before returning a result."""
 
 
+class WorkerStartError(TaskGraphError, RuntimeError):
+    """A worker process for a task could not be started (too many open files,
+    no memory left to fork, the fork server gone): the task fails with the
+    cause, and the graph stops as for any failure."""
+
+
 class TaskCancelledError(TaskGraphError, RuntimeError):
     """A task did not run because another task of the graph failed first.
 
     Its ``__cause__`` is the failure that stopped the graph.
     """
+
+
+class TasksFailedError(TaskGraphError, RuntimeError):
+    """Raised by ``TaskGraph.join()`` of a graph made with ``keep_going=True``
+    when one or more of its tasks failed.
+
+    Every task that did not depend on a failed one ran; the dependents of a
+    failed task were cancelled (``TaskCancelledError``, chained to that
+    failure). The message names every failed task.
+
+    Attributes:
+        failures: ``(task name, exception)`` for each failed task, in the
+            order they failed. The first exception is also the ``__cause__``.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, BaseException]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.failures))
 
 
 class StageError(TaskGraphError, RuntimeError):

@@ -6,7 +6,8 @@ The scheduler never gives it more than ``capacity`` jobs at once, so priorities
 are decided in the scheduler's queue, not in a backlog inside the executor.
 
 Backends: :class:`InlineExecutor` (``n_workers < 0``), :class:`ThreadExecutor`
-(``n_workers == 0``), :class:`taskgraph._pool.ProcessPool` (``n_workers > 0``).
+(``n_workers == 0``), :class:`taskgraph._pool.ProcessPool` (``n_workers > 0``),
+:class:`taskgraph._dask.DaskExecutor`; :mod:`taskgraph._backends` picks one.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import abc
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
 
+from taskgraph import _threads
 from taskgraph._job import Job, JobResult, run_job
 
 DoneCallback = Callable[[JobResult], None]
@@ -30,6 +31,13 @@ class Executor(abc.ABC):
     #: True when ``submit`` runs the job before returning (no job can still
     #: be running once ``submit`` has returned or raised).
     synchronous: bool = False
+    #: True when jobs run in this process (inline or in threads): their
+    #: arguments and results are not pickled on the way.
+    in_process: bool = False
+    #: How many jobs marked ``short`` it takes beyond ``capacity``: they wait
+    #: behind a short job already running, so that the round trip of one
+    #: overlaps the other. Zero: never more than ``capacity``.
+    queue_depth: int = 0
 
     @abc.abstractmethod
     def submit(self, job: Job, done: DoneCallback) -> None:
@@ -54,6 +62,7 @@ class InlineExecutor(Executor):
 
     capacity = 1
     synchronous = True
+    in_process = True
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         done(run_job((job.func, job.args, job.kwargs), *job.spec()))
@@ -65,15 +74,12 @@ class InlineExecutor(Executor):
 class ThreadExecutor(Executor):
     """Runs jobs in ``n_threads`` daemon threads of this process."""
 
+    in_process = True
+
     def __init__(self, n_threads: int = 1) -> None:
         self.capacity = n_threads
         self._queue: queue.SimpleQueue[tuple[Job, DoneCallback] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"taskgraph-thread-{i}", daemon=True)
-            for i in range(n_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads = [_threads.start(self._work, f"taskgraph-thread-{i}") for i in range(n_threads)]
         self._closed = False
 
     def _work(self) -> None:
@@ -104,26 +110,4 @@ class ThreadExecutor(Executor):
                     thread.join()
 
 
-def make_executor(n_workers: int, executor: Any = None, scheduler_address: str | None = None) -> Executor:
-    """The backend for ``n_workers`` (natcap's meanings), or a remote one.
-
-    ``n_workers < 0``: inline in the caller; ``0``: one thread of this
-    process; ``> 0``: that many niced worker processes. ``executor`` (an
-    :class:`Executor`, or a ``distributed.Client``) or ``scheduler_address``
-    (a Dask scheduler) take precedence. Every layer built on the engine
-    (``TaskGraph``, the sequencer, ``multitask``, ``Topology``, the boss)
-    gets its backend here, so there is one pool implementation.
-    """
-    if isinstance(executor, Executor):
-        return executor
-    if executor is not None or scheduler_address is not None:
-        from taskgraph._dask import DaskExecutor
-
-        return DaskExecutor(executor, scheduler_address, n_workers if n_workers > 0 else None)
-    if n_workers < 0:
-        return InlineExecutor()
-    if n_workers == 0:
-        return ThreadExecutor(1)
-    from taskgraph._pool import ProcessPool
-
-    return ProcessPool(n_workers)
+__all__ = ["DoneCallback", "Executor", "InlineExecutor", "ThreadExecutor"]

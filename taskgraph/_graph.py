@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import multiprocessing
 import os
 import pickle
 import sys
@@ -16,6 +17,9 @@ from pathlib import PurePath
 from types import TracebackType
 from typing import Any
 
+from taskgraph import _validate as validate
+from taskgraph._backends import make_executor
+from taskgraph._cache_use import open_cache
 from taskgraph._claims import Claims
 from taskgraph._decide import Reason
 from taskgraph._errors import (
@@ -23,15 +27,17 @@ from taskgraph._errors import (
     InvalidTaskError,
     TaskGraphClosedError,
     TaskGraphTerminatedError,
+    TasksFailedError,
     TaskTimeoutError,
+    UnpicklableTaskError,
 )
-from taskgraph._executor import make_executor
 from taskgraph._fingerprint import validate_algorithm
-from taskgraph._identity import PATH_TYPES, SelfReferenceError, normalize_path, task_identity
+from taskgraph._identity import SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import Ledger
 from taskgraph._policy import Policy, make_policy
-from taskgraph._progress import ProgressBar
+from taskgraph._pool import check_start_method, usable_cpus
+from taskgraph._progress import Progress, make_display, wanted
 from taskgraph._scheduler import Scheduler
 from taskgraph._task import Task
 
@@ -61,6 +67,8 @@ class Statistics:
             each state.
         elapsed: seconds since the graph was created.
         task_seconds: the summed run time of the tasks that ran.
+        restored: tasks restored from the shared cache (``cache=``).
+        restored_bytes: the bytes of their targets and results.
     """
 
     added: int
@@ -73,6 +81,8 @@ class Statistics:
     would_run: int
     elapsed: float
     task_seconds: float
+    restored: int = 0
+    restored_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +92,9 @@ class TaskReport:
     Attributes:
         name: the task's name.
         key: its record key in the ledger.
-        state: ``'ran'``, ``'failed'`` or (while the graph runs) ``'running'``.
+        state: ``'ran'``, ``'restored'`` (from the shared cache: the figures
+            are those of the restore), ``'failed'`` or (while the graph runs)
+            ``'running'``.
         started: when it started (``time.time()``).
         wall_time: seconds from start to end (so far, while running).
         cpu_time: CPU seconds of the call, None while running. In a worker
@@ -116,18 +128,11 @@ _KNOWN_ALGORITHMS: set[str] = set()
 _NO_PATHS: frozenset[str] = frozenset()
 
 
-def _path_list(paths: Any) -> list[str | PurePath] | None:
-    """``paths`` as a list, or None if it is not a list of str or pathlib paths
-    (``Any``: it comes from the user unchecked)."""
-    if paths is None:
-        return []
-    if isinstance(paths, (str, PurePath)):
-        return None  # one path where a list was meant
-    listed: list[Any] = list(paths)
-    for path in listed:
-        if type(path) is not str and not isinstance(path, PATH_TYPES):
-            return None
-    return listed
+def _one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, at most 200 characters of it."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
 
 
 def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
@@ -152,8 +157,13 @@ class TaskGraph:
         dry_run: decide, but run nothing and record nothing: tasks that would
             run end in state ``'would-run'`` (and so do their dependents), the
             others ``'skipped'``; :meth:`plan` lists them with their reasons.
-        progress: draw a progress bar on stderr. By default it is drawn when
-            stderr is a terminal; False turns it off.
+        progress: show progress. On a terminal it is a bar below the log
+            output (log records are printed above it); when stderr is not a
+            terminal, a plain line through the ``taskgraph`` logger at each
+            tenth of the tasks done or each minute. By default: the
+            ``TASKGRAPH_PROGRESS`` environment variable (``1`` or ``0``) if
+            set, else a bar when stderr is a terminal and nothing otherwise;
+            False turns it off.
         executor: a ``distributed.Client``: tasks then run on that Dask
             cluster (``pip install 'taskgraph[dask]'``), while the ledger and
             the decisions stay in this process. ``n_workers > 0`` then caps
@@ -173,6 +183,31 @@ class TaskGraph:
         bind_cpus: pin each worker process to a core of its own
             (``n_workers > 0``, at most one worker per usable core; Linux and
             Windows).
+        keep_going: if True, a failed task does not stop the graph: its
+            dependents are cancelled (chained to the failure) and every task
+            that does not depend on it still runs; :meth:`join` then raises
+            :class:`TasksFailedError` naming every failed task. By default the
+            first failure stops the graph, as in natcap taskgraph.
+        cache: a directory shared by workspaces (local or on a network
+            filesystem): a task that must run is first looked up there by its
+            cache key (its function, arguments and input files' contents,
+            not where the workspace is); on a hit its targets are restored
+            and it ends in state ``'restored'`` without running; after a run
+            its targets are put there. None reads ``TASKGRAPH_CACHE`` from
+            the environment; False uses no cache. See "Sharing work across
+            workspaces" in the documentation.
+        cache_key: a file of at least 32 random bytes shared by the team
+            (None reads ``TASKGRAPH_CACHE_KEY``): with it, stored results
+            (``store_result=True``) are shared too, signed with it; without
+            it the cache holds targets only and tasks with stored results run.
+        start_method: how worker processes start (``n_workers > 0``):
+            ``'fork'`` (the default on Linux and other POSIX systems but
+            macOS) forks them from a copy of this process made now, so they
+            have every module imported before the graph was made and a
+            script's top level is not run again in them; ``'spawn'`` (the
+            default on macOS and Windows) starts each in a fresh interpreter
+            that imports the main script. ``TASKGRAPH_START_METHOD`` in the
+            environment sets the default.
 
     Use as a context manager, or call :meth:`close` then :meth:`join`.
     """
@@ -190,14 +225,41 @@ class TaskGraph:
         scheduler: str | Policy = "priority",
         memory_limit: float | None = None,
         bind_cpus: bool = False,
+        keep_going: bool = False,
+        start_method: str | None = None,
+        cache: str | os.PathLike[str] | bool | None = None,
+        cache_key: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(n_workers, bool) or not isinstance(n_workers, int):
             raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A spawn worker is importing the main script, whose top level makes a
+            # graph: left to go on, it would wait for its own workers forever.
+            raise InvalidTaskError(
+                "TaskGraph() was called while a worker process started with 'spawn' imported the "
+                "main script: its top-level code runs again in every such worker. Put it under "
+                "`if __name__ == '__main__':`, or use start_method='fork' (the default on Linux)."
+            )
+        if start_method is not None and not isinstance(start_method, str):
+            raise InvalidTaskError(f"start_method must be 'fork', 'spawn' or None, got {start_method!r}")
+        if n_workers > 0 and executor is None and scheduler_address is None:
+            try:
+                start_method = check_start_method(start_method)
+            except ValueError as error:
+                raise InvalidTaskError(f"TaskGraph: {error}") from error
         try:
             policy = make_policy(scheduler, memory_limit)
         except ValueError as error:
             raise InvalidTaskError(f"TaskGraph: {error}") from error
-        pinned = self._pinned_pool(n_workers, bind_cpus, executor, scheduler_address, dry_run)
+        self._check_pinning(n_workers, bind_cpus, executor, scheduler_address)
+        if cache is True or not (cache is None or cache is False or isinstance(cache, (str, os.PathLike))):
+            raise InvalidTaskError(f"cache must be a directory path, None or False, got {cache!r}")
+        if cache_key is not None and not isinstance(cache_key, (str, os.PathLike)):
+            raise InvalidTaskError(f"cache_key must be the path of a key file or None, got {cache_key!r}")
+        try:
+            show_progress = wanted(progress, sys.stderr)
+        except ValueError as error:
+            raise InvalidTaskError(f"TaskGraph: {error}") from error
         if reporting_interval is not None and (
             not isinstance(reporting_interval, (int, float)) or reporting_interval < 0
         ):
@@ -208,29 +270,38 @@ class TaskGraph:
         if not dry_run:  # a dry run creates nothing
             os.makedirs(self._workspace, exist_ok=True)
         self._n_workers = n_workers
+        self._keep_going = bool(keep_going)
         self._dry_run = dry_run
         self._created = time.monotonic()
-        self._ledger = Ledger(self._workspace, read_only=dry_run)
+        self._remote = (executor is not None or scheduler_address is not None) and not dry_run
+        # The backend first: a process pool forks its fork server now, before
+        # this graph opens the ledger or starts a thread.
+        if self._remote:
+            backend = make_executor(n_workers, executor, scheduler_address)
+        else:
+            backend = make_executor(-1 if dry_run else n_workers, start_method=start_method,
+                                    bind_cpus=bind_cpus and not dry_run)
+        self._executor = backend
+        try:
+            self._ledger = Ledger(self._workspace, read_only=dry_run)
+        except BaseException:
+            backend.shutdown(kill=True)
+            raise
         # Where the ledger is, fixed now: SQLite opened it relative to this cwd.
         self._ledger_path = normalize_path(self._ledger.path)
         if not dry_run:
             self._ledger.begin_run(n_workers)
-        self._remote = (executor is not None or scheduler_address is not None) and not dry_run
-        if self._remote:
-            backend = make_executor(n_workers, executor, scheduler_address)
-        else:
-            backend = make_executor(-1 if dry_run else n_workers, pinned)
-        self._executor = backend
         self._finished_condition = threading.Condition(threading.Lock())
-        if progress is None:
-            progress = sys.stderr is not None and sys.stderr.isatty()
+        # A dry run decides only: it neither reads nor writes the cache.
+        self._cache = None if dry_run else open_cache(cache, cache_key, normalize_path(self._workspace))
         self._scheduler = Scheduler(
             self._ledger, backend, self._finished_condition,
             threaded=(n_workers >= 0 or self._remote) and not dry_run,
             reporting_interval=reporting_interval, dry_run=dry_run,
-            progress=ProgressBar(sys.stderr) if progress else None,
+            # A dry run runs nothing: there is no progress to show.
+            progress=Progress(make_display(sys.stderr), backend.capacity) if show_progress and not dry_run else None,
             claims=None if dry_run else Claims(self._ledger.path),
-            policy=policy, memory_limit=memory_limit,
+            policy=policy, memory_limit=memory_limit, keep_going=self._keep_going, cache=self._cache,
         )
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
@@ -240,21 +311,16 @@ class TaskGraph:
         self._shut_down = False
 
     @staticmethod
-    def _pinned_pool(
-        n_workers: int, bind_cpus: bool, executor: Any, scheduler_address: str | None, dry_run: bool
-    ) -> Any:
-        """The process pool for ``bind_cpus=True`` (None otherwise), after
-        checking that the request can be met here."""
+    def _check_pinning(n_workers: int, bind_cpus: bool, executor: Any, scheduler_address: str | None) -> None:
+        """Check that ``bind_cpus=True`` can be met here."""
         if not bind_cpus:
-            return None
+            return
         if n_workers <= 0 or executor is not None or scheduler_address is not None:
             raise InvalidTaskError(
                 f"bind_cpus=True pins worker processes to cores, so it needs n_workers > 0 and no "
                 f"Dask executor; got n_workers={n_workers!r}"
                 + (" with a Dask executor" if executor is not None or scheduler_address else "")
             )
-        from taskgraph._pool import ProcessPool, usable_cpus
-
         cpus = usable_cpus()
         if cpus is None:
             raise InvalidTaskError(
@@ -267,7 +333,6 @@ class TaskGraph:
                 f"exceeds the {len(cpus)} cores this process may use ({cpus}); use "
                 f"n_workers <= {len(cpus)}"
             )
-        return None if dry_run else ProcessPool(n_workers, bind_cpus=True)
 
     # -- building -------------------------------------------------------------------------
 
@@ -335,9 +400,9 @@ class TaskGraph:
                 a task; the message names the task and the argument.
             DuplicateTaskError: (a RuntimeError) for a call identical to an
                 earlier one whose targets only partly overlap it.
-            Exception: with ``n_workers < 0``, the task's own exception.
+            Exception: with ``n_workers < 0`` (and not ``keep_going``), the task's own exception.
         """
-        label = task_name if task_name is not None else getattr(func, "__name__", None) or "noop"
+        label = validate.task_label(task_name, func)
         with self._lock:
             failure = self._scheduler.failure
             if failure is not None:
@@ -369,7 +434,7 @@ class TaskGraph:
         except KeyboardInterrupt as interrupt:
             self._terminate(interrupt)
             raise
-        if self._n_workers < 0 and task._error is not None:
+        if self._n_workers < 0 and task._error is not None and not self._keep_going:
             if self._scheduler.failure is not None:
                 # The graph stopped: end the run now (it is what the ledger's
                 # current graph is), as join() would; the script usually
@@ -403,56 +468,33 @@ class TaskGraph:
             func = noop
         elif not callable(func):
             raise invalid(f"func must be callable, got {type(func).__name__}")
-        if isinstance(args, (str, bytes, dict)):
-            raise invalid(f"args must be a list or tuple of arguments, got {type(args).__name__}")
-        call_args = tuple(args) if args is not None else ()
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise invalid(f"kwargs must be a dict, got {type(kwargs).__name__}")
-        call_kwargs = dict(kwargs) if kwargs else {}
-        deps = list(dependent_task_list) if dependent_task_list is not None else []
+        call_args = validate.call_args(args, invalid)
+        call_kwargs = validate.call_kwargs(kwargs, invalid)
+        deps = validate.dependencies(dependent_task_list, invalid, Task)
         if deps:
-            bad_deps = [dep for dep in deps if not isinstance(dep, Task)]
-            if bad_deps:
-                raise invalid(
-                    f"Objects passed to dependent task list that are not tasks: {bad_deps!r}. "
-                    "Pass the Task objects returned by add_task."
-                )
             foreign = [dep for dep in deps if id(dep) not in self._task_ids]
             if foreign:
                 raise invalid(
                     f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
                     "Dependencies must be added to the same graph."
                 )
-        raw_targets = _path_list(target_path_list)
-        if raw_targets is None:
-            raise invalid(
-                f"Values passed to target_path_list are not strings: {target_path_list!r}. "
-                "target_path_list must be a list of str or pathlib paths."
-            )
-        raw_ignore = _path_list(ignore_path_list)
-        if raw_ignore is None:
-            raise invalid(
-                f"ignore_path_list must be a list of str or pathlib paths, got {ignore_path_list!r}"
-            )
+        raw_targets = validate.path_list(target_path_list, "target_path_list", invalid)
+        if raw_targets:
+            validate.check_target_names(raw_targets, invalid)
+        raw_ignore = validate.path_list(ignore_path_list, "ignore_path_list", invalid)
         if type(hash_algorithm) is not str or hash_algorithm not in _KNOWN_ALGORITHMS:
             problem = validate_algorithm(hash_algorithm)
             if problem is not None:
                 raise invalid(problem)
             _KNOWN_ALGORITHMS.add(hash_algorithm)
-        if type(priority) is not int and type(priority) is not float and (
-            isinstance(priority, bool) or not isinstance(priority, (int, float))
-        ):
-            raise invalid(f"priority must be a number, got {priority!r}")
-        if memory is not None or expected_time is not None:
-            for label, hint, unit in (("memory", memory, "MiB"), ("expected_time", expected_time, "seconds")):
-                if hint is not None and (
-                    isinstance(hint, bool) or not isinstance(hint, (int, float))
-                    or not 0 <= hint < float("inf")
-                ):
-                    raise invalid(
-                        f"{label} must be a number of {unit} >= 0, or None for unknown; got {hint!r}"
-                    )
+        validate.check_priority(priority, invalid)
+        if memory is not None:
+            memory = validate.hint(memory, "memory", "MiB", invalid)
+        if expected_time is not None:
+            expected_time = validate.hint(expected_time, "expected_time", "seconds", invalid)
         targets = tuple(sorted({normalize_path(path) for path in raw_targets})) if raw_targets else ()
+        if targets:
+            validate.check_normalised_targets(targets, invalid)
         own = self._ledger_path
         for path in targets:
             if path.startswith(own) and (path == own or path[len(own):] in _LEDGER_SIDECARS):
@@ -489,8 +531,8 @@ class TaskGraph:
             try:
                 payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as error:
-                raise invalid(
-                    f"{_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
+                raise UnpicklableTaskError(
+                    f"task {name!r}: {_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
                     "this graph sends every task to another process to run. Define "
                     "the function at module level (not a lambda, nested function or method of an "
                     "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
@@ -526,6 +568,8 @@ class TaskGraph:
 
     def close(self) -> None:
         """Accept no more tasks. ``join()`` then also shuts the workers down."""
+        if not self._closed and not self._shut_down:
+            self._scheduler.all_added()
         self._closed = True
 
     def join(self, timeout: float | None = None) -> bool:
@@ -541,9 +585,13 @@ class TaskGraph:
             Exception: the first failure of the graph: a task's own exception
                 (with the worker's traceback as ``__cause__``) or a
                 :class:`TaskGraphError`.
+            TasksFailedError: with ``keep_going=True``, once every task has
+                finished, if any failed: it names them all.
             KeyboardInterrupt: after stopping the workers.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._shut_down:
+            self._scheduler.all_added()
         try:
             for task in list(self._tasks):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -556,9 +604,31 @@ class TaskGraph:
         if failure is not None:
             self._shutdown()
             raise failure
+        failed = self._scheduler.failed_tasks
         if self._closed:
             self._shutdown()
+        if failed:
+            raise self._failures_error(failed)
         return True
+
+    def _failures_error(self, failed: list[Task]) -> TasksFailedError:
+        """keep_going: one error naming every failed task, chained to the first failure."""
+        failures = [(task.task_name, task._error) for task in failed if task._error is not None]
+        cancelled = sum(task._state == "cancelled" for task in self._tasks)
+        listed = "; ".join(f"{name!r} ({_one_line(error)})" for name, error in failures)
+        plural = len(failures) != 1
+        stopped = (
+            f"{cancelled} task{'s' if cancelled != 1 else ''} depending on {'them' if plural else 'it'} "
+            "did not run; every other task finished" if cancelled else "Every other task finished"
+        )
+        error = TasksFailedError(
+            f"{len(failures)} task{'s' if plural else ''} failed: {listed}. {stopped}. Fix the "
+            f"failure{'s' if plural else ''} and run again: the finished tasks are skipped "
+            f"(`taskgraph status {self._workspace} --failed` shows the errors).",
+            failures,
+        )
+        error.__cause__ = failures[0][1] if failures else None
+        return error
 
     def plan(self, timeout: float | None = None) -> list[PlanEntry]:
         """What each task added so far did (or, in a dry run, would do) and why.
@@ -578,7 +648,7 @@ class TaskGraph:
         entries = [
             PlanEntry(task.task_name, task.key, task._state, tuple(task._reasons)) for task in self._tasks
         ]
-        running = [entry for entry in entries if entry.state in ("ran", "would-run")]
+        running = [entry for entry in entries if entry.state in ("ran", "restored", "would-run")]
         verb = "would run" if self._dry_run else "ran"
         LOGGER.info("%s%d of %d tasks %s", "dry run: " if self._dry_run else "", len(running), len(entries), verb)
         for entry in running:
@@ -599,6 +669,8 @@ class TaskGraph:
             would_run=counts["would-run"],
             elapsed=time.monotonic() - self._created,
             task_seconds=sum(task._duration for task in self._tasks),
+            restored=counts["restored"],
+            restored_bytes=self._cache.restored_bytes if self._cache is not None else 0,
         )
 
     def report(self) -> list[TaskReport]:
@@ -617,7 +689,7 @@ class TaskGraph:
             if state == "running" and started is not None:
                 running.append(TaskReport(task.task_name, task.key, state, started, max(0.0, now - started),
                                           None, None, ""))
-            elif state in ("ran", "failed") and started is not None:
+            elif state in ("ran", "restored", "failed") and started is not None:
                 done.append(TaskReport(task.task_name, task.key, state, started, task._duration,
                                        task._cpu_time, task._peak_memory, task._worker))
         return done + running

@@ -2,25 +2,34 @@
 
 Leaf module: imports only the standard library, xxhash and ``_fingerprint``.
 
-Two tasks are the same task when they call the same function (same qualified
-name, same source text) with the same arguments. Arguments are encoded
-canonically, not by ``repr``: dicts and sets are ordered, paths are normalised
-(``str`` and ``pathlib`` alike, relative and absolute alike), target paths are
-replaced by a placeholder, and functions passed as arguments count by their
-source. The canonical structure is encoded with ``marshal`` and hashed with
-xxh3-128.
+Two tasks are the same task when they call the same function (same name, same
+source text, and the same defaults, closure cells and bound arguments) with the
+same arguments. Arguments are encoded canonically, not by ``repr``: dicts and
+sets are ordered, paths are normalised (``str`` and ``pathlib`` alike, relative
+and absolute alike; URLs are not paths), target paths are replaced by a
+placeholder, functions passed as arguments count as task functions do, and
+other objects by what pickle would save of them, encoded the same canonical
+way (so equal values give equal keys whatever the interpreter's hash seed).
+The canonical structure is encoded with ``marshal`` and hashed with xxh3-128.
 """
 
 from __future__ import annotations
 
+import ast
+import collections
+import copyreg
 import functools
 import inspect
+import linecache
 import logging
 import marshal
 import os
 import pickle
+import re
 import reprlib
 import textwrap
+import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -79,10 +88,14 @@ class FunctionInfo:
 
     Attributes:
         name: ``module.qualname``, for people (logs, the ledger).
-        source_hash: xxh3-128 of the dedented source text.
+        source_hash: xxh3-128 of the dedented source text (of a lambda: the
+            text of that lambda alone, not of the line it is on).
         identity: what counts: the short ``__name__`` and the dedented source,
             as in natcap taskgraph. The same function moved to another module
-            or nested elsewhere (re-indented) is the same function.
+            or nested elsewhere (re-indented) is the same function. What the
+            function object carries besides its code (defaults, closure cells,
+            a partial's arguments, a method's object) is added by the
+            canonical encoding of the call, not here.
     """
 
     name: str
@@ -90,41 +103,193 @@ class FunctionInfo:
     identity: str
 
 
-_FUNCTION_CACHE: dict[Any, FunctionInfo] = {}
+# Functions are cached by their code object (with the names that are not part
+# of it), never by the callable itself: a partial or a bound method holds its
+# arguments and object, and a cache keyed by it kept them alive for the life
+# of the process. Code objects hold only what the source says. Classes (a
+# callable instance counts by its class) are cached weakly.
+_FUNCTION_CACHE: dict[tuple[Any, ...], FunctionInfo] = {}
+_FUNCTION_CACHE_MAX = 1 << 14
+_CLASS_CACHE: weakref.WeakKeyDictionary[type, FunctionInfo] = weakref.WeakKeyDictionary()
+_BY_FUNCTION: dict[int, tuple[weakref.ref[Any], FunctionInfo]] = {}
+
+
+def _underlying(func: Any) -> Any:
+    """What names a callable and has its source: the function a partial or a
+    method calls, the class of a callable instance."""
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.ismethod(target):
+        target = target.__func__
+    elif not (inspect.isfunction(target) or inspect.isbuiltin(target) or inspect.isclass(target)):
+        target = type(target)  # a callable instance counts by its class
+    return target
 
 
 def function_info(func: Callable[..., Any]) -> FunctionInfo:
-    """Qualified name and source hash of ``func`` (cached per function).
+    """Qualified name and source hash of ``func`` (cached per code object).
 
     A function without retrievable source (a builtin, a C extension, frozen
     code) counts by its name alone, as in natcap taskgraph.
     """
+    if type(func) is types.FunctionType:
+        # The common case, looked up first by the function itself, weakly (a
+        # closure holds what it captured): by id, checked through the weak
+        # reference, whose callback drops the entry with the function.
+        entry = _BY_FUNCTION.get(id(func))
+        if entry is not None and entry[0]() is func:
+            return entry[1]
+        info = _function_info(func)
+        ident = id(func)
+        _BY_FUNCTION[ident] = (weakref.ref(func, functools.partial(_forget_function, ident)), info)
+        return info
+    return _function_info(func)
+
+
+def _forget_function(ident: int, _ref: object) -> None:
+    entry = _BY_FUNCTION.get(ident)
+    if entry is not None and entry[0]() is None:
+        del _BY_FUNCTION[ident]
+
+
+def _function_info(func: Callable[..., Any]) -> FunctionInfo:
+    target = _underlying(func)
+    key: tuple[Any, ...] | None = None
     try:
-        return _FUNCTION_CACHE[func]
-    except (KeyError, TypeError):
+        if inspect.isfunction(target):
+            unwrapped = inspect.unwrap(target)  # getsource reads what __wrapped__ names
+            key = (getattr(unwrapped, "__code__", None), target.__module__, target.__qualname__,
+                   target.__name__, unwrapped is target)
+            info = _FUNCTION_CACHE.get(key)
+        elif inspect.isclass(target):
+            info = _CLASS_CACHE.get(target)
+        else:
+            info = None
+    except Exception:  # an unhashable or hostile object: not cached
+        key, info = None, None
+    if info is not None:
+        return info
+    info = _describe(target)
+    try:
+        if key is not None:
+            if len(_FUNCTION_CACHE) >= _FUNCTION_CACHE_MAX:
+                _FUNCTION_CACHE.clear()  # bounded: code made by exec() in a loop
+            _FUNCTION_CACHE[key] = info
+        elif inspect.isclass(target):
+            _CLASS_CACHE[target] = info
+    except Exception:
         pass
-    target: Any = func
-    if isinstance(func, functools.partial):
-        target = func.func
-    elif inspect.ismethod(func):
-        target = func.__func__
-    elif not (inspect.isfunction(target) or inspect.isbuiltin(target) or inspect.isclass(target)):
-        target = type(func)  # a callable instance counts by its class
+    return info
+
+
+def _describe(target: Any) -> FunctionInfo:
     module = getattr(target, "__module__", None) or ""
     qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
     name = f"{module}.{qualname}" if qualname else repr(type(target))
+    source = _source(target)
+    short = str(getattr(target, "__name__", None) or name)
+    source_hash = xxhash.xxh3_128_hexdigest(source.encode("utf-8", "surrogatepass"))
+    return FunctionInfo(name, source_hash, f"{short}\0{source_hash}")
+
+
+def _source(target: Any) -> str:
+    """The dedented source text of ``target``; "" when it has none."""
     try:
         source = textwrap.dedent(inspect.getsource(target))
-    except (OSError, TypeError):
-        source = ""
-    short = str(getattr(target, "__name__", None) or name)
-    source_hash = xxhash.xxh3_128_hexdigest(source.encode("utf-8"))
-    info = FunctionInfo(name, source_hash, f"{short}\0{source_hash}")
+    except Exception:  # OSError, TypeError; a tokenizer error on an odd file
+        return ""
     try:
-        _FUNCTION_CACHE[func] = info
-    except TypeError:
-        pass  # unhashable callable: not cached
-    return info
+        own = inspect.unwrap(target) if inspect.isfunction(target) else target
+    except ValueError:  # a __wrapped__ loop
+        own = target
+    code = getattr(own, "__code__", None)
+    if isinstance(code, types.CodeType) and getattr(own, "__name__", None) == "<lambda>":
+        # getsource returns the whole line(s) of a lambda: two lambdas on one
+        # line would be one function. Take this lambda's own text.
+        own = _lambda_source(code)
+        if own is not None:
+            return own
+        return f"{source}\0{_code_digest(code)}"
+    return source
+
+
+# Parsed source files, for finding lambdas in them (a few recent files).
+_TREES: dict[str, tuple[str, ast.Module | None]] = {}
+
+
+def _lambda_source(code: types.CodeType) -> str | None:
+    """The text of the lambda expression whose code is ``code``, or None if it
+    cannot be told apart from the others on its line."""
+    text = "".join(linecache.getlines(code.co_filename))
+    if not text:
+        return None
+    cached = _TREES.get(code.co_filename)
+    if cached is not None and cached[0] == text:
+        tree = cached[1]
+    else:
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            tree = None
+        if len(_TREES) >= 16:
+            _TREES.clear()
+        _TREES[code.co_filename] = (text, tree)
+    if tree is None:
+        return None
+    found = [node for node in ast.walk(tree) if isinstance(node, ast.Lambda) and node.lineno == code.co_firstlineno]
+    if len(found) > 1:
+        found = _by_position(found, code)
+    if len(found) != 1:
+        return None
+    return ast.get_source_segment(text, found[0])
+
+
+def _by_position(candidates: list[ast.Lambda], code: types.CodeType) -> list[ast.Lambda]:
+    """The innermost candidate whose body holds every instruction of
+    ``code`` (Python 3.11+ records columns; before, nothing is chosen)."""
+    positions = getattr(code, "co_positions", None)
+    if positions is None:
+        return []
+    spans = [(line, col, end_line, end_col) for line, end_line, col, end_col in positions()
+             if line is not None and col is not None and end_line is not None and end_col is not None
+             and (line, col) != (end_line, end_col)]
+    if not spans:
+        return []
+    first = min((line, col) for line, col, _, _ in spans)
+    last = max((end_line, end_col) for _, _, end_line, end_col in spans)
+    holding = []
+    for node in candidates:
+        body = node.body
+        if body.end_lineno is None or body.end_col_offset is None:
+            continue
+        if (body.lineno, body.col_offset) <= first and last <= (body.end_lineno, body.end_col_offset):
+            holding.append(node)
+    if not holding:
+        return []
+    # Nested bodies start later (or end earlier) than the bodies around them.
+    innermost = max(holding, key=lambda node: (node.body.lineno, node.body.col_offset,
+                                               -(node.body.end_lineno or 0), -(node.body.end_col_offset or 0)))
+    return [innermost]
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A digest of what a code object does (its instructions, names and
+    constants, nested code included), independent of where it is in its file
+    and of the hash seed (constant sets are sorted)."""
+
+    def const(value: Any) -> Any:
+        if isinstance(value, types.CodeType):
+            return ("\0code", _code_digest(value))
+        if isinstance(value, (tuple, list)):
+            return tuple(const(item) for item in value)
+        if isinstance(value, frozenset):
+            return ("\0set", tuple(sorted((const(item) for item in value), key=_marshal)))
+        return value
+
+    structure = (code.co_code, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+                 code.co_argcount, code.co_kwonlyargcount, code.co_flags, const(code.co_consts))
+    return xxhash.xxh3_128_hexdigest(_marshal(structure))
 
 
 class SelfReferenceError(ValueError):
@@ -138,10 +303,20 @@ _SET = "\0set"
 _FUNC = "\0func"
 _OBJ = "\0obj"
 _TYPE = "\0type"
+_MODULE = "\0module"
+# A name that pickle stores by reference (the callable of an object's
+# reduction, a singleton such as Ellipsis).
+_GLOBAL = "\0global"
+# A back-reference: an object or function met again while it is being
+# encoded (a cycle, such as a parent link), by how many levels up it is.
+_REF = "\0ref"
 _PLAIN = (int, float, complex, bytes, bool, type(None))
 # Types that stand for themselves in the canonical structure (str does not:
 # it may be a path).
 _ATOMS = frozenset(_PLAIN)
+# A string that starts with a URL scheme ("s3://", "https://", "gs://",
+# "file://") names no local path. Two letters at least: "C://x" is a Windows path.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
 
 
 def _marshal(value: Any) -> bytes:
@@ -150,21 +325,37 @@ def _marshal(value: Any) -> bytes:
     return marshal.dumps(value, 2)
 
 
+def _qualified(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"{module}.{name}"
+
+
 class _Canonical:
     """Turns task arguments into a canonical structure of plain values.
 
     The structure holds only str, int, float, complex, bytes, bool, None,
     tuples and lists, so ``marshal`` encodes it deterministically: dicts and
-    sets are sorted, paths normalised, targets replaced by a placeholder, and
-    other objects replaced by their pickle. Markers are tuples whose first item
-    starts with a NUL character.
+    sets are sorted, paths normalised, targets replaced by a placeholder.
+    Functions count by name and source with what they carry (defaults,
+    closure cells, a partial's arguments, a method's object). Other objects
+    count by what pickle would save of them (``__reduce_ex__``: their class,
+    ``__getstate__`` or ``__dict__``, items), encoded the same canonical way,
+    so that equal values are equal keys in every interpreter whatever its
+    hash seed; their pickle is only the last resort. Inside an object,
+    strings are values, not paths. Markers are tuples whose first item starts
+    with a NUL character.
     """
 
     def __init__(self, targets: frozenset[str]) -> None:
         self.targets = targets
         # Normalised path strings seen in the arguments (candidate input files).
         self.paths: dict[str, None] = {}
-        self._active: set[int] = set()
+        # id -> nesting depth of the containers, objects and functions being
+        # encoded (to refuse or refer to cycles).
+        self._active: dict[int, int] = {}
+        # > 0 inside an object's reduction: strings there are plain values.
+        self._literal = 0
 
     def _path(self, norm: str) -> Any:
         if norm in self.targets:
@@ -175,8 +366,10 @@ class _Canonical:
     def value(self, value: Any) -> Any:
         kind = type(value)
         if kind is str:
-            if not _path_candidate(value):
+            if self._literal or not _path_candidate(value):
                 return value
+            if "://" in value and _URL.match(value):
+                return value  # a URL, not a local path: counts as written
             norm = normalize_path(value)
             if norm in self.targets or "/" in value or os.sep in value:
                 # Relative and absolute spellings of a path are one identity.
@@ -202,12 +395,14 @@ class _Canonical:
             key = id(value)
             if key in self._active:
                 raise SelfReferenceError(f"argument {_ARG_REPR.repr(value)} contains itself")
-            self._active.add(key)
+            self._active[key] = len(self._active)
             try:
                 return self._container(kind, value)
             finally:
-                self._active.discard(key)
+                del self._active[key]
         if isinstance(value, PurePath):
+            if self._literal:
+                return (_OBJ, _qualified(kind), os.fspath(value))
             return self._path(normalize_path(value))
         if isinstance(value, str):  # str subclass (an enum member, numpy.str_)
             return self.value(str(value))
@@ -217,6 +412,8 @@ class _Canonical:
             return self.function(value)
         if isinstance(value, type):
             return (_TYPE, f"{value.__module__}.{value.__qualname__}")
+        if isinstance(value, types.ModuleType):
+            return (_MODULE, value.__name__)
         hook = getattr(kind, "__taskgraph_identity__", None)
         if hook is not None:
             # The object says what it stands for (a shared array: its content,
@@ -241,29 +438,138 @@ class _Canonical:
         return (_SET, members)
 
     def function(self, func: Any) -> Any:
+        if type(func) is types.FunctionType and (
+            func.__defaults__ is None and func.__kwdefaults__ is None and func.__closure__ is None
+        ):
+            return (_FUNC, function_info(func).identity)  # the common case: it carries nothing
+        # Plain functions and partials are tracked for cycles (a nested
+        # function whose closure holds itself); objects are tracked by _object.
+        tracked = inspect.isfunction(func) or isinstance(func, functools.partial)
+        if not tracked:
+            return self._function(func)
+        key = id(func)
+        depth = self._active.get(key)
+        if depth is not None:
+            return (_REF, len(self._active) - depth)
+        self._active[key] = len(self._active)
+        try:
+            return self._function(func)
+        finally:
+            del self._active[key]
+
+    def _function(self, func: Any) -> Any:
         info = function_info(func)
         if isinstance(func, functools.partial):
-            return (_FUNC, info.identity, self.value(func.args), self.value(func.keywords))
+            parts = [_FUNC, info.identity, self.value(func.args), self.value(func.keywords)]
+            inner = func.func
+            if inspect.isfunction(inner):
+                parts += self._carried(inner)
+            else:  # a partial of a partial, of a method, of a callable instance
+                parts.append(("\0calls", self.function(inner)))
+            return tuple(parts)
         # The object a method is bound to is an argument of the call
         # (``Model(2).fit`` and ``Model(3).fit`` are different calls), and so
         # is the state of a callable instance; a module is not.
         owner = getattr(func, "__self__", None)
         if owner is None and not (inspect.isfunction(func) or inspect.isbuiltin(func) or inspect.isclass(func)):
             owner = func
+        parts = [_FUNC, info.identity]
         if owner is not None and not inspect.ismodule(owner):
-            return (_FUNC, info.identity, self.value(owner))
-        return (_FUNC, info.identity)
+            parts.append(self.value(owner))
+        code_owner = func.__func__ if inspect.ismethod(func) else func
+        if inspect.isfunction(code_owner):
+            parts += self._carried(code_owner)
+        return tuple(parts)
+
+    def _carried(self, func: types.FunctionType) -> list[Any]:
+        """What a function object carries besides its code, encoded like
+        arguments: its defaults and its closure cells (the values captured
+        from the enclosing function when it was made)."""
+        extra: list[Any] = []
+        if func.__defaults__:
+            extra.append(("\0defaults", self.value(func.__defaults__)))
+        if func.__kwdefaults__:
+            extra.append(("\0kwdefaults", self.value(func.__kwdefaults__)))
+        if func.__closure__:
+            cells: list[Any] = []
+            for cell in func.__closure__:
+                try:
+                    contents = cell.cell_contents
+                except ValueError:  # not assigned yet
+                    cells.append(("\0empty",))
+                    continue
+                cells.append(self.value(contents))
+            extra.append(("\0closure", cells))
+        return extra
 
     def _other(self, value: Any) -> Any:
+        if self._literal:
+            return self._object(value)  # inside an object: the outermost one falls back
+        self._literal += 1
+        try:
+            return self._object(value)
+        except Exception:
+            pass  # not reducible as pickle would: its pickle, as before
+        finally:
+            self._literal -= 1
         try:
             return (_OBJ, pickle.dumps(value, protocol=5))
+        except RecursionError:
+            raise  # nested too deeply: add_task says so
         except Exception:
-            name = f"{type(value).__module__}.{type(value).__qualname__}"
+            name = _qualified(type(value))
             LOGGER.warning(
                 "an argument of type %s cannot be pickled, so only its type counts when "
                 "deciding whether the task's inputs changed", name,
             )
             return (_TYPE, name)
+
+    def _object(self, value: Any) -> Any:
+        key = id(value)
+        depth = self._active.get(key)
+        if depth is not None:
+            return (_REF, len(self._active) - depth)
+        self._active[key] = len(self._active)
+        try:
+            return self._reduced(value)
+        finally:
+            del self._active[key]
+
+    def _reduced(self, value: Any) -> Any:
+        """``value`` as pickle would save it, canonically: its class, the
+        callable and arguments that rebuild it, its state, its items."""
+        kind = type(value)
+        name = _qualified(kind)
+        if isinstance(value, (set, frozenset)):
+            # A set subclass reduces to a list in hash order: sort it.
+            state = getattr(value, "__dict__", None)
+            return (_OBJ, name, self._container(frozenset, value), self.value(state or None))
+        reducer = copyreg.dispatch_table.get(kind)
+        reduced = reducer(value) if reducer is not None else value.__reduce_ex__(4)
+        if isinstance(reduced, str):
+            return (_OBJ, name, (_GLOBAL, reduced))
+        if not isinstance(reduced, tuple) or not 2 <= len(reduced) <= 6:
+            raise TypeError(f"{name}.__reduce_ex__ returned {type(reduced).__name__}")
+        rebuild, args, state, items, pairs = (*reduced, None, None, None)[:5]
+        parts = [_OBJ, name, self._callable_name(rebuild), self.value(args)]
+        if state is not None:
+            parts.append(("\0state", self.value(state)))
+        if items is not None:
+            parts.append(("\0items", [self.value(item) for item in items]))
+        if pairs is not None:
+            encoded = [(self.value(k), self.value(v)) for k, v in pairs]
+            if not isinstance(value, collections.OrderedDict):  # (whose order counts)
+                encoded.sort(key=lambda pair: _marshal(pair[0]))
+            parts.append(("\0pairs", encoded))
+        return tuple(parts)
+
+    def _callable_name(self, rebuild: Any) -> Any:
+        """The callable of a reduction, by name as pickle saves it (its source
+        is the library's, not the user's)."""
+        owner = getattr(rebuild, "__self__", None)
+        if owner is not None and not isinstance(owner, types.ModuleType):
+            return (_GLOBAL, _qualified(rebuild), self.value(owner))
+        return (_GLOBAL, _qualified(rebuild))
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,3 +639,97 @@ def input_files(
         if st is None or (st.is_dir and ignore_directories):
             continue
         yield path
+
+
+# -- the portable identity, for the shared cache ------------------------------------------------
+
+_PORTABLE_VERSION = "taskgraph portable identity v1"
+_INPUT = "\0input"
+_PLACED = "\0placed"
+
+
+def _relative(norm: str, root: str) -> str:
+    """``norm`` relative to ``root``, with ``/`` separators (absolute when it
+    has no relative spelling, on another Windows drive)."""
+    try:
+        return os.path.relpath(norm, root).replace(os.sep, "/")
+    except ValueError:
+        return norm
+
+
+class _Portable(_Canonical):
+    """The canonical encoding with no absolute path in it: input files become
+    numbered slots (their content digests are added by the job), targets
+    numbered placeholders in the order the arguments name them, and any other
+    path its spelling relative to the workspace."""
+
+    def __init__(self, targets: frozenset[str], inputs: frozenset[str], root: str) -> None:
+        super().__init__(targets)
+        self.inputs = inputs
+        self.root = root
+        self.slots: dict[str, int] = {}
+        self.target_slots: dict[str, int] = {}
+
+    def _path(self, norm: str) -> Any:
+        if norm in self.targets:
+            return ("\0target", self.target_slots.setdefault(norm, len(self.target_slots)))
+        if norm in self.inputs:
+            return (_INPUT, self.slots.setdefault(norm, len(self.slots)))
+        return (_PLACED, _relative(norm, self.root))
+
+
+@dataclass(frozen=True, slots=True)
+class PortableIdentity:
+    """A task's identity without its workspace's location: the first half of
+    its cache key, made before its input files are read.
+
+    Attributes:
+        template: hex xxh3-128 of the function and the arguments, with input
+            files as numbered slots, targets as numbered placeholders and
+            other paths relative to the workspace.
+        inputs: the input files in slot order; the cache key is the template
+            followed by their content digests in this order.
+        labels: (target path, label) for each target: ``'arg N'`` for the
+            Nth target the arguments name, ``'path P'`` (P relative to the
+            workspace) for a target the arguments do not name.
+    """
+
+    template: str
+    inputs: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+
+
+def portable_identity(
+    func: Callable[..., Any],
+    args: Iterable[Any],
+    kwargs: dict[str, Any],
+    targets: tuple[str, ...],
+    inputs: tuple[str, ...],
+    root: str,
+) -> PortableIdentity:
+    """The identity of ``func(*args, **kwargs)`` as the shared cache sees it:
+    the same in any workspace that makes the same call on files of the same
+    contents. ``targets`` and ``inputs`` are normalised paths; ``root`` is the
+    normalised workspace.
+
+    Raises:
+        SelfReferenceError: if an argument contains itself.
+    """
+    canonical = _Portable(frozenset(targets), frozenset(inputs), root)
+    structure: list[Any] = [
+        _PORTABLE_VERSION, canonical.function(func), canonical.value(tuple(args)), canonical.value(kwargs),
+    ]
+    # Inputs the arguments name without a separator ("a.tif") stay as written
+    # in the structure; their contents follow the named slots, in argument order.
+    slots = canonical.slots
+    for path in (*canonical.paths, *inputs):
+        if path in canonical.inputs and path not in slots:
+            slots[path] = len(slots)
+    unnamed = sorted(_relative(path, root) for path in targets if path not in canonical.target_slots)
+    structure += [len(slots), unnamed]
+    labels = tuple(
+        (path, f"arg {canonical.target_slots[path]}" if path in canonical.target_slots
+         else f"path {_relative(path, root)}")
+        for path in targets
+    )
+    return PortableIdentity(xxhash.xxh3_128_hexdigest(_marshal(structure)), tuple(slots), labels)

@@ -8,6 +8,7 @@ taken right where the files were written.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -16,11 +17,14 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
 from taskgraph._failure import Frame, user_frames
 from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
+
+if TYPE_CHECKING:
+    from taskgraph._cache_job import CacheJob, CacheOutcome
 
 
 @dataclass(slots=True)
@@ -40,6 +44,8 @@ class Job:
         want_result: whether the return value is sent back (``store_result``).
         known_digests: digests the scheduler already holds for the inputs, so
             the worker does not read an input the up-to-date check just hashed.
+        priority: the task's priority (for backends that order their own queue).
+        cache: how to use the shared cache (``_cache_job.CacheJob``), or None.
     """
 
     task_id: int
@@ -55,11 +61,15 @@ class Job:
     want_result: bool
     known_digests: dict[tuple[str, str], CachedDigest] = field(default_factory=dict)
     priority: float = 0
+    #: Expected to take a few milliseconds at most (from the ledger's history):
+    #: it may wait behind another short job in a worker (``Executor.queue_depth``).
+    short: bool = False
+    cache: CacheJob | None = None
 
     def spec(self) -> tuple[Any, ...]:
         """Everything but the call itself, as :func:`run_job` takes it."""
         return (self.task_id, self.name, self.inputs, self.input_mode, self.targets,
-                self.target_mode, self.want_result, self.known_digests)
+                self.target_mode, self.want_result, self.known_digests, self.cache)
 
 
 @dataclass(slots=True)
@@ -85,6 +95,31 @@ class JobResult:
     #: Peak resident memory of the worker process while the call ran, in
     #: bytes; None where the call shared its process with other work.
     peak_memory: int | None = None
+    #: What the shared cache did (a ``_cache_job.CacheOutcome``), when one is used.
+    cache: CacheOutcome | None = None
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in another process
+    (a worker, a Dask worker) as the ``__cause__`` of the re-raised exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def flatten_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Make a log record ready to pickle (as it leaves a worker): its message
+    formatted, its exception as text."""
+    record.msg = record.getMessage()
+    record.args = None
+    if record.exc_info:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+    return record
 
 
 def worker_name() -> str:
@@ -139,9 +174,14 @@ def run_job(
     target_mode: str,
     want_result: bool,
     known_digests: dict[tuple[str, str], CachedDigest] | None = None,
+    cache_job: CacheJob | None = None,
 ) -> JobResult:
     """Fingerprint the inputs, call the function, then check and fingerprint
     its targets.
+
+    With ``cache_job``, the shared cache is asked first: on a hit the targets
+    are restored instead of calling the function (``JobResult.cache`` says
+    so); after a call that succeeded, the targets are put there.
 
     Never raises for a failure of the task: the exception is returned in
     ``JobResult.error``.
@@ -152,12 +192,22 @@ def run_job(
     cache = MemoryDigestCache()
     if known_digests:
         cache.entries.update(known_digests)
+    session = None
     try:
         for path in inputs:
             fingerprint = take(path, input_mode, cache)
             if fingerprint is not None:
                 outcome.inputs[path] = fingerprint
-        value = func(*args, **kwargs)
+        restored = False
+        if cache_job is not None:
+            from taskgraph._cache_job import CacheSession  # only jobs that use a cache import it
+
+            session = CacheSession(cache_job, outcome.inputs, cache)
+            restored, value = session.restore()
+        called = time.time()
+        if not restored:
+            value = func(*args, **kwargs)
+        seconds = time.time() - called
         missing = []
         for path in targets:
             fingerprint = take(path, target_mode, cache)
@@ -172,6 +222,8 @@ def run_job(
                 "Missing expected target path results: make the function write every "
                 "path in target_path_list, or remove the paths it does not write."
             )
+        if session is not None and not restored:
+            session.put(outcome.targets, value, seconds)
         outcome.digests = {
             key: entry for key, entry in cache.entries.items()
             if not known_digests or known_digests.get(key) is not entry
@@ -187,6 +239,10 @@ def run_job(
         )
         outcome.frames = user_frames(error.__traceback__)
         outcome.targets = {}
+    finally:
+        if session is not None:
+            session.close()  # another process waiting for this key may go on
+            outcome.cache = session.outcome
     outcome.ended = time.time()
     outcome.cpu_time = time.thread_time() - cpu_started
     return outcome
@@ -218,8 +274,17 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
     """Pickle a result to send it to the parent process.
 
     A value or exception that cannot be pickled becomes a
-    :class:`TaskExecutionError` that says so.
+    :class:`TaskExecutionError` that says so. The exception goes without its
+    traceback objects (their text is in ``remote_traceback``): a library that
+    teaches pickle to keep tracebacks (tblib, which Dask's distributed
+    installs) would otherwise pickle one frame per level of a deep stack.
     """
+    seen: set[int] = set()
+    error = outcome.error
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
     try:
         return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as pickling_error:

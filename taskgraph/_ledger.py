@@ -9,13 +9,13 @@ application_id`` = :data:`APPLICATION_ID`)::
 
     meta    (key PK, value)                      created_by, created_at
     runs    (run_id PK, started, ended, pid, host, n_workers, version,
-             tasks, ran, skipped, failed)        counts written when it ends (schema 3)
+             tasks, ran, skipped, failed)        counts written when it ends (schema 4)
     tasks   (record_key PK, task_key, exec_key, name, func, source_hash, args,
              hash_algorithm, store_result, state 'done'|'failed', run_id,
              started, ended, duration, worker, error,
              cpu_time, peak_memory,                  the run report (schema 2)
-             error_type, error_message, error_frames,  the failure as raised (schema 3)
-             arguments)                              the arguments' tree, JSON (schema 3)
+             error_type, error_message, error_frames,  the failure as raised (schema 4)
+             arguments)                              the arguments' tree, JSON (schema 4)
     files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
              digest, taken_at_ns)                PK (record_key, role, path)
     deps    (record_key, dep_key)                PK (record_key, dep_key)
@@ -23,13 +23,13 @@ application_id`` = :data:`APPLICATION_ID`)::
              digest, hashed_at_ns)               PK (path, algorithm)
     results (key PK, value BLOB, mac BLOB)       a sqlitedict table: read it with
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
-                                                 mac: HMAC-SHA256 of key and value
+                                                 mac: HMAC-SHA256 of key, exec key and value
     decisions (record_key PK, run_id, decided_at, name, action 'run'|'skip', reasons)
     considered (run_id, record_key, state)       PK (run_id, record_key): the records
                                                  each run was given, and what became of
-                                                 each: 'ran', 'skipped', 'failed',
-                                                 'cancelled'; while it runs also
-                                                 'pending' and 'running' (schema 3)
+                                                 each: 'ran', 'restored', 'skipped',
+                                                 'failed', 'cancelled'; while it runs also
+                                                 'pending' and 'running' (schema 4)
 
 Runs and the current graph: every task added to a run is *considered* by it
 (a row of ``considered``, whether it then ran, was skipped or was cancelled).
@@ -38,6 +38,12 @@ one task) considered; every other record is history. When a run ends, the
 ``considered`` rows of the finished runs before it are dropped, so the table
 holds about one graph, not one per run; a record's last consideration stays
 in ``decisions`` and ``tasks``.
+
+Paths (``files.path``, ``digests.path``) are TEXT, except a file name that is
+not valid UTF-8 (``os.listdir`` returns such names with surrogate escapes):
+it is stored as a BLOB of the file system's own bytes (``os.fsencode``), so it
+is kept exactly. Other text (names, arguments, errors) that is not valid UTF-8
+is stored with backslash escapes.
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never
@@ -53,12 +59,15 @@ place, in one transaction that keeps every record (:data:`_MIGRATIONS`). A
 ledger from a newer taskgraph is left alone and refused.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
-stored with an HMAC-SHA256 of its record key and bytes, keyed by a secret of
+stored with an HMAC-SHA256 of its record key, the exec key of the run that
+computed it (the input fingerprints of that run) and its bytes, keyed by a secret of
 the workspace (``taskgraph_ledger.sqlite.key``, 32 random bytes, mode 0600,
 created atomically on first use). A result whose HMAC does not verify (the
 ledger was edited, written by another tool, or copied from another workspace)
 is never unpickled: :meth:`Ledger.load_result` raises
-:class:`UntrustedResultError` and the task runs again. The ledger, its WAL and
+:class:`UntrustedResultError` and the task runs again. Nor is the result of an
+earlier run of the task written back over a newer one: it was computed from
+other inputs than the record's, so its HMAC does not verify. The ledger, its WAL and
 every file taskgraph creates in the workspace are readable by their owner only.
 """
 
@@ -78,7 +87,7 @@ import sqlite3
 import time
 import traceback
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +95,6 @@ import sqlitedict
 import xxhash
 
 from taskgraph._errors import LedgerError
-from taskgraph._failure import Failure
 from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -95,12 +103,19 @@ LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 #: The workspace's secret for the HMAC of stored results (beside the ledger).
 KEY_SUFFIX = ".key"
 #: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column.
-#: 3: which records each run considered (``considered``, and counts in
+#: 3: the ``mac`` of a result also covers the exec key of its run.
+#: 4: which records each run considered (``considered``, and counts in
 #: ``runs``), failures as raised and the arguments' tree in ``tasks``.
 #: Older ledgers are upgraded in place, see :data:`_MIGRATIONS`.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _KEY_BYTES = 32
-_MAC_CONTEXT = b"taskgraph stored result v1\0"
+_MAC_CONTEXT = b"taskgraph stored result v2\0"
+# Schema 2's HMAC: record key and bytes only (checked once, by the upgrade).
+_MAC_CONTEXT_V1 = b"taskgraph stored result v1\0"
+# SQLite's unix VFS holds a database's full path and the names of its
+# journals (the path plus "-journal") in 512 bytes.
+_SQLITE_MAX_PATH = 512
+_JOURNAL_SUFFIX = "-journal"
 #: Files taskgraph creates in a workspace are for their owner's eyes only.
 FILE_MODE = 0o600
 APPLICATION_ID = 0x54475248  # "TGRH"
@@ -198,16 +213,21 @@ _LAZY_LIMIT = 4096
 # Schema upgrades: from version N, the statements that make version N + 1.
 # New columns are added at the end of their table, so a migrated ledger has
 # the same column order as a new one.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+# A step is SQL, or a function of the ledger and the connection (run in the
+# same transaction).
+_MIGRATIONS: dict[int, tuple[str | Callable[[Ledger, sqlite3.Connection], None], ...]] = {
     # Schema 1 results carry no HMAC: they fail their check, so tasks with
     # stored results run once more; every other record is kept as it is.
     1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
         "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER",
         "ALTER TABLE results ADD COLUMN mac BLOB"),
-    # Schema 2 kept only each record's last decision: the run of that
+    # Schema 2's HMAC covered record key and bytes only: results whose HMAC
+    # verifies are signed again for the inputs their record holds.
+    2: (lambda ledger, conn: ledger._bind_results_to_inputs(conn),),
+    # Schema 3 kept only each record's last decision: the run of that
     # decision (or, without one, of its last execution) is the best account
     # of which run considered it. Runs before that have no count of tasks.
-    2: ("ALTER TABLE tasks ADD COLUMN error_type TEXT",
+    3: ("ALTER TABLE tasks ADD COLUMN error_type TEXT",
         "ALTER TABLE tasks ADD COLUMN error_message TEXT",
         "ALTER TABLE tasks ADD COLUMN error_frames TEXT",
         "ALTER TABLE tasks ADD COLUMN arguments TEXT",
@@ -218,6 +238,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE considered (run_id INTEGER NOT NULL, record_key TEXT NOT NULL, state TEXT NOT NULL,"
         " PRIMARY KEY (run_id, record_key)) WITHOUT ROWID",
         "INSERT OR IGNORE INTO considered SELECT d.run_id, d.record_key, CASE"
+        " WHEN t.run_id = d.run_id AND t.state = 'done' AND d.reasons LIKE '%\"restored_from_cache\"%'"
+        " THEN 'restored'"
         " WHEN t.run_id = d.run_id THEN (CASE t.state WHEN 'done' THEN 'ran' ELSE 'failed' END)"
         " WHEN d.action = 'skip' THEN 'skipped' ELSE 'cancelled' END"
         " FROM decisions d JOIN tasks t ON t.record_key = d.record_key WHERE d.run_id IS NOT NULL",
@@ -229,7 +251,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 _EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "considered"}
 #: Tables a migration creates: a ledger of an older schema does not have them yet.
-_TABLES_SINCE = {"considered": 3}
+_TABLES_SINCE = {"considered": 4}
 
 
 class UntrustedResultError(LedgerError):
@@ -314,10 +336,70 @@ def workspace_key(path: str, create: bool = True) -> bytes | None:
     raise LedgerError(f"cannot make the taskgraph key {path}: it keeps being replaced or damaged")
 
 
-def result_mac(key: bytes, record_key: str, value: bytes) -> bytes:
-    """HMAC-SHA256 binding a stored result's bytes to its task's record key."""
-    message = _MAC_CONTEXT + record_key.encode() + b"\0" + bytes(value)
+def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes:
+    """HMAC-SHA256 binding a stored result's bytes to its task's record key
+    and to the exec key of the run that computed it (``run_key``: the input
+    fingerprints of that run), so that the result of one run cannot stand in
+    for another's."""
+    message = _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value)
     return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
+    message = _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value)
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def stored_path(path: str) -> str | bytes:
+    """A path as the ledger stores it: its text, or, for a name that is not
+    valid UTF-8, the file system's own bytes (kept exactly)."""
+    if path.isascii():
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(path)
+        except UnicodeError:  # not a file name on this system at all
+            return path.encode("utf-8", "surrogatepass")
+    return path
+
+
+def loaded_path(value: str | bytes) -> str:
+    """A path as the ledger stored it, back as ``str`` (with surrogate escapes
+    for bytes that are not UTF-8, as ``os.listdir`` returns it)."""
+    return value if type(value) is str else os.fsdecode(value)
+
+
+def _text(value: str | None) -> str | None:
+    """Text for a TEXT column: as it is when valid UTF-8, else with the
+    characters that are not (lone surrogates) as backslash escapes."""
+    if value is None or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _open_problem(path: str, error: BaseException) -> LedgerError | None:
+    """The real reason SQLite cannot open ``path``, when it is the length of
+    its path (SQLite's "unable to open database file" says nothing of it)."""
+    try:
+        full = len(os.fsencode(os.path.realpath(path)))
+    except (OSError, ValueError):
+        return None
+    if full + len(_JOURNAL_SUFFIX) <= _SQLITE_MAX_PATH:
+        return None
+    most = _SQLITE_MAX_PATH - len(_JOURNAL_SUFFIX) - len(os.sep + LEDGER_FILENAME)
+    return LedgerError(
+        f"cannot open the taskgraph ledger {path}: its absolute path is {full} bytes long, and "
+        f"SQLite opens a database only if its path and its journal's (the path plus "
+        f"{_JOURNAL_SUFFIX!r}) fit in {_SQLITE_MAX_PATH} bytes ({error}). Use a workspace whose "
+        f"absolute path (symbolic links resolved) is at most {most} bytes long; this one is "
+        f"{full - len(os.sep + LEDGER_FILENAME)} bytes."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,8 +479,9 @@ class Outcome:
     #: The run report: CPU seconds and peak resident memory (bytes), if measured.
     cpu_time: float | None = None
     peak_memory: int | None = None
-    #: A failed task: the exception as raised (``error`` is its whole text).
-    failure: Failure | None = None
+    #: A failed task: the exception as raised, (type, message, the user's
+    #: frames as JSON), see ``_failure.Failure``; ``error`` is its whole text.
+    failure: tuple[str, str, str] | None = None
     #: The arguments' tree (``_arguments.tree``), to say later what changed.
     arguments: str | None = None
 
@@ -431,16 +514,25 @@ def _file_lock(path: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _upgrade(conn: sqlite3.Connection) -> int:
+def _upgrade(conn: sqlite3.Connection, ledger: Ledger | None) -> int:
     """Run the migrations from the connection's schema to :data:`SCHEMA_VERSION`
-    in one transaction; returns the version it started from."""
+    in one transaction; returns the version it started from.
+
+    A step that is a function needs the workspace's ledger (it re-signs
+    stored results); without one (the command line's copy in memory, which
+    never unpickles a result) it is left out.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have upgraded it while this one waited.
         version = start = conn.execute("PRAGMA user_version").fetchone()[0]
         while version < SCHEMA_VERSION:
-            for statement in _MIGRATIONS[version]:
-                conn.execute(statement)
+            for step in _MIGRATIONS[version]:
+                if callable(step):
+                    if ledger is not None:
+                        step(ledger, conn)
+                else:
+                    conn.execute(step)
             version += 1
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -508,7 +600,7 @@ class Ledger:
             with _file_lock(self.path + ".lock"):
                 self._conn = self._open()
         except sqlite3.Error as error:
-            raise LedgerError(
+            raise _open_problem(self.path, error) or LedgerError(
                 f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
                 "workspace is writable and the disk is not full."
             ) from error
@@ -587,6 +679,9 @@ class Ledger:
             target = self._read_only_uri() if self.read_only else self.path
             conn = sqlite3.connect(target, uri=self.read_only, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.DatabaseError as error:
+            too_long = _open_problem(self.path, error)
+            if too_long is not None:
+                raise too_long from error  # the file may be fine: never move it aside for this
             return f"it cannot be opened ({error})"
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -594,6 +689,9 @@ class Ledger:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as error:
+            too_long = _open_problem(self.path, error)
+            if too_long is not None:
+                raise too_long from error
             return f"it is not a readable SQLite database ({error})"
         finally:
             conn.close()
@@ -655,10 +753,31 @@ class Ledger:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Upgrade an older schema in place, keeping every record."""
-        start = _upgrade(conn)
+        start = _upgrade(conn, self)
         if start < SCHEMA_VERSION:
             LOGGER.info("the taskgraph ledger %s was upgraded from schema %d to %d; every record was kept",
                         self.path, start, SCHEMA_VERSION)
+
+    def _bind_results_to_inputs(self, conn: sqlite3.Connection) -> None:
+        """The upgrade from schema 2: a result whose schema-2 HMAC (record key
+        and bytes) verifies is signed again, binding it to the input
+        fingerprints its record holds (what it was computed from); one that
+        does not verify is left as it is and stays refused."""
+        if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM results WHERE mac IS NOT NULL)").fetchone()[0]:
+            return
+        secret = self._workspace_key(create=False)
+        if secret is None:
+            return  # no key: no result can verify
+        inputs: dict[str, dict[str, Fingerprint]] = {}
+        for key, path, mode, size, mtime_ns, digest, taken_at_ns in conn.execute(
+            "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
+        ):
+            inputs.setdefault(key, {})[loaded_path(path)] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+        signed = []
+        for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
+            if hmac.compare_digest(bytes(mac), _schema_2_mac(secret, key, value)):
+                signed.append((result_mac(secret, key, exec_key(key, inputs.get(key, {})), value), key))
+        conn.executemany("UPDATE results SET mac=? WHERE key=?", signed)
 
     # -- runs -------------------------------------------------------------------
 
@@ -694,7 +813,9 @@ class Ledger:
                 self._member(key, "cancelled")  # the graph stopped before it finished
         counts = dict.fromkeys(("ran", "skipped", "failed"), 0)
         for state in self._members.values():
-            if state in counts:
+            if state == "restored":
+                counts["ran"] += 1  # (it ended as if it ran: its targets are there)
+            elif state in counts:
                 counts[state] += 1
         self._rows[_END_RUN].append((time.time(), len(self._members), counts["ran"], counts["skipped"],
                                      counts["failed"], self.run_id))
@@ -752,7 +873,7 @@ class Ledger:
             (record_key,),
         ):
             fingerprint = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-            (inputs if role == "input" else targets)[path] = fingerprint
+            (inputs if role == "input" else targets)[loaded_path(path)] = fingerprint
         name, state, algorithm, store_result, ended, error, has_result = row
         return TaskRecord(
             record_key, name, state, algorithm, bool(store_result), inputs, targets,
@@ -770,6 +891,8 @@ class Ledger:
             listed = files.get(row[0])
             if listed is None:
                 listed = files[row[0]] = []
+            if type(row[2]) is not str:  # a name that is not UTF-8, stored as bytes
+                row = (*row[:2], loaded_path(row[2]), *row[3:])
             listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
         records: dict[str, TaskRecord | _SnapshotRow | None] = {}
@@ -787,12 +910,26 @@ class Ledger:
         # Plain tuples, for the garbage collector as in _load_records;
         # lookup_digest builds the entry.
         return {
-            (row[0], row[1]): row[2:]
+            (loaded_path(row[0]), row[1]): row[2:]
             for row in self._conn.execute(
                 "SELECT path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
                 " FROM digests"
             )
         }
+
+    def durations(self) -> tuple[dict[str, float], dict[tuple[str, str], tuple[int, float]]]:
+        """How long recorded tasks took: each record's last duration, and per
+        function (name, source hash) how many records and their total seconds."""
+        by_record: dict[str, float] = {}
+        by_function: dict[tuple[str, str], tuple[int, float]] = {}
+        for key, func, source_hash, duration in self._conn.execute(
+            "SELECT record_key, func, source_hash, duration FROM tasks "
+            "WHERE state='done' AND duration IS NOT NULL"
+        ):
+            by_record[key] = duration
+            count, total = by_function.get((func, source_hash), (0, 0.0))
+            by_function[func, source_hash] = (count + 1, total + duration)
+        return by_record, by_function
 
     def previous_by_name(self, name: str) -> Previous | None:
         """The latest record of a task with this name that this run has not
@@ -803,7 +940,7 @@ class Ledger:
         for row in self._conn.execute(
             "SELECT record_key, task_key, func, source_hash, args, arguments FROM tasks WHERE name=?"
             " ORDER BY ended DESC LIMIT 64",
-            (name,),
+            (_text(name),),
         ):
             if row[0] not in self._members:
                 return Previous(*row)
@@ -822,7 +959,13 @@ class Ledger:
             raise KeyError(record_key)
         value, mac = row
         key = self._workspace_key(create=not self.read_only)
-        if mac is None or key is None or not hmac.compare_digest(bytes(mac), result_mac(key, record_key, value)):
+        # Bound to the inputs the record holds: the ones the up-to-date check
+        # just found unchanged on disk.
+        record = self.lookup(record_key)
+        run_key = exec_key(record_key, record.inputs if record is not None else {})
+        if mac is None or key is None or not hmac.compare_digest(
+            bytes(mac), result_mac(key, record_key, run_key, value)
+        ):
             if mac is None:
                 # Results recorded before results were authenticated (a
                 # schema-1 ledger, upgraded in place) have no code: expected,
@@ -835,7 +978,8 @@ class Ledger:
             raise UntrustedResultError(
                 f"the stored result in {self.path} was not unpickled because its authentication "
                 "code does not match: the ledger was changed outside taskgraph, written by another "
-                "tool, or copied from another workspace"
+                "tool, or copied from another workspace, or the result is that of another run of "
+                "the task (computed from other input files) written back"
             )
         return sqlitedict.decode(value)
 
@@ -870,7 +1014,7 @@ class Ledger:
         row = self._conn.execute(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
-            (path, algorithm),
+            (stored_path(path), algorithm),
         ).fetchone()
         if row is None:
             return None
@@ -891,15 +1035,15 @@ class Ledger:
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._durable = True
         self._member(key, "ran" if outcome.error is None else "failed")
-        failure = outcome.failure
+        failure = outcome.failure or (None, None, None)
         rows = self._rows
+        run_key = exec_key(key, outcome.inputs)
         rows[_UPSERT_TASK].append((
-            key, outcome.task_key, exec_key(key, outcome.inputs), outcome.name, outcome.func,
-            outcome.source_hash, outcome.args, outcome.hash_algorithm, int(outcome.store_result), state,
+            key, outcome.task_key, run_key, _text(outcome.name), _text(outcome.func),
+            outcome.source_hash, _text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
-            outcome.worker, outcome.error, outcome.cpu_time, outcome.peak_memory,
-            failure.type if failure else None, failure.message if failure else None,
-            failure.frames_json() if failure else None, outcome.arguments,
+            _text(outcome.worker), _text(outcome.error), outcome.cpu_time, outcome.peak_memory,
+            _text(failure[0]), _text(failure[1]), _text(failure[2]), _text(outcome.arguments),
         ))
         if not outcome.fresh:
             rows[_DELETE_DEPS].append((key,))
@@ -911,21 +1055,26 @@ class Ledger:
             rows[_DELETE_RESULT].append((key,))
         for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
             rows[_INSERT_FILE].extend(
-                (key, role, path, fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
+                (key, role, stored_path(path), fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
                 for path, fp in files.items()
             )
         if outcome.store_result:
             value = sqlitedict.encode(outcome.result)
             secret = self._workspace_key()
             assert secret is not None  # made when missing
-            mac = result_mac(secret, key, value)
+            mac = result_mac(secret, key, run_key, value)
             rows[_UPSERT_RESULT].append((key, value, mac))
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
-        self._member(record_key, "running" if run else "skipped")
+        if any(reason.get("code") == "restored_from_cache" for reason in reasons):
+            self._member(record_key, "restored")  # its targets came from the shared cache
+        elif not run:
+            self._member(record_key, "skipped")
+        elif self._members.get(record_key) not in ("ran", "failed", "restored"):
+            self._member(record_key, "running")
         self._rows[_DECISION].append((
-            record_key, self.run_id, time.time(), name, "run" if run else "skip",
+            record_key, self.run_id, time.time(), _text(name), "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
 
@@ -969,7 +1118,7 @@ class Ledger:
             conn.executemany(
                 "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (path, algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
+                    (stored_path(path), algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
                      e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
                     for (path, algorithm), e in digests.items()
                 ],
@@ -1004,6 +1153,13 @@ class Ledger:
                 raise LedgerError(
                     f"cannot write the ledger {self.path}: {error}. Nothing recorded before "
                     "this error is lost; free disk space or fix permissions and run again."
+                ) from error
+            if isinstance(error, Exception):
+                # Not the disk: a value SQLite could not take. Still a ledger
+                # error, so the graph stops and every waiter is released.
+                raise LedgerError(
+                    f"cannot write the ledger {self.path}: {type(error).__name__}: {error}. Nothing "
+                    "recorded before this error is lost; please report this as a taskgraph bug."
                 ) from error
             raise
 
@@ -1114,6 +1270,13 @@ class StaleRow:
     last_seen: float | None
 
 
+def _loaded_paths(rows: list[tuple[Any, ...]], column: int) -> list[tuple[Any, ...]]:
+    """Rows with the path in ``column`` back as ``str`` (a name that is not
+    UTF-8 is stored as bytes); the rows of other names as they are."""
+    return [row if type(row[column]) is not bytes else (*row[:column], loaded_path(row[column]), *row[column + 1:])
+            for row in rows]
+
+
 # The records considered by the runs from a given one on.
 _SCOPE = "SELECT record_key FROM considered WHERE run_id >= ?"
 #: What ``LedgerReader.overview`` gives of a record: (record_key, name, state,
@@ -1139,12 +1302,13 @@ class LedgerReader:
         if not os.path.isfile(self.path):
             raise LedgerError(_no_ledger(workspace))
         try:
-            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(self.path))) + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as error:
-            raise LedgerError(f"{self.path} is not a readable taskgraph ledger ({error})") from error
+            raise _open_problem(self.path, error) or LedgerError(
+                f"{self.path} is not a readable taskgraph ledger ({error})") from error
         if app_id != APPLICATION_ID:
             raise LedgerError(f"{self.path} was not written by this taskgraph (it is another SQLite file)")
         if version > SCHEMA_VERSION:
@@ -1164,7 +1328,7 @@ class LedgerReader:
             memory = sqlite3.connect(":memory:", isolation_level=None)
             try:
                 self._conn.backup(memory)
-                _upgrade(memory)
+                _upgrade(memory, None)
             except sqlite3.DatabaseError as error:
                 memory.close()
                 raise LedgerError(f"cannot read {self.path} (schema {version}): {error}") from error
@@ -1240,11 +1404,11 @@ class LedgerReader:
                    " f.path, f.mode, f.size, f.mtime_ns, f.digest")
         target = "LEFT JOIN files f ON f.record_key = t.record_key AND f.role = 'target'"
         if since is not None:
-            return self._rows(
+            return _loaded_paths(self._rows(
                 f"SELECT c.record_key, c.run_id, c.state, {columns} FROM considered c"
-                f" JOIN tasks t ON t.record_key = c.record_key {target} WHERE c.run_id >= ?", (since,))
+                f" JOIN tasks t ON t.record_key = c.record_key {target} WHERE c.run_id >= ?", (since,)), 10)
         # (considered has no index by record: its runs are looked up in memberships().)
-        return self._rows(f"SELECT t.record_key, NULL, NULL, {columns} FROM tasks t {target}")
+        return _loaded_paths(self._rows(f"SELECT t.record_key, NULL, NULL, {columns} FROM tasks t {target}"), 10)
 
     def unrecorded(self, since: int) -> list[tuple[str, int, str, str | None]]:
         """(record_key, run, state, name from its decision or NULL) of the
@@ -1270,8 +1434,8 @@ class LedgerReader:
     def targets(self, keys: set[str] | None = None) -> list[tuple[Any, ...]]:
         """(record_key, path, mode, size, mtime_ns, digest) of every recorded
         target (of the records ``keys``, if given)."""
-        return self._some("SELECT record_key, path, mode, size, mtime_ns, digest FROM files WHERE role = 'target'",
-                          keys)
+        return _loaded_paths(self._some(
+            "SELECT record_key, path, mode, size, mtime_ns, digest FROM files WHERE role = 'target'", keys), 1)
 
     def _some(self, sql: str, keys: set[str] | None) -> list[tuple[Any, ...]]:
         """The rows of ``sql`` whose first column is one of ``keys`` (all if None).
@@ -1318,7 +1482,7 @@ class LedgerReader:
 
     def named(self, name: str) -> list[TaskRow]:
         """The records of tasks with this name, latest first."""
-        return self._select_tasks("t.name = ?", (name,))
+        return self._select_tasks("t.name = ?", (_text(name),))
 
     def names(self) -> list[str]:
         """Every recorded task name, sorted."""
@@ -1380,7 +1544,8 @@ class LedgerReader:
             pair = out.get(key)
             if pair is None:
                 pair = out[key] = ({}, {})
-            pair[0 if kind == "input" else 1][path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            pair[0 if kind == "input" else 1][loaded_path(path)] = Fingerprint(
+                mode, size, mtime_ns, digest, taken_at_ns)
         return out
 
     def record_files(self, record_key: str) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
@@ -1391,7 +1556,8 @@ class LedgerReader:
             "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE record_key=?",
             (record_key,),
         ):
-            (inputs if role == "input" else targets)[path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            (inputs if role == "input" else targets)[loaded_path(path)] = Fingerprint(
+                mode, size, mtime_ns, digest, taken_at_ns)
         return inputs, targets
 
     def deps(self, since: int | None = None) -> list[tuple[str, str]]:
@@ -1426,7 +1592,7 @@ class LedgerReader:
         rows = self._rows(
             "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
-            (path, algorithm),
+            (stored_path(path), algorithm),
         )
         if not rows:
             return None

@@ -1,78 +1,104 @@
-"""The niced process pool (``n_workers > 0``).
+"""The niced process pool (``n_workers > 0``): the calling process's side.
 
-Who writes and who reads what::
+One thread, the pool's manager, owns every worker and every job, as in
+CPython's ``concurrent.futures.process``. The scheduler's ``submit`` and
+``shutdown`` only post a request and wake it. Who writes and who reads what::
 
-    scheduler thread ──submit()──> worker.conn ──> worker process (run_job)
-                                                        │
-    manager thread  <── worker.conn ('R' result, 'L' log record) ─┘
-         │  also waits on every worker's sentinel and on a wake-up pipe
-         └──> done(JobResult)  (puts the result in the scheduler's inbox)
+    scheduler ──submit(job, done)/shutdown()──> requests queue + wake-up pipe
+                                                      │
+    manager thread ──job──> worker.conn ──> worker process (taskgraph._worker)
+         ▲                                              │
+         └── worker.conn ('R' result, 'L' log record) ──┘
+         └── fork server socket (a worker's exit status) or spawn sentinels
+         │
+         └──> done(JobResult): exactly once per job, from :meth:`_finish` only
 
 Each worker has its own duplex pipe and runs one job at a time, so when a
-worker's sentinel fires the pool knows exactly which task it was running: that
-task fails with :class:`WorkerDiedError` naming the signal or exit code, a fresh
-worker takes its place, and nothing waits forever. Workers are started with the
-``spawn`` method (as natcap taskgraph does: safe with the threads of the calling
-process), are not daemonic (tasks may start processes of their own), lower
-their own priority with psutil (the caller's priority is untouched), ignore
-SIGINT (the parent decides what Ctrl-C does), and exit when the parent dies.
-With ``bind_cpus`` each worker is pinned to a core of its own.
+worker dies the pool knows exactly which task it was running: that task fails
+with :class:`WorkerDiedError` naming the signal or exit code, a fresh worker
+takes its place on the next job, and nothing waits forever. A worker that
+cannot be started fails its task with :class:`WorkerStartError` and the cause;
+``submit`` itself never raises.
 
-The run report is measured in the worker, around each job: CPU time is the
-worker process's user + system time plus that of the child processes it
-waited for; peak memory is the worker's resident set size, sampled every
-10 ms by a thread while the job runs and completed by the kernel's exact
-high-water mark (``ru_maxrss``) whenever the job raised it.
+How workers start (``start_method``):
+
+- ``'fork'`` (the default on Linux and other POSIX systems but macOS): workers
+  are forked by a fork server (:mod:`taskgraph._forkserver`), itself forked
+  from the caller when the pool is made, before the engine starts any thread.
+  Workers start in milliseconds, with every module the caller had imported,
+  and a script without ``if __name__ == "__main__":`` is not run again in
+  them. natcap taskgraph 0.11 forks too on Linux (its ``NoDaemonProcess`` is
+  a default-context ``multiprocessing.Process``), but from the calling
+  process while its threads run; here no worker is forked beside an engine
+  thread.
+- ``'spawn'`` (the default on macOS and Windows, as multiprocessing's and so
+  natcap's there): each worker starts a fresh interpreter, imports the main
+  script as ``__mp_main__`` (so its top level must be guarded) and imports
+  only ``taskgraph._worker`` of this package before its first job.
+
+``TASKGRAPH_START_METHOD`` in the environment sets the default.
+
+Workers are not daemonic (tasks may start processes of their own), lower
+their own priority with psutil (the caller's priority is untouched), ignore
+SIGINT (the parent decides what Ctrl-C does), and exit when the calling
+process dies. With ``bind_cpus`` each worker is pinned to a core of its own.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import queue
 import signal
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
 
-from taskgraph._errors import TaskExecutionError, WorkerDiedError
+from taskgraph import _forkserver, _threads
+from taskgraph._errors import TaskExecutionError, WorkerDiedError, WorkerStartError
 from taskgraph._executor import DoneCallback, Executor
-from taskgraph._job import Job, JobResult, encode_result, run_job
+from taskgraph._job import Job, JobResult, RemoteTraceback
+from taskgraph._worker import LOG, STOP, worker_main
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
-_RESULT = b"R"
-_LOG = b"L"
-_STOP = b""
-_JOIN_TIMEOUT_S = 5.0
-_SAMPLE_S = 0.01
-_PARK_AFTER_S = 1.0
+_STOP_GRACE_S = 5.0  # shutdown(kill=False): how long workers may take to stop before they are killed
+_KILL_GRACE_S = 5.0  # after a kill: how long until a worker whose end was never seen is given up
+START_METHODS = ("fork", "spawn")
+ENVIRONMENT_VARIABLE = "TASKGRAPH_START_METHOD"
 
 
-class _RemoteTraceback(Exception):
-    """Carries a worker's traceback text as the ``__cause__`` of a task's exception."""
+def default_start_method() -> str:
+    """``TASKGRAPH_START_METHOD`` if set, else ``'fork'`` where the platform
+    forks safely (POSIX but macOS), else ``'spawn'``."""
+    chosen = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
+    if chosen:
+        return chosen
+    if _forkserver.available() and sys.platform != "darwin":
+        return "fork"
+    return "spawn"
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
 
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
-
-
-def low_priority() -> int:
-    """The niceness (POSIX) or priority class (Windows) workers run at."""
-    if psutil.WINDOWS:
-        return int(psutil.BELOW_NORMAL_PRIORITY_CLASS)  # type: ignore[attr-defined,unused-ignore]
-    return 10
+def check_start_method(start_method: str | None) -> str:
+    """The start method to use, or ValueError saying what is allowed here."""
+    method = default_start_method() if start_method is None else start_method
+    source = f"{ENVIRONMENT_VARIABLE}={method!r}" if start_method is None else f"start_method={method!r}"
+    if method not in START_METHODS:
+        raise ValueError(f"{source}: the start method must be one of {', '.join(map(repr, START_METHODS))}")
+    if method == "fork" and not _forkserver.available():
+        raise ValueError(f"{source}: this platform cannot fork worker processes; use 'spawn'")
+    return method
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -95,214 +121,31 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode} (the task or a library called os._exit or exited the process)"
 
 
-# -- inside a worker process ------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    """A job in the pool: its callback and the message that carries it."""
 
-
-class _PipeLogHandler(logging.Handler):
-    """Sends log records to the parent over the worker's pipe."""
-
-    def __init__(self, conn: Connection, lock: threading.Lock) -> None:
-        super().__init__()
-        self._conn = conn
-        self._lock = lock
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            record.msg = record.getMessage()
-            record.args = None
-            if record.exc_info:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-                record.exc_info = None
-            data = pickle.dumps(record)
-            with self._lock:
-                self._conn.send_bytes(_LOG + data)
-        except Exception:
-            self.handleError(record)
-
-
-def _exit_with_parent() -> None:
-    """Exit this worker (and its children) as soon as the parent process dies."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-    multiprocessing.connection.wait([parent.sentinel])
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process().children(recursive=True):
-            child.kill()
-    os._exit(70)
-
-
-def _max_rss() -> int:
-    """This process's resident-set high-water mark in bytes (0 where unknown)."""
-    try:
-        import resource
-    except ImportError:  # Windows: psutil knows the peak working set
-        return int(getattr(psutil.Process().memory_info(), "peak_wset", 0))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if psutil.MACOS else int(peak) * 1024  # macOS counts bytes, Linux KiB
-
-
-def _rss_reader(process: psutil.Process) -> Callable[[], int]:
-    """A function returning this process's resident set size in bytes.
-
-    On Linux it reads ``/proc/self/statm`` through a descriptor kept open
-    (about 2 us, against 10 us for psutil, which opens the file each time).
-    """
-    try:
-        fd = os.open("/proc/self/statm", os.O_RDONLY)
-    except OSError:
-        return lambda: int(process.memory_info().rss)
-    page = os.sysconf("SC_PAGE_SIZE")
-    return lambda: int(os.pread(fd, 128, 0).split()[1]) * page
-
-
-class _PeakSampler:
-    """Samples this process's RSS while a job runs, from one thread that lives
-    as long as the worker.
-
-    Starting and stopping a job only flip a flag under a lock: the thread keeps
-    its own 10 ms rhythm and is never woken per job (a wake-up per job would
-    cost more than a short job itself). It parks after a second without a job
-    and is woken by the next one. Sampling alone misses spikes shorter than
-    the period; the kernel's high-water mark is exact but covers the process's
-    whole life, so it is used only when it rose during the job (the job itself
-    set it).
-    """
-
-    def __init__(self, process: psutil.Process) -> None:
-        self._rss = _rss_reader(process)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._active = False
-        self._parked = False
-        self._generation = 0
-        self._peak = 0
-        self._last_job = time.monotonic()
-        self._high_before = 0
-        threading.Thread(target=self._sample, name="taskgraph-memory-sampler", daemon=True).start()
-
-    def _sample(self) -> None:
-        while True:
-            time.sleep(_SAMPLE_S)
-            with self._lock:
-                active, generation = self._active, self._generation
-                if not active and time.monotonic() - self._last_job > _PARK_AFTER_S:
-                    self._parked = True
-                    self._wake.clear()
-                parked = self._parked
-            if parked:
-                self._wake.wait()
-                continue
-            if not active:
-                continue
-            try:
-                rss = self._rss()
-            except (psutil.Error, OSError):
-                continue
-            with self._lock:
-                if generation == self._generation:  # still the same job
-                    self._peak = max(self._peak, rss)
-
-    def start(self) -> None:
-        self._high_before = _max_rss()
-        with self._lock:
-            self._generation += 1
-            self._peak = 0
-            self._active = True
-            parked, self._parked = self._parked, False
-        if parked:
-            self._wake.set()
-
-    def stop(self) -> int:
-        with self._lock:
-            self._active = False
-            self._generation += 1
-            self._last_job = time.monotonic()
-            peak = self._peak
-        with contextlib.suppress(psutil.Error, OSError):
-            peak = max(peak, self._rss())
-        high = _max_rss()
-        return max(peak, high) if high > self._high_before else peak
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and of the child processes it waited for."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
-
-
-def _measured_run(call: Any, spec: tuple[Any, ...], sampler: _PeakSampler) -> JobResult:
-    """Run a job and fill in its CPU time and peak memory (for this process)."""
-    cpu_before = _cpu_seconds()
-    sampler.start()
-    try:
-        outcome = run_job(call, *spec)
-    finally:
-        peak = sampler.stop()
-    outcome.cpu_time = _cpu_seconds() - cpu_before
-    outcome.peak_memory = peak
-    return outcome
-
-
-def _worker_main(conn: Connection, levels: dict[str, int], nice: bool, cpu: int | None = None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(os, "setpgid"):
-        # A process group of its own: processes the task starts stay in it,
-        # so they can be found and killed even after this worker has died
-        # (when they are no longer its children).
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
-    process = psutil.Process()
-    if nice:
-        with contextlib.suppress(psutil.Error, OSError):
-            process.nice(low_priority())
-    if cpu is not None:
-        process.cpu_affinity([cpu])  # type: ignore[attr-defined,unused-ignore]
-    sampler = _PeakSampler(process)
-    threading.Thread(target=_exit_with_parent, name="taskgraph-parent-watch", daemon=True).start()
-    send_lock = threading.Lock()
-    root = logging.getLogger()
-    root.handlers = [_PipeLogHandler(conn, send_lock)]
-    for name, level in levels.items():
-        (root if name == "" else logging.getLogger(name)).setLevel(level)
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        if data == _STOP:
-            return
-        payload, spec = pickle.loads(data)
-        task_id, name = spec[0], spec[1]
-        try:
-            call = pickle.loads(payload)
-        except BaseException as error:
-            outcome = JobResult(task_id, error=TaskExecutionError(
-                f"task {name!r} could not be unpickled in the worker process ({error!r}); "
-                "define its function and argument types at module level in an importable "
-                "module (the worker starts a fresh interpreter)."
-            ))
-        else:
-            outcome = _measured_run(call, spec, sampler)
-        blob = encode_result(outcome, name)
-        with send_lock:
-            conn.send_bytes(_RESULT + blob)
-
-
-# -- in the calling process ----------------------------------------------------------
+    job: Job
+    done: DoneCallback
+    message: bytes
 
 
 class _Worker:
-    __slots__ = ("conn", "cpu", "done", "finished_jobs", "index", "job", "process")
+    """The manager thread's record of one worker process."""
 
-    def __init__(self, process: Any, conn: Connection, index: int, cpu: int | None) -> None:
-        self.process = process
-        self.conn = conn
+    __slots__ = ("conn", "cpu", "exitcode", "finished_jobs", "index", "jobs", "name", "pid", "process")
+
+    def __init__(self, pid: int, conn: Connection, index: int, cpu: int | None, process: Any = None) -> None:
+        self.pid = pid
+        self.conn: Connection | None = conn
         self.index = index
+        self.name = f"taskgraph-worker-{index}"
         self.cpu = cpu
-        self.job: Job | None = None
-        self.done: DoneCallback | None = None
+        self.process = process  # the multiprocessing.Process under spawn; None when forked by the server
+        # The job it runs, then the short ones sent to wait behind it (see ProcessPool).
+        self.jobs: collections.deque[_Entry] = collections.deque()
         self.finished_jobs = 0
+        self.exitcode: int | None = None
 
 
 def _log_levels() -> dict[str, int]:
@@ -346,259 +189,426 @@ class ProcessPool(Executor):
 
     Args:
         n_workers: how many worker processes run at once.
-        start_method: the multiprocessing start method.
+        start_method: ``'fork'`` or ``'spawn'`` (see the module docstring);
+            None takes :func:`default_start_method`.
         nice: lower the workers' priority.
         bind_cpus: pin each worker to a core of its own (from the cores
             this process may use); a worker that replaces a dead one takes
             its core. The caller checks :func:`usable_cpus` first.
+
+    Raises:
+        ValueError: for a start method this platform does not have.
+        WorkerStartError: when the fork server cannot be started.
     """
 
     def __init__(
-        self, n_workers: int, start_method: str = "spawn", nice: bool = True, bind_cpus: bool = False
+        self, n_workers: int, start_method: str | None = None, nice: bool = True, bind_cpus: bool = False
     ) -> None:
         self.capacity = n_workers
+        self.queue_depth = n_workers  # one short job may wait behind each worker's short job
+        self.start_method = check_start_method(start_method)
         self._free_cpus: list[int] | None = None
         if bind_cpus:
             cpus = usable_cpus()
             if cpus is None or len(cpus) < n_workers:
                 raise ValueError(f"cannot pin {n_workers} workers to their own cores: usable cores {cpus}")
             self._free_cpus = cpus[:n_workers]
-        self._context: Any = multiprocessing.get_context(start_method)
         self._nice = nice
-        self._levels: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._server: _forkserver.ForkServer | None = None
+        if self.start_method == "fork":
+            # Now, before the manager thread below (and the scheduler's) exist.
+            try:
+                self._server = _forkserver.start()
+            except OSError as error:
+                raise WorkerStartError(
+                    f"the fork server that starts worker processes could not be started ({error}); raise "
+                    "the open-file limit (ulimit -n) or free memory, or pass start_method='spawn'"
+                ) from error
+            if self._server is None:
+                LOGGER.warning(
+                    "taskgraph threads of another graph are running in this process and no fork server "
+                    "is alive to copy, so this pool's workers start with 'spawn' (each imports the main "
+                    "script). Make this graph before starting the other, or pass start_method='spawn'."
+                )
+                self.start_method = "spawn"
+        self._context: Any = multiprocessing.get_context("spawn")
+        self._requests: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        # Set by the first request after the manager last looked: later ones
+        # need not write to the pipe again (a write per job costs a system call).
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
+        # Owned by the manager thread alone from here on:
+        self._levels: dict[str, int] | None = None
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
+        self._backlog: collections.deque[_Entry] = collections.deque()
         self._closing = False
+        self._killing = False
+        self._deadline = 0.0
         self._next_index = 0
-        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         # Workers start on first use: a rerun that skips every task starts none.
-        self._manager = threading.Thread(
-            target=self._manage, name="taskgraph-pool-manager", daemon=True
-        )
-        self._manager.start()
-        # Safety net only: close()/join() shut the pool down in normal use.
-        # (weakref.finalize also runs at interpreter exit, before multiprocessing
-        # would wait for these non-daemonic workers).
-        self._finalizer = weakref.finalize(self, ProcessPool._emergency_stop, self._workers)
+        self._manager = _threads.start(self._manage, "taskgraph-pool-manager")
+        # Safety net only: shutdown() stops the pool in normal use. (weakref.finalize
+        # also runs at interpreter exit, before multiprocessing would wait for
+        # non-daemonic workers.)
+        self._finalizer = weakref.finalize(self, ProcessPool._emergency_stop, self._workers, self._server)
 
     @staticmethod
-    def _emergency_stop(workers: list[_Worker]) -> None:
-        for worker in workers:
-            if worker.process.is_alive():
-                _kill_tree(worker.process.pid)
+    def _emergency_stop(workers: list[_Worker], server: _forkserver.ForkServer | None) -> None:
+        for worker in list(workers):
+            if worker.exitcode is None:
+                _kill_tree(worker.pid)
+        if server is not None:
+            server.close()
 
-    def _spawn(self, job: Job, done: DoneCallback) -> _Worker | None:
-        """Start a worker that is given ``job`` at once (None if the pool
-        was shut down meanwhile)."""
-        parent_conn, child_conn = self._context.Pipe(duplex=True)
-        with self._lock:
-            index = self._next_index
-            self._next_index += 1
-            if index == 0:
-                self._levels = _log_levels()
-            cpu = self._free_cpus.pop(0) if self._free_cpus else None
-        process = self._context.Process(
-            target=_worker_main,
-            args=(child_conn, self._levels, self._nice, cpu),
-            name=f"taskgraph-worker-{index}",
-            daemon=False,
-        )
-        process.start()
-        child_conn.close()
-        worker = _Worker(process, parent_conn, index, cpu)
-        worker.job, worker.done = job, done
-        with self._lock:
-            closing = self._closing
-            if not closing:
-                self._workers.append(worker)
-        if closing:  # shut down while it started: shutdown() did not see it
-            _kill_tree(process.pid)
-            process.join(_JOIN_TIMEOUT_S)
-            parent_conn.close()
-            return None
-        self._wake()  # the manager thread must start watching the new worker
-        return worker
+    # -- called from other threads: post and wake ------------------------------------
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         assert job.payload is not None
-        message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
-        with self._lock:
-            closing = self._closing
-            worker = None
-            if not closing and self._idle:
-                worker = self._idle.pop()
-                worker.job = job
-                worker.done = done
-        if not closing and worker is None:
-            worker = self._spawn(job, done)
-            closing = worker is None
-        if closing or worker is None:
-            # Shut down (after Ctrl-C, from another thread) while the scheduler
-            # was still dispatching: start no new worker, which nothing would stop.
-            done(JobResult(job.task_id, error=WorkerDiedError(
-                f"task {job.name!r} was not started because the graph is shutting down"
-            )))
+        self._requests.put(("job", job, done))
+        self._wake()
+        if not self._manager.is_alive():
+            self._take_requests()  # the pool has stopped: the job fails at once (shutting down)
+
+    def shutdown(self, kill: bool = False) -> None:
+        self._requests.put(("shutdown", kill, None))
+        self._wake()
+        if self._manager is threading.current_thread():
             return
-        try:
-            worker.conn.send_bytes(message)
-        except OSError:
-            # The worker died before it got the job; the manager thread notices
-            # its sentinel and fails the job with the exit status.
-            pass
+        self._manager.join(_STOP_GRACE_S + 2 * _KILL_GRACE_S)
+        if self._manager.is_alive():
+            LOGGER.warning("the process pool's manager thread did not stop in time")
 
     def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         with contextlib.suppress(OSError):
             self._wake_w.send_bytes(b"w")
 
+    # -- the manager thread ------------------------------------------------------------
+
     def _manage(self) -> None:
-        while True:
-            with self._lock:
-                if self._closing and not any(w.job for w in self._workers):
+        try:
+            while True:
+                self._take_requests()
+                if self._server is not None and self._server.pending:
+                    self._on_ready(self._server)  # exits read while a worker was starting
+                if self._closing and not self._workers:
                     return
-                by_handle: dict[Any, tuple[str, _Worker | None]] = {self._wake_r: ("wake", None)}
+                handles: list[Any] = [self._wake_r]
                 for worker in self._workers:
-                    by_handle[worker.conn] = ("conn", worker)
-                    by_handle[worker.process.sentinel] = ("died", worker)
-            for handle in multiprocessing.connection.wait(list(by_handle)):
-                kind, maybe_worker = by_handle[handle]
-                if kind == "wake":
-                    with contextlib.suppress(EOFError, OSError):
-                        while self._wake_r.poll():
-                            self._wake_r.recv_bytes()
-                    continue
-                assert maybe_worker is not None
-                worker = maybe_worker
-                if worker not in self._workers:
-                    continue  # already handled via its other handle this round
-                if kind == "conn":
-                    try:
-                        data = worker.conn.recv_bytes()
-                    except (EOFError, OSError):
+                    if worker.conn is not None:
+                        handles.append(worker.conn)
+                    if worker.process is not None:
+                        handles.append(worker.process.sentinel)
+                if self._server is not None and not self._server.gone:
+                    handles.append(self._server)
+                timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
+                ready = multiprocessing.connection.wait(handles, timeout)
+                if not ready and self._closing and time.monotonic() >= self._deadline:
+                    self._escalate()
+                for handle in ready:
+                    self._on_ready(handle)
+        except BaseException as error:  # a bug here must not leave jobs waiting forever
+            LOGGER.exception("the process pool's manager thread failed")
+            for worker in list(self._workers):
+                _kill_tree(worker.pid)
+                self._forget(worker, WorkerDiedError(
+                    f"the process pool failed: {type(error).__name__}: {error}"
+                ))
+        finally:
+            self._closing = True
+            self._take_requests()  # jobs that came with or after the shutdown: not started
+            self._finalizer.detach()
+            if self._server is not None:
+                self._server.close()
+            for handle in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    handle.close()
+
+    def _take_requests(self) -> None:
+        while True:
+            try:
+                kind, first, second = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "job":
+                self._assign(first, second)
+            elif kind == "shutdown":
+                self._begin_shutdown(kill=first)
+
+    def _begin_shutdown(self, kill: bool) -> None:
+        if not self._closing:
+            self._closing = True
+            self._deadline = time.monotonic() + _STOP_GRACE_S
+            for worker in self._workers:
+                if worker.conn is not None:
+                    with contextlib.suppress(OSError):
+                        worker.conn.send_bytes(STOP)
+        if kill and not self._killing:
+            self._kill_all()
+
+    def _kill_all(self) -> None:
+        self._killing = True
+        self._deadline = time.monotonic() + _KILL_GRACE_S
+        for worker in list(self._workers):
+            # A result already in the pipe is delivered, not lost with the worker.
+            with contextlib.suppress(EOFError, OSError):
+                while worker.jobs and worker.conn is not None and worker.conn.poll():
+                    self._on_message(worker, worker.conn.recv_bytes())
+            _kill_tree(worker.pid)
+
+    def _escalate(self) -> None:
+        """A shutdown deadline passed: kill the workers, or after a kill,
+        give up on the ones whose end was never seen."""
+        if not self._killing:
+            self._kill_all()
+            return
+        for worker in list(self._workers):
+            self._forget(worker, None)
+
+    def _on_ready(self, handle: Any) -> None:
+        if handle is self._wake_r:
+            with contextlib.suppress(EOFError, OSError):
+                while self._wake_r.poll():
+                    self._wake_r.recv_bytes()
+            with self._wake_lock:
+                self._wake_pending = False  # requests posted from now on wake it again
+            self._take_requests()
+            return
+        if handle is self._server:
+            assert self._server is not None
+            for pid, exitcode in self._server.exits():
+                for worker in self._workers:
+                    if worker.pid == pid:
+                        worker.exitcode = exitcode
                         self._on_death(worker)
-                        continue
-                    self._on_message(worker, data)
-                else:
-                    self._on_death(worker)
+                        break
+            if self._server.gone:
+                # Its workers' exits will not be reported: a closed pipe is their end now.
+                for worker in list(self._workers):
+                    if worker.conn is None:
+                        self._on_death(worker)
+            return
+        for worker in self._workers:
+            if handle is worker.conn:
+                self._on_readable(worker)
+                return
+            if worker.process is not None and handle == worker.process.sentinel:
+                worker.process.join(_KILL_GRACE_S)
+                worker.exitcode = worker.process.exitcode
+                self._on_death(worker)
+                return
+
+    def _on_readable(self, worker: _Worker) -> None:
+        assert worker.conn is not None
+        try:
+            data = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._pipe_closed(worker)
+            return
+        self._on_message(worker, data)
+
+    def _pipe_closed(self, worker: _Worker) -> None:
+        """The worker's end of its pipe closed: it has died, or is dying.
+        Its exit status (from its sentinel or the fork server) completes it."""
+        if worker.conn is not None:
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+            worker.conn = None
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        if worker.process is None and (self._server is None or self._server.gone):
+            self._on_death(worker)
 
     def _on_message(self, worker: _Worker, data: bytes) -> None:
         tag, body = data[:1], data[1:]
-        if tag == _LOG:
+        if tag == LOG:
             try:
                 record = pickle.loads(body)
                 logger = logging.getLogger(record.name)
                 if logger.isEnabledFor(record.levelno):
                     logger.handle(record)
             except Exception:  # a broken log record or handler must not stop the pool
-                LOGGER.exception("could not relay a log record from %s", worker.process.name)
+                LOGGER.exception("could not relay a log record from %s", worker.name)
             return
-        job, done = worker.job, worker.done
+        if not worker.jobs:
+            return  # the job was given up already
+        job = worker.jobs[0].job
         try:
             result: JobResult = pickle.loads(body)
         except Exception as error:
-            name = job.name if job else "?"
-            result = JobResult(job.task_id if job else -1, error=TaskExecutionError(
-                f"the result of task {name!r} could not be unpickled in the calling process "
+            result = JobResult(job.task_id, error=TaskExecutionError(
+                f"the result of task {job.name!r} could not be unpickled in the calling process "
                 f"({error!r}); return only types importable here."
             ))
         if result.error is not None and result.remote_traceback:
-            result.error.__cause__ = _RemoteTraceback(result.remote_traceback)
-        with self._lock:
-            worker.job = None
-            worker.done = None
-            worker.finished_jobs += 1
-            if not self._closing:
+            result.error.__cause__ = RemoteTraceback(result.remote_traceback)
+        worker.finished_jobs += 1
+        self._finish(worker.jobs.popleft(), result)
+        if not worker.jobs and not self._closing:
+            if self._backlog:
+                self._send(worker, self._backlog.popleft())
+            else:
                 self._idle.append(worker)
-        if done is not None:
-            done(result)
+
+    @staticmethod
+    def _finish(entry: _Entry, result: JobResult) -> None:
+        """Hand a job's result to its ``done``: the one place that calls it
+        (each entry leaves the pool's lists before it comes here, so once)."""
+        entry.done(result)
 
     def _on_death(self, worker: _Worker) -> None:
-        # Read what the worker sent before it died (a result may be there).
-        with contextlib.suppress(EOFError, OSError):
-            while worker.job is not None and worker.conn.poll():
-                self._on_message(worker, worker.conn.recv_bytes())
-        _kill_group(worker.process.pid)
-        worker.process.join(_JOIN_TIMEOUT_S)
-        with self._lock:
-            self._workers.remove(worker)
-            with contextlib.suppress(ValueError):
-                self._idle.remove(worker)
-            if worker.cpu is not None and self._free_cpus is not None:
-                self._free_cpus.append(worker.cpu)  # its replacement takes the core
-            job, done = worker.job, worker.done
-            worker.job = worker.done = None
-            exitcode = worker.process.exitcode
-            at_start = worker.finished_jobs == 0 and exitcode == 1
-        worker.conn.close()
-        if at_start and job is not None:
-            hint = (
-                " It died before finishing any task: a worker process could not start. With "
-                "the spawn start method each worker imports the main script, so the script's "
-                "top-level code must be under `if __name__ == '__main__':`; the worker's own "
-                "error is printed on stderr above."
-            )
-        else:
-            hint = (
-                " If it ran out of memory, run fewer tasks at once (a smaller n_workers) or "
-                "split the task; partial targets are not recorded and the task runs again next "
-                "time."
-            )
-        if job is not None and done is not None:
-            error = WorkerDiedError(
-                f"the worker process (pid {worker.process.pid}) running task {job.name!r} died "
-                f"with {describe_exit(exitcode)} before the task returned." + hint
-            )
-            done(JobResult(job.task_id, error=error, worker=worker.process.name))
-
-    def shutdown(self, kill: bool = False) -> None:
-        with self._lock:
-            if self._closing:
-                already = True
+        if worker.conn is not None:
+            # Read what the worker sent before it died (a result may be there).
+            with contextlib.suppress(EOFError, OSError):
+                while worker.jobs and worker.conn.poll():
+                    self._on_message(worker, worker.conn.recv_bytes())
+        _kill_group(worker.pid)
+        error = None
+        if worker.jobs:
+            job = worker.jobs[0].job
+            if self._killing:
+                error = WorkerDiedError(f"task {job.name!r} was stopped because the graph is shutting down")
             else:
-                already = False
-                self._closing = True
-            workers = list(self._workers)
-        if not already:
-            for worker in workers:
-                if kill:
-                    _kill_tree(worker.process.pid)
-                else:
-                    with contextlib.suppress(OSError):
-                        worker.conn.send_bytes(_STOP)
-        self._wake()
-        for worker in workers:
-            worker.process.join(_JOIN_TIMEOUT_S if not kill else 1.0)
-            if worker.process.is_alive():
-                _kill_tree(worker.process.pid)
-                worker.process.join(_JOIN_TIMEOUT_S)
-        if kill:
-            # Jobs killed mid-run report nothing: fail them now.
-            with self._lock:
-                orphans = [(w.job, w.done) for w in workers if w.job is not None]
-                for worker in workers:
-                    worker.job = worker.done = None
-            for job, done in orphans:
-                if job is not None and done is not None:
-                    done(JobResult(job.task_id, error=WorkerDiedError(
-                        f"task {job.name!r} was stopped because the graph is shutting down"
-                    )))
-        self._wake()
-        if self._manager is not threading.current_thread():
-            self._manager.join(_JOIN_TIMEOUT_S)
-            if self._manager.is_alive():
-                # Still reading a worker's last messages: closing the pipes
-                # under it would fail its wait(); it closes each on the
-                # worker's death, and the process exits without them.
-                LOGGER.warning("the process pool's manager thread did not stop within %s s", _JOIN_TIMEOUT_S)
-                self._finalizer.detach()
-                return
-        for worker in workers:
+                error = WorkerDiedError(
+                    f"the worker process (pid {worker.pid}) running task {job.name!r} died with "
+                    f"{describe_exit(worker.exitcode)} before the task returned." + self._death_hint(worker)
+                )
+        self._forget(worker, error)
+
+    def _death_hint(self, worker: _Worker) -> str:
+        if worker.finished_jobs == 0 and worker.exitcode == 1 and worker.process is not None:
+            return (
+                " It died before finishing any task: a worker process could not start. With the "
+                "spawn start method each worker imports the main script, so the script's top-level "
+                "code must be under `if __name__ == '__main__':`; the worker's own error is printed "
+                "on stderr above."
+            )
+        return (
+            " If it ran out of memory, run fewer tasks at once (a smaller n_workers) or split the "
+            "task; partial targets are not recorded and the task runs again next time."
+        )
+
+    def _forget(self, worker: _Worker, error: BaseException | None) -> None:
+        """Drop a worker that has ended; its job, if any, fails with ``error``."""
+        with contextlib.suppress(ValueError):
+            self._workers.remove(worker)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        if worker.cpu is not None and self._free_cpus is not None:
+            self._free_cpus.append(worker.cpu)  # its replacement takes the core
+        if worker.conn is not None:
             with contextlib.suppress(OSError):
                 worker.conn.close()
-        self._finalizer.detach()
-        with contextlib.suppress(OSError):
-            self._wake_r.close()
-            self._wake_w.close()
+            worker.conn = None
+        entries, worker.jobs = list(worker.jobs), collections.deque()
+        if entries:
+            first = entries.pop(0)
+            self._finish(first, JobResult(first.job.task_id, error=error or WorkerDiedError(
+                f"task {first.job.name!r} was stopped because the graph is shutting down"
+            ), worker=worker.name))
+        # Jobs that waited behind the one that died never started: they go to
+        # another worker (or, when the pool is closing, fail as not started).
+        for entry in reversed(entries):
+            self._backlog.appendleft(entry)
+        self._drain_backlog()
+
+    def _assign(self, job: Job, done: DoneCallback) -> None:
+        if self._closing:
+            # Shut down (after a failure or Ctrl-C) while the scheduler was still
+            # dispatching: start nothing that nothing would stop.
+            done(JobResult(job.task_id, error=WorkerDiedError(
+                f"task {job.name!r} was not started because the graph is shutting down"
+            )))
+            return
+        try:
+            message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            done(JobResult(job.task_id, error=TaskExecutionError(
+                f"task {job.name!r} could not be sent to a worker process: {type(error).__name__}: {error}"
+            )))
+            return
+        self._backlog.append(_Entry(job, done, message))
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Give waiting jobs to workers: an idle one, a new one while fewer than
+        ``capacity`` run, or, for a short job, a worker busy with a short job
+        (it waits there, so the round trip overlaps the job before it)."""
+        while self._backlog:
+            entry = self._backlog[0]
+            if self._closing:
+                self._backlog.popleft()
+                self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
+                    f"task {entry.job.name!r} was not started because the graph is shutting down"
+                )))
+                continue
+            worker = self._idle.pop() if self._idle else None
+            if worker is None and len(self._workers) < self.capacity:
+                try:
+                    worker = self._start_worker()
+                except Exception as error:
+                    self._backlog.popleft()
+                    self._finish(entry, JobResult(entry.job.task_id, error=WorkerStartError(
+                        f"task {entry.job.name!r} could not run: a worker process could not be started "
+                        f"({type(error).__name__}: {error}). If it says too many open files, raise the "
+                        "limit (ulimit -n) or use a smaller n_workers; if it says no memory, free some "
+                        "or use fewer workers."
+                    )))
+                    continue
+            if worker is None and entry.job.short:
+                worker = next((w for w in self._workers if len(w.jobs) == 1 and w.jobs[0].job.short
+                               and w.conn is not None), None)
+            if worker is None:
+                return  # it waits for the next worker to finish
+            self._send(worker, self._backlog.popleft())
+
+    def _send(self, worker: _Worker, entry: _Entry) -> None:
+        worker.jobs.append(entry)
+        assert worker.conn is not None
+        try:
+            worker.conn.send_bytes(entry.message)
+        except OSError:
+            # The worker died before it got the job: its exit status, seen
+            # next, fails the job with the cause.
+            self._pipe_closed(worker)
+
+    def _start_worker(self) -> _Worker:
+        index = self._next_index
+        self._next_index += 1
+        if self._levels is None:
+            self._levels = _log_levels()
+        cpu = self._free_cpus.pop(0) if self._free_cpus else None
+        try:
+            if self._server is not None:
+                options = {"levels": self._levels, "nice": self._nice, "cpu": cpu, "name": f"taskgraph-worker-{index}"}
+                pid, conn = self._server.start_worker(options)
+                worker = _Worker(pid, conn, index, cpu)
+            else:
+                parent_conn, child_conn = self._context.Pipe(duplex=True)
+                try:
+                    process = self._context.Process(
+                        target=worker_main, args=(child_conn, self._levels, self._nice, cpu, None),
+                        name=f"taskgraph-worker-{index}", daemon=False,
+                    )
+                    process.start()
+                except BaseException:
+                    parent_conn.close()
+                    raise
+                finally:
+                    child_conn.close()
+                worker = _Worker(process.pid, parent_conn, index, cpu, process)
+        except BaseException:
+            if cpu is not None and self._free_cpus is not None:
+                self._free_cpus.append(cpu)
+            raise
+        self._workers.append(worker)
+        return worker
 
 
-__all__ = ["ProcessPool", "describe_exit", "usable_cpus"]
+__all__ = ["ENVIRONMENT_VARIABLE", "START_METHODS", "ProcessPool", "check_start_method", "default_start_method",
+           "describe_exit", "usable_cpus"]

@@ -30,7 +30,7 @@ from taskgraph._view import Entry, View, build, failure_of, mebibytes, plan, sec
 
 #: Fill colours of the states (the graph command uses the same).
 COLOURS = {
-    "ran": "#81c784", "skipped": "#dcedc8", "failed": "#e57373", "cancelled": "#ffcc80",
+    "ran": "#81c784", "restored": "#a5d6a7", "skipped": "#dcedc8", "failed": "#e57373", "cancelled": "#ffcc80",
     "running": "#64b5f6", "pending": "#bbdefb", "interrupted": "#ffb74d", "stale": "#e0e0e0",
 }
 _NODE_W, _NODE_H, _GAP_X, _GAP_Y = 176, 38, 56, 14
@@ -77,7 +77,7 @@ def _family(name: str) -> str:
 
 
 def _worst(states: Sequence[str]) -> str:
-    for state in ("failed", "interrupted", "running", "cancelled", "pending", "ran", "skipped", "stale"):
+    for state in ("failed", "interrupted", "running", "cancelled", "pending", "ran", "restored", "skipped", "stale"):
         if state in states:
             return state
     return states[0] if states else "stale"

@@ -5,6 +5,7 @@ for ``n_workers >= 0``; the caller's own thread, inside ``add_task``, for
 ``n_workers < 0``). Other threads only put messages in its inbox::
 
     add_task ──('add', task)──────────┐
+    close/join ──('all added', None)──┤
     executor ──('done', JobResult)────┤──> inbox ──> scheduler thread
     join/Ctrl-C ──('abort', error)────┘              │
                                                      ├─> decide() (ledger read, stat)
@@ -24,6 +25,7 @@ anything; a timed wait is used only for ``reporting_interval`` progress logs.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import queue
@@ -31,19 +33,29 @@ import threading
 import time
 from typing import Any
 
+from taskgraph import _threads
 from taskgraph._arguments import tree as argument_tree
+from taskgraph._cache_use import CacheUse, restored_bytes
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision, Reason, decide
-from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphError, WorkerDiedError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._errors import (
+    LedgerError,
+    TaskCancelledError,
+    TaskGraphError,
+    TaskGraphTerminatedError,
+    WorkerDiedError,
+    WorkerStartError,
+)
+from taskgraph._executor import Executor
 from taskgraph._failure import Failure
 from taskgraph._failure import describe as describe_failure
 from taskgraph._fingerprint import is_content_algorithm
+from taskgraph._history import SHORT_S, History
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
 from taskgraph._ledger import Ledger, Outcome, UntrustedResultError
 from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
-from taskgraph._progress import ProgressBar
+from taskgraph._progress import Progress
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -66,17 +78,21 @@ class Scheduler:
         threaded: bool,
         reporting_interval: float | None,
         dry_run: bool = False,
-        progress: ProgressBar | None = None,
+        progress: Progress | None = None,
         claims: Claims | None = None,
         policy: Policy | None = None,
         memory_limit: float | None = None,
+        keep_going: bool = False,
+        cache: CacheUse | None = None,
     ) -> None:
         self._ledger = ledger
+        # The shared cache, consulted only for tasks that must run.
+        self._cache = cache
         # None keeps the plain priority heap: no policy call per task.
         self._policy = policy
         self._memory_limit = memory_limit
         self._executor = executor
-        self._local = isinstance(executor, (InlineExecutor, ThreadExecutor))
+        self._local = executor.in_process
         self._finished_condition = finished
         self._dry_run = dry_run
         self._claims = claims
@@ -94,19 +110,36 @@ class Scheduler:
         self._elsewhere: dict[int, Task] = {}
         # Finished tasks whose records are not committed yet (within a batch).
         self._unnotified: list[Task] = []
+        # Every task added whose waiters are not released yet, whatever its
+        # state: what a failure of the scheduler itself must finish.
+        self._unfinished: dict[int, Task] = {}
+        # Durations of earlier runs and of this one (read from the ledger when
+        # first needed), for two choices: short jobs may wait behind another in
+        # a worker (the executor's queue_depth), and with several workers, ready
+        # tasks of equal priority start by their remaining critical path.
+        self._history = History(ledger.durations)
+        self._overlap = 0 if executor.synchronous else executor.queue_depth
+        self._order_by_path = not executor.synchronous and executor.capacity > 1
+        self._by_path = False
+        self._paths: dict[int, float] = {}
+        self._paths_known = -1
+        self._next_rekey = 0.0
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
+        # keep_going: a failed task stops only its dependents; they are kept
+        # here in order, and each cancelled task's failed ancestor by task_id.
+        self._keep_going = keep_going
+        self._failed_tasks: list[Task] = []
+        self._blame: dict[int, Task] = {}
         self._killing = False
         self._stopped = False
         self._stop_requested = False
         self._reporting_interval = reporting_interval or None
         self._next_report = time.monotonic() + (self._reporting_interval or 0)
-        self._run_started = time.monotonic()
         self._thread: threading.Thread | None = None
         if threaded:
-            self._thread = threading.Thread(target=self._loop, name="taskgraph-scheduler", daemon=True)
-            self._thread.start()
+            self._thread = _threads.start(self._loop, "taskgraph-scheduler")
 
     # -- called from other threads (messages only) -----------------------------------
 
@@ -125,6 +158,12 @@ class Scheduler:
         if self._thread is None:
             self._drive()
 
+    def all_added(self) -> None:
+        """No more tasks are coming for now: progress can show a total."""
+        self._inbox.put(("all added", None))
+        if self._thread is None:
+            self._drive()
+
     def stop(self, timeout: float | None = None) -> None:
         """Finish the scheduler thread after the graph is idle, then close the ledger."""
         self._inbox.put(("stop", None))
@@ -137,6 +176,11 @@ class Scheduler:
     def failure(self) -> BaseException | None:
         """The first failure that stopped the graph, if any."""
         return self._failure
+
+    @property
+    def failed_tasks(self) -> list[Task]:
+        """With ``keep_going``: the tasks that failed so far, in order."""
+        return list(self._failed_tasks)
 
     # -- the scheduler's own thread ---------------------------------------------------
 
@@ -162,11 +206,7 @@ class Scheduler:
             try:
                 self._batch(message)
             except BaseException as error:
-                LOGGER.exception("the taskgraph scheduler failed; stopping the graph")
-                self._fail_graph(error)
-                self._cancel_pending()
-                if self._stop_requested and not self._stopped:
-                    self._stop_now()  # the batch held the stop message: never leave join() waiting
+                self._crash(error)
             self._report()
 
     def _drive(self) -> None:
@@ -183,8 +223,43 @@ class Scheduler:
                 self._dispatch()
                 self._report()
                 continue
-            self._batch(message)
+            try:
+                self._batch(message)
+            except BaseException as error:
+                self._crash(error)
             self._report()
+
+    def _crash(self, error: BaseException) -> None:
+        """Something raised inside the scheduler itself (not a task): stop the
+        graph and finish every task, whatever its state, so that no ``join()``
+        waits for a task that nothing will finish. Results that arrive later
+        for tasks finished here are ignored."""
+        LOGGER.error("the taskgraph scheduler failed; stopping the graph", exc_info=error)
+        with contextlib.suppress(BaseException):
+            self._fail_graph(error)
+        self._ready.clear()
+        self._blockers.clear()
+        self._elsewhere.clear()
+        self._running.clear()
+        self._started_at.clear()
+        self._unnotified = []
+        stranded = [task for task in self._unfinished.values() if not task._finished]
+        for task in stranded:
+            if task._state not in ("ran", "restored", "skipped", "failed", "cancelled", "would-run"):
+                self._cancel(task)
+        for task in stranded:
+            task._finished = True
+            if self._claims is not None:
+                with contextlib.suppress(BaseException):
+                    self._claims.release(task._identity.record_key)
+        self._unfinished.clear()
+        self._finished_count = self._known
+        with self._finished_condition:
+            self._finished_condition.notify_all()
+        if self._stop_requested and not self._stopped:
+            with contextlib.suppress(BaseException):
+                self._stop_now()  # the batch held the stop message: never leave join() waiting
+            self._stopped = True
 
     def _batch(self, first: tuple[str, Any]) -> None:
         messages = [first]
@@ -208,6 +283,9 @@ class Scheduler:
                         self._cancel(task)
                         finished.append(task)
                     self._running.clear()
+            elif kind == "all added":
+                if self._progress is not None:
+                    self._progress.all_added()
             elif kind == "stop":
                 stop = self._stop_requested = True
                 # Only after an abort can jobs still be out (threads cannot be
@@ -230,6 +308,8 @@ class Scheduler:
         self._stopped = True
         if self._claims is not None:
             self._claims.close()
+        if self._cache is not None:
+            self._cache.close()
         self._ledger.end_run()
         try:
             self._ledger.close()
@@ -239,19 +319,23 @@ class Scheduler:
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
         self._ledger.consider(task._identity.record_key)  # part of this run's graph, whatever happens to it
+        self._unfinished[task.task_id] = task
+        if self._progress is not None:
+            self._progress.added(task.task_id, self._estimate(task))
         if task._memory is not None and not isinstance(self._policy, MemoryLimit):
             self._memory_aware()
         if self._failure is not None:
             self._cancel(task)
             finished.append(task)
             return
-        if any(dep._state in ("failed", "cancelled") for dep in task._dependencies):
-            self._cancel(task)
+        stopped = next((dep for dep in task._dependencies if dep._state in ("failed", "cancelled")), None)
+        if stopped is not None:
+            self._cancel(task, upstream=stopped)
             finished.append(task)
             return
         waiting = 0
         for dep in task._dependencies:
-            if dep._state not in ("ran", "skipped", "would-run"):
+            if dep._state not in ("ran", "restored", "skipped", "would-run"):
                 waiting += 1
                 self._dependents.setdefault(dep.task_id, []).append(task)
         if waiting:
@@ -261,7 +345,11 @@ class Scheduler:
 
     def _push_ready(self, task: Task) -> None:
         if self._policy is None:
-            heapq.heappush(self._ready, (-task._priority, task.task_id, task))
+            if self._by_path:  # see _rekey
+                heapq.heappush(self._ready, ((-task._priority, -self._paths.get(task.task_id, 0.0)),
+                                             task.task_id, task))
+            else:
+                heapq.heappush(self._ready, (-task._priority, task.task_id, task))
         else:
             heapq.heappush(self._ready, (self._policy.key(task), task.task_id, task))
 
@@ -269,18 +357,27 @@ class Scheduler:
         """A task declared its memory: admit tasks by memory from now on.
 
         The built-in orders keep their keys (``MemoryLimit`` delegates to
-        them), so the tasks already in the heap stay in place. A custom
-        policy is left as it is: it decides admission itself.
+        them); the heap is keyed again, since without a policy its keys may
+        hold the critical path (see :meth:`_rekey`). A custom policy is left
+        as it is: it decides admission itself.
         """
         if self._policy is None or type(self._policy) in (PriorityOrder, LongestFirst):
-            self._policy = MemoryLimit(self._memory_limit, self._policy)
+            policy = self._policy = MemoryLimit(self._memory_limit, self._policy)
+            self._ready = [(policy.key(task), task.task_id, task) for _, _, task in self._ready]
+            heapq.heapify(self._ready)
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
-        task = self._running.pop(result.task_id)
+        task = self._running.pop(result.task_id, None)
+        if task is None:
+            return  # finished already (cancelled when the scheduler failed): the result is ignored
         self._started_at.pop(result.task_id, None)
         if result.ended:
             task._started = result.started
             task._duration = result.ended - result.started
+            if result.error is None:
+                function = task._identity.function
+                self._history.observe(task._identity.record_key, (function.name, function.source_hash),
+                                      task._duration)
             task._cpu_time = result.cpu_time
             task._peak_memory = result.peak_memory
             task._worker = result.worker
@@ -288,6 +385,7 @@ class Scheduler:
             # Ran in this process, so its value has not been through a pickle
             # yet, and the ledger stores it pickled: fail the task, not the commit.
             check_storable(result, task.task_name)
+        restored = self._cache.finished(result) if self._cache is not None else None
         if result.error is not None:
             if self._killing and isinstance(result.error, WorkerDiedError):
                 self._cancel(task)
@@ -301,7 +399,7 @@ class Scheduler:
                 LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
                 failure = describe_failure(result.error, result.frames, result.remote_traceback)
                 self._ledger.record(self._outcome(task, result, failure))
-                self._fail_graph(result.error)
+                self._task_failed(task, result.error)
             finished.append(task)
             return
         for (path, algorithm), entry in result.digests.items():
@@ -310,6 +408,12 @@ class Scheduler:
         if task._store_result:
             task._result = result.result
         task._state = "ran"
+        if restored is not None:
+            # Its targets came from the shared cache: the function did not run.
+            task._state = "restored"
+            task._reasons = (restored, *task._reasons)
+            self._ledger.record_decision(task._identity.record_key, task.task_name, True,
+                                         [reason.as_dict() for reason in task._reasons])
         finished.append(task)
 
     def _outcome(self, task: Task, result: JobResult, failure: Failure | None) -> Outcome:
@@ -334,7 +438,7 @@ class Scheduler:
             fresh=not task._had_record,
             cpu_time=result.cpu_time,
             peak_memory=result.peak_memory,
-            failure=failure,
+            failure=(failure.type, failure.message, failure.frames_json()) if failure is not None else None,
             arguments=argument_tree(task._args, task._kwargs),
         )
 
@@ -346,7 +450,7 @@ class Scheduler:
         except LedgerError as error:
             LOGGER.error("%s", error)
             for task in finished:
-                if task._state == "ran":
+                if task._state in ("ran", "restored"):
                     task._state = "failed"
                     task._error = error
             self._fail_graph(error)
@@ -364,6 +468,7 @@ class Scheduler:
             return
         for task in finished:
             task._finished = True
+            self._unfinished.pop(task.task_id, None)
             if self._claims is not None:
                 self._claims.release(task._identity.record_key)
         with self._finished_condition:
@@ -374,11 +479,14 @@ class Scheduler:
             self._finished_count += 1
             if task._state == "failed":
                 self._failed_count += 1
+            if self._progress is not None:
+                self._progress.finished(task.task_id, task._state, task.task_name, task._duration,
+                                        restored_bytes(task._reasons) if task._state == "restored" else 0)
             for dependent in self._dependents.pop(task.task_id, ()):
                 if task._state in ("failed", "cancelled"):
                     if dependent._state == "pending":
                         self._blockers.pop(dependent.task_id, None)
-                        self._cancel(dependent)
+                        self._cancel(dependent, upstream=task)
                         self._finish([dependent])
                     continue
                 entry = self._blockers.get(dependent.task_id)
@@ -405,9 +513,15 @@ class Scheduler:
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
             slots = self._executor.capacity - len(self._running)
+            if self._order_by_path and self._running and len(self._ready) > max(slots, 0):
+                # More tasks ready than workers free: order them by their remaining critical path.
+                # (Not while nothing runs: a rerun that skips everything never pays for it.)
+                self._rekey()
             starting: list[tuple[Task, Decision]] = []
             held: list[tuple[Any, int, Task]] = []
-            while self._ready and self._failure is None and len(starting) < slots:
+            while self._ready and self._failure is None and (
+                len(starting) < slots or (self._overlap and self._may_overlap(len(starting)))
+            ):
                 entry = heapq.heappop(self._ready)
                 task = entry[2]
                 if self._policy is not None and not self._admit(task, starting):
@@ -456,6 +570,56 @@ class Scheduler:
                                 task.task_name)
                     self._elsewhere[task.task_id] = task
 
+    def _may_overlap(self, starting: int) -> bool:
+        """Whether the next ready task may go to the executor beyond its
+        capacity, to wait behind a running one: only a task known to be short
+        (a long or unknown one never waits behind another)."""
+        if self._policy is not None or len(self._running) + starting >= self._executor.capacity + self._overlap:
+            return False
+        estimate = self._estimate(self._ready[0][2])
+        return estimate is not None and estimate < SHORT_S
+
+    def _estimate(self, task: Task) -> float | None:
+        function = task._identity.function
+        return self._history.estimate(task._identity.record_key, (function.name, function.source_hash))
+
+    def _rekey(self) -> None:
+        """Order the ready tasks (among equal priorities) by their remaining
+        critical path: their own expected duration plus the longest chain of
+        expected durations through the tasks that wait for them, from the
+        ledger's history (a function's mean for a task with no record of its
+        own). Recomputed when tasks were added since, at most every 50 ms (or
+        four times what the last computation took), so a graph that is still
+        growing costs little."""
+        now = time.monotonic()
+        if self._policy is not None or self._known == self._paths_known or now < self._next_rekey:
+            return
+        started = time.perf_counter()
+        default = self._history.default()
+        paths: dict[int, float] = {}
+        for _, _, root in self._ready:
+            stack: list[tuple[Task, bool]] = [(root, False)]
+            while stack:
+                task, expanded = stack.pop()
+                task_id = task.task_id
+                if task_id in paths:
+                    continue
+                waiting = self._dependents.get(task_id, ())
+                if not expanded:
+                    stack.append((task, True))
+                    stack.extend((child, False) for child in waiting if child.task_id not in paths)
+                    continue
+                own = self._estimate(task)
+                paths[task_id] = (default if own is None else own) + max(
+                    (paths.get(child.task_id, 0.0) for child in waiting), default=0.0)
+        self._paths = paths
+        self._paths_known = self._known
+        self._ready = [((-task._priority, -paths.get(task.task_id, 0.0)), task.task_id, task)
+                       for _, _, task in self._ready]
+        heapq.heapify(self._ready)
+        self._by_path = True
+        self._next_rekey = now + max(0.05, 4 * (time.perf_counter() - started))
+
     def _admit(self, task: Task, starting: list[tuple[Task, Decision]]) -> bool:
         """The policy's word on starting ``task`` now; always yes when
         nothing else runs (so a task too large for the limit runs alone)."""
@@ -473,7 +637,8 @@ class Scheduler:
         except Exception as error:
             task._state = "failed"
             task._error = error
-            self._fail_graph(error)
+            LOGGER.error("task %r could not be checked: %s: %.500s", task.task_name, type(error).__name__, error)
+            self._task_failed(task, error)
             self._finish([task])
             return None
         if not decision.run and task._store_result:
@@ -527,13 +692,24 @@ class Scheduler:
             want_result=task._store_result,
             known_digests=known,
             priority=task._priority,
+            cache=None if self._cache is None else self._cache.job_for(task, decision, known, self._ledger),
         )
+        if self._overlap:
+            estimate = self._estimate(task)
+            job.short = estimate is not None and estimate < SHORT_S
         task._payload = None  # sent once; free the memory
         task._state = "running"
         task._started = time.time()
         self._running[task.task_id] = task
         self._started_at[task.task_id] = time.monotonic()
-        self._executor.submit(job, self._job_done)
+        if self._progress is not None:
+            self._progress.started(task.task_id)
+        try:
+            self._executor.submit(job, self._job_done)
+        except Exception as error:  # a backend's submit should not raise; if it does, the task fails
+            self._job_done(JobResult(task.task_id, error=WorkerStartError(
+                f"task {task.task_name!r} could not be started: {type(error).__name__}: {error}"
+            )))
 
     def _recheck_elsewhere(self) -> None:
         """Tasks another process was running: back to the ready queue once it
@@ -576,15 +752,33 @@ class Scheduler:
         self._executor.shutdown(kill=True)
         self._cancel_pending()
 
-    def _cancel(self, task: Task) -> None:
+    def _task_failed(self, task: Task, error: BaseException) -> None:
+        """A task failed: stop the graph, or with keep_going only its dependents."""
+        if self._keep_going:
+            self._failed_tasks.append(task)
+        else:
+            self._fail_graph(error)
+
+    def _cancel(self, task: Task, upstream: Task | None = None) -> None:
+        """Cancel ``task``: the graph stopped, or (keep_going) ``upstream``,
+        a task it depends on, failed or was cancelled."""
         if task._state == "running" and self._claims is not None:
             self._claims.release(task._identity.record_key)  # let other processes run it
         task._state = "cancelled"
         cause = self._failure
-        error = TaskCancelledError(
-            f"task {task.task_name!r} did not run because the graph stopped: "
-            f"{type(cause).__name__}: {cause}"
-        )
+        if cause is None and upstream is not None:
+            root = self._blame.get(upstream.task_id, upstream)
+            self._blame[task.task_id] = root
+            cause = root._error
+            error = TaskCancelledError(
+                f"task {task.task_name!r} did not run because task {root.task_name!r}, which it "
+                f"depends on, failed: {type(cause).__name__}: {cause}"
+            )
+        else:
+            error = TaskCancelledError(
+                f"task {task.task_name!r} did not run because the graph stopped: "
+                f"{type(cause).__name__}: {cause}"
+            )
         error.__cause__ = cause
         task._error = error
 
@@ -601,12 +795,25 @@ class Scheduler:
 
     # -- progress --------------------------------------------------------------------
 
+    def _ending(self) -> str | None:
+        """What stopped the run, for the final progress line (None: nothing did)."""
+        failure = self._failure
+        if failure is None:
+            return None
+        if isinstance(failure, KeyboardInterrupt):
+            return "interrupted"
+        if isinstance(failure, TaskGraphTerminatedError):
+            return "stopped by terminate()"
+        if self._failed_count:
+            return "stopped after a failure"
+        return f"stopped: {type(failure).__name__}"
+
     def _report(self) -> None:
         if self._progress is not None:
             if self._stopped:
-                self._progress.close(self._finished_count, self._known, len(self._running), self._failed_count)
+                self._progress.end(self._ending())
             else:
-                self._progress.update(self._finished_count, self._known, len(self._running), self._failed_count)
+                self._progress.tick()
         if not self._reporting_interval or time.monotonic() < self._next_report:
             return
         self._next_report = time.monotonic() + self._reporting_interval

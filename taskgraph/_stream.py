@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import psutil
 
 from taskgraph._errors import InvalidTaskError, StageError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor
+from taskgraph._executor import Executor
 from taskgraph._job import JobResult, call_job
 
 LOGGER = logging.getLogger("taskgraph.stream")
@@ -45,11 +45,6 @@ LOGGER = logging.getLogger("taskgraph.stream")
 KINDS = ("map", "global", "one shot")
 #: How a map stage calls its function with an item's value.
 CALL_STYLES = ("unpack", "value", "key value")
-
-
-def is_dask_client(value: Any) -> bool:
-    """Whether ``value`` is a ``distributed.Client`` (checked without importing Dask)."""
-    return type(value).__module__.split(".")[0] == "distributed"
 
 
 class Buffer(dict[Any, Any]):
@@ -210,8 +205,7 @@ class Engine:
         self._tokens = itertools.count()
         self._gated = False
         self._remote = {
-            lane: not isinstance(executor, (InlineExecutor, ThreadExecutor))
-            for lane, executor in executors.items()
+            lane: not executor.in_process for lane, executor in executors.items()
         }
         self._buffers = {id(buffer): buffer for stage in self.stages for buffer in (*stage.sources, *stage.sinks)}
 

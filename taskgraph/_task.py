@@ -15,7 +15,7 @@ from taskgraph._errors import TaskTimeoutError
 from taskgraph._identity import Identity
 
 #: Every value of :attr:`Task.state`.
-STATES = ("pending", "running", "ran", "skipped", "failed", "cancelled", "would-run")
+STATES = ("pending", "running", "ran", "restored", "skipped", "failed", "cancelled", "would-run")
 
 
 class Task:
@@ -89,14 +89,16 @@ class Task:
 
     @property
     def state(self) -> str:
-        """``'pending'``, ``'running'``, ``'ran'``, ``'skipped'`` (up to date),
-        ``'failed'``, ``'cancelled'`` (another task failed first) or, in a dry
-        run, ``'would-run'``."""
+        """``'pending'``, ``'running'``, ``'ran'``, ``'restored'`` (its targets
+        came from the shared cache; the function did not run), ``'skipped'``
+        (up to date), ``'failed'``, ``'cancelled'`` (another task failed
+        first) or, in a dry run, ``'would-run'``."""
         return self._state
 
     @property
     def reasons(self) -> tuple[Any, ...]:
-        """Why the task ran (empty when it was skipped or has not been decided)."""
+        """Why the task ran (empty when it was skipped or has not been decided);
+        a task restored from the shared cache has ``restored_from_cache`` first."""
         return self._reasons
 
     @property

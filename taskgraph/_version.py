@@ -1,8 +1,8 @@
-"""The package version (leaf module)."""
+"""The package version (leaf module): the one place it is written.
 
-from importlib.metadata import PackageNotFoundError, version
+``pyproject.toml`` reads it from here (``[tool.setuptools.dynamic]``), so the
+installed metadata and ``taskgraph.__version__`` agree, and importing it costs
+nothing (``importlib.metadata`` takes about 30 ms to import).
+"""
 
-try:
-    __version__: str = version("taskgraph")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+__version__: str = "1.0.0.dev0"

@@ -28,7 +28,7 @@ from taskgraph._fingerprint import Fingerprint, compare, file_stat, is_content_a
 from taskgraph._ledger import LedgerReader, RunRow, TaskRow
 
 #: Every state a record can be shown in.
-STATES = ("ran", "skipped", "failed", "cancelled", "running", "pending", "interrupted", "stale")
+STATES = ("ran", "restored", "skipped", "failed", "cancelled", "running", "pending", "interrupted", "stale")
 
 
 # -- runs ----------------------------------------------------------------------------------

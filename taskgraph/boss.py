@@ -42,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from taskgraph._errors import InvalidArgumentError, InvalidTaskError, JobFailedError, TaskGraphTerminatedError
+from taskgraph._errors import InvalidArgumentError, JobFailedError, TaskGraphTerminatedError, UnpicklableTaskError
 from taskgraph._graph import TaskGraph
 from taskgraph._job import first_unpicklable
 from taskgraph._task import Task
@@ -364,9 +364,7 @@ class Boss:
                     transient_run=True, store_result=True, memory=memory,
                     expected_time=instructions.get("expected_time"),
                 )
-            except InvalidTaskError as error:
-                if "cannot be pickled" not in str(error):  # the graph's own message says it all
-                    raise
+            except UnpicklableTaskError as error:
                 found = first_unpicklable((f"instruction {key!r}", value) for key, value in for_worker.items())
                 culprit = "the worker" if found is None else found[0]
                 raise InvalidArgumentError(
@@ -480,7 +478,7 @@ class Boss:
         reports = [
             {"name": job.name, "report": job.task.get()}
             for job in jobs
-            if job.task is not None and job.task.state == "ran"
+            if job.task is not None and job.task.state in ("ran", "restored")
         ]
         return {"workers_report": reports, "status": status}
 

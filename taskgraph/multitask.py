@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskgraph._backends import make_executor
 from taskgraph._errors import InvalidArgumentError, TaskExecutionError
-from taskgraph._executor import Executor, ThreadExecutor, make_executor
-from taskgraph._job import Job, JobResult, call_job
-from taskgraph._pool import _RemoteTraceback
+from taskgraph._executor import Executor
+from taskgraph._job import Job, JobResult, RemoteTraceback, call_job, flatten_record
 from taskgraph._shared import SharedArray
 
 LOGGER = logging.getLogger("taskgraph.multitask")
@@ -180,13 +180,7 @@ class _KeepItemRecords(logging.Filter):
             return True
         if record.__dict__.get("_taskgraph_kept") != id(kept):
             record._taskgraph_kept = id(kept)
-            # Ready to pickle, as the process pool sends records.
-            record.msg = record.getMessage()
-            record.args = None
-            if record.exc_info:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-                record.exc_info = None
-            kept.append(record)
+            kept.append(flatten_record(record))  # ready to pickle, as the process pool sends records
         return False
 
 
@@ -375,7 +369,7 @@ class _Call:
                 if mode == "serial":
                     executor = make_executor(-1)
                 elif mode == "threads":
-                    executor = make_executor(n_workers, executor=ThreadExecutor(n_workers))
+                    executor = make_executor(n_workers, executor="threads")
                 else:
                     executor = make_executor(n_workers)
             except Exception as error:
@@ -471,7 +465,7 @@ class _Call:
                 "return only types this process can import."
             ))
         if decoded.error is not None and decoded.remote_traceback:
-            decoded.error.__cause__ = _RemoteTraceback(decoded.remote_traceback)
+            decoded.error.__cause__ = RemoteTraceback(decoded.remote_traceback)
         return decoded
 
     def _raise(self, index: int, outcome: _Outcome) -> None:

@@ -10,9 +10,10 @@ import pickle
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from taskgraph._backends import is_dask_client, make_executor
 from taskgraph._errors import InvalidArgumentError, StageError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor, make_executor
-from taskgraph._stream import Buffer, Engine, Stage, is_dask_client
+from taskgraph._executor import Executor
+from taskgraph._stream import Buffer, Engine, Stage
 
 #: The backends ``executor=`` names.
 EXECUTORS = ("processes", "threads", "inline")
@@ -171,15 +172,7 @@ class TaskSequencer:
         """A fresh backend for one run (and whether this run owns it)."""
         if isinstance(self.executor, Executor):
             return self.executor, False
-        if is_dask_client(self.executor):
-            return make_executor(self.n_workers, executor=self.executor), True
-        if self.executor == "inline":
-            return InlineExecutor(), True
-        if self.executor == "threads":
-            return ThreadExecutor(self.n_workers), True
-        from taskgraph._pool import ProcessPool
-
-        return ProcessPool(self.n_workers), True
+        return make_executor(self.n_workers, executor=self.executor), True
 
     def __repr__(self) -> str:
         stages = ", ".join(f"{name} x{workers}" for name, _, workers, _ in self._stages)

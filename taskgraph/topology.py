@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskgraph._backends import is_dask_client, make_executor
 from taskgraph._errors import InvalidArgumentError, InvalidTaskError, StageError
-from taskgraph._executor import Executor, InlineExecutor, ThreadExecutor, make_executor
+from taskgraph._executor import Executor
 from taskgraph._graph import TaskGraph
-from taskgraph._stream import Buffer, Engine, Stage, is_dask_client
+from taskgraph._stream import Buffer, Engine, Stage
 
 LOGGER = logging.getLogger("taskgraph.topology")
 
@@ -318,23 +319,16 @@ class Topology:
 
 def _make_lanes(executor: Any, workers: int, io: bool) -> tuple[dict[str, Executor], list[str]]:
     """The executors of one compute: ``main`` for works, ``io`` for ``'io'`` works (if any)."""
-    if executor == "sequential":
-        inline = InlineExecutor()
-        return {"main": inline, "io": inline}, []
-    if executor == "threads":
-        threads = ThreadExecutor(workers)
-        return {"main": threads, "io": threads}, ["main"]
+    if executor in ("sequential", "threads"):  # one backend serves both lanes
+        shared = make_executor(workers, executor=executor)
+        return {"main": shared, "io": shared}, [] if executor == "sequential" else ["main"]
     if isinstance(executor, Executor):
         main, owned = executor, []
-    elif is_dask_client(executor):
-        main, owned = make_executor(workers, executor=executor), ["main"]
-    else:
-        from taskgraph._pool import ProcessPool
-
-        main, owned = ProcessPool(workers), ["main"]
+    else:  # a distributed.Client, or worker processes
+        main, owned = make_executor(workers, executor=executor or "processes"), ["main"]
     if not io:
         return {"main": main}, owned
-    return {"main": main, "io": ThreadExecutor(workers)}, [*owned, "io"]
+    return {"main": main, "io": make_executor(workers, executor="threads")}, [*owned, "io"]
 
 
 #: The result of the item being recorded (see :func:`_recorded`).

@@ -91,3 +91,41 @@ class Canary:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def copy_file(src, dst):
+    with open(src, "rb") as source, open(dst, "wb") as out:
+        out.write(source.read())
+    return os.path.basename(dst)
+
+
+class UserError(Exception):
+    """Raised by the tests' own hostile objects."""
+
+
+class UnhashableCallable:
+    """A callable whose __hash__ and __eq__ raise the user's own error."""
+
+    def __init__(self, n=1):
+        self.n = n
+
+    def __call__(self, *args, **kwargs):
+        return self.n
+
+    def __hash__(self):
+        raise UserError("no hash")
+
+    def __eq__(self, other):
+        raise UserError("no eq")
+
+
+class BadBool:
+    """An object whose truth value raises the user's own error."""
+
+    def __bool__(self):
+        raise UserError("no truth value")
+
+
+def read_text(path):
+    with open(path) as stream:
+        return stream.read()

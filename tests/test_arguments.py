@@ -85,7 +85,7 @@ def test_a_task_is_compared_with_an_earlier_record_not_with_a_sibling(tmp_path):
 
 def test_a_record_of_an_older_ledger_is_compared_by_its_text(tmp_path):
     run(tmp_path, stats(631.6056))
-    downgrade(os.path.join(tmp_path, taskgraph.LEDGER_FILENAME), 2)
+    downgrade(os.path.join(tmp_path, taskgraph.LEDGER_FILENAME), 3)
     (reason,) = run(tmp_path, stats(655.2)).reasons
     assert reason.code == "arguments_changed" and reason.argument is None
     assert "631.6056" in reason.detail and "655.2" in reason.detail and len(reason.detail) < 200

@@ -1,19 +1,25 @@
 """The ``taskgraph`` command, run as a real console script against real ledgers."""
 
+import argparse
 import inspect
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import xml.etree.ElementTree as ElementTree
 
+import engine_funcs
 import history_funcs
 import pytest
+import reliability_funcs
 
 import taskgraph
+from taskgraph._escape import terminal
 
 PIPELINE = textwrap.dedent("""
     import os, sys
@@ -406,11 +412,20 @@ def test_every_argument_has_help():
     from taskgraph._cli import build_parser
 
     parser = build_parser()
-    (commands,) = [action for action in parser._actions if action.dest == "command"]
-    for name, sub in commands.choices.items():
+
+    def commands_of(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{prefix} {name}", sub
+                    yield from commands_of(sub, f"{prefix} {name}")
+
+    for name, sub in commands_of(parser, "taskgraph"):
         for action in sub._actions:
-            assert action.help, f"`taskgraph {name}`: {action.dest} has no help text"
-        assert "workspace directory" in sub.format_help(), name
+            if not isinstance(action, argparse._SubParsersAction):  # (its commands have theirs)
+                assert action.help, f"`{name}`: {action.dest} has no help text"
+        if not name.startswith("taskgraph cache"):
+            assert "workspace directory" in sub.format_help(), name
 
 
 def test_wrong_workspaces_and_short_prefixes_say_what_is_wrong(workspace, tmp_path):
@@ -477,3 +492,119 @@ def test_status_says_a_run_is_in_progress_and_when_it_was_killed(tmp_path):
     assert data["current_run"] == 1
     assert {row["name"]: row["state"] for row in data["tasks"] if row["run"] == 2} == {
         "quick": "ran", "waiting": "interrupted"}
+
+
+# -- names no one can inject into ------------------------------------------------------------
+
+HOSTILE_NAMES = [
+    'dot"];\n  pwn [URL="javascript:alert(1)", href="javascript:alert(2)", label="pwn"];\n  "x',  # DOT
+    'back\\"slash\\N\\G &lt;b&gt; & <i>',  # Graphviz escapes and entities
+    'mm"]:::ran\n  click k0 href "javascript:alert(3)"\n  evil["x',  # Mermaid
+    "`**md**` #quot; #35; <img src=x onerror=alert(4)>",
+    "\x1b[2J\x1b[31mred\x1b[0m\x1b]8;;https://evil.example\x07link\x1b]8;;\x07",  # terminal escapes
+    "forged\nfake-task  ran  1 2030-01-01 00:00:00  0.00s  ok\r\x08\x7f\x9b",  # a forged table row
+    "\u202eevil\u2028line\u200b",  # bidi override, line separator, zero width
+]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A workspace whose tasks have hostile names (as a script or Topology's
+    item keys could give them), one a dependency of the next."""
+    ws = tmp_path_factory.mktemp("hostile")
+    with taskgraph.TaskGraph(str(ws), -1) as graph:
+        previous = None
+        for index, name in enumerate(HOSTILE_NAMES):
+            target = str(ws / f"t{index}.txt")
+            previous = graph.add_task(engine_funcs.write, args=(target, index), target_path_list=[target],
+                                      task_name=name, dependent_task_list=[previous] if previous else [])
+    return ws
+
+
+def test_hostile_names_are_plain_text_in_dot_and_svg(hostile, tmp_path):
+    result = tg("graph", hostile)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    quoted = r'"(?:[^"\\]|\\.)*"'
+    node = re.compile(rf'  {quoted} \[label={quoted}, fillcolor="#[0-9a-f]{{6}}"\];')
+    edge = re.compile(rf"  {quoted} -> {quoted};")
+    body = lines[3:-1]
+    assert lines[-1] == "}" and all(node.fullmatch(line) or edge.fullmatch(line) for line in body), body
+    assert sum(bool(node.fullmatch(line)) for line in body) == len(HOSTILE_NAMES)
+    assert sum(bool(edge.fullmatch(line)) for line in body) == len(HOSTILE_NAMES) - 1
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz is not installed: the SVG is not rendered")
+    svg = tmp_path / "g.svg"
+    assert tg("graph", hostile, "-o", svg).returncode == 0
+    tree = ElementTree.parse(svg)
+    attributes = [value for element in tree.iter() for value in element.attrib.values()]
+    assert not [value for value in attributes if "javascript" in value]
+    assert not [element for element in tree.iter() if any("href" in key for key in element.attrib)]
+    ns = "{http://www.w3.org/2000/svg}"
+    nodes = [group for group in tree.iter(f"{ns}g") if group.get("class") == "node"]
+    assert len(nodes) == len(HOSTILE_NAMES)
+    # Each name, literally, on its node's first line (Graphviz keeps runs of
+    # spaces with no-break spaces).
+    shown = {next(group.iter(f"{ns}text")).text.replace("\xa0", " ") for group in nodes}
+    assert shown == {terminal(name) for name in HOSTILE_NAMES}
+
+
+def test_hostile_names_are_plain_text_in_mermaid(hostile):
+    result = tg("graph", hostile, "--format", "mermaid")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    states = "ran|restored|skipped|failed|stale|cancelled|running|pending|interrupted"
+    node = re.compile(rf'  k[0-9a-f]+\["[^"<>`]*<br/>[0-9.]+s"\]:::({states})')
+    edge = re.compile(r"  k[0-9a-f]+ --> k[0-9a-f]+")
+    style = re.compile(rf"  classDef ({states}) fill:#[0-9a-f]{{6}}")
+    assert lines[0] == "flowchart LR"
+    assert all(node.fullmatch(line) or edge.fullmatch(line) or style.fullmatch(line) for line in lines[1:]), lines
+    assert sum(bool(node.fullmatch(line)) for line in lines) == len(HOSTILE_NAMES)
+
+
+def test_hostile_names_stay_on_their_line_in_status_and_explain(hostile):
+    result = tg("status", hostile)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == 2 + len(HOSTILE_NAMES) + 1 + 1  # run, header, rows, summary
+    assert not [char for char in result.stdout if not char.isprintable() and char != "\n"]
+    for name in HOSTILE_NAMES:
+        assert any(line.startswith(terminal(name) + " ") for line in lines), name
+    for name in HOSTILE_NAMES:
+        explained = tg("explain", hostile, name)
+        assert explained.returncode == 0, explained.stderr
+        assert not [char for char in explained.stdout if not char.isprintable() and char != "\n"]
+
+
+def test_json_output_keeps_names_exactly(hostile):
+    data = json.loads(tg("status", hostile, "--json").stdout)
+    assert sorted(row["name"] for row in data["tasks"]) == sorted(HOSTILE_NAMES)
+    graph = json.loads(tg("graph", hostile, "--format", "json").stdout)
+    assert sorted(node["name"] for node in graph["nodes"]) == sorted(HOSTILE_NAMES)
+
+
+def test_file_names_that_are_not_utf8_show_readably(tmp_path):
+    ws = tmp_path / "ws"
+    source = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"in\xff.txt"))
+    target = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"out\xfe.txt"))
+    with open(source, "w") as stream:
+        stream.write("one")
+    with taskgraph.TaskGraph(str(ws), -1) as graph:
+        graph.add_task(reliability_funcs.copy_file, args=(source, target), target_path_list=[target],
+                       task_name="copy")
+    os.remove(target)
+    result = tg("explain", ws, "copy")
+    assert result.returncode == 0, result.stderr
+    assert "out\\xfe.txt is missing" in result.stdout
+    assert tg("status", ws).stdout.splitlines()[2].split()[-1] == "missing"
+
+
+def test_a_workspace_whose_name_is_not_utf8(tmp_path):
+    ws = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"ws\xff"))
+    with taskgraph.TaskGraph(ws, -1) as graph:
+        graph.add_task(reliability_funcs.identity, args=(1,), task_name="one")
+    result = tg("status", ws)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2].split()[:2] == ["one", "ran"]
+    missing = tg("status", ws + "-missing")
+    assert missing.returncode == 1 and "ws\\xff-missing" in missing.stderr

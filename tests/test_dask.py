@@ -119,9 +119,13 @@ def test_losing_the_cluster_is_an_error_not_a_hang(tmp_path):
                                        dashboard_address=":0", silence_logs=50)
     lost_client = distributed.Client(cluster)
     graph = taskgraph.TaskGraph(str(tmp_path), 1, executor=lost_client)
-    graph.add_task(f.sleep, args=(30,), task_name="long")
+    task = graph.add_task(f.sleep, args=(30,), task_name="long")
     graph.close()
-    time.sleep(1.0)
+    # Lose the cluster once the task is on it (not before it was sent).
+    deadline = time.monotonic() + 30
+    while task._state != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert task._state == "running"
     cluster.close()
     try:
         with pytest.raises(taskgraph.WorkerDiedError, match="long"):

@@ -159,6 +159,8 @@ def test_the_site_builds_without_warnings_and_documents_every_public_name(tmp_pa
     pages = {os.path.splitext(os.path.basename(path))[0] for path in glob.glob(os.path.join(DOCS, "*.md"))}
     built = {os.path.splitext(name)[0] for name in os.listdir(out) if name.endswith(".html")}
     assert pages <= built
+    if importlib.util.find_spec("pydata_sphinx_theme") is not None:  # the docs and test extras have it
+        assert "pydata-sphinx-theme" in (out / "index.html").read_text(encoding="utf-8")
     api = (out / "api.html").read_text(encoding="utf-8")
     for name in taskgraph.__all__:
         if callable(getattr(taskgraph, name)):  # classes and functions: documented from their docstrings

@@ -31,7 +31,8 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
             graph.add_task(engine_funcs.write, args=(target, i), target_path_list=[target], task_name=f"quick{{i}}")
         graph.add_task(engine_funcs.sleep, args=(60,), task_name="long")
         graph.add_task(engine_funcs.sleep, args=(60,), task_name="long2")
-        while len(psutil.Process().children()) < 3:  # 2 workers + resource tracker
+        # fork: the fork server and 2 workers; spawn: 2 workers and the resource tracker
+        while len(psutil.Process().children(recursive=True)) < 3:
             time.sleep(0.01)
         with open(os.path.join(ws, "pids.json"), "w") as stream:
             json.dump([p.pid for p in psutil.Process().children(recursive=True)], stream)
@@ -50,7 +51,19 @@ def test_ctrl_c_stops_workers_keeps_ledger_and_raises(tmp_path):
     deadline = time.monotonic() + 60
     while not (pids_file.exists() and len(list(ws.glob("quick*.txt"))) == 5) and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # let the finished quick tasks be committed and the long ones start
+    # Interrupt once the quick tasks' records are committed (the long ones run then).
+    def committed():
+        try:
+            con = sqlite3.connect(f"file:{ws / taskgraph.LEDGER_FILENAME}?mode=ro", uri=True, timeout=1)
+            try:
+                return con.execute("SELECT count(*) FROM tasks WHERE state='done' AND name LIKE 'quick%'"
+                                   ).fetchone()[0] == 5
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return False
+    while not committed() and time.monotonic() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0

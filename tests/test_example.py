@@ -45,10 +45,12 @@ def run_example(workspace, *extra):
     )
     assert not processes_marked(MARKER, marker)
     assert process.returncode == 0, process.stdout + process.stderr
-    lines = process.stdout.splitlines()
-    summary = next(line for line in lines if line.startswith("ran "))
+    # One summary line, then one line per task that ran: "  name: why".
+    summary, *lines = process.stdout.splitlines()
+    assert summary.startswith("ran "), process.stdout
     ran_count, skipped = int(summary.split()[1]), int(summary.split()[4])
-    ran = [line.split("ran: ", 1)[1] for line in lines if line.startswith("  ran: ")]
+    assert all(line.startswith("  ") and ": " in line and len(line) < 160 for line in lines), process.stdout
+    ran = [line[2:].split(": ", 1)[0] for line in lines]
     assert len(ran) == ran_count, process.stdout
     assert len(set(ran)) == len(ran), process.stdout
     return set(ran), skipped, process.stdout
@@ -89,6 +91,7 @@ def test_rerun_skips_everything_and_a_rewritten_tile_reruns_only_its_readers(tmp
     ran, skipped, out = run_example(tmp_path)
     assert ran == ALL_TASKS, out
     assert skipped == 0
+    assert out.count("\n") == 1 + len(ALL_TASKS) and out.count(": new\n") == len(ALL_TASKS), out
     with rasterio.open(tmp_path / "inputs" / "dem_0.tif") as dem:
         assert dem.crs.to_epsg() == 4326
     with rasterio.open(tmp_path / "slope_mosaic.tif") as mosaic, \
@@ -135,6 +138,27 @@ def test_rerun_skips_everything_and_a_rewritten_tile_reruns_only_its_readers(tmp
 
     ran, _, out = run_example(tmp_path)
     assert ran == set(), out
+
+
+def test_a_closed_pipe_is_quiet(tmp_path):
+    """``python examples/raster_pipeline.py | head -1``: the reader may be gone
+    before the summary is written; the run still finishes and says nothing."""
+    process = subprocess.Popen(
+        [sys.executable, EXAMPLE, "--workspace", str(tmp_path), "--size", str(SIZE), "--tiles", str(TILES)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before anything is written
+    try:
+        stderr = process.stderr.read()
+        returncode = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    assert returncode == 0 and stderr == "", stderr
+    ran, skipped, out = run_example(tmp_path)
+    assert ran == set() and skipped == len(ALL_TASKS), out
 
 
 def test_touch_and_change_tile_options_rerun_only_that_tiles_readers(tmp_path):

@@ -49,7 +49,7 @@ def rows(ws, sql):
         con.close()
 
 
-SCHEMA_2 = {
+SCHEMA_3 = {
     "tasks": "SELECT record_key, task_key, exec_key, name, func, source_hash, args, hash_algorithm, store_result,"
              " state, run_id, started, ended, duration, worker, error, cpu_time, peak_memory FROM tasks",
     "files": "SELECT * FROM files", "deps": "SELECT * FROM deps", "results": "SELECT * FROM results",
@@ -60,11 +60,11 @@ SCHEMA_2 = {
 }
 
 
-def test_a_schema_2_ledger_keeps_every_record_and_gets_its_current_graph(tmp_path, capsys):
+def test_a_schema_3_ledger_keeps_every_record_and_gets_its_current_graph(tmp_path, capsys):
     pipeline(tmp_path, 1)
     pipeline(tmp_path, 2)  # 'a' has a new record; its first one is history
-    downgrade(ledger_path(tmp_path), 2)
-    before = {table: rows(tmp_path, sql) for table, sql in SCHEMA_2.items()}
+    downgrade(ledger_path(tmp_path), 3)
+    before = {table: rows(tmp_path, sql) for table, sql in SCHEMA_3.items()}
     digest = hashlib.sha256(open(ledger_path(tmp_path), "rb").read()).hexdigest()
 
     # Read as it is: upgraded in memory only.
@@ -72,13 +72,13 @@ def test_a_schema_2_ledger_keeps_every_record_and_gets_its_current_graph(tmp_pat
     assert data["current_run"] == 2 and data["history"] == 1
     assert sorted(row["name"] for row in data["tasks"]) == ["a", "b"]
     assert hashlib.sha256(open(ledger_path(tmp_path), "rb").read()).hexdigest() == digest
-    assert LedgerReader(str(tmp_path)).schema == 2
+    assert LedgerReader(str(tmp_path)).schema == 3
 
     # Upgraded in place by the next run, which keeps every record and skips everything.
     a, b = pipeline(tmp_path, 2)
     assert (a.state, b.state) == ("skipped", "skipped")
     assert rows(tmp_path, "PRAGMA user_version") == [(taskgraph._ledger.SCHEMA_VERSION,)]
-    after = {table: rows(tmp_path, sql) for table, sql in SCHEMA_2.items()}
+    after = {table: rows(tmp_path, sql) for table, sql in SCHEMA_3.items()}
     for table in ("tasks", "files", "deps", "results", "digests"):
         assert after[table] == before[table], table
     assert after["runs"][:2] == before["runs"]

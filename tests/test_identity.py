@@ -1,11 +1,16 @@
 """Task identity is canonical: same call, same key; different call, different key."""
 
+import collections
+import functools
+import gc
 import os
+import weakref
 
+import identity_funcs as f
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskgraph._identity import SelfReferenceError, task_identity
+from taskgraph._identity import SelfReferenceError, function_info, task_identity
 
 
 def func(*args, **kwargs):
@@ -81,3 +86,94 @@ def test_self_referencing_argument_is_refused():
         pass
     else:
         raise AssertionError("a list containing itself must be refused")
+
+
+# -- what a function carries, and objects -------------------------------------------------
+
+def test_two_lambdas_on_one_line_are_two_functions():
+    inc, neg = f.OPS["inc"], f.OPS["neg"]
+    assert key(function=inc) != key(function=neg)
+    assert key(inc) != key(neg)  # passed as arguments too
+    assert function_info(inc).source_hash != function_info(neg).source_hash
+    outer = lambda x: lambda y: x + y  # noqa: E731
+    assert function_info(outer).source_hash != function_info(outer(1)).source_hash
+
+
+def test_defaults_kwdefaults_and_closure_cells_count_like_arguments():
+    assert key(function=f.FS[0]) != key(function=f.FS[1])
+    assert key(function=f.KW[0]) != key(function=f.KW[1])
+    assert key(function=f.make(1)) != key(function=f.make(9))
+    assert key(function=f.make(1)) == key(function=f.make(1))  # equal cells, one call
+    assert key(f.make([1, 2])) != key(f.make([1, 3]))
+
+
+def test_a_partial_of_a_partial_or_of_a_method_counts_all_it_is_bound_to():
+    class Model:
+        def __init__(self, n):
+            self.n = n
+
+        def fit(self, x):
+            return x * self.n
+
+    inner = functools.partial(func, 1)
+    assert key(function=functools.partial(inner, 2)) != key(function=functools.partial(functools.partial(func, 3), 2))
+    assert key(function=functools.partial(Model(2).fit)) != key(function=functools.partial(Model(3).fit))
+
+
+def test_a_recursive_closure_and_an_object_with_parent_links_have_keys():
+    def outer():
+        def walk(n):
+            return 0 if n == 0 else walk(n - 1)
+
+        return walk
+
+    assert key(function=outer()) == key(function=outer())
+
+    class Node:
+        def __init__(self, label, parent=None):
+            self.label, self.parent, self.children = label, parent, []
+            if parent is not None:
+                parent.children.append(self)
+
+    def tree(label):
+        root = Node("root")
+        Node(label, root)
+        return root
+
+    assert key(tree("a")) == key(tree("a")) != key(tree("b"))
+
+
+def test_objects_count_by_value_with_sets_and_dicts_ordered():
+    many = {f"s{i}" for i in range(100)}
+    small = frozenset({"s1", "s2", "s3"})
+    shrunk = frozenset(many - {f"s{i}" for i in range(100) if i not in (1, 2, 3)})  # another table size
+    assert key(f.Settings(small, {"a": 1, "b": 2})) == key(f.Settings(shrunk, {"b": 2, "a": 1}))
+    assert key(f.Settings(small, {"a": 1})) != key(f.Settings(small, {"a": 2}))
+    # An OrderedDict's order is part of its value; a Counter's is not.
+    assert key(collections.OrderedDict(a=1, b=2)) != key(collections.OrderedDict(b=2, a=1))
+    assert key(collections.Counter("ab")) == key(collections.Counter("ba"))
+
+
+def test_strings_with_a_url_scheme_are_not_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url in ("http://example.com//v1", "s3://bucket//key", "gs://b/k", "file:///tmp//x", "https://h/a/../b"):
+        identity = task_identity(func, (url,), {}, ())
+        assert identity.candidate_paths == ()
+    assert key("http://example.com//v1") != key("http://example.com/v1")
+    assert key("https://h/a/../b") != key("https://h/b")
+    assert key("data//v1") == key("data/v1")  # a local path is still normalised
+
+
+def test_the_function_cache_keeps_no_partial_or_bound_object_alive():
+    class Big:
+        def method(self, x):
+            return x
+
+    bound, argument = Big(), Big()
+    argument.data = bytearray(1 << 20)
+    refs = [weakref.ref(bound), weakref.ref(argument)]
+    key(function=functools.partial(func, argument))
+    key(function=bound.method)
+    del bound, argument
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]

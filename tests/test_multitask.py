@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import subprocess
@@ -179,10 +180,26 @@ print(taskgraph.multitask(add_ten, range(3), [0, 1, 2], None, jobs=2), os.getpid
 """
 
 
+def _run_with(start_method, argv):
+    env = dict(os.environ, TASKGRAPH_START_METHOD=start_method)
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_a_function_defined_in_main_runs_in_forked_workers():
+    # As in a notebook: a function defined in the __main__ of `python -c`. Forked
+    # workers have it (they are copies of the caller), as under natcap on Linux.
+    done = _run_with("fork", ["-c", FUNCTION_IN_MAIN])
+    assert done.returncode == 0, done.stderr
+    results, caller = done.stdout.strip().rsplit(" ", 1)
+    pairs = ast.literal_eval(results)
+    assert [value for value, _ in pairs] == [10, 11, 12]
+    assert int(caller) not in {pid for _, pid in pairs}, done.stdout
+    assert "RuntimeWarning" not in done.stderr, done.stderr
+
+
 def test_workers_that_cannot_load_the_function_fall_back_to_series_with_a_warning():
-    # As in a notebook: a function defined in the __main__ of `python -c` cannot be
-    # imported by a spawned worker process.
-    done = subprocess.run([sys.executable, "-c", FUNCTION_IN_MAIN], capture_output=True, text=True, timeout=120)
+    # A spawned worker cannot import a function defined in the __main__ of `python -c`.
+    done = _run_with("spawn", ["-c", FUNCTION_IN_MAIN])
     assert done.returncode == 0, done.stderr
     pid = done.stdout.split()[-1]
     assert done.stdout.strip() == f"[(10, {pid}), (11, {pid}), (12, {pid})] {pid}"
@@ -211,7 +228,7 @@ if __name__ == "__main__":
 def test_workers_that_cannot_start_fall_back_to_series_with_a_warning(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(MAIN_THAT_WORKERS_CANNOT_IMPORT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    done = _run_with("spawn", [str(script)])
     assert done.returncode == 0, done.stderr
     pid = done.stdout.split()[-1]
     assert done.stdout.strip() == f"[(10, {pid}), (11, {pid}), (12, {pid})] {pid}"

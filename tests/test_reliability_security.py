@@ -2,6 +2,7 @@
 workspace's key are ever unpickled, and the files are private to their owner."""
 
 import hashlib
+import hmac
 import logging
 import os
 import pickle
@@ -203,3 +204,85 @@ def test_a_schema_1_ledger_is_upgraded_in_place(tmp_path):
     assert con.execute("PRAGMA user_version").fetchone()[0] == taskgraph._ledger.SCHEMA_VERSION
     con.close()
     assert run(tmp_path)[1].state == "skipped"
+
+
+def results_rows(ws):
+    con = sqlite3.connect(str(ws / LEDGER))
+    try:
+        return con.execute("SELECT key, value, mac FROM results").fetchall()
+    finally:
+        con.close()
+
+
+def write_results_rows(ws, rows):
+    con = sqlite3.connect(str(ws / LEDGER))
+    con.executemany("UPDATE results SET value=?, mac=? WHERE key=?", [(value, mac, key) for key, value, mac in rows])
+    con.commit()
+    con.close()
+
+
+def test_a_replayed_result_of_an_earlier_run_is_refused(tmp_path):
+    """Save a task's signed result, change its input so that it runs again
+    and stores a new result, write the old row back: the old result is not
+    returned as if it were the new one (it was computed from other inputs).
+    The task runs, and its own result is trusted again afterwards."""
+    source = tmp_path / "in.txt"
+    source.write_text("old")
+
+    def run_count():
+        with taskgraph.TaskGraph(str(tmp_path), -1) as graph:
+            return graph.add_task(r.read_text, args=(str(source),), store_result=True, task_name="read")
+
+    assert run_count().get() == "old"
+    saved = results_rows(tmp_path)
+    source.write_text("newer")
+    assert run_count().get() == "newer"
+    write_results_rows(tmp_path, saved)
+    replayed = run_count()
+    assert replayed.state == "ran" and replayed.get() == "newer"
+    assert [reason.code for reason in replayed.reasons] == ["result_untrusted"]
+    again = run_count()
+    assert again.state == "skipped" and again.get() == "newer"
+
+
+def _schema_2_mac(ws, record_key, value):
+    secret = (ws / (LEDGER + KEY_SUFFIX)).read_bytes()
+    message = b"taskgraph stored result v1\0" + record_key.encode() + b"\0" + bytes(value)
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def test_a_schema_2_ledger_keeps_its_trusted_results_and_refuses_tampered_ones(tmp_path):
+    """Schema 2 signed record key and bytes only. The upgrade signs again, for
+    the inputs its record holds, every result whose old HMAC verifies (so
+    those tasks stay skipped with their results); a result whose old HMAC
+    does not verify stays refused."""
+    source = tmp_path / "in.txt"
+    source.write_text("kept")
+    ws = tmp_path / "ws"
+
+    def run_both():
+        with taskgraph.TaskGraph(str(ws), -1) as graph:
+            kept = graph.add_task(r.read_text, args=(str(source),), store_result=True, task_name="kept")
+            forged = graph.add_task(r.identity, args=(5,), store_result=True, task_name="forged")
+        return kept, forged
+
+    run_both()
+    con = sqlite3.connect(str(ws / LEDGER))
+    rows = con.execute("SELECT key, value FROM results").fetchall()
+    names = dict(con.execute("SELECT record_key, name FROM tasks"))
+    for key, value in rows:  # back to what schema 2 wrote; "forged" gets another value under its old HMAC
+        mac = _schema_2_mac(ws, key, value)
+        if names[key] == "forged":
+            value = sqlite3.Binary(pickle.dumps(6))
+        con.execute("UPDATE results SET value=?, mac=? WHERE key=?", (value, mac, key))
+    con.commit()
+    con.close()
+    downgrade(str(ws / LEDGER), 2)
+    kept, forged = run_both()
+    assert kept.state == "skipped" and kept.get() == "kept"
+    assert forged.state == "ran" and forged.get() == 5
+    assert [reason.code for reason in forged.reasons] == ["result_untrusted"]
+    con = sqlite3.connect(str(ws / LEDGER))
+    assert con.execute("PRAGMA user_version").fetchone()[0] == taskgraph._ledger.SCHEMA_VERSION
+    con.close()
+    assert [task.state for task in run_both()] == ["skipped", "skipped"]

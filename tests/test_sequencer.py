@@ -277,6 +277,7 @@ def test_a_lent_pool_is_left_within_its_capacity_after_a_failure():
         with pytest.raises(taskgraph.StageError):
             failing.run([(0.01,), (1.0,), (1.0,)])
         assert taskgraph.TaskSequencer([(f.nap, 2)], executor=pool).run([(0.1,), (0.1,)]) == [0.1, 0.1]
-        assert len(new_children(before)) <= pool.capacity
+        server = pool._server.pid if pool._server is not None else None  # the fork server is no worker
+        assert len([p for p in new_children(before) if p.pid != server]) <= pool.capacity
     finally:
         pool.shutdown(kill=True)

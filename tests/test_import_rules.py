@@ -1,0 +1,105 @@
+"""The house rules: each module imports only what docs/design.md's module table says it may.
+
+The table is the specification: its rows are read here, so the rules cannot
+drift from the page. Imports anywhere in a module count (top level, inside
+functions, under ``TYPE_CHECKING``), since a function-level import is still a
+dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "taskgraph")
+DESIGN = os.path.join(ROOT, "docs", "design.md")
+
+
+def read_table(path: str = DESIGN) -> dict[str, set[str] | None]:
+    """Module -> the package modules it may import (None: any of them)."""
+    rules: dict[str, set[str] | None] = {}
+    with open(path, encoding="utf-8") as stream:
+        rows = [line for line in stream if line.startswith("| `")]
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if len(cells) != 3:
+            continue
+        module = cells[0].strip("`")
+        allowed_text = cells[2]
+        if "the public names" in allowed_text:
+            rules[module] = None
+            continue
+        allowed: set[str] = set()
+        if "the above" in allowed_text:
+            allowed |= set(rules)
+        for name in re.findall(r"`([^`]+)`", allowed_text):
+            # "`LedgerReader` and `forget` of `_ledger`", "`_fingerprint.compare`": the module is what counts.
+            head = name.split(".")[0]
+            if head.startswith("_") or head in ("sequencer", "topology", "multitask", "boss", "Task"):
+                allowed.add(head)
+        rules[module] = allowed
+    return rules
+
+
+def imports_of(source: str) -> set[str]:
+    """The package modules a module's source imports (``taskgraph.X`` and ``from taskgraph import X``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "taskgraph" and len(parts) > 1:
+                    found.add(parts[1])
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            parts = node.module.split(".")
+            if parts[0] != "taskgraph":
+                continue
+            if len(parts) > 1:
+                found.add(parts[1])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def violations(package: str, rules: dict[str, set[str] | None]) -> list[str]:
+    problems = []
+    for entry in sorted(os.listdir(package)):
+        if not entry.endswith(".py") or entry in ("__init__.py", "__main__.py", "_version.py"):
+            continue
+        module = entry[:-3]
+        if module not in rules:
+            problems.append(f"{module}: not in the module table of docs/design.md")
+            continue
+        allowed = rules[module]
+        if allowed is None:
+            continue
+        with open(os.path.join(package, entry), encoding="utf-8") as stream:
+            used = imports_of(stream.read())
+        for name in sorted(used - allowed - {module, "_version"}):
+            problems.append(f"{module} imports {name}, which the table does not allow")
+    return problems
+
+
+def test_every_module_imports_only_what_the_design_allows():
+    assert violations(PACKAGE, read_table()) == []
+
+
+def test_a_broken_rule_is_reported(tmp_path):
+    copy = tmp_path / "taskgraph"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "_errors.py", "a") as stream:
+        stream.write("\n\ndef _late():\n    from taskgraph._ledger import Ledger\n    return Ledger\n")
+    assert violations(str(copy), read_table()) == ["_errors imports _ledger, which the table does not allow"]
+
+
+@pytest.mark.parametrize("module", ["_fingerprint", "_ledger", "_claims", "_errors", "_threads"])
+def test_the_leaves_import_nothing_above_them(module):
+    # design.md: the ledger and fingerprinting are leaves.
+    with open(os.path.join(PACKAGE, f"{module}.py"), encoding="utf-8") as stream:
+        used = imports_of(stream.read())
+    assert used <= {"_errors", "_fingerprint", "_version"}, used
