@@ -163,11 +163,12 @@ def _run_lines(view: View) -> list[str]:
     if run is None:
         lines.append("no run has ended yet: every record is shown")
     else:
-        found = {"ran": run.ran, "skipped": run.skipped, "failed": run.failed}
+        states = view.reader.run_states(run.run_id)
+        for unfinished in ("pending", "running"):  # the run ended before they finished
+            states["cancelled"] = states.get("cancelled", 0) + states.pop(unfinished, 0)
         given = f"{run.tasks} tasks" if run.tasks is not None else "its tasks"
-        if run.tasks is not None and run.ran is not None:
-            found["cancelled"] = max(0, run.tasks - sum(v or 0 for v in found.values()))
-            given += ": " + ", ".join(f"{v} {k}" for k, v in found.items() if v)
+        if states:
+            given += ": " + describe_counts(states)
         if view.unrecorded:
             given += (f"; {view.unrecorded} of them were never decided, so they have no record"
                       if view.unrecorded > 1 else "; 1 of them was never decided, so it has no record")

@@ -1360,6 +1360,11 @@ class LedgerReader:
         """How many tasks the ledger knows ``run_id`` was given (recorded or not)."""
         return int(self._rows("SELECT count(*) FROM considered WHERE run_id=?", (run_id,))[0][0])
 
+    def run_states(self, run_id: int) -> dict[str, int]:
+        """What became of the tasks ``run_id`` was given: state -> how many
+        (as far as the ledger still holds its considered rows)."""
+        return dict(self._rows("SELECT state, count(*) FROM considered WHERE run_id=? GROUP BY state", (run_id,)))
+
     def memberships(self, since: int = 0) -> list[tuple[str, int, str]]:
         """(record_key, run, state) of every record the runs from ``since``
         on considered (as far as the ledger still knows), by run."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from taskgraph._failure import format_frames
 from taskgraph._ledger import LedgerReader, RunRow, TaskRow
 from taskgraph._version import __version__
-from taskgraph._view import Entry, View, build, failure_of, mebibytes, plan, seconds, when
+from taskgraph._view import Entry, View, build, describe_counts, failure_of, mebibytes, plan, seconds, when
 
 #: Fill colours of the states (the graph command uses the same).
 COLOURS = {
@@ -351,12 +351,14 @@ def _legend(states: Sequence[str]) -> str:
         f'<span style="background:{COLOURS[state]}">{state}</span>' for state in COLOURS if state in states) + "</p>"
 
 
-def _run_text(run: RunRow | None) -> str:
+def _run_text(view: View, run: RunRow | None) -> str:
     if run is None:
         return "no run has ended yet"
-    found = [f"{value} {label}" for label, value in (("ran", run.ran), ("skipped", run.skipped),
-                                                       ("failed", run.failed)) if value]
-    given = f"{run.tasks} tasks" + (f": {', '.join(found)}" if found else "") if run.tasks is not None else ""
+    states = view.reader.run_states(run.run_id)
+    for unfinished in ("pending", "running"):  # the run ended before they finished
+        states["cancelled"] = states.get("cancelled", 0) + states.pop(unfinished, 0)
+    found = describe_counts(states)
+    given = f"{run.tasks} tasks" + (f": {found}" if found else "") if run.tasks is not None else ""
     return f"run {run.run_id}, ended {when(run.ended)}" + (f" ({given})" if given else "")
 
 
@@ -379,7 +381,7 @@ def render(view: View) -> tuple[str, str]:
         f"<title>taskgraph report: {esc(os.path.basename(workspace) or workspace)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<header><h1>taskgraph run report</h1><p>{esc(workspace)} · current graph: "
-        f"{esc(_run_text(view.run(view.current)))}"
+        f"{esc(_run_text(view, view.run(view.current)))}"
         f" · made {esc(when(time.time()))} by taskgraph {esc(__version__)}</p>"
         '<nav><a href="#graph-section">graph</a><a href="#timeline-section">timeline</a>'
         '<a href="#costs">costs</a><a href="#failures">failures</a><a href="#next-run">next run</a></nav></header>',
