@@ -158,6 +158,7 @@ class ForkServer:
         self._send_lock = threading.Lock()
         self._buffer = b""
         self._early_exits: list[tuple[int, int]] = []
+        self._sequence = 0
         self.gone = False
 
     @property
@@ -188,15 +189,16 @@ class ForkServer:
         if self.gone:
             raise ForkServerError(f"the fork server (pid {self.pid}) that starts worker processes has exited")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sequence += 1
         try:
-            self._request(_WORKER, theirs.fileno(), options)
+            self._request(_WORKER, theirs.fileno(), dict(options, sequence=self._sequence))
         except OSError:
             ours.close()
             raise
         finally:
             theirs.close()
         try:
-            pid = self._wait_started()
+            pid = self._wait_started(self._sequence)
         except BaseException:
             ours.close()
             raise
@@ -227,15 +229,22 @@ class ForkServer:
             raise ForkServerError(f"a fork server could not be forked: {os.strerror(value)}")
         return ours, value, False
 
-    def _wait_started(self) -> int:
+    def _wait_started(self, sequence: int) -> int:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
             for kind, value, code in self._read_records(max(0.0, deadline - time.monotonic())):
-                if kind == _STARTED:
+                if kind == _EXITED:
+                    self._early_exits.append((value, code))
+                elif code != sequence:
+                    # The answer to an earlier request given up after its time-out: a
+                    # worker nobody waits for is stopped (its exit is reported as usual).
+                    if kind == _STARTED:
+                        with contextlib.suppress(OSError):
+                            os.kill(value, signal.SIGKILL)
+                elif kind == _STARTED:
                     return value
-                if kind == _FAILED:
+                else:
                     raise OSError(value, f"the fork server could not fork a worker: {os.strerror(value)}")
-                self._early_exits.append((value, code))
             if self.gone:
                 raise ForkServerError(f"the fork server (pid {self.pid}) that starts worker processes has exited")
             if time.monotonic() >= deadline:
@@ -329,6 +338,9 @@ def _receive(sock: socket.socket) -> tuple[str, dict[str, Any], int | None] | No
 def _serve(sock: socket.socket, pool_pid: int) -> int:
     """The server's loop; returns its exit code."""
     gc.freeze()  # what was inherited is never scanned again: fewer pages copied in workers
+    if hasattr(signal, "pthread_sigmask"):
+        # The forking thread's mask is inherited: a blocked SIGCHLD would hide every exit.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides what Ctrl-C does
     for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         number = getattr(signal, name, None)
@@ -345,7 +357,7 @@ def _serve(sock: socket.socket, pool_pid: int) -> int:
     handles: list[Any] = [sock, wake_r] + ([watch] if watch is not None else [])
     while True:
         ready, _, _ = select.select(handles, [], [], None if watch is not None else _ORPHAN_POLL_S)
-        if (watch is not None and watch in ready) or (watch is None and os.getppid() != pool_pid):
+        if (watch is not None and watch in ready) or (watch is None and not _alive(pool_pid)):
             return 0  # the pool's process died: workers leave by themselves
         if wake_r in ready:
             with contextlib.suppress(OSError):
@@ -358,20 +370,33 @@ def _serve(sock: socket.socket, pool_pid: int) -> int:
                 _reap(sock)
                 return 0
             kind, options, fd = request
+            sequence = int(options.get("sequence", 0))
             if fd is None:
-                _send(sock, _FAILED, 24, 0)  # EMFILE: the descriptor did not fit here
+                if kind == _WORKER:  # a server's requester hears nothing on its own socket: it times out
+                    _send(sock, _FAILED, 24, sequence)  # EMFILE: the descriptor did not fit here
                 continue
             try:
                 pid = os.fork()
             except OSError as error:
                 os.close(fd)
-                _send(sock, _FAILED, error.errno or 0, 0)
+                if kind == _WORKER:
+                    _send(sock, _FAILED, error.errno or 0, sequence)
                 continue
             if pid == 0:
                 _become(kind, options, fd, pool_pid, [sock, wake_r, wake_w, watch])
             os.close(fd)
             if kind == _WORKER:
-                _send(sock, _STARTED, pid, 0)
+                _send(sock, _STARTED, pid, sequence)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _send(sock: socket.socket, kind: bytes, value: int, code: int) -> None:

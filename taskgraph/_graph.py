@@ -4,6 +4,7 @@ the scheduler. Holds no execution state of its own."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -283,10 +284,37 @@ class TaskGraph:
                                     bind_cpus=bind_cpus and not dry_run)
         self._executor = backend
         try:
-            self._ledger = Ledger(self._workspace, read_only=dry_run)
+            self._open(n_workers, reporting_interval, dry_run, show_progress, cache, cache_key, policy,
+                       memory_limit)
         except BaseException:
+            # Nothing may outlive a graph that could not be made: no worker, no fork server.
             backend.shutdown(kill=True)
+            ledger = getattr(self, "_ledger", None)
+            if ledger is not None:
+                with contextlib.suppress(Exception):
+                    ledger.close()
             raise
+        self._lock = threading.Lock()
+        self._tasks: list[Task] = []
+        self._task_ids: set[int] = set()
+        self._by_key: dict[str, Task] = {}
+        self._closed = False
+        self._shut_down = False
+
+    def _open(
+        self,
+        n_workers: int,
+        reporting_interval: float | None,
+        dry_run: bool,
+        show_progress: bool,
+        cache: Any,
+        cache_key: Any,
+        policy: Policy | None,
+        memory_limit: float | None,
+    ) -> None:
+        """The ledger, the cache, the claims and the scheduler (the backend is made first)."""
+        backend = self._executor
+        self._ledger = Ledger(self._workspace, read_only=dry_run)
         # Where the ledger is, fixed now: SQLite opened it relative to this cwd.
         self._ledger_path = normalize_path(self._ledger.path)
         if not dry_run:
@@ -303,12 +331,6 @@ class TaskGraph:
             claims=None if dry_run else Claims(self._ledger.path),
             policy=policy, memory_limit=memory_limit, keep_going=self._keep_going, cache=self._cache,
         )
-        self._lock = threading.Lock()
-        self._tasks: list[Task] = []
-        self._task_ids: set[int] = set()
-        self._by_key: dict[str, Task] = {}
-        self._closed = False
-        self._shut_down = False
 
     @staticmethod
     def _check_pinning(n_workers: int, bind_cpus: bool, executor: Any, scheduler_address: str | None) -> None:

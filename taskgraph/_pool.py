@@ -76,6 +76,8 @@ LOGGER = logging.getLogger("taskgraph.Task")
 _STOP_GRACE_S = 5.0  # shutdown(kill=False): how long workers may take to stop before they are killed
 _KILL_GRACE_S = 5.0  # after a kill: how long until a worker whose end was never seen is given up
 START_METHODS = ("fork", "spawn")
+# A short job waits behind another in a worker only if its message fits in the pipe's buffer.
+_QUEUE_MAX_BYTES = 32 * 1024
 ENVIRONMENT_VARIABLE = "TASKGRAPH_START_METHOD"
 
 
@@ -244,6 +246,10 @@ class ProcessPool(Executor):
         self._idle: list[_Worker] = []
         self._backlog: collections.deque[_Entry] = collections.deque()
         self._closing = False
+        # Set, under the lock, just before the manager takes its last requests:
+        # from then on submit() fails a job itself (no request would be read).
+        self._stop_lock = threading.Lock()
+        self._stopped = False
         self._killing = False
         self._deadline = 0.0
         self._next_index = 0
@@ -266,10 +272,15 @@ class ProcessPool(Executor):
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         assert job.payload is not None
-        self._requests.put(("job", job, done))
-        self._wake()
-        if not self._manager.is_alive():
-            self._take_requests()  # the pool has stopped: the job fails at once (shutting down)
+        with self._stop_lock:
+            if not self._stopped:
+                self._requests.put(("job", job, done))
+                self._wake()
+                return
+        # The manager has taken its last requests: the job fails here, at once.
+        done(JobResult(job.task_id, error=WorkerDiedError(
+            f"task {job.name!r} was not started because the graph is shutting down"
+        )))
 
     def shutdown(self, kill: bool = False) -> None:
         self._requests.put(("shutdown", kill, None))
@@ -294,8 +305,10 @@ class ProcessPool(Executor):
         try:
             while True:
                 self._take_requests()
-                if self._server is not None and self._server.pending:
-                    self._on_ready(self._server)  # exits read while a worker was starting
+                if self._server is not None and (self._server.pending or self._server.gone):
+                    # Exits read while a worker was starting, or the server found gone
+                    # then: settle what that tells about the workers.
+                    self._on_ready(self._server)
                 if self._closing and not self._workers:
                     return
                 handles: list[Any] = [self._wake_r]
@@ -314,14 +327,25 @@ class ProcessPool(Executor):
                     self._on_ready(handle)
         except BaseException as error:  # a bug here must not leave jobs waiting forever
             LOGGER.exception("the process pool's manager thread failed")
+            self._closing = self._killing = True  # so that nothing below starts a worker
+            failure = WorkerDiedError(f"the process pool failed: {type(error).__name__}: {error}")
             for worker in list(self._workers):
                 _kill_tree(worker.pid)
-                self._forget(worker, WorkerDiedError(
-                    f"the process pool failed: {type(error).__name__}: {error}"
-                ))
+                with contextlib.suppress(BaseException):
+                    self._forget(worker, failure)
         finally:
             self._closing = True
+            with self._stop_lock:
+                self._stopped = True
             self._take_requests()  # jobs that came with or after the shutdown: not started
+            for worker in list(self._workers):  # given up (only after a failure of this thread)
+                for entry in worker.jobs:
+                    with contextlib.suppress(BaseException):
+                        self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
+                            f"task {entry.job.name!r} was stopped because the process pool stopped")))
+                worker.jobs.clear()
+            with contextlib.suppress(BaseException):
+                self._drain_backlog()  # closing: every job still waiting fails as not started
             self._finalizer.detach()
             if self._server is not None:
                 self._server.close()
@@ -560,7 +584,9 @@ class ProcessPool(Executor):
                         "or use fewer workers."
                     )))
                     continue
-            if worker is None and entry.job.short:
+            if worker is None and entry.job.short and len(entry.message) <= _QUEUE_MAX_BYTES:
+                # Only a small message: a busy worker reads its pipe between jobs, so a
+                # large one would block this thread until the job before it ends.
                 worker = next((w for w in self._workers if len(w.jobs) == 1 and w.jobs[0].job.short
                                and w.conn is not None), None)
             if worker is None:

@@ -119,6 +119,7 @@ class Scheduler:
         # tasks of equal priority start by their remaining critical path.
         self._history = History(ledger.durations)
         self._overlap = 0 if executor.synchronous else executor.queue_depth
+        self._short_running: set[int] = set()  # running tasks whose jobs were sent as short
         self._order_by_path = not executor.synchronous and executor.capacity > 1
         self._by_path = False
         self._paths: dict[int, float] = {}
@@ -241,6 +242,7 @@ class Scheduler:
         self._blockers.clear()
         self._elsewhere.clear()
         self._running.clear()
+        self._short_running.clear()
         self._started_at.clear()
         self._unnotified = []
         stranded = [task for task in self._unfinished.values() if not task._finished]
@@ -283,6 +285,7 @@ class Scheduler:
                         self._cancel(task)
                         finished.append(task)
                     self._running.clear()
+                    self._short_running.clear()
             elif kind == "all added":
                 if self._progress is not None:
                     self._progress.all_added()
@@ -294,6 +297,7 @@ class Scheduler:
                     self._cancel(task)
                     finished.append(task)
                 self._running.clear()
+                self._short_running.clear()
         # Dependents of the finished tasks become ready now, but the finished
         # tasks' waiters are released only once their records are committed:
         # by the transaction that claims the next tasks to start (one commit
@@ -368,6 +372,7 @@ class Scheduler:
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
         task = self._running.pop(result.task_id, None)
+        self._short_running.discard(result.task_id)
         if task is None:
             return  # finished already (cancelled when the scheduler failed): the result is ignored
         self._started_at.pop(result.task_id, None)
@@ -512,7 +517,7 @@ class Scheduler:
         # _killing is set by abort() (Ctrl-C) before its message arrives:
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
-            slots = self._executor.capacity - len(self._running)
+            slots = self._free_slots()
             if self._order_by_path and self._running and len(self._ready) > max(slots, 0):
                 # More tasks ready than workers free: order them by their remaining critical path.
                 # (Not while nothing runs: a rerun that skips everything never pays for it.)
@@ -569,6 +574,18 @@ class Scheduler:
                     LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
                                 task.task_name)
                     self._elsewhere[task.task_id] = task
+
+    def _free_slots(self) -> int:
+        """How many more jobs may start now. Short jobs may wait two to a
+        worker (see ``_may_overlap``), so they count as half a worker each,
+        rounded up: a long or unknown task is not held back while a worker
+        is idle behind a pair of short ones. (If the pair is on two workers
+        after all, the pool keeps the job until the first is free.)"""
+        running = len(self._running)
+        if not self._short_running:
+            return self._executor.capacity - running
+        short = len(self._short_running)
+        return self._executor.capacity - (running - short) - (short + 1) // 2
 
     def _may_overlap(self, starting: int) -> bool:
         """Whether the next ready task may go to the executor beyond its
@@ -697,6 +714,8 @@ class Scheduler:
         if self._overlap:
             estimate = self._estimate(task)
             job.short = estimate is not None and estimate < SHORT_S
+            if job.short:
+                self._short_running.add(task.task_id)
         task._payload = None  # sent once; free the memory
         task._state = "running"
         task._started = time.time()

@@ -222,6 +222,11 @@ def _exit_with(pid: int | None) -> None:
     with contextlib.suppress(psutil.Error):
         for child in psutil.Process().children(recursive=True):
             child.kill()
+    if hasattr(os, "killpg") and os.getpgid(0) == os.getpid():
+        # The worker leads its own group: this also reaches what its tasks started
+        # that is no longer its child (reparented after its parent exited).
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpid(), signal.SIGKILL)
     os._exit(70)
 
 

@@ -9,6 +9,7 @@ pipelines), with a timeout: a hang fails the test instead of the suite.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -273,3 +274,46 @@ def test_a_task_declaring_memory_after_the_ready_tasks_were_ordered_by_history(t
     graph.close()
     assert graph.join(timeout=30)
     assert all(task._state == "ran" for task in tasks)
+
+
+SIGCHLD_BLOCKED = """
+    import signal, threading
+    import taskgraph
+    import pool_funcs
+
+    def make_and_run(out):
+        # A thread with SIGCHLD blocked makes the graph: the fork server must
+        # still hear its workers die.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        graph = taskgraph.TaskGraph("workspace", n_workers=1)
+        graph.add_task(pool_funcs.kill_self, task_name="killed")
+        graph.close()
+        try:
+            out.append(graph.join(timeout=30))
+        except taskgraph.WorkerDiedError as error:
+            out.append(str(error))
+
+    if __name__ == "__main__":
+        out = []
+        thread = threading.Thread(target=make_and_run, args=(out,))
+        thread.start()
+        thread.join(60)
+        print(out)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_graph_made_where_sigchld_is_blocked_still_sees_its_workers_die(tmp_path):
+    done = run_script(tmp_path, SIGCHLD_BLOCKED, start_method="fork")
+    assert done.returncode == 0, done.stderr
+    assert "'killed' died with signal SIGKILL" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_second_graphs_fork_server_works_without_pidfds(tmp_path):
+    # Without os.pidfd_open (old kernels, macOS, some sandboxes) servers watch
+    # the caller by pid: a server forked by another server must not mistake
+    # its parent for the caller.
+    done = run_script(tmp_path, "import os\nif hasattr(os, 'pidfd_open'):\n    del os.pidfd_open\n"
+                      + textwrap.dedent(FORK_WARNING))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
