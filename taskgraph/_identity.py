@@ -78,10 +78,6 @@ def _path_candidate(text: str) -> bool:
     return bool(text) and len(text) <= _MAX_PATH_LENGTH and "\0" not in text
 
 
-def _has_separator(text: str) -> bool:
-    return "/" in text or os.sep in text
-
-
 @dataclass(frozen=True, slots=True)
 class FunctionInfo:
     """How a function counts in a task's identity.

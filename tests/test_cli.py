@@ -90,7 +90,7 @@ def test_status_lists_every_task(workspace):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("current graph: run 2, ended ")
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:-1]}
-    assert set(lines) == {"alpha", "beta", "gamma"}
+    assert set(lines) == {"alpha", "beta", "gamma"}, result.stdout
     assert all(line[1] == "skipped" and line[-1] == "ok" for line in lines.values())
     assert result.stdout.splitlines()[-1].startswith("3 tasks: 3 skipped")
     data = json.loads(tg("status", workspace, "--json").stdout)
