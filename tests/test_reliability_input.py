@@ -12,6 +12,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import traceback
 import weakref
 
 import numpy as np
@@ -502,6 +503,9 @@ def _allowed(error):
     function raised, re-raised as itself with a note naming the task."""
     if isinstance(error, (taskgraph.TaskGraphError, r.UserError)):
         return True
+    if sys.version_info < (3, 11):  # no exception notes: it must come from the task's call
+        frames = traceback.extract_tb(error.__traceback__)
+        return any(frame.name == "run_job" and frame.filename.endswith("_job.py") for frame in frames)
     return any("raised by taskgraph task" in note for note in getattr(error, "__notes__", ()))
 
 
