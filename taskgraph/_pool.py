@@ -132,6 +132,14 @@ class _Entry:
     message: bytes
 
 
+def _not_started(job: Job) -> WorkerDiedError:
+    return WorkerDiedError(f"task {job.name!r} was not started because the graph is shutting down")
+
+
+def _stopped(job: Job) -> WorkerDiedError:
+    return WorkerDiedError(f"task {job.name!r} was stopped because the graph is shutting down")
+
+
 class _Worker:
     """The manager thread's record of one worker process."""
 
@@ -278,9 +286,7 @@ class ProcessPool(Executor):
                 self._wake()
                 return
         # The manager has taken its last requests: the job fails here, at once.
-        done(JobResult(job.task_id, error=WorkerDiedError(
-            f"task {job.name!r} was not started because the graph is shutting down"
-        )))
+        done(JobResult(job.task_id, error=_not_started(job)))
 
     def shutdown(self, kill: bool = False) -> None:
         self._requests.put(("shutdown", kill, None))
@@ -379,10 +385,7 @@ class ProcessPool(Executor):
         self._killing = True
         self._deadline = time.monotonic() + _KILL_GRACE_S
         for worker in list(self._workers):
-            # A result already in the pipe is delivered, not lost with the worker.
-            with contextlib.suppress(EOFError, OSError):
-                while worker.jobs and worker.conn is not None and worker.conn.poll():
-                    self._on_message(worker, worker.conn.recv_bytes())
+            self._read_what_is_there(worker)  # a result already in the pipe is delivered, not lost
             _kill_tree(worker.pid)
 
     def _escalate(self) -> None:
@@ -436,6 +439,12 @@ class ProcessPool(Executor):
             return
         self._on_message(worker, data)
 
+    def _read_what_is_there(self, worker: _Worker) -> None:
+        """Handle the messages already in a worker's pipe, without waiting."""
+        with contextlib.suppress(EOFError, OSError):
+            while worker.jobs and worker.conn is not None and worker.conn.poll():
+                self._on_message(worker, worker.conn.recv_bytes())
+
     def _pipe_closed(self, worker: _Worker) -> None:
         """The worker's end of its pipe closed: it has died, or is dying.
         Its exit status (from its sentinel or the fork server) completes it."""
@@ -486,17 +495,13 @@ class ProcessPool(Executor):
         entry.done(result)
 
     def _on_death(self, worker: _Worker) -> None:
-        if worker.conn is not None:
-            # Read what the worker sent before it died (a result may be there).
-            with contextlib.suppress(EOFError, OSError):
-                while worker.jobs and worker.conn.poll():
-                    self._on_message(worker, worker.conn.recv_bytes())
+        self._read_what_is_there(worker)  # what it sent before it died: a result may be there
         _kill_group(worker.pid)
         error = None
         if worker.jobs:
             job = worker.jobs[0].job
             if self._killing:
-                error = WorkerDiedError(f"task {job.name!r} was stopped because the graph is shutting down")
+                error = _stopped(job)
             else:
                 error = WorkerDiedError(
                     f"the worker process (pid {worker.pid}) running task {job.name!r} died with "
@@ -532,9 +537,7 @@ class ProcessPool(Executor):
         entries, worker.jobs = list(worker.jobs), collections.deque()
         if entries:
             first = entries.pop(0)
-            self._finish(first, JobResult(first.job.task_id, error=error or WorkerDiedError(
-                f"task {first.job.name!r} was stopped because the graph is shutting down"
-            ), worker=worker.name))
+            self._finish(first, JobResult(first.job.task_id, error=error or _stopped(first.job), worker=worker.name))
         # Jobs that waited behind the one that died never started: they go to
         # another worker (or, when the pool is closing, fail as not started).
         for entry in reversed(entries):
@@ -545,9 +548,7 @@ class ProcessPool(Executor):
         if self._closing:
             # Shut down (after a failure or Ctrl-C) while the scheduler was still
             # dispatching: start nothing that nothing would stop.
-            done(JobResult(job.task_id, error=WorkerDiedError(
-                f"task {job.name!r} was not started because the graph is shutting down"
-            )))
+            done(JobResult(job.task_id, error=_not_started(job)))
             return
         try:
             message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
@@ -567,9 +568,7 @@ class ProcessPool(Executor):
             entry = self._backlog[0]
             if self._closing:
                 self._backlog.popleft()
-                self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
-                    f"task {entry.job.name!r} was not started because the graph is shutting down"
-                )))
+                self._finish(entry, JobResult(entry.job.task_id, error=_not_started(entry.job)))
                 continue
             worker = self._idle.pop() if self._idle else None
             if worker is None and len(self._workers) < self.capacity:
