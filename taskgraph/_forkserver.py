@@ -41,7 +41,6 @@ import select
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 import traceback
@@ -50,7 +49,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from taskgraph import _threads
-from taskgraph._worker import worker_main
+from taskgraph._worker import alive, flush_std_streams, worker_main
 
 _HEADER = struct.Struct("!I")
 _RECORD = struct.Struct("!cii")
@@ -97,21 +96,12 @@ def start() -> ForkServer | None:
     return server
 
 
-def _flush_std_streams() -> None:
-    """Flush what this process buffered for stdout and stderr, so no forked
-    copy of the buffer is written a second time by a child."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            if stream is not None:
-                stream.flush()
-
-
 def _fork_here() -> tuple[socket.socket, int, bool]:
     """Fork this process into a server; returns its socket, pid, and True
     (the server is our child)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pool_pid = os.getpid()
-    _flush_std_streams()
+    flush_std_streams()
     try:
         pid = os.fork()
     except BaseException:
@@ -357,7 +347,7 @@ def _serve(sock: socket.socket, pool_pid: int) -> int:
     handles: list[Any] = [sock, wake_r] + ([watch] if watch is not None else [])
     while True:
         ready, _, _ = select.select(handles, [], [], None if watch is not None else _ORPHAN_POLL_S)
-        if (watch is not None and watch in ready) or (watch is None and not _alive(pool_pid)):
+        if (watch is not None and watch in ready) or (watch is None and not alive(pool_pid)):
             return 0  # the pool's process died: workers leave by themselves
         if wake_r in ready:
             with contextlib.suppress(OSError):
@@ -387,16 +377,6 @@ def _serve(sock: socket.socket, pool_pid: int) -> int:
             os.close(fd)
             if kind == _WORKER:
                 _send(sock, _STARTED, pid, sequence)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _send(sock: socket.socket, kind: bytes, value: int, code: int) -> None:

@@ -50,7 +50,7 @@ from taskgraph._executor import Executor
 from taskgraph._failure import Failure
 from taskgraph._failure import describe as describe_failure
 from taskgraph._fingerprint import is_content_algorithm
-from taskgraph._history import SHORT_S, History
+from taskgraph._history import SHORT_S, FunctionKey, History
 from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult, check_storable
 from taskgraph._ledger import Ledger, Outcome, UntrustedResultError
@@ -64,6 +64,12 @@ _ELSEWHERE_POLL_S = 0.25
 # How many ready tasks a dispatch looks past when the policy holds the first
 # ones back: bounds the work per dispatch when many tasks wait for memory.
 _HELD_SCAN = 32
+
+
+def _function_key(task: Task) -> FunctionKey:
+    """What the history keys a function's mean duration by."""
+    function = task._identity.function
+    return function.name, function.source_hash
 
 
 class Scheduler:
@@ -380,9 +386,7 @@ class Scheduler:
             task._started = result.started
             task._duration = result.ended - result.started
             if result.error is None:
-                function = task._identity.function
-                self._history.observe(task._identity.record_key, (function.name, function.source_hash),
-                                      task._duration)
+                self._history.observe(task._identity.record_key, _function_key(task), task._duration)
             task._cpu_time = result.cpu_time
             task._peak_memory = result.peak_memory
             task._worker = result.worker
@@ -597,8 +601,7 @@ class Scheduler:
         return estimate is not None and estimate < SHORT_S
 
     def _estimate(self, task: Task) -> float | None:
-        function = task._identity.function
-        return self._history.estimate(task._identity.record_key, (function.name, function.source_hash))
+        return self._history.estimate(task._identity.record_key, _function_key(task))
 
     def _rekey(self) -> None:
         """Order the ready tasks (among equal priorities) by their remaining

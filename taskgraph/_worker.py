@@ -200,14 +200,28 @@ def wait_for_exit(pid: int) -> None:
             finally:
                 os.close(fd)
             return
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
+    while alive(pid):
         time.sleep(_PARENT_POLL_S)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def flush_std_streams() -> None:
+    """Flush what this process buffered for stdout and stderr (before a fork,
+    so no copy writes it twice, and before ``os._exit``, so it is not lost)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
 
 
 def _exit_with(pid: int | None) -> None:
@@ -278,12 +292,7 @@ def worker_main(
     try:
         _serve(conn, send_lock, sampler)
     finally:
-        # A forked worker leaves with os._exit: what the tasks printed must
-        # reach the terminal first.
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                if stream is not None:
-                    stream.flush()
+        flush_std_streams()  # a forked worker leaves with os._exit: what the tasks printed goes first
 
 
 def _serve(conn: Connection, send_lock: threading.Lock, sampler: _PeakSampler) -> None:
@@ -314,4 +323,4 @@ def _serve(conn: Connection, send_lock: threading.Lock, sampler: _PeakSampler) -
         del outcome, blob
 
 
-__all__ = ["LOG", "RESULT", "STOP", "low_priority", "wait_for_exit", "worker_main"]
+__all__ = ["LOG", "RESULT", "STOP", "alive", "flush_std_streams", "low_priority", "wait_for_exit", "worker_main"]
