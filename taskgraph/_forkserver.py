@@ -168,6 +168,18 @@ class ForkServer:
             if sent < len(message):
                 self._sock.sendall(message[sent:])
 
+    def _request_with_socket(self, kind: str, options: dict[str, Any]) -> socket.socket:
+        """Send a request with one end of a new socket pair; returns the other end."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._request(kind, theirs.fileno(), options)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
     def start_worker(self, options: dict[str, Any]) -> tuple[int, Connection]:
         """Fork a worker that runs :func:`worker_main` with ``options``;
         returns its pid and our end of its pipe.
@@ -178,15 +190,8 @@ class ForkServer:
         """
         if self.gone:
             raise ForkServerError(f"the fork server (pid {self.pid}) that starts worker processes has exited")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sequence += 1
-        try:
-            self._request(_WORKER, theirs.fileno(), dict(options, sequence=self._sequence))
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        ours = self._request_with_socket(_WORKER, dict(options, sequence=self._sequence))
         try:
             pid = self._wait_started(self._sequence)
         except BaseException:
@@ -198,14 +203,7 @@ class ForkServer:
         """Ask this server for a server of another pool (a copy of it)."""
         if self.gone:
             raise ForkServerError("gone")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._request(_SERVER, theirs.fileno(), {"pool_pid": os.getpid()})
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        ours = self._request_with_socket(_SERVER, {"pool_pid": os.getpid()})
         # The new server says who it is on its own socket.
         ours.settimeout(_START_TIMEOUT_S)
         try:
