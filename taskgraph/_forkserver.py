@@ -102,12 +102,21 @@ def _fork_here() -> tuple[socket.socket, int, bool]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pool_pid = os.getpid()
     flush_std_streams()
+    # Ctrl-C is held back while forking: a SIGINT whose Python handler has not run
+    # yet is inherited as pending by the child, which would raise KeyboardInterrupt
+    # in its after-fork hooks before it ignores SIGINT. The caller gets it once
+    # the fork is done; the server starts with it blocked and ignores it first.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
     try:
         pid = os.fork()
     except BaseException:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         ours.close()
         theirs.close()
         raise
+    if pid != 0 and mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if pid == 0:  # the server
         code = 1
         try:
@@ -326,10 +335,11 @@ def _receive(sock: socket.socket) -> tuple[str, dict[str, Any], int | None] | No
 def _serve(sock: socket.socket, pool_pid: int) -> int:
     """The server's loop; returns its exit code."""
     gc.freeze()  # what was inherited is never scanned again: fewer pages copied in workers
-    if hasattr(signal, "pthread_sigmask"):
-        # The forking thread's mask is inherited: a blocked SIGCHLD would hide every exit.
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides what Ctrl-C does
+    if hasattr(signal, "pthread_sigmask"):
+        # The forking thread's mask is inherited (SIGINT blocked around the fork, maybe
+        # more): a blocked SIGCHLD would hide every exit.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
     for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
         number = getattr(signal, name, None)
         if number is not None and callable(signal.getsignal(number)):
