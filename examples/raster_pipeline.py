@@ -233,7 +233,10 @@ def hillshade(dem_path: str, out_path: str, azimuth: float = 315.0, altitude: fl
 def mosaic(tile_paths: list[str], out_path: str) -> None:
     """Merge tiles into one GeoTIFF; where reprojected tiles overlap, the
     first with data wins. Written window by window, never whole in memory."""
-    rasterio.merge.merge(tile_paths, dst_path=out_path, dst_kwds={"compress": "deflate"})
+    # Tiled, with blocks of its own: rasterio 1.5 carries the tiles' block size over, which
+    # GDAL refuses (with a warning) for a striped file.
+    rasterio.merge.merge(tile_paths, dst_path=out_path,
+                         dst_kwds={"compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256})
 
 
 def reclassify(landcover_path: str, table: dict[int, float], out_path: str) -> None:
