@@ -18,6 +18,7 @@ import uuid
 
 import cache_funcs as f
 import cache_workload
+import disks
 import pytest
 from procs import child_pids, no_new_children, processes_marked
 
@@ -350,18 +351,8 @@ def test_verify_repair_and_prune_clear_damage(tmp_path, capsys):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 1 MiB tmpfs (root only): a disk that really fills up."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with disks.small_tmpfs(tmp_path, "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.mark.parametrize("n_workers", [0, 2])

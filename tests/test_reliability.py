@@ -7,7 +7,6 @@ these extend them.) The long kill loop is ``tests/stress/kill_loop.py``.
 """
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import disks
 import engine_funcs as f
 import psutil
 import pytest
@@ -282,18 +282,8 @@ def test_file_size_limit_while_committing_the_ledger(tmp_path):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 3 MiB tmpfs (root only): a disk that really fills up."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with disks.small_tmpfs(tmp_path, "3m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.mark.parametrize("where", ["target", "ledger"])
