@@ -40,7 +40,7 @@ from taskgraph._policy import Policy, make_policy
 from taskgraph._pool import check_start_method, usable_cpus
 from taskgraph._progress import Progress, make_display, wanted
 from taskgraph._scheduler import Scheduler
-from taskgraph._task import Task
+from taskgraph._task import Task, TaskState
 
 LOGGER = logging.getLogger("taskgraph.Task")
 # Files beside the ledger that belong to it (SQLite's, the lock, claims, key).
@@ -54,7 +54,7 @@ class PlanEntry:
 
     name: str
     key: str
-    state: str
+    state: TaskState
     reasons: tuple[Reason, ...]
 
 
@@ -111,7 +111,7 @@ class TaskReport:
 
     name: str
     key: str
-    state: str
+    state: TaskState
     started: float | None
     wall_time: float
     cpu_time: float | None
