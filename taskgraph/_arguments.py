@@ -1,9 +1,9 @@
 """A call's arguments for people: the tree stored with each record, and what
 changed between two calls.
 
-Imports the standard library, xxhash and ``_identity`` (path normalisation and
-function identities), so the tree agrees with the identity about what counts:
-paths are normalised, functions count by name and source.
+Imports the standard library, xxhash, ``_identity`` (path normalisation) and
+``_function_info`` (function identities), so the tree agrees with the identity
+about what counts: paths are normalised, functions count by name and source.
 
 The tree is JSON: ``{"args": [node, ...], "kwargs": {name: node}}``, where a
 node is a leaf (the value's ``repr``, a string) or a container
@@ -31,7 +31,8 @@ from typing import Any
 
 import xxhash
 
-from taskgraph._identity import function_info, normalize_path
+from taskgraph._function_info import function_info
+from taskgraph._identity import normalize_path
 
 _LEAF_MAX = 1000
 _ITEMS_MAX = 200
