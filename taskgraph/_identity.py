@@ -158,41 +158,55 @@ class _Canonical:
 
     def value(self, value: Any) -> Any:
         kind = type(value)
-        if kind is str:
-            if self._literal or not _path_candidate(value):
-                return value
-            if "://" in value and _URL.match(value):
-                return value  # a URL, not a local path: counts as written
-            norm = normalize_path(value)
-            if norm in self.targets or "/" in value or os.sep in value:
-                # Relative and absolute spellings of a path are one identity.
-                return self._path(norm)
-            # A bare name ("mean", "a.tif") counts as written, so that the
-            # identity does not depend on the working directory or on whether
-            # the file exists yet; it may still be an input.
-            self.paths[norm] = None
+        if kind in _ATOMS:
             return value
-        if kind in _PLAIN:
+        encode = _EXACT.get(kind)
+        if encode is not None:
+            return encode(self, value)
+        return self._inexact(value, kind)
+
+    # -- by exact type (the table _EXACT, after the class) ---------------------------------
+
+    def _string(self, value: str) -> Any:
+        if self._literal or not _path_candidate(value):
             return value
-        if kind is tuple or kind is list:
-            # Fast path: a sequence of plain numbers is its own canonical form
-            # (and cannot contain itself).
-            for item in value:
-                if type(item) not in _ATOMS:
-                    break
-            else:
-                return value
-        if kind is tuple or kind is list or kind is dict or kind is set or kind is frozenset:
-            if kind is dict and not value:
-                return (_DICT, [])
-            key = id(value)
-            if key in self._active:
-                raise SelfReferenceError(f"argument {_ARG_REPR.repr(value)} contains itself")
-            self._active[key] = len(self._active)
-            try:
-                return self._container(kind, value)
-            finally:
-                del self._active[key]
+        if "://" in value and _URL.match(value):
+            return value  # a URL, not a local path: counts as written
+        norm = normalize_path(value)
+        if norm in self.targets or "/" in value or os.sep in value:
+            # Relative and absolute spellings of a path are one identity.
+            return self._path(norm)
+        # A bare name ("mean", "a.tif") counts as written, so that the
+        # identity does not depend on the working directory or on whether
+        # the file exists yet; it may still be an input.
+        self.paths[norm] = None
+        return value
+
+    def _sequence(self, value: tuple[Any, ...] | list[Any]) -> Any:
+        # Fast path: a sequence of plain numbers is its own canonical form
+        # (and cannot contain itself).
+        for item in value:
+            if type(item) not in _ATOMS:
+                return self._tracked(value)
+        return value
+
+    def _mapping(self, value: dict[Any, Any]) -> Any:
+        return self._tracked(value) if value else (_DICT, [])
+
+    def _tracked(self, value: Any) -> Any:
+        """A container, refused if it contains itself."""
+        key = id(value)
+        if key in self._active:
+            raise SelfReferenceError(f"argument {_ARG_REPR.repr(value)} contains itself")
+        self._active[key] = len(self._active)
+        try:
+            return self._container(type(value), value)
+        finally:
+            del self._active[key]
+
+    # -- the other types, in this order ----------------------------------------------------
+
+    def _inexact(self, value: Any, kind: type) -> Any:
         if isinstance(value, PurePath):
             if self._literal:
                 return (_OBJ, _qualified(kind), os.fspath(value))
@@ -363,6 +377,20 @@ class _Canonical:
         if owner is not None and not isinstance(owner, types.ModuleType):
             return (_GLOBAL, _qualified(rebuild), self.value(owner))
         return (_GLOBAL, _qualified(rebuild))
+
+
+# How _Canonical.value encodes a value of each of these exact types (not their
+# subclasses: a namedtuple or an OrderedDict counts as an object). Plain values
+# (_ATOMS) stand for themselves; other types go to _Canonical._inexact. A
+# subclass of _Canonical changes how paths are encoded (_path), not this table.
+_EXACT: dict[type, Callable[[_Canonical, Any], Any]] = {
+    str: _Canonical._string,
+    tuple: _Canonical._sequence,
+    list: _Canonical._sequence,
+    dict: _Canonical._mapping,
+    set: _Canonical._tracked,
+    frozenset: _Canonical._tracked,
+}
 
 
 @dataclass(frozen=True, slots=True)
