@@ -236,7 +236,8 @@ def hash_algorithm(algorithm: Any, invalid: Invalid) -> str:
         if problem is not None:
             raise invalid(problem)
         _KNOWN_ALGORITHMS.add(algorithm)
-    return str(algorithm)
+    checked: str = algorithm
+    return checked
 
 
 def priority(value: Any, invalid: Invalid) -> float:
