@@ -122,11 +122,21 @@ def flatten_record(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
+_WORKER_NAMES: dict[tuple[int, int, str], str] = {}
+
+
 def worker_name() -> str:
-    """Where a job ran: the process (and thread, if not the main one)."""
-    name = f"{multiprocessing.current_process().name} (pid {os.getpid()})"
+    """Where a job ran: the process (and thread, if not the main one);
+    remembered per process and thread, since every job asks."""
     thread = threading.current_thread()
-    return name if thread is threading.main_thread() else f"{name} {thread.name}"
+    where = (os.getpid(), thread.ident or 0, thread.name)
+    name = _WORKER_NAMES.get(where)
+    if name is None:
+        name = f"{multiprocessing.current_process().name} (pid {where[0]})"
+        if thread is not threading.main_thread():
+            name = f"{name} {thread.name}"
+        _WORKER_NAMES[where] = name
+    return name
 
 
 def first_unpicklable(parts: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
