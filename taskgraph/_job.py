@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
 from taskgraph._failure import Frame, user_frames
-from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
+from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, pickled_by_fields, take
 
 if TYPE_CHECKING:
     from taskgraph._cache_job import CacheJob, CacheOutcome
@@ -72,6 +72,7 @@ class Job:
                 self.target_mode, self.want_result, self.known_digests, self.cache)
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class JobResult:
     """What comes back from running a :class:`Job`."""
