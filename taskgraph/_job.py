@@ -1,9 +1,10 @@
 """A job: one call of a task's function, and what comes back from it.
 
-Imports ``_fingerprint`` and ``_errors`` only, so worker processes stay light.
-The same :func:`run_job` runs inline, in a thread, in a worker process, and
-(later) on a Dask worker: the target check and the target fingerprints are
-taken right where the files were written.
+Imports ``_errors``, ``_failure`` and ``_fingerprint`` (and ``_cache_job``
+only for a job that uses the shared cache), so a spawned worker process
+imports no engine, ledger or SQLite. The same :func:`run_job` runs inline, in
+a thread, in a worker process and on a Dask worker: the target check and the
+target fingerprints are taken right where the files were written.
 """
 
 from __future__ import annotations
