@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from taskgraph._cache import CACHE_KEY_ENV, Cache, CacheUnusable, read_team_key
 from taskgraph._cache_admin import parse_size, prune, recent_runs, scan, verify
-from taskgraph._cli import CommandError
+from taskgraph._cli_common import CommandError
 
 
 def _size(count: float) -> str:
