@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskgraph._cache import Cache, Entry, EntryProblem, hash_fd
+from taskgraph._cache import Cache
+from taskgraph._cache_entry import Entry, EntryProblem
+from taskgraph._cache_files import hash_fd
 
 #: Objects unreferenced for less than this long are kept by ``prune``: a put
 #: may be about to name them.
