@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from taskgraph._cli_cache import add_cache_command
 from taskgraph._cli_common import CommandError
@@ -54,63 +55,58 @@ def _duration(text: str) -> float:
 _WORKSPACE_HELP = "the workspace directory given to TaskGraph (it holds taskgraph_ledger.sqlite)"
 
 
+def _command(commands: Any, name: str, summary: str, run: Callable[[argparse.Namespace, TextIO], int]
+             ) -> argparse.ArgumentParser:
+    """A command on a workspace: its parser, which takes the workspace first, and ``run`` runs it."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=summary)
+    parser.add_argument("workspace", help=_WORKSPACE_HELP)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskgraph", description="Look into a taskgraph workspace's ledger.")
     parser.add_argument("--version", action="version", version=f"taskgraph {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    status = commands.add_parser("status", help="one line per task of the current graph")
-    status.add_argument("workspace", help=_WORKSPACE_HELP)
+    status = _command(commands, "status", "one line per task of the current graph", cmd_status)
     status.add_argument("--all", action="store_true", help="the history too: records no run since the current "
                         "graph's considered (state 'stale')")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--failed", action="store_true", help="only failed tasks, with their errors")
-    status.set_defaults(run=cmd_status)
 
-    explain = commands.add_parser("explain", help="why a task ran or was skipped, and whether it would run now")
-    explain.add_argument("workspace", help=_WORKSPACE_HELP)
+    explain = _command(commands, "explain", "why a task ran or was skipped, and whether it would run now", cmd_explain)
     explain.add_argument("task", help="task name (its record in the current graph) or a key prefix (4 or more "
                          "characters, from `status --json` or `status --all`)")
-    explain.set_defaults(run=cmd_explain)
 
-    graph = commands.add_parser("graph", help="the current task graph")
-    graph.add_argument("workspace", help=_WORKSPACE_HELP)
+    graph = _command(commands, "graph", "the current task graph", cmd_graph)
     graph.add_argument("--format", choices=("dot", "mermaid", "json"), default=None,
                        help="what to write: Graphviz dot (the default), a Mermaid flowchart or JSON; "
                        "without it, -o's extension says (.dot/.gv, .mmd/.mermaid, .json)")
     graph.add_argument("-o", "--output", help="file to write (default: print); .svg/.png/.pdf render with Graphviz")
     graph.add_argument("--all", action="store_true", help="draw the history's records too")
-    graph.set_defaults(run=cmd_graph)
 
-    trace = commands.add_parser("trace", help="a run's timeline as a Chrome trace")
-    trace.add_argument("workspace", help=_WORKSPACE_HELP)
+    trace = _command(commands, "trace", "a run's timeline as a Chrome trace", cmd_trace)
     trace.add_argument("-o", "--output", required=True,
                        help="the trace file to write (JSON, for https://ui.perfetto.dev or chrome://tracing)")
     trace.add_argument("--run", type=int, dest="run_id", metavar="N",
                        help="which run (default: the latest that executed tasks)")
-    trace.set_defaults(run=cmd_trace)
 
-    report = commands.add_parser("report", help="an HTML page: graph, timeline, costs, failures, next run")
-    report.add_argument("workspace", help=_WORKSPACE_HELP)
+    report = _command(commands, "report", "an HTML page: graph, timeline, costs, failures, next run", cmd_report)
     report.add_argument("-o", "--output", required=True,
                         help="the HTML file to write (one self-contained file, viewable without network)")
-    report.set_defaults(run=cmd_report)
 
-    forget_cmd = commands.add_parser("forget", help="drop the records of tasks so they run again, or the history")
-    forget_cmd.add_argument("workspace", help=_WORKSPACE_HELP)
+    forget_cmd = _command(commands, "forget", "drop the records of tasks so they run again, or the history", cmd_forget)
     forget_cmd.add_argument("tasks", nargs="*", help="task names or key prefixes")
     forget_cmd.add_argument("--stale", action="store_true", help="drop the history: the records no run since "
                             "the current graph's considered, with their files, decisions and results")
     forget_cmd.add_argument("--older-than", type=_duration, metavar="AGE",
                             help="with --stale: only records last seen longer ago than AGE (30d, 12h, 2w)")
     forget_cmd.add_argument("--yes", action="store_true", help="do not ask")
-    forget_cmd.set_defaults(run=cmd_forget)
 
-    clean = commands.add_parser("clean", help="drop every record (and, with --targets, the recorded targets)")
-    clean.add_argument("workspace", help=_WORKSPACE_HELP)
+    clean = _command(commands, "clean", "drop every record (and, with --targets, the recorded targets)", cmd_clean)
     clean.add_argument("--targets", action="store_true", help="also delete recorded target files")
     clean.add_argument("--yes", action="store_true", help="do not ask")
-    clean.set_defaults(run=cmd_clean)
 
     add_cache_command(commands)
     return parser
