@@ -1,9 +1,9 @@
 """A call's arguments for people: the tree stored with each record, and what
 changed between two calls.
 
-Imports the standard library, xxhash and ``_identity`` (path normalisation and
-function identities), so the tree agrees with the identity about what counts:
-paths are normalised, functions count by name and source.
+Imports the standard library, xxhash, ``_identity`` (path normalisation) and
+``_function_info`` (function identities), so the tree agrees with the identity
+about what counts: paths are normalised, functions count by name and source.
 
 The tree is JSON: ``{"args": [node, ...], "kwargs": {name: node}}``, where a
 node is a leaf (the value's ``repr``, a string) or a container
@@ -31,7 +31,8 @@ from typing import Any
 
 import xxhash
 
-from taskgraph._identity import function_info, normalize_path
+from taskgraph._function_info import function_info
+from taskgraph._identity import normalize_path
 
 _LEAF_MAX = 1000
 _ITEMS_MAX = 200
@@ -48,6 +49,7 @@ _SHORT.maxlevel = 2
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 _CONTAINER_TAGS: dict[type, str] = {dict: "d", list: "l", tuple: "t", set: "s", frozenset: "f"}
 _TAG_NAMES = {"d": "dict", "l": "list", "t": "tuple", "s": "set", "f": "frozenset"}
+_NUMBERS = (int, float, bool, complex, type(None))
 
 Node = Any  # str | dict[str, Any]
 
@@ -75,32 +77,43 @@ class _Builder:
         self.nodes += 1
         kind = type(value)
         if kind is str or isinstance(value, PurePath):
-            text = str(value)
-            if isinstance(value, PurePath) or "/" in text or "\\" in text:
-                try:
-                    text = normalize_path(text)
-                except (ValueError, OSError):
-                    pass
-            return self._long(repr(text[:_LEAF_MAX]), text) if len(text) > _LEAF_MAX else repr(text)
-        if kind in (int, float, bool, complex, type(None)):
+            return self._text(value)
+        if kind in _NUMBERS:
             return repr(value)
         if kind is bytes:
             return self._long(repr(value[:_LEAF_MAX]), value) if len(value) > _LEAF_MAX else repr(value)
         tag = _CONTAINER_TAGS.get(kind)
         if tag is not None:
-            if len(value) > _ITEMS_MAX or depth >= _DEPTH_MAX or self.nodes + len(value) > _NODES_MAX:
-                return {"big": _TAG_NAMES[tag], "n": len(value), "r": _SHORT.repr(value), "h": _digest(value)}
-            if tag == "d":
-                items = [[self._key(key), self.node(item, depth + 1)] for key, item in value.items()]
-                return {"d": items}
-            if tag in ("s", "f"):
-                return {tag: sorted(json.dumps(self.node(item, depth + 1), sort_keys=True) for item in value)}
-            return {tag: [self.node(item, depth + 1) for item in value]}
+            return self._container(tag, value, depth)
         if inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.ismethod(value) or isinstance(
             value, functools.partial
         ):
             info = function_info(value)
             return f"<function {info.name}, source {info.source_hash[:12]}>"
+        return self._other(value, kind)
+
+    def _text(self, value: str | PurePath) -> Node:
+        """A string or a path; one that looks like a path is normalised, as the identity sees it."""
+        text = str(value)
+        if isinstance(value, PurePath) or "/" in text or "\\" in text:
+            try:
+                text = normalize_path(text)
+            except (ValueError, OSError):
+                pass
+        return self._long(repr(text[:_LEAF_MAX]), text) if len(text) > _LEAF_MAX else repr(text)
+
+    def _container(self, tag: str, value: Any, depth: int) -> Node:
+        if len(value) > _ITEMS_MAX or depth >= _DEPTH_MAX or self.nodes + len(value) > _NODES_MAX:
+            return {"big": _TAG_NAMES[tag], "n": len(value), "r": _SHORT.repr(value), "h": _digest(value)}
+        if tag == "d":
+            items = [[self._key(key), self.node(item, depth + 1)] for key, item in value.items()]
+            return {"d": items}
+        if tag in ("s", "f"):
+            return {tag: sorted(json.dumps(self.node(item, depth + 1), sort_keys=True) for item in value)}
+        return {tag: [self.node(item, depth + 1) for item in value]}
+
+    def _other(self, value: Any, kind: type) -> Node:
+        """Any other object, by its repr (without its address)."""
         try:
             text = _ADDRESS.sub(" at 0x…", repr(value))
         except Exception:
@@ -224,50 +237,69 @@ def _kind(node: Node) -> str:
 
 
 def _diff(old: Node, new: Node, path: str, out: list[Change]) -> None:
+    """Add to ``out`` what changed from ``old`` to ``new`` at ``path`` (at most _CHANGES_MAX in all)."""
     if len(out) >= _CHANGES_MAX or old == new:
         return
     old_kind, new_kind = _kind(old), _kind(new)
-    if old_kind != new_kind or old_kind in ("leaf",) or old_kind.startswith("big:"):
-        old_text, new_text = _render(old), _render(new)
-        note = ""
-        if old_text == new_text:
-            if old_kind != new_kind:
-                note = f"a {_TAG_NAMES.get(old_kind, old_kind)} became a {_TAG_NAMES.get(new_kind, new_kind)}"
-            else:
-                note = "contents changed beyond what is shown"
-        out.append(Change(path, old_text, new_text, note))
-        return
-    tag = old_kind
-    if tag == "d":
-        old_items, new_items = dict(old["d"]), dict(new["d"])
-        for key, value in old["d"]:
-            if key in new_items:
-                _diff(value, new_items[key], f"{path}[{key}]", out)
-            elif len(out) < _CHANGES_MAX:
-                out.append(Change(f"{path}[{key}]", _render(value), None))
-        for key, value in new["d"]:
-            if key not in old_items and len(out) < _CHANGES_MAX:
-                out.append(Change(f"{path}[{key}]", None, _render(value)))
-        return
-    if tag in ("s", "f"):
-        lost = [item for item in old[tag] if item not in new[tag]]
-        gained = [item for item in new[tag] if item not in old[tag]]
-        parts = []
-        if gained:
-            parts.append("gained " + ", ".join(_render(json.loads(item)) for item in gained[:5]))
-        if lost:
-            parts.append("lost " + ", ".join(_render(json.loads(item)) for item in lost[:5]))
-        out.append(Change(path, _render(old), _render(new), "; ".join(parts)))
-        return
-    old_list, new_list = old[tag], new[tag]
+    if old_kind != new_kind or old_kind == "leaf" or old_kind.startswith("big:"):
+        _diff_whole(old, new, old_kind, new_kind, path, out)
+    elif old_kind == "d":
+        _diff_dict(old["d"], new["d"], path, out)
+    elif old_kind in ("s", "f"):
+        _diff_set(old, new, old_kind, path, out)
+    else:
+        _diff_sequence(old[old_kind], new[old_kind], path, out)
+
+
+def _add(out: list[Change], change: Change) -> None:
+    if len(out) < _CHANGES_MAX:
+        out.append(change)
+
+
+def _diff_whole(old: Node, new: Node, old_kind: str, new_kind: str, path: str, out: list[Change]) -> None:
+    """Two values compared whole: leaves, large values, or values of two kinds."""
+    old_text, new_text = _render(old), _render(new)
+    note = ""
+    if old_text == new_text:
+        if old_kind != new_kind:
+            note = f"a {_TAG_NAMES.get(old_kind, old_kind)} became a {_TAG_NAMES.get(new_kind, new_kind)}"
+        else:
+            note = "contents changed beyond what is shown"
+    _add(out, Change(path, old_text, new_text, note))
+
+
+def _diff_dict(old_items: list[Any], new_items: list[Any], path: str, out: list[Change]) -> None:
+    old_keys, new_by_key = dict(old_items), dict(new_items)
+    for key, value in old_items:
+        if key in new_by_key:
+            _diff(value, new_by_key[key], f"{path}[{key}]", out)
+        else:
+            _add(out, Change(f"{path}[{key}]", _render(value), None))
+    for key, value in new_items:
+        if key not in old_keys:
+            _add(out, Change(f"{path}[{key}]", None, _render(value)))
+
+
+def _diff_set(old: Node, new: Node, tag: str, path: str, out: list[Change]) -> None:
+    """One change for a set: what it gained and lost."""
+    lost = [item for item in old[tag] if item not in new[tag]]
+    gained = [item for item in new[tag] if item not in old[tag]]
+    parts = []
+    if gained:
+        parts.append("gained " + ", ".join(_render(json.loads(item)) for item in gained[:5]))
+    if lost:
+        parts.append("lost " + ", ".join(_render(json.loads(item)) for item in lost[:5]))
+    _add(out, Change(path, _render(old), _render(new), "; ".join(parts)))
+
+
+def _diff_sequence(old_list: list[Any], new_list: list[Any], path: str, out: list[Change]) -> None:
+    """Item by item, then the items one of them has beyond the other's end."""
     for index in range(min(len(old_list), len(new_list))):
         _diff(old_list[index], new_list[index], f"{path}[{index}]", out)
     for index in range(len(new_list), len(old_list)):
-        if len(out) < _CHANGES_MAX:
-            out.append(Change(f"{path}[{index}]", _render(old_list[index]), None))
+        _add(out, Change(f"{path}[{index}]", _render(old_list[index]), None))
     for index in range(len(old_list), len(new_list)):
-        if len(out) < _CHANGES_MAX:
-            out.append(Change(f"{path}[{index}]", None, _render(new_list[index])))
+        _add(out, Change(f"{path}[{index}]", None, _render(new_list[index])))
 
 
 def changes(old_tree: str, new_tree: str) -> list[Change]:

@@ -148,7 +148,15 @@ class SharedArrayError(TaskGraphError, RuntimeError):
 class LedgerError(TaskGraphError, RuntimeError):
     """The ledger (the SQLite file in the workspace) could not be opened or
     written, for example because the workspace is read-only or the disk is
-    full. Nothing recorded before the error is lost."""
+    full. Nothing recorded before the error is lost.
+
+    Attributes:
+        committed: when a group of finished tasks could not be committed
+            together, the record keys of those committed one at a time
+            afterwards (in the order they finished, until one failed).
+    """
+
+    committed: frozenset[str] = frozenset()
 
 
 class MissingDependencyError(TaskGraphError, ImportError):

@@ -95,17 +95,27 @@ def is_content_algorithm(algorithm: str) -> bool:
     return algorithm not in ("sizetimestamp", "exists")
 
 
-def hash_file(path: str, algorithm: str) -> str:
+def hash_file(path: str, algorithm: str, size: int | None = None) -> str:
     """Return the hex digest of the file at ``path``.
+
+    ``size`` (the file's size from a stat just taken) lets a small file be
+    read in one call into a buffer of its own size: a fresh 1 MiB buffer
+    costs more than reading a file of a few bytes.
 
     Raises:
         OSError: if the file cannot be read.
     """
     factory = _XXHASH_ALGORITHMS.get(algorithm)
     hasher = factory() if factory is not None else hashlib.new(algorithm)
-    buffer = bytearray(_BUFFER_SIZE)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as stream:
+        if size is not None and size < _BUFFER_SIZE:
+            # One more byte than expected tells a file that grew meanwhile.
+            data = stream.read(size + 1)
+            hasher.update(data)
+            if len(data) <= size:
+                return str(hasher.hexdigest())
+        buffer = bytearray(_BUFFER_SIZE)
+        view = memoryview(buffer)
         while True:
             count = stream.readinto(buffer)
             if not count:
@@ -197,7 +207,7 @@ def _digest(path: str, st: FileStat, algorithm: str, cache: DigestCache | None) 
         ):
             return entry.digest
     hashed_at_ns = time.time_ns()
-    digest = hash_file(path, algorithm)
+    digest = hash_file(path, algorithm, st.size)
     if cache is not None:
         after = file_stat(path)
         # Only remember the digest if the file did not change while we read it.

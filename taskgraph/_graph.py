@@ -1,139 +1,70 @@
-"""``TaskGraph``: the user API. Validates at ``add_task``, then hands tasks to
-the scheduler. Holds no execution state of its own."""
+"""``TaskGraph``: the user API. Checks each ``add_task`` call (``_validate``),
+detects duplicates and hands tasks to the scheduler; holds no execution state
+of its own.
+
+Imports the engine below it: the scheduler, the ledger, the backends and the
+leaves (see the module table in docs/design.md).
+"""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
-import multiprocessing
 import os
 import pickle
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import PurePath
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from taskgraph import _validate as validate
 from taskgraph._backends import make_executor
 from taskgraph._cache_use import open_cache
-from taskgraph._claims import Claims
-from taskgraph._decide import Reason
+from taskgraph._claims import CLAIMS_SUFFIX, Claims
 from taskgraph._errors import (
     DuplicateTaskError,
     InvalidTaskError,
     TaskGraphClosedError,
     TaskGraphTerminatedError,
-    TasksFailedError,
     TaskTimeoutError,
     UnpicklableTaskError,
 )
-from taskgraph._fingerprint import validate_algorithm
-from taskgraph._identity import SelfReferenceError, normalize_path, task_identity
+from taskgraph._identity import Identity, SelfReferenceError, normalize_path, task_identity
 from taskgraph._job import first_unpicklable, noop
-from taskgraph._ledger import Ledger
+from taskgraph._ledger import KEY_SUFFIX, Ledger
 from taskgraph._policy import Policy, make_policy
 from taskgraph._pool import check_start_method, usable_cpus
 from taskgraph._progress import Progress, make_display, wanted
 from taskgraph._scheduler import Scheduler
+from taskgraph._snapshots import PlanEntry, Statistics, TaskReport, failures_error, reports, statistics
 from taskgraph._task import Task
+from taskgraph._validate import Call
+
+__all__ = ["PlanEntry", "Statistics", "TaskGraph", "TaskReport"]  # the snapshots are public here too
 
 LOGGER = logging.getLogger("taskgraph.Task")
 # Files beside the ledger that belong to it (SQLite's, the lock, claims, key).
-_LEDGER_SIDECARS = ("-wal", "-shm", "-journal", ".lock", ".claims", ".key")
+_LEDGER_SIDECARS = ("-wal", "-shm", "-journal", ".lock", CLAIMS_SUFFIX, KEY_SUFFIX)
+_T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
-class PlanEntry:
-    """One task in :meth:`TaskGraph.plan`: its state (``'ran'``, ``'skipped'``,
-    ``'would-run'``, ``'failed'``, ``'cancelled'``) and why."""
-
-    name: str
-    key: str
-    state: str
-    reasons: tuple[Reason, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Statistics:
-    """A snapshot from :meth:`TaskGraph.statistics`.
-
-    Attributes:
-        added: tasks added (duplicates count once).
-        pending, running, ran, skipped, failed, cancelled, would_run: tasks in
-            each state.
-        elapsed: seconds since the graph was created.
-        task_seconds: the summed run time of the tasks that ran.
-        restored: tasks restored from the shared cache (``cache=``).
-        restored_bytes: the bytes of their targets and results.
-    """
-
-    added: int
-    pending: int
-    running: int
-    ran: int
-    skipped: int
-    failed: int
-    cancelled: int
-    would_run: int
-    elapsed: float
-    task_seconds: float
-    restored: int = 0
-    restored_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TaskReport:
-    """One task in :meth:`TaskGraph.report`: what running it cost.
-
-    Attributes:
-        name: the task's name.
-        key: its record key in the ledger.
-        state: ``'ran'``, ``'restored'`` (from the shared cache: the figures
-            are those of the restore), ``'failed'`` or (while the graph runs)
-            ``'running'``.
-        started: when it started (``time.time()``).
-        wall_time: seconds from start to end (so far, while running).
-        cpu_time: CPU seconds of the call, None while running. In a worker
-            process: the process's user + system time plus that of the
-            child processes it waited for; with ``n_workers <= 0`` or Dask:
-            the CPU time of the thread that made the call only.
-        peak_memory: the highest resident memory (bytes) of the worker
-            process while the task ran, including the interpreter and what
-            earlier tasks left in that process; None where the task shared
-            its process with other work (``n_workers <= 0``, Dask).
-        worker: where it ran (process name and pid).
-    """
-
-    name: str
-    key: str
-    state: str
-    started: float | None
-    wall_time: float
-    cpu_time: float | None
-    peak_memory: int | None
-    worker: str
-
-    def __str__(self) -> str:
-        cpu = "-" if self.cpu_time is None else f"{self.cpu_time:.2f}s"
-        peak = "-" if self.peak_memory is None else f"{self.peak_memory / 2**20:.0f} MiB"
-        return f"{self.name}: {self.state}, wall {self.wall_time:.2f}s, cpu {cpu}, peak {peak}"
-
-
-# Hash algorithms that passed validate_algorithm (hashlib's need a trial digest).
-_KNOWN_ALGORITHMS: set[str] = set()
-_NO_PATHS: frozenset[str] = frozenset()
-
-
-def _one_line(error: BaseException) -> str:
-    """``Type: first line of the message``, at most 200 characters of it."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+def _same_targets(call: Call, existing: Task) -> bool:
+    """Whether a call identical to ``existing`` is a duplicate of it: the same
+    targets. Raises DuplicateTaskError when they only partly overlap."""
+    old, new = set(existing._target_path_list), set(call.targets)
+    if old == new:
+        return True
+    if old & new:
+        raise DuplicateTaskError(
+            f"task {call.name!r} calls the same function with the same arguments as task "
+            f"{existing.task_name!r} but their target lists only partly overlap "
+            f"({sorted(new)} vs {sorted(old)}): both would write "
+            f"{sorted(old & new)}. Give the tasks the same target list or disjoint ones."
+        )
+    return False
 
 
 def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
@@ -143,6 +74,14 @@ def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) ->
     parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
     found = first_unpicklable(parts)
     return "the call" if found is None else f"{found[0]} ({found[1]})"
+
+
+def _option(make: Callable[..., _T], *given: Any) -> _T:
+    """``make(*given)``, a ValueError it raises reported as a bad ``TaskGraph`` option."""
+    try:
+        return make(*given)
+    except ValueError as error:
+        raise InvalidTaskError(f"TaskGraph: {error}") from error
 
 
 class TaskGraph:
@@ -231,42 +170,16 @@ class TaskGraph:
         cache: str | os.PathLike[str] | bool | None = None,
         cache_key: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(n_workers, bool) or not isinstance(n_workers, int):
-            raise InvalidTaskError(f"n_workers must be an integer, got {n_workers!r}")
-        if getattr(multiprocessing.current_process(), "_inheriting", False):
-            # A spawn worker is importing the main script, whose top level makes a
-            # graph: left to go on, it would wait for its own workers forever.
-            raise InvalidTaskError(
-                "TaskGraph() was called while a worker process started with 'spawn' imported the "
-                "main script: its top-level code runs again in every such worker. Put it under "
-                "`if __name__ == '__main__':`, or use start_method='fork' (the default on Linux)."
-            )
-        if start_method is not None and not isinstance(start_method, str):
-            raise InvalidTaskError(f"start_method must be 'fork', 'spawn' or None, got {start_method!r}")
+        validate.n_workers(n_workers)
+        validate.not_importing_main()
+        validate.start_method(start_method)
         if n_workers > 0 and executor is None and scheduler_address is None:
-            try:
-                start_method = check_start_method(start_method)
-            except ValueError as error:
-                raise InvalidTaskError(f"TaskGraph: {error}") from error
-        try:
-            policy = make_policy(scheduler, memory_limit)
-        except ValueError as error:
-            raise InvalidTaskError(f"TaskGraph: {error}") from error
-        self._check_pinning(n_workers, bind_cpus, executor, scheduler_address)
-        if cache is True or not (cache is None or cache is False or isinstance(cache, (str, os.PathLike))):
-            raise InvalidTaskError(f"cache must be a directory path, None or False, got {cache!r}")
-        if cache_key is not None and not isinstance(cache_key, (str, os.PathLike)):
-            raise InvalidTaskError(f"cache_key must be the path of a key file or None, got {cache_key!r}")
-        try:
-            show_progress = wanted(progress, sys.stderr)
-        except ValueError as error:
-            raise InvalidTaskError(f"TaskGraph: {error}") from error
-        if reporting_interval is not None and (
-            not isinstance(reporting_interval, (int, float)) or reporting_interval < 0
-        ):
-            raise InvalidTaskError(
-                f"reporting_interval must be a number of seconds or None, got {reporting_interval!r}"
-            )
+            start_method = _option(check_start_method, start_method)
+        policy = _option(make_policy, scheduler, memory_limit)
+        validate.pinning(n_workers, bind_cpus, executor, scheduler_address, usable_cpus)
+        validate.cache(cache, cache_key)
+        show_progress = _option(wanted, progress, sys.stderr)
+        validate.reporting_interval(reporting_interval)
         self._workspace = os.fspath(taskgraph_cache_dir_path)
         if not dry_run:  # a dry run creates nothing
             os.makedirs(self._workspace, exist_ok=True)
@@ -331,30 +244,6 @@ class TaskGraph:
             claims=None if dry_run else Claims(self._ledger.path),
             policy=policy, memory_limit=memory_limit, keep_going=self._keep_going, cache=self._cache,
         )
-
-    @staticmethod
-    def _check_pinning(n_workers: int, bind_cpus: bool, executor: Any, scheduler_address: str | None) -> None:
-        """Check that ``bind_cpus=True`` can be met here."""
-        if not bind_cpus:
-            return
-        if n_workers <= 0 or executor is not None or scheduler_address is not None:
-            raise InvalidTaskError(
-                f"bind_cpus=True pins worker processes to cores, so it needs n_workers > 0 and no "
-                f"Dask executor; got n_workers={n_workers!r}"
-                + (" with a Dask executor" if executor is not None or scheduler_address else "")
-            )
-        cpus = usable_cpus()
-        if cpus is None:
-            raise InvalidTaskError(
-                "bind_cpus=True: this platform cannot pin processes to cores (psutil has no "
-                "cpu_affinity here, e.g. on macOS); drop bind_cpus"
-            )
-        if n_workers > len(cpus):
-            raise InvalidTaskError(
-                f"bind_cpus=True gives each worker a core of its own, but n_workers={n_workers} "
-                f"exceeds the {len(cpus)} cores this process may use ({cpus}); use "
-                f"n_workers <= {len(cpus)}"
-            )
 
     # -- building -------------------------------------------------------------------------
 
@@ -444,11 +333,14 @@ class TaskGraph:
                     f"The task graph is closed and cannot accept more tasks: add_task({label!r}) "
                     "was called after close()."
                 )
-            task, is_new = self._make_task(
-                label, func, args, kwargs, target_path_list, ignore_path_list,
-                hash_target_files, dependent_task_list, ignore_directories, priority,
-                hash_algorithm, transient_run, store_result, memory, expected_time,
+            call = self._checked(
+                label, func=func, args=args, kwargs=kwargs, target_path_list=target_path_list,
+                ignore_path_list=ignore_path_list, hash_target_files=hash_target_files,
+                dependent_task_list=dependent_task_list, ignore_directories=ignore_directories,
+                priority=priority, hash_algorithm=hash_algorithm, transient_run=transient_run,
+                store_result=store_result, memory=memory, expected_time=expected_time,
             )
+            task, is_new = self._make_task(call)
             if not is_new:  # an identical call added before
                 return task
         try:
@@ -465,9 +357,10 @@ class TaskGraph:
             raise task._error
         return task
 
-    def _make_task(
+    def _checked(
         self,
         name: str,
+        *,
         func: Callable[..., Any] | None,
         args: Iterable[Any] | None,
         kwargs: dict[str, Any] | None,
@@ -480,111 +373,97 @@ class TaskGraph:
         hash_algorithm: str,
         transient_run: bool,
         store_result: bool,
-        memory: float | None = None,
-        expected_time: float | None = None,
-    ) -> tuple[Task, bool]:
+        memory: float | None,
+        expected_time: float | None,
+    ) -> Call:
+        """``add_task``'s arguments checked, in this order (the first bad one is
+        reported), and normalised."""
+
         def invalid(message: str) -> InvalidTaskError:
             return InvalidTaskError(f"task {name!r}: {message}")
 
-        if func is None:
-            func = noop
-        elif not callable(func):
-            raise invalid(f"func must be callable, got {type(func).__name__}")
+        checked_func = noop if func is None else validate.function(func, invalid)
         call_args = validate.call_args(args, invalid)
         call_kwargs = validate.call_kwargs(kwargs, invalid)
-        deps = validate.dependencies(dependent_task_list, invalid, Task)
-        if deps:
-            foreign = [dep for dep in deps if id(dep) not in self._task_ids]
-            if foreign:
-                raise invalid(
-                    f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
-                    "Dependencies must be added to the same graph."
-                )
-        raw_targets = validate.path_list(target_path_list, "target_path_list", invalid)
-        if raw_targets:
-            validate.check_target_names(raw_targets, invalid)
-        raw_ignore = validate.path_list(ignore_path_list, "ignore_path_list", invalid)
-        if type(hash_algorithm) is not str or hash_algorithm not in _KNOWN_ALGORITHMS:
-            problem = validate_algorithm(hash_algorithm)
-            if problem is not None:
-                raise invalid(problem)
-            _KNOWN_ALGORITHMS.add(hash_algorithm)
-        validate.check_priority(priority, invalid)
-        if memory is not None:
-            memory = validate.hint(memory, "memory", "MiB", invalid)
-        if expected_time is not None:
-            expected_time = validate.hint(expected_time, "expected_time", "seconds", invalid)
-        targets = tuple(sorted({normalize_path(path) for path in raw_targets})) if raw_targets else ()
-        if targets:
-            validate.check_normalised_targets(targets, invalid)
-        own = self._ledger_path
-        for path in targets:
-            if path.startswith(own) and (path == own or path[len(own):] in _LEDGER_SIDECARS):
-                raise invalid(
-                    f"target {path} is one of taskgraph's own files in the workspace; a task that "
-                    "wrote it would destroy the ledger. Choose another file name."
-                )
-        try:
-            identity = task_identity(func, call_args, call_kwargs, targets)
-        except SelfReferenceError as error:
-            raise invalid(str(error)) from error
-        except RecursionError as error:
-            raise invalid(
-                "an argument is nested too deeply to identify the call (deeper than Python's "
-                "recursion limit); flatten it, or pass it in a file named in the arguments"
-            ) from error
+        dependencies = validate.dependencies(dependent_task_list, Task, self._task_ids, invalid)
+        raw_targets = validate.target_list(target_path_list, invalid)
+        ignore = validate.ignored(ignore_path_list, invalid)
+        algorithm = validate.hash_algorithm(hash_algorithm, invalid)
+        checked_priority = validate.priority(priority, invalid)
+        memory = validate.hint(memory, "memory", "MiB", invalid)
+        expected_time = validate.hint(expected_time, "expected_time", "seconds", invalid)
+        targets = validate.targets(raw_targets, self._ledger_path, _LEDGER_SIDECARS, invalid)
+        return Call(
+            name=name, func=checked_func, args=call_args, kwargs=call_kwargs, dependencies=dependencies,
+            targets=targets, ignore=ignore, ignore_directories=bool(ignore_directories),
+            hash_algorithm=algorithm, hash_target_files=bool(hash_target_files),
+            transient_run=bool(transient_run), store_result=bool(store_result), priority=checked_priority,
+            memory=memory, expected_time=expected_time,
+        )
+
+    def _make_task(self, call: Call) -> tuple[Task, bool]:
+        """The Task of a checked call, and whether it is new (not an identical earlier call)."""
+        identity = self._identity(call)
+        dependencies = call.dependencies
         existing = self._by_key.get(identity.key)
         if existing is not None:
-            old, new = set(existing._target_path_list), set(targets)
-            if old == new:
-                LOGGER.debug("task %r is a duplicate of %r; returning it", name, existing.task_name)
+            if _same_targets(call, existing):
+                LOGGER.debug("task %r is a duplicate of %r; returning it", call.name, existing.task_name)
                 return existing, False
-            if old & new:
-                raise DuplicateTaskError(
-                    f"task {name!r} calls the same function with the same arguments as task "
-                    f"{existing.task_name!r} but their target lists only partly overlap "
-                    f"({sorted(new)} vs {sorted(old)}): both would write "
-                    f"{sorted(old & new)}. Give the tasks the same target list or disjoint ones."
-                )
-            if not any(dep is existing for dep in deps):
-                deps.append(existing)
-        payload = None
-        if (self._n_workers > 0 or self._remote) and not self._dry_run:
-            try:
-                payload = pickle.dumps((func, call_args, call_kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as error:
-                raise UnpicklableTaskError(
-                    f"task {name!r}: {_unpicklable_part(func, call_args, call_kwargs)} cannot be pickled, and "
-                    "this graph sends every task to another process to run. Define "
-                    "the function at module level (not a lambda, nested function or method of an "
-                    "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
-                    "tasks in a thread."
-                ) from error
+            if not any(dep is existing for dep in dependencies):
+                dependencies += (existing,)
         task = Task(
             task_id=len(self._tasks),
-            task_name=name,
-            func=func,
-            args=call_args,
-            kwargs=call_kwargs,
+            task_name=call.name,
+            func=call.func,
+            args=call.args,
+            kwargs=call.kwargs,
             identity=identity,
-            targets=targets,
-            ignore=frozenset([normalize_path(path) for path in raw_ignore]) if raw_ignore else _NO_PATHS,
-            ignore_directories=bool(ignore_directories),
-            hash_algorithm=hash_algorithm,
-            hash_target_files=bool(hash_target_files),
-            transient_run=bool(transient_run),
-            store_result=bool(store_result),
-            priority=priority,
-            dependencies=tuple(deps),
-            payload=payload,
+            targets=call.targets,
+            ignore=call.ignore,
+            ignore_directories=call.ignore_directories,
+            hash_algorithm=call.hash_algorithm,
+            hash_target_files=call.hash_target_files,
+            transient_run=call.transient_run,
+            store_result=call.store_result,
+            priority=call.priority,
+            dependencies=dependencies,
+            payload=self._payload(call),
             finished=self._finished_condition,
-            memory=None if memory is None else float(memory),
-            expected_time=None if expected_time is None else float(expected_time),
+            memory=call.memory,
+            expected_time=call.expected_time,
         )
         self._tasks.append(task)
         self._task_ids.add(id(task))
         self._by_key[identity.key] = task
         return task, True
+
+    @staticmethod
+    def _identity(call: Call) -> Identity:
+        try:
+            return task_identity(call.func, call.args, call.kwargs, call.targets)
+        except SelfReferenceError as error:
+            raise InvalidTaskError(f"task {call.name!r}: {error}") from error
+        except RecursionError as error:
+            raise InvalidTaskError(
+                f"task {call.name!r}: an argument is nested too deeply to identify the call (deeper "
+                "than Python's recursion limit); flatten it, or pass it in a file named in the arguments"
+            ) from error
+
+    def _payload(self, call: Call) -> bytes | None:
+        """The pickled call, for a graph that runs tasks in other processes."""
+        if not (self._n_workers > 0 or self._remote) or self._dry_run:
+            return None
+        try:
+            return pickle.dumps((call.func, call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            raise UnpicklableTaskError(
+                f"task {call.name!r}: {_unpicklable_part(call.func, call.args, call.kwargs)} cannot be "
+                "pickled, and this graph sends every task to another process to run. Define "
+                "the function at module level (not a lambda, nested function or method of an "
+                "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
+                "tasks in a thread."
+            ) from error
 
     # -- finishing ------------------------------------------------------------------------
 
@@ -630,27 +509,8 @@ class TaskGraph:
         if self._closed:
             self._shutdown()
         if failed:
-            raise self._failures_error(failed)
+            raise failures_error(failed, self._tasks, self._workspace)
         return True
-
-    def _failures_error(self, failed: list[Task]) -> TasksFailedError:
-        """keep_going: one error naming every failed task, chained to the first failure."""
-        failures = [(task.task_name, task._error) for task in failed if task._error is not None]
-        cancelled = sum(task._state == "cancelled" for task in self._tasks)
-        listed = "; ".join(f"{name!r} ({_one_line(error)})" for name, error in failures)
-        plural = len(failures) != 1
-        stopped = (
-            f"{cancelled} task{'s' if cancelled != 1 else ''} depending on {'them' if plural else 'it'} "
-            "did not run; every other task finished" if cancelled else "Every other task finished"
-        )
-        error = TasksFailedError(
-            f"{len(failures)} task{'s' if plural else ''} failed: {listed}. {stopped}. Fix the "
-            f"failure{'s' if plural else ''} and run again: the finished tasks are skipped "
-            f"(`taskgraph status {self._workspace} --failed` shows the errors).",
-            failures,
-        )
-        error.__cause__ = failures[0][1] if failures else None
-        return error
 
     def plan(self, timeout: float | None = None) -> list[PlanEntry]:
         """What each task added so far did (or, in a dry run, would do) and why.
@@ -679,21 +539,8 @@ class TaskGraph:
 
     def statistics(self) -> Statistics:
         """An immutable snapshot of where the graph stands."""
-        counts = collections.Counter(task._state for task in self._tasks)
-        return Statistics(
-            added=len(self._tasks),
-            pending=counts["pending"],
-            running=counts["running"],
-            ran=counts["ran"],
-            skipped=counts["skipped"],
-            failed=counts["failed"],
-            cancelled=counts["cancelled"],
-            would_run=counts["would-run"],
-            elapsed=time.monotonic() - self._created,
-            task_seconds=sum(task._duration for task in self._tasks),
-            restored=counts["restored"],
-            restored_bytes=self._cache.restored_bytes if self._cache is not None else 0,
-        )
+        restored_bytes = self._cache.restored_bytes if self._cache is not None else 0
+        return statistics(self._tasks, time.monotonic() - self._created, restored_bytes)
 
     def report(self) -> list[TaskReport]:
         """What running each task cost: one :class:`TaskReport` per task that
@@ -703,18 +550,7 @@ class TaskGraph:
 
         The same figures are recorded in the ledger (``taskgraph status``).
         """
-        done: list[TaskReport] = []
-        running: list[TaskReport] = []
-        now = time.time()
-        for task in list(self._tasks):
-            state, started = task._state, task._started
-            if state == "running" and started is not None:
-                running.append(TaskReport(task.task_name, task.key, state, started, max(0.0, now - started),
-                                          None, None, ""))
-            elif state in ("ran", "restored", "failed") and started is not None:
-                done.append(TaskReport(task.task_name, task.key, state, started, task._duration,
-                                       task._cpu_time, task._peak_memory, task._worker))
-        return done + running
+        return reports(self._tasks, time.time())
 
     def terminate(self) -> None:
         """Stop now: kill the running tasks, cancel the others, shut the

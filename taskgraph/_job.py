@@ -122,11 +122,21 @@ def flatten_record(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
+_WORKER_NAMES: dict[tuple[int, int, str], str] = {}
+
+
 def worker_name() -> str:
-    """Where a job ran: the process (and thread, if not the main one)."""
-    name = f"{multiprocessing.current_process().name} (pid {os.getpid()})"
+    """Where a job ran: the process (and thread, if not the main one);
+    remembered per process and thread, since every job asks."""
     thread = threading.current_thread()
-    return name if thread is threading.main_thread() else f"{name} {thread.name}"
+    where = (os.getpid(), thread.ident or 0, thread.name)
+    name = _WORKER_NAMES.get(where)
+    if name is None:
+        name = f"{multiprocessing.current_process().name} (pid {where[0]})"
+        if thread is not threading.main_thread():
+            name = f"{name} {thread.name}"
+        _WORKER_NAMES[where] = name
+    return name
 
 
 def first_unpicklable(parts: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
@@ -270,6 +280,16 @@ def check_storable(outcome: JobResult, name: str) -> JobResult:
     return outcome
 
 
+def dumps_or(value: Any, replacement: Callable[[Exception], Any]) -> bytes:
+    """``pickle.dumps(value)``, or, if ``value`` cannot be pickled, the pickle
+    of ``replacement(error)``: what goes back to the parent in its place,
+    saying why (a worker's result must never fail to arrive)."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        return pickle.dumps(replacement(error), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def encode_result(outcome: JobResult, name: str) -> bytes:
     """Pickle a result to send it to the parent process.
 
@@ -285,9 +305,8 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
         seen.add(id(error))
         error.__traceback__ = None
         error = error.__cause__ or error.__context__
-    try:
-        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as pickling_error:
+
+    def unpicklable(pickling_error: Exception) -> JobResult:
         if outcome.error is None:
             message = _unstorable(name, outcome.result, pickling_error)
         else:
@@ -299,4 +318,6 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
         outcome.result = None
         outcome.error = TaskExecutionError(message)
         outcome.targets = {}
-        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        return outcome
+
+    return dumps_or(outcome, unpicklable)

@@ -47,9 +47,10 @@ is stored with backslash escapes.
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never
-corrupted). All writes of a batch of finished tasks (their row, files, deps and
+corrupted). All writes of a group of finished tasks (their row, files, deps and
 stored result) commit in one ``BEGIN IMMEDIATE`` transaction, so a task is
-never recorded as done without its result. Other processes on the same
+never recorded as done without its result; a group that cannot be committed
+(disk full) is retried a task at a time, so what fits is kept. Other processes on the same
 workspace wait on SQLite's busy timeout instead of failing.
 
 A file that is not a taskgraph ledger (corrupt, foreign, or a schema this
@@ -121,6 +122,7 @@ FILE_MODE = 0o600
 APPLICATION_ID = 0x54475248  # "TGRH"
 _BUSY_TIMEOUT_S = 60.0
 _BULK_AFTER = 64
+_CHECKPOINT_PAGES = 8192  # 32 MiB of 4 KiB pages
 _LOCK_RETRIES = 10
 
 _SCHEMA = """
@@ -203,10 +205,10 @@ _END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE r
 # before it are history (the run ids of runs that may still be going on
 # elsewhere are kept; the statement is completed with their list).
 _PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
-_STATEMENTS = (
-    _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP,
-    _UPSERT_RESULT, _DECISION, _CONSIDER, _END_RUN,
+_RECORD_STATEMENTS = (
+    _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP, _UPSERT_RESULT,
 )
+_STATEMENTS = (*_RECORD_STATEMENTS, _DECISION, _CONSIDER, _END_RUN)
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
@@ -542,6 +544,11 @@ def _upgrade(conn: sqlite3.Connection, ledger: Ledger | None) -> int:
     return int(start)
 
 
+def _is_busy(error: sqlite3.Error) -> bool:
+    """Another connection holds the write lock (as opposed to a write that failed)."""
+    return "locked" in str(error) or "busy" in str(error)
+
+
 def _process_may_run(pid: int | None, host: str | None) -> bool:
     """Whether the process of a run that has not ended may still be running
     (it may, on another host or where that cannot be checked)."""
@@ -593,6 +600,9 @@ class Ledger:
         self._members_changed: dict[str, str] = {}
         # Set by end_run: the statement that drops older runs' considered rows.
         self._prune: tuple[str, tuple[Any, ...]] | None = None
+        # See written_elsewhere(); a dry run's copy in memory never knows.
+        self._data_version: int | None = None
+        self._elsewhere = read_only
         if read_only:
             self._conn = self._open_snapshot()
             return
@@ -618,6 +628,11 @@ class Ledger:
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # With synchronous=NORMAL, checkpoints are the only fsyncs: one per
+        # _CHECKPOINT_PAGES pages of WAL instead of SQLite's default 1,000
+        # (4 MiB), which short tasks' group commits reach every few dozen
+        # commits. The WAL may grow to this before it is copied back.
+        conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -638,6 +653,7 @@ class Ledger:
         elif version < SCHEMA_VERSION:
             self._migrate(conn)
         self._had_tasks = conn.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
+        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         return conn
 
     def _read_only_uri(self) -> str:
@@ -855,6 +871,20 @@ class Ledger:
                 return entry
             return _from_row(record_key, entry)
         return self._select(record_key)
+
+    def written_elsewhere(self) -> bool:
+        """Whether another connection (another process or graph on the
+        workspace) has committed to the ledger since this one opened it.
+
+        While it has not, every lookup is as fresh as a read of the file, so
+        a decision need not be checked again once its task is claimed. One
+        ``PRAGMA data_version`` (no read of the tables); once true, true for
+        good, since the snapshot may then be out of date.
+        """
+        if not self._elsewhere:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            self._elsewhere = version != self._data_version
+        return self._elsewhere
 
     def _select(self, record_key: str) -> TaskRecord | None:
         row = self._conn.execute(
@@ -1100,10 +1130,41 @@ class Ledger:
             rows[_CONSIDER].extend((self.run_id, key, state) for key, state in self._members_changed.items())
             self._members_changed = {}
         prune, self._prune = self._prune, None
-        with self._transaction() as conn:
-            self._write(conn, rows, digests)
-            if prune is not None:
-                conn.execute(*prune)
+        try:
+            with self._transaction() as conn:
+                self._write(conn, rows, digests)
+                if prune is not None:
+                    conn.execute(*prune)
+        except LedgerError as error:
+            # The group of finished tasks could not be committed (disk full,
+            # a result too large): commit what fits, a task at a time in the
+            # order they finished, so that one large record does not cost
+            # the others. The error is raised all the same.
+            cause = error.__cause__
+            if isinstance(cause, sqlite3.Error) and not _is_busy(cause) and len(rows[_UPSERT_TASK]) > 1:
+                error.committed = frozenset(self._commit_each(rows))
+            raise
+
+    def _commit_each(self, rows: dict[str, list[tuple[Any, ...]]]) -> set[str]:
+        """Commit each task of a failed batch in a transaction of its own, in
+        order, until one fails; return the record keys committed. The lazy
+        rows of the batch (decisions, considered, digests) are left out."""
+        blocks: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+        for sql in _RECORD_STATEMENTS:  # every row of these starts with its record key
+            for row in rows[sql]:
+                blocks.setdefault(row[0], {}).setdefault(sql, []).append(row)
+        committed: set[str] = set()
+        for row in rows[_UPSERT_TASK]:
+            block = blocks[row[0]]
+            try:
+                with self._transaction() as conn:
+                    for sql in _RECORD_STATEMENTS:
+                        if sql in block:
+                            conn.executemany(sql, block[sql])
+            except LedgerError:
+                break
+            committed.add(row[0])
+        return committed
 
     @staticmethod
     def _write(
@@ -1132,7 +1193,7 @@ class Ledger:
                 conn.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as error:
-                if "locked" not in str(error) and "busy" not in str(error):
+                if not _is_busy(error):
                     raise LedgerError(f"cannot write the ledger {self.path}: {error}") from error
                 LOGGER.warning(
                     "the ledger %s is busy (another process is writing it); waiting "

@@ -13,14 +13,17 @@ for ``n_workers >= 0``; the caller's own thread, inside ``add_task``, for
                                                      └─> ledger.record()/flush()
 
 Messages are handled in batches: everything in the inbox is taken at once,
-the finished tasks of the batch are committed to the ledger in one
-transaction, and only then are their ``join()`` waiters released and their
-dependents made ready. Ready tasks wait in a heap ordered by priority (higher
-first, first-added first among equals), or by a scheduling policy's key
-(``_policy``), and go to the executor only while it has a free slot, so the
-order is honoured at every dispatch. A policy may also hold a ready task back
-(memory admission) while others start. No timer polls
-anything; a timed wait is used only for ``reporting_interval`` progress logs.
+and the records of finished tasks are committed to the ledger in groups
+(``COMMIT_INTERVAL_S``); a task's claim (and, from a scheduler thread, its
+``join()`` waiters) is released only once its record is committed, while its
+dependents are made ready at once. Ready tasks wait in a heap ordered by
+priority (higher first, first-added first among equals), or by a scheduling
+policy's key (``_policy``), or among equal priorities by their remaining
+critical path (``_rekey``), and go to the executor only while it has a free
+slot, so the order is honoured at every dispatch. A policy may also hold a
+ready task back (memory admission) while others start. The scheduler thread
+waits with a timeout only for what needs the clock: progress, a due group
+commit, and tasks another process is running.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from taskgraph import _threads
@@ -61,6 +65,15 @@ from taskgraph._task import Task
 LOGGER = logging.getLogger("taskgraph.Task")
 
 _ELSEWHERE_POLL_S = 0.25
+#: Group commit: the records of finished tasks are committed at once when the
+#: last commit is at least this old; otherwise they wait for the first of: a
+#: task finishing after that, a task that is not known to be short (see
+#: SHORT_S) about to start, the scheduler thread's timed wake-up, or
+#: ``close()``/``join()``. So commits come at most about 50 times a second
+#: however short the tasks, and a kill can cost only short tasks that
+#: finished within this window of the last commit: they run again, and no
+#: committed record is touched.
+COMMIT_INTERVAL_S = 0.02
 # How many ready tasks a dispatch looks past when the policy holds the first
 # ones back: bounds the work per dispatch when many tasks wait for memory.
 _HELD_SCAN = 32
@@ -114,8 +127,13 @@ class Scheduler:
         self._started_at: dict[int, float] = {}
         # Ready tasks that another process is running at the moment.
         self._elsewhere: dict[int, Task] = {}
-        # Finished tasks whose records are not committed yet (within a batch).
+        # Finished tasks whose records are not committed yet (group commit:
+        # see COMMIT_INTERVAL_S), and when the ledger was last committed.
         self._unnotified: list[Task] = []
+        self._last_commit = -COMMIT_INTERVAL_S
+        # Inline, the caller's own thread is the scheduler: a finished task's
+        # waiters are woken at once, and only its claim waits for the commit.
+        self._threaded = threaded
         # Every task added whose waiters are not released yet, whatever its
         # state: what a failure of the scheduler itself must finish.
         self._unfinished: dict[int, Task] = {}
@@ -202,12 +220,19 @@ class Scheduler:
                 # Another process holds some task: the ledger is the only way
                 # to hear that it finished, so look again soon.
                 timeout = _ELSEWHERE_POLL_S if timeout is None else min(timeout, _ELSEWHERE_POLL_S)
+            if self._unnotified:
+                # Finished tasks wait for the group commit: wake up when it is due.
+                due = max(0.0, self._last_commit + COMMIT_INTERVAL_S - time.monotonic())
+                timeout = due if timeout is None else min(timeout, due)
             try:
                 message = self._inbox.get(timeout=timeout)
             except queue.Empty:
-                if self._elsewhere:
-                    self._recheck_elsewhere()
+                try:
+                    if self._elsewhere:
+                        self._recheck_elsewhere()
                     self._dispatch()
+                except BaseException as error:
+                    self._crash(error)
                 self._report()
                 continue
             try:
@@ -250,6 +275,10 @@ class Scheduler:
         self._running.clear()
         self._short_running.clear()
         self._started_at.clear()
+        if self._claims is not None:
+            for task in self._unnotified:  # woken already (inline) but still claimed
+                with contextlib.suppress(BaseException):
+                    self._claims.release(task._identity.record_key)
         self._unnotified = []
         stranded = [task for task in self._unfinished.values() if not task._finished]
         for task in stranded:
@@ -278,12 +307,15 @@ class Scheduler:
                 break
         finished: list[Task] = []
         stop = False
+        # close()/join(), Ctrl-C and the end commit what finished at once.
+        force = False
         for kind, payload in messages:
             if kind == "add":
                 self._on_add(payload, finished)
             elif kind == "done":
                 self._on_done(payload, finished)
             elif kind == "abort":
+                force = True
                 self._fail_graph(payload)
                 if self._executor.synchronous:
                     # Interrupted inside submit(): no result will ever come.
@@ -293,10 +325,11 @@ class Scheduler:
                     self._running.clear()
                     self._short_running.clear()
             elif kind == "all added":
+                force = True
                 if self._progress is not None:
                     self._progress.all_added()
             elif kind == "stop":
-                stop = self._stop_requested = True
+                stop = force = self._stop_requested = True
                 # Only after an abort can jobs still be out (threads cannot be
                 # killed): their results will not be read, so release waiters.
                 for task in self._running.values():
@@ -305,12 +338,13 @@ class Scheduler:
                 self._running.clear()
                 self._short_running.clear()
         # Dependents of the finished tasks become ready now, but the finished
-        # tasks' waiters are released only once their records are committed:
-        # by the transaction that claims the next tasks to start (one commit
-        # for both), or by a commit of their own.
+        # tasks' claims (and, from a scheduler thread, their waiters) are
+        # released only once their records are committed: by the group commit.
         self._release(finished)
         self._unnotified.extend(finished)
-        self._dispatch()
+        if not self._threaded:
+            self._wake(finished)
+        self._dispatch(force)
         if stop:
             self._stop_now()
 
@@ -453,13 +487,15 @@ class Scheduler:
 
     def _commit(self, finished: list[Task]) -> bool:
         """Commit the ledger's buffered writes; on failure stop the graph."""
+        self._last_commit = time.monotonic()
         try:
             self._ledger.flush()
             return True
         except LedgerError as error:
             LOGGER.error("%s", error)
+            committed = error.committed  # what fitted, a task at a time
             for task in finished:
-                if task._state in ("ran", "restored"):
+                if task._state in ("ran", "restored") and task._identity.record_key not in committed:
                     task._state = "failed"
                     task._error = error
             self._fail_graph(error)
@@ -472,16 +508,24 @@ class Scheduler:
         self._release(finished)
 
     def _notify(self, finished: list[Task]) -> None:
-        """Release the waiters (and claims) of tasks whose outcome is settled."""
+        """Release the claims and waiters of tasks whose outcome is settled."""
         if not finished:
             return
-        for task in finished:
-            task._finished = True
-            self._unfinished.pop(task.task_id, None)
-            if self._claims is not None:
+        if self._claims is not None:
+            for task in finished:
                 self._claims.release(task._identity.record_key)
-        with self._finished_condition:
-            self._finished_condition.notify_all()
+        self._wake(finished)
+
+    def _wake(self, finished: Sequence[Task]) -> None:
+        """Release the ``join()`` waiters of ``finished`` (once each)."""
+        woken = False
+        for task in finished:
+            if not task._finished:
+                task._finished = woken = True
+                self._unfinished.pop(task.task_id, None)
+        if woken:
+            with self._finished_condition:
+                self._finished_condition.notify_all()
 
     def _release(self, finished: list[Task]) -> None:
         for task in finished:
@@ -508,11 +552,11 @@ class Scheduler:
                     del self._blockers[dependent.task_id]
                     self._push_ready(dependent)
 
-    def _dispatch(self) -> None:
-        """Start what can start, then commit and wake the waiters of every
-        task settled on the way."""
+    def _dispatch(self, force: bool = False) -> None:
+        """Start what can start, then, when the group commit is due (or
+        ``force``), commit and release every task settled on the way."""
         self._start_ready()
-        if self._unnotified:
+        if self._unnotified and (force or time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S):
             self._commit(self._unnotified)
             self._notify(self._unnotified)
             self._unnotified = []
@@ -548,9 +592,13 @@ class Scheduler:
                 heapq.heappush(self._ready, entry)
             if not starting:
                 return
-            # The records of the tasks that just finished are committed
-            # before anything that may depend on them starts.
-            if self._unnotified:
+            # Finished tasks wait for the group commit only while what starts
+            # is known to be short: a task that may take long (or fill the
+            # disk) starts only once the records before it are committed, so
+            # it never holds them back. (A dependent may start before its
+            # dependencies' records are committed: commits are in order, so
+            # its own record can never be committed without theirs.)
+            if self._unnotified and not all(self._is_short(task) for task, _ in starting):
                 committed = self._commit(self._unnotified)
                 self._notify(self._unnotified)
                 self._unnotified = []
@@ -566,7 +614,10 @@ class Scheduler:
                     # Another process may have recorded this task between the
                     # decision (perhaps from the ledger's snapshot) and the
                     # claim: then decide again, which will most likely skip it.
-                    if self._ledger.lookup(task._identity.record_key, fresh=True) != decision.record:
+                    # (If nothing else has written the ledger, nothing has.)
+                    if self._ledger.written_elsewhere() and (
+                        self._ledger.lookup(task._identity.record_key, fresh=True) != decision.record
+                    ):
                         again = self._decide(task)
                         if again is None:
                             continue  # up to date now; its claim goes with its notification
@@ -602,6 +653,12 @@ class Scheduler:
 
     def _estimate(self, task: Task) -> float | None:
         return self._history.estimate(task._identity.record_key, _function_key(task))
+
+    def _is_short(self, task: Task) -> bool:
+        """Known (from its own or its function's recorded durations) to take
+        less than SHORT_S."""
+        estimate = self._estimate(task)
+        return estimate is not None and estimate < SHORT_S
 
     def _rekey(self) -> None:
         """Order the ready tasks (among equal priorities) by their remaining
@@ -673,9 +730,12 @@ class Scheduler:
             return decision
         task._state = "skipped"
         LOGGER.debug("task %r is up to date: skipped", task.task_name)
-        # Dependents may go ahead at once; waiters are woken with the batch.
+        # Dependents may go ahead at once; waiters are woken with the commit
+        # (inline at once: see _threaded).
         self._release([task])
         self._unnotified.append(task)
+        if not self._threaded:
+            self._wake((task,))
         return None
 
     def _load_result(self, task: Task, decision: Decision) -> Decision:
@@ -715,8 +775,7 @@ class Scheduler:
             cache=None if self._cache is None else self._cache.job_for(task, decision, known, self._ledger),
         )
         if self._overlap:
-            estimate = self._estimate(task)
-            job.short = estimate is not None and estimate < SHORT_S
+            job.short = self._is_short(task)
             if job.short:
                 self._short_running.add(task.task_id)
         task._payload = None  # sent once; free the memory

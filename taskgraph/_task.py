@@ -1,5 +1,7 @@
 """The public ``Task`` handle returned by ``TaskGraph.add_task``.
 
+Imports ``_errors`` and ``_identity``; ``Reason`` of ``_decide`` for typing only.
+
 A Task holds what ``add_task`` was given and what the scheduler decided. Only
 the scheduler writes its state; user code reads it through ``join``, ``get``
 and the read-only properties.
@@ -9,13 +11,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from taskgraph._errors import TaskTimeoutError
 from taskgraph._identity import Identity
 
+if TYPE_CHECKING:  # _decide imports this module (for its own types)
+    from taskgraph._decide import Reason
+
 #: Every value of :attr:`Task.state`.
-STATES = ("pending", "running", "ran", "restored", "skipped", "failed", "cancelled", "would-run")
+TaskState = Literal["pending", "running", "ran", "restored", "skipped", "failed", "cancelled", "would-run"]
 
 
 class Task:
@@ -68,10 +73,10 @@ class Task:
         self._dependencies = dependencies
         self._payload = payload
         # Written by the scheduler only.
-        self._state = "pending"
+        self._state: TaskState = "pending"
         self._result: Any = None
         self._error: BaseException | None = None
-        self._reasons: tuple[Any, ...] = ()
+        self._reasons: tuple[Reason, ...] = ()
         self._had_record = True  # until the scheduler's check says otherwise
         self._duration = 0.0
         # The run report (set when the task ran): wall-clock start (time.time()),
@@ -88,7 +93,7 @@ class Task:
     # -- read-only views ---------------------------------------------------------
 
     @property
-    def state(self) -> str:
+    def state(self) -> TaskState:
         """``'pending'``, ``'running'``, ``'ran'``, ``'restored'`` (its targets
         came from the shared cache; the function did not run), ``'skipped'``
         (up to date), ``'failed'``, ``'cancelled'`` (another task failed
@@ -96,7 +101,7 @@ class Task:
         return self._state
 
     @property
-    def reasons(self) -> tuple[Any, ...]:
+    def reasons(self) -> tuple[Reason, ...]:
         """Why the task ran (empty when it was skipped or has not been decided);
         a task restored from the shared cache has ``restored_from_cache`` first."""
         return self._reasons

@@ -1,18 +1,19 @@
 """``TaskSequencer``: eumap's pipeline of stages, on taskgraph's executors.
 
 A client of the executor layer (through :mod:`taskgraph._stream`); it never
-touches the ``TaskGraph`` scheduler.
+touches the ``TaskGraph`` scheduler. Imports ``_stream``, ``_stage_checks``,
+``_backends``, ``_executor`` and ``_errors``.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from taskgraph._backends import is_dask_client, make_executor
+from taskgraph._backends import make_executor
 from taskgraph._errors import InvalidArgumentError, StageError
 from taskgraph._executor import Executor
+from taskgraph._stage_checks import check_executor, check_picklable, positive_int
 from taskgraph._stream import Buffer, Engine, Stage
 
 #: The backends ``executor=`` names.
@@ -78,41 +79,15 @@ class TaskSequencer:
         stop_on_error: bool = True,
         ordered: bool = True,
     ) -> None:
-        self._stages = [_parse_stage(index, task) for index, task in enumerate(_as_list(tasks))]
-        names = [name for name, *_ in self._stages]
-        for index, (name, func, workers, respect) in enumerate(self._stages):
-            if names.count(name) > 1:  # the same function twice: errors must say which stage
-                self._stages[index] = (f"{name} (stage {index})", func, workers, respect)
-        if isinstance(mem_usage_limit, bool) or not isinstance(mem_usage_limit, (int, float)) or not (
-            0 < mem_usage_limit <= 1
-        ):
-            raise InvalidArgumentError(
-                f"mem_usage_limit must be a fraction of system memory in (0, 1], got {mem_usage_limit!r}: "
-                "0.75 holds memory-bound stages at 75% use."
-            )
-        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)) or wait_timeout <= 0:
-            raise InvalidArgumentError(f"wait_timeout must be a positive number of seconds, got {wait_timeout!r}")
-        remote = is_dask_client(executor)
-        if not isinstance(executor, Executor) and not remote and executor not in EXECUTORS:
-            raise InvalidArgumentError(
-                f"executor must be one of {', '.join(map(repr, EXECUTORS))}, a distributed.Client or an "
-                f"Executor, got {executor!r}"
-            )
+        self._stages = _stage_list(tasks)
+        _check_limits(mem_usage_limit, wait_timeout)
+        remote = check_executor(executor, EXECUTORS)
         total = sum(workers for _, _, workers, _ in self._stages)
-        if queue_size is None:
-            queue_size = max(4 * total, 8)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise InvalidArgumentError(f"queue_size must be a positive integer, got {queue_size!r}")
+        queue_size = positive_int(max(4 * total, 8) if queue_size is None else queue_size, "queue_size")
         if remote or executor == "processes":
             for name, func, _, _ in self._stages:
-                try:
-                    pickle.dumps(func)
-                except Exception as error:
-                    raise InvalidArgumentError(
-                        f"stage {name!r}: its function cannot be pickled to send it to worker "
-                        f"processes ({error}). Define it at the top level of a module, or pass "
-                        "executor='threads'."
-                    ) from error
+                check_picklable(func, f"stage {name!r}", "Define it at the top level of a module, or pass "
+                                "executor='threads'.")
         self.mem_usage_limit = float(mem_usage_limit)
         self.wait_timeout = float(wait_timeout)
         self.verbose = verbose
@@ -177,6 +152,28 @@ class TaskSequencer:
     def __repr__(self) -> str:
         stages = ", ".join(f"{name} x{workers}" for name, _, workers, _ in self._stages)
         return f"<TaskSequencer [{stages}] executor={self.executor!r}>"
+
+
+def _stage_list(tasks: Any) -> list[tuple[str, Callable[..., Any], int, bool]]:
+    """The parsed stages, each named after its function (and its index, when a function comes twice)."""
+    stages = [_parse_stage(index, task) for index, task in enumerate(_as_list(tasks))]
+    names = [name for name, *_ in stages]
+    for index, (name, func, workers, respect) in enumerate(stages):
+        if names.count(name) > 1:  # the same function twice: errors must say which stage
+            stages[index] = (f"{name} (stage {index})", func, workers, respect)
+    return stages
+
+
+def _check_limits(mem_usage_limit: Any, wait_timeout: Any) -> None:
+    if isinstance(mem_usage_limit, bool) or not isinstance(mem_usage_limit, (int, float)) or not (
+        0 < mem_usage_limit <= 1
+    ):
+        raise InvalidArgumentError(
+            f"mem_usage_limit must be a fraction of system memory in (0, 1], got {mem_usage_limit!r}: "
+            "0.75 holds memory-bound stages at 75% use."
+        )
+    if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)) or wait_timeout <= 0:
+        raise InvalidArgumentError(f"wait_timeout must be a positive number of seconds, got {wait_timeout!r}")
 
 
 def _as_list(tasks: Any) -> list[Any]:

@@ -2,7 +2,8 @@
 
 A client of the executor layer (through :mod:`taskgraph._stream`) and of the
 public ``TaskGraph`` API, which records finished items in the workspace's
-ledger so that a second ``compute`` skips them.
+ledger so that a second ``compute`` skips them. Imports ``_stream``,
+``_stage_checks``, ``_backends``, ``_executor``, ``_graph`` and ``_errors``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import pickle
 import re
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from taskgraph._backends import is_dask_client, make_executor
+from taskgraph._backends import make_executor
 from taskgraph._errors import InvalidArgumentError, InvalidTaskError, StageError
 from taskgraph._executor import Executor
 from taskgraph._graph import TaskGraph
+from taskgraph._stage_checks import check_executor, check_picklable, positive_int
 from taskgraph._stream import Buffer, Engine, Stage
 
 LOGGER = logging.getLogger("taskgraph.topology")
@@ -219,37 +221,18 @@ class Topology:
                 work's own exception). A global or one-shot work that raises
                 always stops the run.
         """
-        remote = is_dask_client(executor)
-        if not isinstance(executor, Executor) and not remote and executor not in EXECUTORS:
-            raise InvalidArgumentError(
-                f"executor must be one of {', '.join(map(repr, EXECUTORS))}, a distributed.Client or an "
-                f"Executor, got {executor!r}"
-            )
+        remote = check_executor(executor, EXECUTORS)
         workers = _check_workers(nb_max_workers) or self.nb_max_workers or os.cpu_count() or 1
-        if nb_items_queue_max is None:
-            nb_items_queue_max = max(4 * workers, 8)
-        if isinstance(nb_items_queue_max, bool) or not isinstance(nb_items_queue_max, int) or nb_items_queue_max < 1:
-            raise InvalidArgumentError(f"nb_items_queue_max must be a positive integer, got {nb_items_queue_max!r}")
+        bound = positive_int(max(4 * workers, 8) if nb_items_queue_max is None else nb_items_queue_max,
+                             "nb_items_queue_max")
         if not self.works:
             raise InvalidArgumentError("the topology has no work: add some with add_work before compute().")
-        consumed = {id(queue) for work in self.works for queue in work.inputs}
-        produced = {id(queue) for work in self.works for queue in work.outputs}
-        for queue in self.queues:
-            if id(queue) in produced:
-                queue.clear()  # what a previous compute left is computed again
-            queue.bound = nb_items_queue_max if id(queue) in consumed else None
-            queue.incoming = queue.high_water = 0
+        consumed = self._reset_queues(bound)
         if remote or executor == "processes":
             for work in self.works:
                 _check_picklable(work)
         lanes, owned = _make_lanes(executor, workers, any("io" in work.kinds for work in self.works))
-        stages = [
-            Stage(work.name, work.func, work.inputs, work.outputs, kind=work.kind,
-                  call="key value" if "eat key value" in work.kinds else "value",
-                  workers=workers, lane="io" if "io" in work.kinds else "main",
-                  sources_as_tuple=work.inputs_as_tuple, sinks_as_tuple=work.outputs_as_tuple)
-            for work in self.works
-        ]
+        stages = self._stages(workers)
         self._clear_tracebacks()
         memo = None if self.path_dir_result is None else _LedgerMemo(self.path_dir_result)
         engine = Engine(
@@ -267,14 +250,52 @@ class Topology:
                 memo.close()
         for failure in self.errors:
             self._write_traceback(failure)
+        self.results = self._merged_results(consumed, engine.first_seen)
+        self._warn_leftovers(consumed)
+        self._warn_failures()
+
+    def _reset_queues(self, bound: int) -> set[int]:
+        """Empty the queues some work fills and bound those some work consumes (whose ids it returns)."""
+        consumed = {id(queue) for work in self.works for queue in work.inputs}
+        produced = {id(queue) for work in self.works for queue in work.outputs}
+        for queue in self.queues:
+            if id(queue) in produced:
+                queue.clear()  # what a previous compute left is computed again
+            queue.bound = bound if id(queue) in consumed else None
+            queue.incoming = queue.high_water = 0
+        return consumed
+
+    def _stages(self, workers: int) -> list[Stage]:
+        return [
+            Stage(work.name, work.func, work.inputs, work.outputs, kind=work.kind,
+                  call="key value" if "eat key value" in work.kinds else "value",
+                  workers=workers, lane="io" if "io" in work.kinds else "main",
+                  sources_as_tuple=work.inputs_as_tuple, sinks_as_tuple=work.outputs_as_tuple)
+            for work in self.works
+        ]
+
+    def _merged_results(self, consumed: set[int], first_seen: Iterable[Any]) -> dict[Any, Any]:
+        """The items of the queues no work consumes, merged."""
         merged: dict[Any, Any] = {}
         for queue in self.queues:
             if id(queue) not in consumed:
                 merged.update(queue)
         # In the order the keys first appeared (the order the first queue was filled
         # in), not the order items happened to finish.
-        order = {key: index for index, key in enumerate(engine.first_seen)}
-        self.results = dict(sorted(merged.items(), key=lambda item: order.get(item[0], len(order))))
+        order = {key: index for index, key in enumerate(first_seen)}
+        return dict(sorted(merged.items(), key=lambda item: order.get(item[0], len(order))))
+
+    def _warn_failures(self) -> None:
+        if not self.errors:
+            return
+        where = ("; tracebacks in " + os.path.join(self.path_dir_result, ERRORS_DIRNAME)
+                 if self.path_dir_result else "")
+        LOGGER.warning(
+            "%d item(s) failed: %s%s. The other items finished; see topology.errors.",
+            len(self.errors), ", ".join(f"{e.stage}[{e.item!r}]" for e in self.errors), where,
+        )
+
+    def _warn_leftovers(self, consumed: set[int]) -> None:
         for queue in self.queues:
             if id(queue) in consumed and queue:
                 LOGGER.warning(
@@ -282,13 +303,6 @@ class Topology:
                     "consumes it left them, for example keys it could not pair.",
                     queue.name, len(queue), ", ".join(map(repr, list(queue)[:5])),
                 )
-        if self.errors:
-            where = ("; tracebacks in " + os.path.join(self.path_dir_result, ERRORS_DIRNAME)
-                     if self.path_dir_result else "")
-            LOGGER.warning(
-                "%d item(s) failed: %s%s. The other items finished; see topology.errors.",
-                len(self.errors), ", ".join(f"{e.stage}[{e.item!r}]" for e in self.errors), where,
-            )
 
     def _clear_tracebacks(self) -> None:
         """``errors/`` describes the last compute: drop the tracebacks of an earlier one."""
@@ -404,16 +418,9 @@ class _LedgerMemo:
 
 def _check_picklable(work: Work) -> None:
     """A CPU work's function goes to worker processes: refuse one that cannot, naming the work."""
-    if work.kind != "map" or "io" in work.kinds:
-        return
-    try:
-        pickle.dumps(work.func)
-    except Exception as error:
-        raise InvalidArgumentError(
-            f"work {work.name!r}: its function cannot be pickled to send it to worker processes "
-            f"({error}). Define it at the top level of a module, give the work kind='io' (threads), "
-            "or compute with executor='threads'."
-        ) from error
+    if work.kind == "map" and "io" not in work.kinds:
+        check_picklable(work.func, f"work {work.name!r}", "Define it at the top level of a module, give the "
+                        "work kind='io' (threads), or compute with executor='threads'.")
 
 
 def _parse_kind(work: str, kind: str | tuple[str, ...] | None) -> frozenset[str]:

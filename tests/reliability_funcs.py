@@ -19,14 +19,23 @@ def journal(path, line):
         os.close(fd)
 
 
-def write_journaled(out_path, journal_path, text, seconds=0.0):
-    """Write a target, taking ``seconds``; journal the pid that ran it."""
+def write_journaled(out_path, journal_path, text, seconds=0.0, kill_pid=None):
+    """Write a target, taking ``seconds``; journal the pid that ran it; then
+    SIGKILL process ``kill_pid`` if given (the script's main process)."""
     if seconds:
         time.sleep(seconds)
     with open(out_path, "w") as stream:
         stream.write(str(text))
     journal(journal_path, f"{os.path.basename(out_path)} {os.getpid()}")
+    if kill_pid is not None:
+        kill_process(kill_pid)
     return text
+
+
+def kill_process(pid):
+    """SIGKILL process ``pid`` and wait for the signal to land."""
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(60)
 
 
 def write_bytes(out_path, n_bytes):

@@ -103,6 +103,22 @@ def test_same_size_rewrite_within_timestamp_tick_is_seen(tmp_path):
     assert open(target).read() == "test text"
 
 
+@pytest.mark.parametrize("algorithm", ["xxh3_128", "md5"])
+def test_a_file_is_hashed_whole_whatever_its_size_hint(tmp_path, algorithm):
+    # The size from a stat lets a small file be read in one call; a file that
+    # grew or shrank since that stat is still hashed whole.
+    from taskgraph._fingerprint import _BUFFER_SIZE, hash_file
+
+    path = str(tmp_path / "f.bin")
+    for size in (0, 1, 4096, _BUFFER_SIZE - 1, _BUFFER_SIZE, 3 * _BUFFER_SIZE + 5):
+        with open(path, "wb") as stream:
+            stream.write(os.urandom(size))
+        whole = hash_file(path, algorithm)
+        for hint in {size, max(0, size - 1), size + 1, 0, 7}:
+            assert hash_file(path, algorithm, hint) == whole, (size, hint)
+    assert hash_file(path, "md5") == __import__("hashlib").md5(open(path, "rb").read()).hexdigest()
+
+
 def test_transient_run_always_runs(tmp_path):
     target = str(tmp_path / "t.txt")
     for _ in range(2):

@@ -1,0 +1,170 @@
+"""Group commit: what finished is committed in groups, and what that may cost.
+
+Short tasks' records are committed together (at most about every
+``COMMIT_INTERVAL_S``), so a kill may cost the short tasks that finished
+since the last commit: they run again, and nothing committed is lost. A task
+that is not known to be short starts only after everything before it is
+committed; from a scheduler thread, ``join()`` returns only once the task's
+record is committed. Real processes, real SIGKILL, real SQLite files.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import reliability_funcs as r
+
+import taskgraph
+
+TESTS = os.path.dirname(__file__)
+
+
+def recorded(ws):
+    path = os.path.join(str(ws), taskgraph.LEDGER_FILENAME)
+    con = sqlite3.connect(path)
+    try:
+        return {row[0] for row in con.execute("SELECT name FROM tasks WHERE state='done'")}
+    finally:
+        con.close()
+
+
+KILLED_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import reliability_funcs, taskgraph
+    ws, n_workers, killer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    graph = taskgraph.TaskGraph(ws, n_workers)
+    journal = os.path.join(ws, "journal.txt")
+    tasks = []
+    for i in range(40):
+        target = os.path.join(ws, f"s{{i:02d}}.txt")
+        tasks.append(graph.add_task(reliability_funcs.write_journaled, args=(target, journal, i),
+                                    target_path_list=[target], ignore_path_list=[journal],
+                                    task_name=f"s{{i:02d}}"))
+    if killer == "unknown":
+        # A function with no recorded duration: not known to be short.
+        graph.add_task(reliability_funcs.kill_process, args=(os.getpid(),), dependent_task_list=tasks,
+                       task_name="killer")
+    else:
+        # The short tasks' own function: known to be short by now.
+        target = os.path.join(ws, "killer.txt")
+        graph.add_task(reliability_funcs.write_journaled, args=(target, journal, "kill", 0.0, os.getpid()),
+                       target_path_list=[target], ignore_path_list=[journal],
+                       dependent_task_list=tasks, task_name="killer")
+    graph.close()
+    graph.join()
+""")
+
+
+def run_killed(tmp_path, n_workers, killer):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SCRIPT.format(tests=TESTS))
+    proc = subprocess.run([sys.executable, str(script), str(ws), str(n_workers), killer],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with open(ws / "journal.txt") as stream:
+        finished = {line.split()[0][:-4] for line in stream if line.split()[0] != "killer.txt"}
+    return ws, finished
+
+
+@pytest.mark.parametrize("n_workers", [-1, 2])
+def test_a_task_not_known_to_be_short_starts_after_everything_before_it_is_committed(tmp_path, n_workers):
+    ws, finished = run_killed(tmp_path, n_workers, "unknown")
+    assert finished == {f"s{i:02d}" for i in range(40)}
+    # The process was killed inside the last task: every task before it is recorded.
+    assert recorded(ws) == finished
+    with taskgraph.TaskGraph(str(ws), -1) as graph:
+        for i in range(40):
+            target = str(ws / f"s{i:02d}.txt")
+            task = graph.add_task(r.write_journaled, args=(target, str(ws / "journal.txt"), i),
+                                  target_path_list=[target], ignore_path_list=[str(ws / "journal.txt")],
+                                  task_name=f"s{i:02d}")
+            assert task.state == "skipped"
+
+
+@pytest.mark.parametrize("n_workers", [-1, 2])
+def test_a_kill_costs_only_uncommitted_short_tasks_and_they_run_again(tmp_path, n_workers):
+    ws, finished = run_killed(tmp_path, n_workers, "short")
+    assert finished == {f"s{i:02d}" for i in range(40)}
+    done = recorded(ws)
+    # Committed in order: what is recorded finished, and the first commit is immediate.
+    assert "s00" in done and done <= finished
+    journal = str(ws / "journal.txt")
+    os.remove(journal)
+    with taskgraph.TaskGraph(str(ws), -1) as graph:
+        tasks = {}
+        for i in range(40):
+            target = str(ws / f"s{i:02d}.txt")
+            tasks[f"s{i:02d}"] = graph.add_task(r.write_journaled, args=(target, journal, i),
+                                                target_path_list=[target], ignore_path_list=[journal],
+                                                task_name=f"s{i:02d}")
+    assert {name for name, task in tasks.items() if task.state == "skipped"} == done
+    assert {name for name, task in tasks.items() if task.state == "ran"} == finished - done
+    assert recorded(ws) == finished
+
+
+@pytest.mark.parametrize("n_workers", [0, 2])
+def test_from_a_scheduler_thread_join_returns_once_the_record_is_committed(tmp_path, n_workers):
+    ws = str(tmp_path)
+    with taskgraph.TaskGraph(ws, n_workers) as graph:
+        for i in range(30):
+            target = os.path.join(ws, f"t{i}.txt")
+            task = graph.add_task(r.write_bytes, args=(target, 10), target_path_list=[target], task_name=f"t{i}")
+            task.join(timeout=60)
+            # Another connection, as another process or `taskgraph status` would read it.
+            assert f"t{i}" in recorded(ws)
+
+
+def test_inline_results_are_there_at_once_and_join_commits_them(tmp_path):
+    ws = str(tmp_path)
+    graph = taskgraph.TaskGraph(ws, -1)
+    tasks = [graph.add_task(r.big_result, args=(i,), store_result=True, task_name=f"r{i}") for i in range(50)]
+    # Inline, add_task ran each task: its result is there without waiting for a commit.
+    assert [task.get(timeout=0) for task in tasks] == [b"r" * i for i in range(50)]
+    graph.close()
+    graph.join(timeout=60)
+    assert recorded(ws) == {f"r{i}" for i in range(50)}
+
+
+FULL_LEDGER_SCRIPT = textwrap.dedent("""
+    import json, resource, signal, sys
+    sys.path.insert(0, {tests!r})
+    import reliability_funcs, taskgraph
+    ws = sys.argv[1]
+    # The ledger may not grow past 1 MiB: a commit with a 2 MiB result fails with EFBIG.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    graph = taskgraph.TaskGraph(ws, -1)
+    error = None
+    try:
+        # One function, so each task after the first is known to be short:
+        # their records wait for one group commit, which the large one fails.
+        for i, size in enumerate([10, 11, 12, 13, 2 << 20, 14]):
+            graph.add_task(reliability_funcs.big_result, args=(size,), store_result=True, task_name=f"r{{i}}")
+        graph.add_task(reliability_funcs.sleep_then, args=(0.01,), task_name="unknown")
+        graph.close()
+        graph.join(timeout=60)
+    except taskgraph.TaskGraphError as exc:
+        # Inline, the next add_task raises: its task was cancelled by the LedgerError.
+        error = [type(exc).__name__, str(exc)]
+    print(json.dumps(error))
+""")
+
+
+def test_a_group_that_cannot_be_committed_commits_what_fits(tmp_path):
+    script = tmp_path / "full.py"
+    script.write_text(FULL_LEDGER_SCRIPT.format(tests=TESTS))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(ws)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    error = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert error is not None and "LedgerError" in error[1] and "free disk space" in error[1]
+    # Every task that finished before the one whose record does not fit is recorded.
+    assert recorded(ws) == {"r0", "r1", "r2", "r3"}
