@@ -76,13 +76,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import hmac
 import json
 import logging
 import os
 import pathlib
-import secrets
 import socket
 import sqlite3
 import time
@@ -97,28 +95,22 @@ import xxhash
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
+from taskgraph._ledger_keys import KEY_SUFFIX as KEY_SUFFIX
+from taskgraph._ledger_keys import private_file, result_mac, schema_2_mac, workspace_key
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
 LEDGER_FILENAME = "taskgraph_ledger.sqlite"
-#: The workspace's secret for the HMAC of stored results (beside the ledger).
-KEY_SUFFIX = ".key"
 #: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column.
 #: 3: the ``mac`` of a result also covers the exec key of its run.
 #: 4: which records each run considered (``considered``, and counts in
 #: ``runs``), failures as raised and the arguments' tree in ``tasks``.
 #: Older ledgers are upgraded in place, see :data:`_MIGRATIONS`.
 SCHEMA_VERSION = 4
-_KEY_BYTES = 32
-_MAC_CONTEXT = b"taskgraph stored result v2\0"
-# Schema 2's HMAC: record key and bytes only (checked once, by the upgrade).
-_MAC_CONTEXT_V1 = b"taskgraph stored result v1\0"
 # SQLite's unix VFS holds a database's full path and the names of its
 # journals (the path plus "-journal") in 512 bytes.
 _SQLITE_MAX_PATH = 512
 _JOURNAL_SUFFIX = "-journal"
-#: Files taskgraph creates in a workspace are for their owner's eyes only.
-FILE_MODE = 0o600
 APPLICATION_ID = 0x54475248  # "TGRH"
 _BUSY_TIMEOUT_S = 60.0
 _BULK_AFTER = 64
@@ -262,94 +254,6 @@ class UntrustedResultError(LedgerError):
     Raised by :meth:`Ledger.load_result`; the scheduler catches it and runs
     the task again, so users see a warning, not this error.
     """
-
-
-def _private_file(path: str, flags: int = os.O_RDWR) -> int:
-    """Open (creating if missing) a file only its owner may read or write."""
-    return os.open(path, flags | os.O_CREAT, FILE_MODE)
-
-
-def _read_key(path: str) -> bytes | None:
-    """The workspace key, or None if the file is damaged or not trustworthy
-    (then it is moved aside with a warning)."""
-    with open(path, "rb") as stream:
-        info = os.fstat(stream.fileno())
-        key = stream.read(_KEY_BYTES + 1)
-    problem = None
-    if len(key) != _KEY_BYTES:
-        problem = f"it holds {len(key)} bytes instead of {_KEY_BYTES}"
-    elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-        problem = f"it belongs to another user (uid {info.st_uid})"
-    if problem is None:
-        if os.name == "posix" and info.st_mode & 0o077:  # (Windows has no such mode bits)
-            # Others could read the secret: tighten, and say so.
-            os.chmod(path, FILE_MODE)
-            LOGGER.warning(
-                "the taskgraph key %s was readable by other users; it is now readable by its "
-                "owner only. If others may have copied it, delete it: stored results will "
-                "then be computed again.", path,
-            )
-        return key
-    aside = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(3)}.bad"
-    os.rename(path, aside)
-    LOGGER.warning(
-        "the taskgraph key %s cannot be used because %s; it was moved to %s and a new key "
-        "made, so tasks with stored results will run once.", path, problem, aside,
-    )
-    return None
-
-
-def workspace_key(path: str, create: bool = True) -> bytes | None:
-    """The secret keying the HMAC of stored results, made on first use.
-
-    Creation is atomic: the random bytes are written to a private temporary
-    file, which is then hard-linked to ``path``; the link fails if another
-    process made the key first, and that key is used. None if there is no key
-    and ``create`` is False.
-    """
-    for _ in range(3):
-        try:
-            key = _read_key(path)
-        except FileNotFoundError:
-            key = None
-        if key is not None:
-            return key
-        if not create:
-            return None
-        temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = _private_file(temporary, os.O_WRONLY | os.O_EXCL)
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another process made it first: use theirs
-        except OSError:
-            # No hard links on this file system: an exclusive rename instead
-            # (a reader may then briefly see no key, never half a key).
-            if not os.path.exists(path):
-                os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-    raise LedgerError(f"cannot make the taskgraph key {path}: it keeps being replaced or damaged")
-
-
-def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes:
-    """HMAC-SHA256 binding a stored result's bytes to its task's record key
-    and to the exec key of the run that computed it (``run_key``: the input
-    fingerprints of that run), so that the result of one run cannot stand in
-    for another's."""
-    message = _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value)
-    return hmac.new(key, message, hashlib.sha256).digest()
-
-
-def _schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
-    message = _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value)
-    return hmac.new(key, message, hashlib.sha256).digest()
 
 
 def stored_path(path: str) -> str | bytes:
@@ -508,7 +412,7 @@ def _file_lock(path: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    fd = _private_file(path)
+    fd = private_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -642,7 +546,7 @@ class Ledger:
                 self._move_aside(problem)
         if not os.path.exists(self.path):
             # SQLite gives its -wal and -shm files the mode of the database.
-            os.close(_private_file(self.path))
+            os.close(private_file(self.path))
         return self._prepare(self._connect())
 
     def _prepare(self, conn: sqlite3.Connection) -> sqlite3.Connection:
@@ -791,7 +695,7 @@ class Ledger:
             inputs.setdefault(key, {})[loaded_path(path)] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
         signed = []
         for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
-            if hmac.compare_digest(bytes(mac), _schema_2_mac(secret, key, value)):
+            if hmac.compare_digest(bytes(mac), schema_2_mac(secret, key, value)):
                 signed.append((result_mac(secret, key, exec_key(key, inputs.get(key, {})), value), key))
         conn.executemany("UPDATE results SET mac=? WHERE key=?", signed)
 
