@@ -84,19 +84,31 @@ import pathlib
 import socket
 import sqlite3
 import time
-import traceback
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlitedict
-import xxhash
 
 from taskgraph._errors import LedgerError
-from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
+from taskgraph._fingerprint import CachedDigest, Fingerprint
 from taskgraph._ledger_keys import KEY_SUFFIX as KEY_SUFFIX
 from taskgraph._ledger_keys import private_file, result_mac, schema_2_mac, workspace_key
+from taskgraph._ledger_rows import (
+    DigestRow,
+    FileRow,
+    SnapshotRow,
+    cached_digest,
+    exec_key,
+    files_of,
+    fingerprint,
+    loaded_path,
+    snapshot_record,
+    stored_path,
+    stored_text,
+)
+from taskgraph._ledger_rows import TaskRecord as TaskRecord
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
@@ -256,39 +268,6 @@ class UntrustedResultError(LedgerError):
     """
 
 
-def stored_path(path: str) -> str | bytes:
-    """A path as the ledger stores it: its text, or, for a name that is not
-    valid UTF-8, the file system's own bytes (kept exactly)."""
-    if path.isascii():
-        return path
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return os.fsencode(path)
-        except UnicodeError:  # not a file name on this system at all
-            return path.encode("utf-8", "surrogatepass")
-    return path
-
-
-def loaded_path(value: str | bytes) -> str:
-    """A path as the ledger stored it, back as ``str`` (with surrogate escapes
-    for bytes that are not UTF-8, as ``os.listdir`` returns it)."""
-    return value if type(value) is str else os.fsdecode(value)
-
-
-def _text(value: str | None) -> str | None:
-    """Text for a TEXT column: as it is when valid UTF-8, else with the
-    characters that are not (lone surrogates) as backslash escapes."""
-    if value is None or value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
 def _open_problem(path: str, error: BaseException) -> LedgerError | None:
     """The real reason SQLite cannot open ``path``, when it is the length of
     its path (SQLite's "unable to open database file" says nothing of it)."""
@@ -306,45 +285,6 @@ def _open_problem(path: str, error: BaseException) -> LedgerError | None:
         f"absolute path (symbolic links resolved) is at most {most} bytes long; this one is "
         f"{full - len(os.sep + LEDGER_FILENAME)} bytes."
     )
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """What the ledger holds about one task."""
-
-    record_key: str
-    name: str
-    state: str
-    hash_algorithm: str
-    store_result: bool
-    inputs: dict[str, Fingerprint]
-    targets: dict[str, Fingerprint]
-    has_result: bool
-    ended: float | None
-    error: str | None
-
-
-# A task in the ledger's snapshot: (name, state, hash_algorithm,
-# store_result, ended, error, has_result, files), each file (role, path, mode,
-# size, mtime_ns, digest, taken_at_ns).
-_FileRow = tuple[str, str, str, int, int, "str | None", int]
-_SnapshotRow = tuple[str, str, str, bool, "float | None", "str | None", bool, tuple[_FileRow, ...]]
-
-
-# A digest cache row in the snapshot: (dev, ino, size, mtime_ns, ctime_ns,
-# is_dir, digest, hashed_at_ns).
-_DigestRow = tuple[int, int, int, int, int, int, str, int]
-
-
-def _from_row(record_key: str, row: _SnapshotRow) -> TaskRecord:
-    name, state, algorithm, store_result, ended, error, has_result, files = row
-    if not files:
-        return TaskRecord(record_key, name, state, algorithm, store_result, {}, {}, has_result, ended, error)
-    inputs: dict[str, Fingerprint] = {}
-    targets: dict[str, Fingerprint] = {}
-    for role, path, mode, size, mtime_ns, digest, taken_at_ns in files:
-        (inputs if role == "input" else targets)[path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-    return TaskRecord(record_key, name, state, algorithm, store_result, inputs, targets, has_result, ended, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,18 +330,6 @@ class Outcome:
     failure: tuple[str, str, str] | None = None
     #: The arguments' tree (``_arguments.tree``), to say later what changed.
     arguments: str | None = None
-
-
-def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
-    """The re-execution key: the task's record key and what its input files
-    were (path, size, mtime, digest) when it last ran. Equal keys mean the
-    same call on the same inputs."""
-    hasher = xxhash.xxh3_128(record_key.encode())
-    for path in sorted(inputs):
-        fp = inputs[path]
-        hasher.update(f"\0{path}\0{fp.mode}\0{fp.size}\0{fp.mtime_ns}\0{fp.digest}".encode(
-            "utf-8", "surrogatepass"))
-    return str(hasher.hexdigest())
 
 
 @contextlib.contextmanager
@@ -491,8 +419,8 @@ class Ledger:
         # query instead of two per task. A snapshot that another process
         # outdates is safe: a task it lacks runs again; a record it keeps
         # still only matches files that are as that record left them.
-        self._records: dict[str, TaskRecord | _SnapshotRow | None] | None = None
-        self._digests: dict[tuple[str, str], CachedDigest | _DigestRow] | None = None
+        self._records: dict[str, TaskRecord | SnapshotRow | None] | None = None
+        self._digests: dict[tuple[str, str], CachedDigest | DigestRow] | None = None
         self._record_lookups = 0
         self._written: set[str] = set()
         self._digest_lookups = 0
@@ -689,10 +617,10 @@ class Ledger:
         if secret is None:
             return  # no key: no result can verify
         inputs: dict[str, dict[str, Fingerprint]] = {}
-        for key, path, mode, size, mtime_ns, digest, taken_at_ns in conn.execute(
+        for row in conn.execute(
             "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
         ):
-            inputs.setdefault(key, {})[loaded_path(path)] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
+            inputs.setdefault(row[0], {})[loaded_path(row[1])] = fingerprint(row[2:])
         signed = []
         for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
             if hmac.compare_digest(bytes(mac), schema_2_mac(secret, key, value)):
@@ -773,7 +701,7 @@ class Ledger:
             entry = self._records.get(record_key)
             if entry is None or isinstance(entry, TaskRecord):
                 return entry
-            return _from_row(record_key, entry)
+            return snapshot_record(record_key, entry)
         return self._select(record_key)
 
     def written_elsewhere(self) -> bool:
@@ -799,26 +727,22 @@ class Ledger:
         ).fetchone()
         if row is None:
             return None
-        inputs: dict[str, Fingerprint] = {}
-        targets: dict[str, Fingerprint] = {}
-        for role, path, mode, size, mtime_ns, digest, taken_at_ns in self._conn.execute(
+        inputs, targets = files_of(self._conn.execute(
             "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
             " WHERE record_key=?",
             (record_key,),
-        ):
-            fingerprint = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-            (inputs if role == "input" else targets)[loaded_path(path)] = fingerprint
+        ))
         name, state, algorithm, store_result, ended, error, has_result = row
         return TaskRecord(
             record_key, name, state, algorithm, bool(store_result), inputs, targets,
             bool(has_result), ended, error,
         )
 
-    def _load_records(self) -> dict[str, TaskRecord | _SnapshotRow | None]:
+    def _load_records(self) -> dict[str, TaskRecord | SnapshotRow | None]:
         # Plain tuples of atoms, not TaskRecords: CPython's garbage collector
         # stops tracking them (and the dict), so at 100,000 tasks its full
         # collections do not walk the snapshot. lookup() builds the record.
-        files: dict[str, list[_FileRow]] = {}
+        files: dict[str, list[FileRow]] = {}
         for row in self._conn.execute(
             "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
         ):
@@ -829,7 +753,7 @@ class Ledger:
                 row = (*row[:2], loaded_path(row[2]), *row[3:])
             listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
-        records: dict[str, TaskRecord | _SnapshotRow | None] = {}
+        records: dict[str, TaskRecord | SnapshotRow | None] = {}
         for key, name, state, algorithm, store_result, ended, error in self._conn.execute(
             "SELECT record_key, name, state, hash_algorithm, store_result, ended, error FROM tasks"
         ):
@@ -840,7 +764,7 @@ class Ledger:
             )
         return records
 
-    def _load_digests(self) -> dict[tuple[str, str], CachedDigest | _DigestRow]:
+    def _load_digests(self) -> dict[tuple[str, str], CachedDigest | DigestRow]:
         # Plain tuples, for the garbage collector as in _load_records;
         # lookup_digest builds the entry.
         return {
@@ -874,7 +798,7 @@ class Ledger:
         for row in self._conn.execute(
             "SELECT record_key, task_key, func, source_hash, args, arguments FROM tasks WHERE name=?"
             " ORDER BY ended DESC LIMIT 64",
-            (_text(name),),
+            (stored_text(name),),
         ):
             if row[0] not in self._members:
                 return Previous(*row)
@@ -943,17 +867,13 @@ class Ledger:
             entry = self._digests.get((path, algorithm))
             if entry is None or isinstance(entry, CachedDigest):
                 return entry
-            dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns = entry
-            return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
+            return cached_digest(entry)
         row = self._conn.execute(
-            "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
+            "SELECT dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
             (stored_path(path), algorithm),
         ).fetchone()
-        if row is None:
-            return None
-        size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns = row
-        return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
+        return None if row is None else cached_digest(row)
 
     def store_digest(self, path: str, algorithm: str, entry: CachedDigest) -> None:
         self._pending_digests[(path, algorithm)] = entry
@@ -973,11 +893,11 @@ class Ledger:
         rows = self._rows
         run_key = exec_key(key, outcome.inputs)
         rows[_UPSERT_TASK].append((
-            key, outcome.task_key, run_key, _text(outcome.name), _text(outcome.func),
-            outcome.source_hash, _text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
+            key, outcome.task_key, run_key, stored_text(outcome.name), stored_text(outcome.func),
+            outcome.source_hash, stored_text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
-            _text(outcome.worker), _text(outcome.error), outcome.cpu_time, outcome.peak_memory,
-            _text(failure[0]), _text(failure[1]), _text(failure[2]), _text(outcome.arguments),
+            stored_text(outcome.worker), stored_text(outcome.error), outcome.cpu_time, outcome.peak_memory,
+            stored_text(failure[0]), stored_text(failure[1]), stored_text(failure[2]), stored_text(outcome.arguments),
         ))
         if not outcome.fresh:
             rows[_DELETE_DEPS].append((key,))
@@ -1008,7 +928,7 @@ class Ledger:
         elif self._members.get(record_key) not in ("ran", "failed", "restored"):
             self._member(record_key, "running")
         self._rows[_DECISION].append((
-            record_key, self.run_id, time.time(), _text(name), "run" if run else "skip",
+            record_key, self.run_id, time.time(), stored_text(name), "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
 
@@ -1134,11 +1054,6 @@ class Ledger:
             self.flush(force=True)
         finally:
             self._conn.close()
-
-
-def format_exception(error: BaseException) -> str:
-    """The text of an error as stored in the ledger."""
-    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
 
 
 # -- the read side, for the command line and tools ------------------------------------------
@@ -1452,7 +1367,7 @@ class LedgerReader:
 
     def named(self, name: str) -> list[TaskRow]:
         """The records of tasks with this name, latest first."""
-        return self._select_tasks("t.name = ?", (_text(name),))
+        return self._select_tasks("t.name = ?", (stored_text(name),))
 
     def names(self) -> list[str]:
         """Every recorded task name, sorted."""
@@ -1510,25 +1425,19 @@ class LedgerReader:
         if where:
             sql += " WHERE " + " AND ".join(where)
         out: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
-        for key, kind, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(sql, params):
-            pair = out.get(key)
+        for row in self._rows(sql, params):
+            pair = out.get(row[0])
             if pair is None:
-                pair = out[key] = ({}, {})
-            pair[0 if kind == "input" else 1][loaded_path(path)] = Fingerprint(
-                mode, size, mtime_ns, digest, taken_at_ns)
+                pair = out[row[0]] = ({}, {})
+            pair[0 if row[1] == "input" else 1][loaded_path(row[2])] = fingerprint(row[3:])
         return out
 
     def record_files(self, record_key: str) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
         """(inputs, targets) of one record."""
-        inputs: dict[str, Fingerprint] = {}
-        targets: dict[str, Fingerprint] = {}
-        for role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(
+        return files_of(self._rows(
             "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE record_key=?",
             (record_key,),
-        ):
-            (inputs if role == "input" else targets)[loaded_path(path)] = Fingerprint(
-                mode, size, mtime_ns, digest, taken_at_ns)
-        return inputs, targets
+        ))
 
     def deps(self, since: int | None = None) -> list[tuple[str, str]]:
         """(record_key, dependency's record_key) pairs (of the records
@@ -1560,14 +1469,11 @@ class LedgerReader:
 
     def lookup_digest(self, path: str, algorithm: str) -> CachedDigest | None:
         rows = self._rows(
-            "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
+            "SELECT dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
             (stored_path(path), algorithm),
         )
-        if not rows:
-            return None
-        size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns = rows[0]
-        return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
+        return cached_digest(rows[0]) if rows else None
 
     def store_digest(self, path: str, algorithm: str, entry: CachedDigest) -> None:
         pass  # read-only
