@@ -1,49 +1,19 @@
-"""The ledger: one SQLite file in the workspace recording every finished task.
+"""The ledger's writer: one long-lived connection to the workspace's ledger.
 
-Leaf module: the only module that speaks SQL. Imports the standard library,
-sqlitedict (for the encoding of stored results) and ``_fingerprint`` /
-``_errors``.
+Owns :class:`Ledger` (runs and what each considered, lookups and the
+snapshot, durations, stored results, the digest cache, the write buffer and
+its transactions, a group that cannot be committed retried a task at a time),
+:class:`Outcome`, :class:`Previous`, :class:`UntrustedResultError`, and
+``forget`` / ``forget_stale``; for now also the read side (``LedgerReader``).
+May import the ledger's other rooms, ``_errors``, ``_fingerprint``,
+``_version`` and sqlitedict (for the encoding of stored results).
 
-Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA
-application_id`` = :data:`APPLICATION_ID`)::
-
-    meta    (key PK, value)                      created_by, created_at
-    runs    (run_id PK, started, ended, pid, host, n_workers, version,
-             tasks, ran, skipped, failed)        counts written when it ends (schema 4)
-    tasks   (record_key PK, task_key, exec_key, name, func, source_hash, args,
-             hash_algorithm, store_result, state 'done'|'failed', run_id,
-             started, ended, duration, worker, error,
-             cpu_time, peak_memory,                  the run report (schema 2)
-             error_type, error_message, error_frames,  the failure as raised (schema 4)
-             arguments)                              the arguments' tree, JSON (schema 4)
-    files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
-             digest, taken_at_ns)                PK (record_key, role, path)
-    deps    (record_key, dep_key)                PK (record_key, dep_key)
-    digests (path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir,
-             digest, hashed_at_ns)               PK (path, algorithm)
-    results (key PK, value BLOB, mac BLOB)       a sqlitedict table: read it with
-                                                 SqliteDict(path, tablename='results', journal_mode='WAL')
-                                                 mac: HMAC-SHA256 of key, exec key and value
-    decisions (record_key PK, run_id, decided_at, name, action 'run'|'skip', reasons)
-    considered (run_id, record_key, state)       PK (run_id, record_key): the records
-                                                 each run was given, and what became of
-                                                 each: 'ran', 'restored', 'skipped',
-                                                 'failed', 'cancelled'; while it runs also
-                                                 'pending' and 'running' (schema 4)
-
-Runs and the current graph: every task added to a run is *considered* by it
-(a row of ``considered``, whether it then ran, was skipped or was cancelled).
-The *current graph* is what the latest run that ended (and was given at least
-one task) considered; every other record is history. When a run ends, the
-``considered`` rows of the finished runs before it are dropped, so the table
-holds about one graph, not one per run; a record's last consideration stays
-in ``decisions`` and ``tasks``.
-
-Paths (``files.path``, ``digests.path``) are TEXT, except a file name that is
-not valid UTF-8 (``os.listdir`` returns such names with surrogate escapes):
-it is stored as a BLOB of the file system's own bytes (``os.fsencode``), so it
-is kept exactly. Other text (names, arguments, errors) that is not valid UTF-8
-is stored with backslash escapes.
+The ledger is one SQLite file in the workspace recording every finished task.
+Its rooms, the only modules that speak SQL: ``_ledger_schema`` (the schema,
+migrations, opening a file, moving a bad one aside), ``_ledger_keys`` (the
+workspace's secret and the HMACs of stored results), ``_ledger_rows`` (how
+values are stored in rows and read back) and this writer. Names that other modules import from
+here are re-exported from the room that owns them.
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never
@@ -52,12 +22,6 @@ stored result) commit in one ``BEGIN IMMEDIATE`` transaction, so a task is
 never recorded as done without its result; a group that cannot be committed
 (disk full) is retried a task at a time, so what fits is kept. Other processes on the same
 workspace wait on SQLite's busy timeout instead of failing.
-
-A file that is not a taskgraph ledger (corrupt, foreign, or a schema this
-version cannot upgrade) is renamed aside, never deleted, with a warning saying
-every task will run once. An older schema that can be upgraded is migrated in
-place, in one transaction that keeps every record (:data:`_MIGRATIONS`). A
-ledger from a newer taskgraph is left alone and refused.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
 stored with an HMAC-SHA256 of its record key, the exec key of the run that
@@ -80,12 +44,10 @@ import hmac
 import json
 import logging
 import os
-import pathlib
 import socket
 import sqlite3
 import time
-import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +56,7 @@ import sqlitedict
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, Fingerprint
 from taskgraph._ledger_keys import KEY_SUFFIX as KEY_SUFFIX
-from taskgraph._ledger_keys import private_file, result_mac, schema_2_mac, workspace_key
+from taskgraph._ledger_keys import result_mac, workspace_key
 from taskgraph._ledger_rows import (
     DigestRow,
     FileRow,
@@ -109,91 +71,21 @@ from taskgraph._ledger_rows import (
     stored_text,
 )
 from taskgraph._ledger_rows import TaskRecord as TaskRecord
+from taskgraph._ledger_schema import (
+    BUSY_TIMEOUT_S,
+    CONSIDERED_SINCE,
+    open_ledger,
+    open_snapshot,
+    open_to_read,
+)
+from taskgraph._ledger_schema import LEDGER_FILENAME as LEDGER_FILENAME
+from taskgraph._ledger_schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
-LEDGER_FILENAME = "taskgraph_ledger.sqlite"
-#: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column.
-#: 3: the ``mac`` of a result also covers the exec key of its run.
-#: 4: which records each run considered (``considered``, and counts in
-#: ``runs``), failures as raised and the arguments' tree in ``tasks``.
-#: Older ledgers are upgraded in place, see :data:`_MIGRATIONS`.
-SCHEMA_VERSION = 4
-# SQLite's unix VFS holds a database's full path and the names of its
-# journals (the path plus "-journal") in 512 bytes.
-_SQLITE_MAX_PATH = 512
-_JOURNAL_SUFFIX = "-journal"
-APPLICATION_ID = 0x54475248  # "TGRH"
-_BUSY_TIMEOUT_S = 60.0
 _BULK_AFTER = 64
-_CHECKPOINT_PAGES = 8192  # 32 MiB of 4 KiB pages
 _LOCK_RETRIES = 10
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    started REAL NOT NULL, ended REAL, pid INTEGER, host TEXT,
-    n_workers INTEGER, version TEXT,
-    tasks INTEGER, ran INTEGER, skipped INTEGER, failed INTEGER);
-CREATE TABLE IF NOT EXISTS tasks (
-    record_key TEXT PRIMARY KEY,
-    task_key TEXT NOT NULL,
-    exec_key TEXT NOT NULL,
-    name TEXT NOT NULL,
-    func TEXT NOT NULL,
-    source_hash TEXT NOT NULL,
-    args TEXT NOT NULL,
-    hash_algorithm TEXT NOT NULL,
-    store_result INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
-    run_id INTEGER,
-    started REAL, ended REAL, duration REAL,
-    worker TEXT,
-    error TEXT,
-    cpu_time REAL,
-    peak_memory INTEGER,
-    error_type TEXT,
-    error_message TEXT,
-    error_frames TEXT,
-    arguments TEXT);
-CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name);
-CREATE TABLE IF NOT EXISTS files (
-    record_key TEXT NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('input', 'target')),
-    path TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    digest TEXT,
-    taken_at_ns INTEGER NOT NULL,
-    PRIMARY KEY (record_key, role, path)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS deps (
-    record_key TEXT NOT NULL,
-    dep_key TEXT NOT NULL,
-    PRIMARY KEY (record_key, dep_key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS digests (
-    path TEXT NOT NULL,
-    algorithm TEXT NOT NULL,
-    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, is_dir INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    hashed_at_ns INTEGER NOT NULL,
-    PRIMARY KEY (path, algorithm)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB, mac BLOB);
-CREATE TABLE IF NOT EXISTS decisions (
-    record_key TEXT PRIMARY KEY,
-    run_id INTEGER,
-    decided_at REAL NOT NULL,
-    name TEXT NOT NULL,
-    action TEXT NOT NULL CHECK (action IN ('run', 'skip')),
-    reasons TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS considered (
-    run_id INTEGER NOT NULL,
-    record_key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (run_id, record_key)) WITHOUT ROWID;
-"""
 # Buffered writes, in the order a flush runs them: deletes before inserts.
 _DELETE_FILES = "DELETE FROM files WHERE record_key=?"
 _DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
@@ -216,48 +108,6 @@ _STATEMENTS = (*_RECORD_STATEMENTS, _DECISION, _CONSIDER, _END_RUN)
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
-# Schema upgrades: from version N, the statements that make version N + 1.
-# New columns are added at the end of their table, so a migrated ledger has
-# the same column order as a new one.
-# A step is SQL, or a function of the ledger and the connection (run in the
-# same transaction).
-_MIGRATIONS: dict[int, tuple[str | Callable[[Ledger, sqlite3.Connection], None], ...]] = {
-    # Schema 1 results carry no HMAC: they fail their check, so tasks with
-    # stored results run once more; every other record is kept as it is.
-    1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
-        "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER",
-        "ALTER TABLE results ADD COLUMN mac BLOB"),
-    # Schema 2's HMAC covered record key and bytes only: results whose HMAC
-    # verifies are signed again for the inputs their record holds.
-    2: (lambda ledger, conn: ledger._bind_results_to_inputs(conn),),
-    # Schema 3 kept only each record's last decision: the run of that
-    # decision (or, without one, of its last execution) is the best account
-    # of which run considered it. Runs before that have no count of tasks.
-    3: ("ALTER TABLE tasks ADD COLUMN error_type TEXT",
-        "ALTER TABLE tasks ADD COLUMN error_message TEXT",
-        "ALTER TABLE tasks ADD COLUMN error_frames TEXT",
-        "ALTER TABLE tasks ADD COLUMN arguments TEXT",
-        "ALTER TABLE runs ADD COLUMN tasks INTEGER",
-        "ALTER TABLE runs ADD COLUMN ran INTEGER",
-        "ALTER TABLE runs ADD COLUMN skipped INTEGER",
-        "ALTER TABLE runs ADD COLUMN failed INTEGER",
-        "CREATE TABLE considered (run_id INTEGER NOT NULL, record_key TEXT NOT NULL, state TEXT NOT NULL,"
-        " PRIMARY KEY (run_id, record_key)) WITHOUT ROWID",
-        "INSERT OR IGNORE INTO considered SELECT d.run_id, d.record_key, CASE"
-        " WHEN t.run_id = d.run_id AND t.state = 'done' AND d.reasons LIKE '%\"restored_from_cache\"%'"
-        " THEN 'restored'"
-        " WHEN t.run_id = d.run_id THEN (CASE t.state WHEN 'done' THEN 'ran' ELSE 'failed' END)"
-        " WHEN d.action = 'skip' THEN 'skipped' ELSE 'cancelled' END"
-        " FROM decisions d JOIN tasks t ON t.record_key = d.record_key WHERE d.run_id IS NOT NULL",
-        "INSERT OR IGNORE INTO considered SELECT run_id, record_key,"
-        " CASE state WHEN 'done' THEN 'ran' ELSE 'failed' END FROM tasks t WHERE run_id IS NOT NULL"
-        " AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.record_key = t.record_key AND d.run_id IS NOT NULL)",
-        "UPDATE runs SET tasks = (SELECT count(*) FROM considered c WHERE c.run_id = runs.run_id)"
-        " WHERE ended IS NOT NULL"),
-}
-_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "considered"}
-#: Tables a migration creates: a ledger of an older schema does not have them yet.
-_TABLES_SINCE = {"considered": 4}
 
 
 class UntrustedResultError(LedgerError):
@@ -266,25 +116,6 @@ class UntrustedResultError(LedgerError):
     Raised by :meth:`Ledger.load_result`; the scheduler catches it and runs
     the task again, so users see a warning, not this error.
     """
-
-
-def _open_problem(path: str, error: BaseException) -> LedgerError | None:
-    """The real reason SQLite cannot open ``path``, when it is the length of
-    its path (SQLite's "unable to open database file" says nothing of it)."""
-    try:
-        full = len(os.fsencode(os.path.realpath(path)))
-    except (OSError, ValueError):
-        return None
-    if full + len(_JOURNAL_SUFFIX) <= _SQLITE_MAX_PATH:
-        return None
-    most = _SQLITE_MAX_PATH - len(_JOURNAL_SUFFIX) - len(os.sep + LEDGER_FILENAME)
-    return LedgerError(
-        f"cannot open the taskgraph ledger {path}: its absolute path is {full} bytes long, and "
-        f"SQLite opens a database only if its path and its journal's (the path plus "
-        f"{_JOURNAL_SUFFIX!r}) fit in {_SQLITE_MAX_PATH} bytes ({error}). Use a workspace whose "
-        f"absolute path (symbolic links resolved) is at most {most} bytes long; this one is "
-        f"{full - len(os.sep + LEDGER_FILENAME)} bytes."
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,50 +161,6 @@ class Outcome:
     failure: tuple[str, str, str] | None = None
     #: The arguments' tree (``_arguments.tree``), to say later what changed.
     arguments: str | None = None
-
-
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (POSIX; a no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = private_file(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _upgrade(conn: sqlite3.Connection, ledger: Ledger | None) -> int:
-    """Run the migrations from the connection's schema to :data:`SCHEMA_VERSION`
-    in one transaction; returns the version it started from.
-
-    A step that is a function needs the workspace's ledger (it re-signs
-    stored results); without one (the command line's copy in memory, which
-    never unpickles a result) it is left out.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Another process may have upgraded it while this one waited.
-        version = start = conn.execute("PRAGMA user_version").fetchone()[0]
-        while version < SCHEMA_VERSION:
-            for step in _MIGRATIONS[version]:
-                if callable(step):
-                    if ledger is not None:
-                        step(ledger, conn)
-                else:
-                    conn.execute(step)
-            version += 1
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return int(start)
 
 
 def _is_busy(error: sqlite3.Error) -> bool:
@@ -433,199 +220,13 @@ class Ledger:
         # Set by end_run: the statement that drops older runs' considered rows.
         self._prune: tuple[str, tuple[Any, ...]] | None = None
         # See written_elsewhere(); a dry run's copy in memory never knows.
-        self._data_version: int | None = None
         self._elsewhere = read_only
-        if read_only:
-            self._conn = self._open_snapshot()
-            return
-        try:
-            with _file_lock(self.path + ".lock"):
-                self._conn = self._open()
-        except sqlite3.Error as error:
-            raise _open_problem(self.path, error) or LedgerError(
-                f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
-                "workspace is writable and the disk is not full."
-            ) from error
-        except OSError as error:
-            raise LedgerError(
-                f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
-                "workspace exists and is writable."
-            ) from error
-
-    # -- opening --------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # With synchronous=NORMAL, checkpoints are the only fsyncs: one per
-        # _CHECKPOINT_PAGES pages of WAL instead of SQLite's default 1,000
-        # (4 MiB), which short tasks' group commits reach every few dozen
-        # commits. The WAL may grow to this before it is copied back.
-        conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
-        return conn
-
-    def _open(self) -> sqlite3.Connection:
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            problem = self._check_existing()
-            if problem is not None:
-                self._move_aside(problem)
-        if not os.path.exists(self.path):
-            # SQLite gives its -wal and -shm files the mode of the database.
-            os.close(private_file(self.path))
-        return self._prepare(self._connect())
-
-    def _prepare(self, conn: sqlite3.Connection) -> sqlite3.Connection:
-        """Create the schema of a new ledger or upgrade an older one."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._create(conn)
-        elif version < SCHEMA_VERSION:
-            self._migrate(conn)
-        self._had_tasks = conn.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        return conn
-
-    def _read_only_uri(self) -> str:
-        """Opens the ledger without writing anything beside it. With no WAL
-        file, every commit is in the database file: ``immutable`` reads it
-        with no -shm or -wal made. A WAL file means a writer may be active:
-        ``mode=ro`` then reads through it (its -shm exists already)."""
-        uri = pathlib.Path(self.path).resolve().as_uri()
-        return f"{uri}?mode=ro" if os.path.exists(self.path + "-wal") else f"{uri}?immutable=1"
-
-    def _open_snapshot(self) -> sqlite3.Connection:
-        """A dry run's ledger: an in-memory copy of the workspace's ledger
-        (upgraded there if its schema is older), or an empty one when there is
-        none or it could not be used (every task would then run). The file is
-        only read."""
-        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        problem: str | None = "there is none"
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            problem = self._check_existing()
-            if problem is None:
-                try:
-                    source = sqlite3.connect(self._read_only_uri(), uri=True, timeout=_BUSY_TIMEOUT_S)
-                    try:
-                        source.backup(memory)
-                    finally:
-                        source.close()
-                except sqlite3.Error as error:
-                    problem = f"it cannot be read ({error})"
-                    memory.close()  # a partial copy is not a ledger: start empty
-                    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        if problem is not None:
-            LOGGER.info("dry run: the taskgraph ledger %s is not used because %s; every task would run",
-                        self.path, problem)
-        return self._prepare(memory)
-
-    def _check_existing(self) -> str | None:
-        """Why the existing file cannot be used as it is, or None if it can."""
-        try:
-            target = self._read_only_uri() if self.read_only else self.path
-            conn = sqlite3.connect(target, uri=self.read_only, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.DatabaseError as error:
-            too_long = _open_problem(self.path, error)
-            if too_long is not None:
-                raise too_long from error  # the file may be fine: never move it aside for this
-            return f"it cannot be opened ({error})"
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            too_long = _open_problem(self.path, error)
-            if too_long is not None:
-                raise too_long from error
-            return f"it is not a readable SQLite database ({error})"
-        finally:
-            conn.close()
-        if check != "ok":
-            return f"SQLite reports it corrupt ({check})"
-        if app_id == 0 and not tables:
-            return None  # an empty database: initialise it in place
-        if app_id != APPLICATION_ID:
-            return "it was not written by this taskgraph (a natcap taskgraph or other database)"
-        if version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"the ledger {self.path} was written by a newer taskgraph (schema "
-                f"{version}, this taskgraph reads schema {SCHEMA_VERSION}). Upgrade "
-                "taskgraph, or move that file away to start a new ledger."
-            )
-        if version < SCHEMA_VERSION and any(v not in _MIGRATIONS for v in range(version, SCHEMA_VERSION)):
-            return f"it has an older schema ({version}, now {SCHEMA_VERSION}) that cannot be upgraded"
-        expected = {name for name in _EXPECTED_TABLES if _TABLES_SINCE.get(name, 0) <= version}
-        if not expected <= tables:
-            return f"tables are missing: {sorted(expected - tables)}"
-        return None
-
-    def _move_aside(self, problem: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = f"{self.path}.{stamp}.bad"
-        counter = 1
-        while os.path.exists(aside):
-            counter += 1
-            aside = f"{self.path}.{stamp}-{counter}.bad"
-        os.rename(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.path + suffix, aside + suffix)
-        LOGGER.warning(
-            "the taskgraph ledger %s could not be used because %s; it was moved to %s "
-            "and a new ledger started, so every task will run once.",
-            self.path, problem, aside,
-        )
-
-    def _create(self, conn: sqlite3.Connection) -> None:
-        from taskgraph._version import __version__
-
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('created_by', ?), ('created_at', ?)",
-                    (f"taskgraph {__version__}", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-                )
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Upgrade an older schema in place, keeping every record."""
-        start = _upgrade(conn, self)
-        if start < SCHEMA_VERSION:
-            LOGGER.info("the taskgraph ledger %s was upgraded from schema %d to %d; every record was kept",
-                        self.path, start, SCHEMA_VERSION)
-
-    def _bind_results_to_inputs(self, conn: sqlite3.Connection) -> None:
-        """The upgrade from schema 2: a result whose schema-2 HMAC (record key
-        and bytes) verifies is signed again, binding it to the input
-        fingerprints its record holds (what it was computed from); one that
-        does not verify is left as it is and stays refused."""
-        if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM results WHERE mac IS NOT NULL)").fetchone()[0]:
-            return
-        secret = self._workspace_key(create=False)
-        if secret is None:
-            return  # no key: no result can verify
-        inputs: dict[str, dict[str, Fingerprint]] = {}
-        for row in conn.execute(
-            "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
-        ):
-            inputs.setdefault(row[0], {})[loaded_path(row[1])] = fingerprint(row[2:])
-        signed = []
-        for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
-            if hmac.compare_digest(bytes(mac), schema_2_mac(secret, key, value)):
-                signed.append((result_mac(secret, key, exec_key(key, inputs.get(key, {})), value), key))
-        conn.executemany("UPDATE results SET mac=? WHERE key=?", signed)
+        # A dry run's copy in memory, or the file: checked (moved aside if it
+        # cannot be used), created or upgraded (see _ledger_schema).
+        opened = (open_snapshot if read_only else open_ledger)(self.path, lambda: self._workspace_key(create=False))
+        self._conn = opened.conn
+        self._had_tasks = opened.had_tasks
+        self._data_version = opened.data_version
 
     # -- runs -------------------------------------------------------------------
 
@@ -1026,7 +627,7 @@ class Ledger:
         else:
             raise LedgerError(
                 f"the ledger {self.path} stayed locked by another process for "
-                f"{_LOCK_RETRIES * _BUSY_TIMEOUT_S:.0f} s; is a process stuck holding it?"
+                f"{_LOCK_RETRIES * BUSY_TIMEOUT_S:.0f} s; is a process stuck holding it?"
             )
         try:
             yield conn
@@ -1157,8 +758,6 @@ def _loaded_paths(rows: list[tuple[Any, ...]], column: int) -> list[tuple[Any, .
             for row in rows]
 
 
-# The records considered by the runs from a given one on.
-_SCOPE = "SELECT record_key FROM considered WHERE run_id >= ?"
 #: What ``LedgerReader.overview`` gives of a record: (record_key, name, state,
 #: run_id, started, ended, duration, worker, cpu_time, peak_memory).
 OverviewRow = tuple[Any, ...]
@@ -1181,40 +780,10 @@ class LedgerReader:
         self.path = os.path.join(workspace, LEDGER_FILENAME)
         if not os.path.isfile(self.path):
             raise LedgerError(_no_ledger(workspace))
-        try:
-            uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(self.path))) + "?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            raise _open_problem(self.path, error) or LedgerError(
-                f"{self.path} is not a readable taskgraph ledger ({error})") from error
-        if app_id != APPLICATION_ID:
-            raise LedgerError(f"{self.path} was not written by this taskgraph (it is another SQLite file)")
-        if version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"{self.path} was written by a newer taskgraph (schema {version}; this one reads "
-                f"{SCHEMA_VERSION}): upgrade taskgraph to read it"
-            )
-        if version < min(_MIGRATIONS, default=SCHEMA_VERSION):
-            raise LedgerError(
-                f"{self.path} has an older schema ({version}); the next run of the pipeline "
-                "upgrades it (or, if it is older than schema 1, moves it aside)"
-            )
+        self._conn, version = open_to_read(self.path)
         #: The schema of the file (the view is always of the current schema).
         self.schema = version
         self._wanted: set[str] | None = None  # the keys in the temporary table
-        if version < SCHEMA_VERSION:
-            memory = sqlite3.connect(":memory:", isolation_level=None)
-            try:
-                self._conn.backup(memory)
-                _upgrade(memory, None)
-            except sqlite3.DatabaseError as error:
-                memory.close()
-                raise LedgerError(f"cannot read {self.path} (schema {version}): {error}") from error
-            finally:
-                self._conn.close()
-            self._conn = memory
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -1267,7 +836,8 @@ class LedgerReader:
 
     def history_count(self, since: int) -> int:
         """How many records no run from ``since`` on considered."""
-        return int(self._rows(f"SELECT count(*) FROM tasks WHERE record_key NOT IN ({_SCOPE})", (since,))[0][0])
+        return int(self._rows(
+            f"SELECT count(*) FROM tasks WHERE record_key NOT IN ({CONSIDERED_SINCE})", (since,))[0][0])
 
     # -- records ------------------------------------------------------------------------
 
@@ -1353,7 +923,7 @@ class LedgerReader:
         where: list[str] = []
         params: list[Any] = []
         if since is not None:
-            where.append(f"t.record_key IN ({_SCOPE})")
+            where.append(f"t.record_key IN ({CONSIDERED_SINCE})")
             params.append(since)
         if state is not None:
             where.append("t.state = ?")
@@ -1403,7 +973,7 @@ class LedgerReader:
             "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
             " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) AS seen_at"
             " FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            f" WHERE t.record_key NOT IN ({_SCOPE}) ORDER BY seen_at, t.name", (since,))
+            f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE}) ORDER BY seen_at, t.name", (since,))
         return [StaleRow(key, name, run or None, when or None) for key, name, run, when in rows
                 if before is None or (when or 0) < before]
 
@@ -1417,7 +987,7 @@ class LedgerReader:
         where: list[str] = []
         params: list[Any] = []
         if since is not None:
-            where.append(f"record_key IN ({_SCOPE})")
+            where.append(f"record_key IN ({CONSIDERED_SINCE})")
             params.append(since)
         if role is not None:
             where.append("role = ?")
@@ -1445,14 +1015,14 @@ class LedgerReader:
         if since is None:
             return [(a, b) for a, b in self._rows("SELECT record_key, dep_key FROM deps")]
         return [(a, b) for a, b in self._rows(
-            f"SELECT record_key, dep_key FROM deps WHERE record_key IN ({_SCOPE})", (since,))]
+            f"SELECT record_key, dep_key FROM deps WHERE record_key IN ({CONSIDERED_SINCE})", (since,))]
 
     def decisions(self, since: int | None = None) -> dict[str, DecisionRow]:
         """Each record's last decision, with its reasons."""
         sql = "SELECT record_key, run_id, decided_at, action, reasons FROM decisions"
         params: tuple[Any, ...] = ()
         if since is not None:
-            sql += f" WHERE record_key IN ({_SCOPE})"
+            sql += f" WHERE record_key IN ({CONSIDERED_SINCE})"
             params = (since,)
         return {
             key: DecisionRow(key, run_id, decided_at, action, json.loads(reasons))
@@ -1542,7 +1112,7 @@ def forget_stale(workspace: str, record_keys: Iterable[str], before: float | Non
                 key for key, seen_at in conn.execute(
                     "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"
                     " LEFT JOIN decisions d ON d.record_key = t.record_key"
-                    f" WHERE t.record_key NOT IN ({_SCOPE})",
+                    f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})",
                     (current,))
                 if key in wanted and (before is None or (seen_at or 0) < before)
             ]
