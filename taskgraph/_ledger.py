@@ -2,26 +2,18 @@
 
 Owns :class:`Ledger` (runs and what each considered, lookups and the
 snapshot, durations, stored results, the digest cache, the write buffer and
-its transactions, a group that cannot be committed retried a task at a time),
-:class:`Outcome`, :class:`Previous`, :class:`UntrustedResultError`, and
-``forget`` / ``forget_stale``. May import the ledger's other rooms, ``_errors``, ``_fingerprint``,
+``flush``), :class:`UntrustedResultError`, and ``forget`` / ``forget_stale``.
+May import the ledger's other rooms, ``_errors``, ``_fingerprint``,
 ``_version`` and sqlitedict (for the encoding of stored results).
 
 The ledger is one SQLite file in the workspace recording every finished task.
 Its rooms, the only modules that speak SQL: ``_ledger_schema`` (the schema,
 migrations, opening a file, moving a bad one aside), ``_ledger_keys`` (the
 workspace's secret and the HMACs of stored results), ``_ledger_rows`` (how
-values are stored in rows and read back), ``_ledger_read`` (the read side
-for the command line) and this writer. Names that other modules import from
-here are re-exported from the room that owns them.
-
-Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
-being killed at any moment (it may be lost only to a power cut, never
-corrupted). All writes of a group of finished tasks (their row, files, deps and
-stored result) commit in one ``BEGIN IMMEDIATE`` transaction, so a task is
-never recorded as done without its result; a group that cannot be committed
-(disk full) is retried a task at a time, so what fits is kept. Other processes on the same
-workspace wait on SQLite's busy timeout instead of failing.
+values are stored in rows and read back), ``_ledger_commit`` (the write
+statements, transactions and group commits; durability), ``_ledger_read``
+(the read side for the command line) and this writer. Names that other
+modules import from here are re-exported from the room that owns them.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
 stored with an HMAC-SHA256 of its record key, the exec key of the run that
@@ -46,24 +38,39 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlitedict
 
 from taskgraph._errors import LedgerError
-from taskgraph._fingerprint import CachedDigest, Fingerprint
-from taskgraph._ledger_keys import KEY_SUFFIX as KEY_SUFFIX
-from taskgraph._ledger_keys import result_mac, workspace_key
-from taskgraph._ledger_read import DecisionRow as DecisionRow
-from taskgraph._ledger_read import LedgerReader as LedgerReader
-from taskgraph._ledger_read import RunRow as RunRow
-from taskgraph._ledger_read import TaskRow as TaskRow
+from taskgraph._fingerprint import CachedDigest
+from taskgraph._ledger_commit import (
+    CONSIDER,
+    DECISION,
+    DELETE_DEPS,
+    DELETE_FILES,
+    DELETE_RESULT,
+    END_RUN,
+    INSERT_DEP,
+    INSERT_FILE,
+    PRUNE_CONSIDERED,
+    UPSERT_RESULT,
+    UPSERT_TASK,
+    Rows,
+    commit,
+    empty_rows,
+    transaction,
+)
+from taskgraph._ledger_keys import KEY_SUFFIX, result_mac, workspace_key
+from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, TaskRow
 from taskgraph._ledger_rows import (
     DigestRow,
     FileRow,
+    Outcome,
+    Previous,
     SnapshotRow,
+    TaskRecord,
     cached_digest,
     exec_key,
     files_of,
@@ -72,40 +79,31 @@ from taskgraph._ledger_rows import (
     stored_path,
     stored_text,
 )
-from taskgraph._ledger_rows import TaskRecord as TaskRecord
-from taskgraph._ledger_schema import (
-    BUSY_TIMEOUT_S,
-    CONSIDERED_SINCE,
-    open_ledger,
-    open_snapshot,
-)
-from taskgraph._ledger_schema import LEDGER_FILENAME as LEDGER_FILENAME
-from taskgraph._ledger_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from taskgraph._ledger_schema import CONSIDERED_SINCE, LEDGER_FILENAME, SCHEMA_VERSION, open_ledger, open_snapshot
+
+# Ledger, UntrustedResultError, forget and forget_stale are defined here; the
+# others belong to the ledger's other rooms and are re-exported for the
+# modules that import them from here.
+__all__ = [
+    "KEY_SUFFIX",
+    "LEDGER_FILENAME",
+    "SCHEMA_VERSION",
+    "DecisionRow",
+    "Ledger",
+    "LedgerReader",
+    "Outcome",
+    "RunRow",
+    "TaskRecord",
+    "TaskRow",
+    "UntrustedResultError",
+    "forget",
+    "forget_stale",
+]
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
 _BULK_AFTER = 64
-_LOCK_RETRIES = 10
 
-# Buffered writes, in the order a flush runs them: deletes before inserts.
-_DELETE_FILES = "DELETE FROM files WHERE record_key=?"
-_DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
-_DELETE_RESULT = "DELETE FROM results WHERE key=?"
-_UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
-_INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
-_UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
-_DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
-_CONSIDER = "INSERT OR REPLACE INTO considered VALUES (?,?,?)"
-_END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE run_id=?"
-# A run that ends becomes the current graph: the rows of the finished runs
-# before it are history (the run ids of runs that may still be going on
-# elsewhere are kept; the statement is completed with their list).
-_PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
-_RECORD_STATEMENTS = (
-    _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP, _UPSERT_RESULT,
-)
-_STATEMENTS = (*_RECORD_STATEMENTS, _DECISION, _CONSIDER, _END_RUN)
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
@@ -117,56 +115,6 @@ class UntrustedResultError(LedgerError):
     Raised by :meth:`Ledger.load_result`; the scheduler catches it and runs
     the task again, so users see a warning, not this error.
     """
-
-
-@dataclass(frozen=True, slots=True)
-class Previous:
-    """The earlier record a new task is compared with (same name)."""
-
-    record_key: str
-    task_key: str
-    func: str
-    source_hash: str
-    args: str
-    #: The arguments' tree (``_arguments.tree``); None in records of older ledgers.
-    arguments: str | None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """A finished task as the scheduler hands it to the ledger."""
-
-    record_key: str
-    task_key: str
-    name: str
-    func: str
-    source_hash: str
-    args: str
-    hash_algorithm: str
-    store_result: bool
-    started: float
-    ended: float
-    worker: str
-    inputs: dict[str, Fingerprint] = field(default_factory=dict)
-    targets: dict[str, Fingerprint] = field(default_factory=dict)
-    deps: Sequence[str] = ()
-    result: Any = None
-    error: str | None = None
-    #: True when the ledger held no record of this task before this run.
-    fresh: bool = False
-    #: The run report: CPU seconds and peak resident memory (bytes), if measured.
-    cpu_time: float | None = None
-    peak_memory: int | None = None
-    #: A failed task: the exception as raised, (type, message, the user's
-    #: frames as JSON), see ``_failure.Failure``; ``error`` is its whole text.
-    failure: tuple[str, str, str] | None = None
-    #: The arguments' tree (``_arguments.tree``), to say later what changed.
-    arguments: str | None = None
-
-
-def _is_busy(error: sqlite3.Error) -> bool:
-    """Another connection holds the write lock (as opposed to a write that failed)."""
-    return "locked" in str(error) or "busy" in str(error)
 
 
 def _process_may_run(pid: int | None, host: str | None) -> bool:
@@ -196,8 +144,8 @@ class Ledger:
         #: A dry run: the ledger is read into memory and nothing in the
         #: workspace is created, upgraded, moved or written.
         self.read_only = read_only
-        # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
-        self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _STATEMENTS}
+        # Buffered writes, statement -> rows, committed by flush().
+        self._rows: Rows = empty_rows()
         # Whether _rows holds more than lazy decision rows: flush runs after
         # every task, so it must not scan the statements to find out.
         self._durable = False
@@ -267,7 +215,7 @@ class Ledger:
                 counts["ran"] += 1  # (it ended as if it ran: its targets are there)
             elif state in counts:
                 counts[state] += 1
-        self._rows[_END_RUN].append((time.time(), len(self._members), counts["ran"], counts["skipped"],
+        self._rows[END_RUN].append((time.time(), len(self._members), counts["ran"], counts["skipped"],
                                      counts["failed"], self.run_id))
         self._durable = True
         if self._members and not self.read_only:
@@ -276,7 +224,7 @@ class Ledger:
                     "SELECT run_id, pid, host FROM runs WHERE run_id < ? AND ended IS NULL", (self.run_id,))
                 if _process_may_run(pid, host)
             ]
-            sql = _PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep)))
+            sql = PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep)))
             self._prune = (sql, (self.run_id, *keep))
 
     # -- reading ----------------------------------------------------------------
@@ -494,7 +442,7 @@ class Ledger:
         failure = outcome.failure or (None, None, None)
         rows = self._rows
         run_key = exec_key(key, outcome.inputs)
-        rows[_UPSERT_TASK].append((
+        rows[UPSERT_TASK].append((
             key, outcome.task_key, run_key, stored_text(outcome.name), stored_text(outcome.func),
             outcome.source_hash, stored_text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
@@ -502,15 +450,15 @@ class Ledger:
             stored_text(failure[0]), stored_text(failure[1]), stored_text(failure[2]), stored_text(outcome.arguments),
         ))
         if not outcome.fresh:
-            rows[_DELETE_DEPS].append((key,))
-        rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
+            rows[DELETE_DEPS].append((key,))
+        rows[INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
         if not outcome.fresh:
-            rows[_DELETE_FILES].append((key,))
-            rows[_DELETE_RESULT].append((key,))
+            rows[DELETE_FILES].append((key,))
+            rows[DELETE_RESULT].append((key,))
         for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
-            rows[_INSERT_FILE].extend(
+            rows[INSERT_FILE].extend(
                 (key, role, stored_path(path), fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
                 for path, fp in files.items()
             )
@@ -519,7 +467,7 @@ class Ledger:
             secret = self._workspace_key()
             assert secret is not None  # made when missing
             mac = result_mac(secret, key, run_key, value)
-            rows[_UPSERT_RESULT].append((key, value, mac))
+            rows[UPSERT_RESULT].append((key, value, mac))
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
@@ -529,7 +477,7 @@ class Ledger:
             self._member(record_key, "skipped")
         elif self._members.get(record_key) not in ("ran", "failed", "restored"):
             self._member(record_key, "running")
-        self._rows[_DECISION].append((
+        self._rows[DECISION].append((
             record_key, self.run_id, time.time(), stored_text(name), "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
@@ -546,109 +494,20 @@ class Ledger:
         """
         if self.read_only:
             return
-        lazy = len(self._rows[_DECISION]) + len(self._members_changed) + len(self._pending_digests)
+        lazy = len(self._rows[DECISION]) + len(self._members_changed) + len(self._pending_digests)
         if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
-        rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
+        rows, self._rows = self._rows, empty_rows()
         self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
         if self._members_changed:
-            rows[_CONSIDER].extend((self.run_id, key, state) for key, state in self._members_changed.items())
+            rows[CONSIDER].extend((self.run_id, key, state) for key, state in self._members_changed.items())
             self._members_changed = {}
         prune, self._prune = self._prune, None
-        try:
-            with self._transaction() as conn:
-                self._write(conn, rows, digests)
-                if prune is not None:
-                    conn.execute(*prune)
-        except LedgerError as error:
-            # The group of finished tasks could not be committed (disk full,
-            # a result too large): commit what fits, a task at a time in the
-            # order they finished, so that one large record does not cost
-            # the others. The error is raised all the same.
-            cause = error.__cause__
-            if isinstance(cause, sqlite3.Error) and not _is_busy(cause) and len(rows[_UPSERT_TASK]) > 1:
-                error.committed = frozenset(self._commit_each(rows))
-            raise
+        commit(self._conn, self.path, rows, digests, prune)
 
-    def _commit_each(self, rows: dict[str, list[tuple[Any, ...]]]) -> set[str]:
-        """Commit each task of a failed batch in a transaction of its own, in
-        order, until one fails; return the record keys committed. The lazy
-        rows of the batch (decisions, considered, digests) are left out."""
-        blocks: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
-        for sql in _RECORD_STATEMENTS:  # every row of these starts with its record key
-            for row in rows[sql]:
-                blocks.setdefault(row[0], {}).setdefault(sql, []).append(row)
-        committed: set[str] = set()
-        for row in rows[_UPSERT_TASK]:
-            block = blocks[row[0]]
-            try:
-                with self._transaction() as conn:
-                    for sql in _RECORD_STATEMENTS:
-                        if sql in block:
-                            conn.executemany(sql, block[sql])
-            except LedgerError:
-                break
-            committed.add(row[0])
-        return committed
-
-    @staticmethod
-    def _write(
-        conn: sqlite3.Connection,
-        rows: dict[str, list[tuple[Any, ...]]],
-        digests: dict[tuple[str, str], CachedDigest],
-    ) -> None:
-        for sql in _STATEMENTS:
-            if rows[sql]:
-                conn.executemany(sql, rows[sql])
-        if digests:
-            conn.executemany(
-                "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (stored_path(path), algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
-                     e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
-                    for (path, algorithm), e in digests.items()
-                ],
-            )
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        for attempt in range(_LOCK_RETRIES):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as error:
-                if not _is_busy(error):
-                    raise LedgerError(f"cannot write the ledger {self.path}: {error}") from error
-                LOGGER.warning(
-                    "the ledger %s is busy (another process is writing it); waiting "
-                    "(attempt %d of %d)", self.path, attempt + 1, _LOCK_RETRIES,
-                )
-        else:
-            raise LedgerError(
-                f"the ledger {self.path} stayed locked by another process for "
-                f"{_LOCK_RETRIES * BUSY_TIMEOUT_S:.0f} s; is a process stuck holding it?"
-            )
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as error:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(error, sqlite3.Error):
-                raise LedgerError(
-                    f"cannot write the ledger {self.path}: {error}. Nothing recorded before "
-                    "this error is lost; free disk space or fix permissions and run again."
-                ) from error
-            if isinstance(error, Exception):
-                # Not the disk: a value SQLite could not take. Still a ledger
-                # error, so the graph stops and every waiter is released.
-                raise LedgerError(
-                    f"cannot write the ledger {self.path}: {type(error).__name__}: {error}. Nothing "
-                    "recorded before this error is lost; please report this as a taskgraph bug."
-                ) from error
-            raise
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn, self.path)
 
     def close(self) -> None:
         """Commit what is buffered and close the connection."""

@@ -1,7 +1,8 @@
 """How the ledger's values are stored in rows and read back.
 
-Owns the stored form of paths and text, the records the writer hands out
-(``TaskRecord``, and the plain tuples of its snapshot), the one way a row
+Owns the stored form of paths and text, what the writer takes in
+(``Outcome``) and hands out (``TaskRecord``, the plain tuples of its
+snapshot, ``Previous``), the one way a row
 becomes a ``Fingerprint`` and the one way a row becomes a ``CachedDigest``,
 and the re-execution key. Leaf module: the standard library, xxhash and
 ``_fingerprint``; no SQL is run here.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
@@ -97,6 +98,52 @@ class TaskRecord:
     has_result: bool
     ended: float | None
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Previous:
+    """The earlier record a new task is compared with (same name)."""
+
+    record_key: str
+    task_key: str
+    func: str
+    source_hash: str
+    args: str
+    #: The arguments' tree (``_arguments.tree``); None in records of older ledgers.
+    arguments: str | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A finished task as the scheduler hands it to the ledger."""
+
+    record_key: str
+    task_key: str
+    name: str
+    func: str
+    source_hash: str
+    args: str
+    hash_algorithm: str
+    store_result: bool
+    started: float
+    ended: float
+    worker: str
+    inputs: dict[str, Fingerprint] = field(default_factory=dict)
+    targets: dict[str, Fingerprint] = field(default_factory=dict)
+    deps: Sequence[str] = ()
+    result: Any = None
+    error: str | None = None
+    #: True when the ledger held no record of this task before this run.
+    fresh: bool = False
+    #: The run report: CPU seconds and peak resident memory (bytes), if measured.
+    cpu_time: float | None = None
+    peak_memory: int | None = None
+    #: A failed task: the exception as raised, (type, message, the user's
+    #: frames as JSON), see ``_failure.Failure``; ``error`` is its whole text.
+    failure: tuple[str, str, str] | None = None
+    #: The arguments' tree (``_arguments.tree``), to say later what changed.
+    arguments: str | None = None
+
 
 
 # A task in the ledger's snapshot: (name, state, hash_algorithm,
