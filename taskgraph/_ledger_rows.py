@@ -17,7 +17,6 @@ is stored with backslash escapes.
 from __future__ import annotations
 
 import os
-import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,8 +174,3 @@ def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
         hasher.update(f"\0{path}\0{fp.mode}\0{fp.size}\0{fp.mtime_ns}\0{fp.digest}".encode(
             "utf-8", "surrogatepass"))
     return str(hasher.hexdigest())
-
-
-def format_exception(error: BaseException) -> str:
-    """The text of an error as stored in the ledger."""
-    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
