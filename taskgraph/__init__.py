@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from taskgraph._ledger import LEDGER_FILENAME
     from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
     from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
-    from taskgraph._task import Task
+    from taskgraph._task import Task, TaskState
     from taskgraph.multitask import multitask
     from taskgraph.sequencer import TaskSequencer
     from taskgraph.topology import Topology
@@ -75,6 +75,7 @@ _LAZY = {
     "SharedNumpyArray": ("taskgraph._shared", "SharedNumpyArray"),
     "shared_array": ("taskgraph._shared", "shared_array"),
     "Task": ("taskgraph._task", "Task"),
+    "TaskState": ("taskgraph._task", "TaskState"),
     "multitask": ("taskgraph.multitask", "multitask"),
     "TaskSequencer": ("taskgraph.sequencer", "TaskSequencer"),
     "Topology": ("taskgraph.topology", "Topology"),
@@ -139,6 +140,7 @@ __all__ = [
     "TaskGraphTerminatedError",
     "TaskReport",
     "TaskSequencer",
+    "TaskState",
     "TaskTimeoutError",
     "TasksFailedError",
     "Topology",

@@ -1,7 +1,10 @@
 """The shared target cache: finished work that other workspaces reuse.
 
-Leaf module: imports the standard library, xxhash and ``_fingerprint`` only
-(it runs in worker processes, beside ``_job``).
+Owns the directory: its layout, objects by digest, atomic writes,
+digest-checked restores and the per-key lock. Imports the standard library,
+xxhash, ``_cache_entry`` (manifests, the team key), ``_cache_files`` (file
+operations) and ``_version`` (for the marker) only: it runs in worker
+processes, beside ``_job``.
 
 A cache is a directory, local or on a shared filesystem, that many
 workspaces, processes and users read and write at once::
@@ -15,11 +18,8 @@ workspaces, processes and users read and write at once::
       quarantine/            objects that failed their digest check
       runs/                  one small JSON summary per run that used the cache
 
-An *entry* (a manifest) says which object each target of a task is, and
-which object its stored result is. Its file is a header line
-``taskgraph-cache-entry 1 CHECK MAC`` followed by a JSON body: CHECK is the
-xxh3-128 of the body (a damaged manifest is detected), MAC an HMAC-SHA256 of
-it keyed by the team's cache key file, or ``-`` when the writer had none.
+An *entry* (a manifest, ``_cache_entry``) says which object each target of a
+task is, and which object its stored result is.
 
 **Atomicity.** Every file is written under a temporary name in ``tmp/``,
 fsync'd, then linked (objects: the first copy wins, so two processes putting
@@ -45,22 +45,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import getpass
-import hashlib
-import hmac
 import json
 import logging
 import os
 import secrets
 import socket
 import stat as stat_module
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import xxhash
+
+from taskgraph._cache_entry import (
+    FORMAT,
+    CacheUnusable,
+    Entry,
+    EntryProblem,
+    StoredFile,
+    decode_entry,
+    encode_entry,
+    who,
+)
+from taskgraph._cache_files import chmod, clone_or_copy, fsync_dir, write_new
 
 try:
     import fcntl
@@ -71,293 +78,12 @@ _LOCKS = fcntl is not None
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
-FORMAT = 1
 MARKER = "taskgraph-cache.json"
 #: Environment variables that set ``TaskGraph(cache=..., cache_key=...)``.
 CACHE_ENV = "TASKGRAPH_CACHE"
 CACHE_KEY_ENV = "TASKGRAPH_CACHE_KEY"
 _SUBDIRS = ("objects", "entries", "tmp", "quarantine", "runs")
-_ENTRY_MAGIC = b"taskgraph-cache-entry"
-_MAC_CONTEXT = b"taskgraph cache entry v1\0"
-_KEY_CONTEXT = b"taskgraph cache key v1\0"
-_MIN_KEY_BYTES = 32
 _MAX_MANIFEST_BYTES = 1 << 20
-_BUFFER_SIZE = 1 << 20
-# Linux's FICLONE ioctl (_IOW(0x94, 9, int)): share the source's extents.
-_FICLONE = 0x40049409
-
-
-class CacheUnusable(Exception):
-    """The directory cannot serve as a cache (the message says why)."""
-
-
-class EntryProblem(Exception):
-    """An entry or one of its objects is damaged, missing or untrusted."""
-
-
-# -- small helpers ------------------------------------------------------------------------------
-
-
-def who() -> tuple[str, str]:
-    """(host, user) of this process, for "made on HOST by USER"."""
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no passwd entry (containers)
-        user = str(os.getuid()) if hasattr(os, "getuid") else "?"
-    return socket.gethostname(), user
-
-
-def _fsync_dir(path: str) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is done
-    finally:
-        os.close(fd)
-
-
-def _chmod(fd: int, path: str, mode: int) -> None:
-    """Set a file's mode bits (by descriptor where the platform can)."""
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, mode)
-    else:  # pragma: no cover - Windows before Python 3.13
-        os.chmod(path, mode)
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
-def _copy_hashing(source: Any, fd: int) -> tuple[str, int]:
-    """Copy the open binary ``source`` to ``fd`` while hashing what is copied."""
-    hasher = xxhash.xxh3_128()
-    buffer = bytearray(_BUFFER_SIZE)
-    view = memoryview(buffer)
-    size = 0
-    while True:
-        count = source.readinto(buffer)
-        if not count:
-            break
-        hasher.update(view[:count])
-        _write_all(fd, view[:count])
-        size += count
-    return str(hasher.hexdigest()), size
-
-
-def hash_fd(fd: int) -> tuple[str, int]:
-    """xxh3-128 digest and size of an open file's whole content."""
-    hasher = xxhash.xxh3_128()
-    buffer = bytearray(_BUFFER_SIZE)
-    view = memoryview(buffer)
-    size = 0
-    os.lseek(fd, 0, os.SEEK_SET)
-    with open(fd, "rb", buffering=0, closefd=False) as stream:
-        while True:
-            count = stream.readinto(buffer)
-            if not count:
-                break
-            hasher.update(view[:count])
-            size += count
-    return str(hasher.hexdigest()), size
-
-
-def _reflink(source_fd: int, fd: int) -> bool:
-    """Make ``fd`` share the source's blocks (btrfs, XFS, bcachefs, ...): no
-    data is copied, and a later write to either file copies only what it
-    changes, so an edit in one workspace never reaches another. False where
-    the filesystem cannot."""
-    if not _LOCKS or not sys.platform.startswith("linux"):
-        return False
-    try:
-        fcntl.ioctl(fd, _FICLONE, source_fd)
-    except OSError:
-        return False
-    return True
-
-
-def _kernel_copy(source_fd: int, fd: int) -> bool:
-    """Copy with ``copy_file_range`` (Linux): no trip through this process's
-    memory, and a server-side copy on NFS 4.2. False where it is not
-    available (then nothing was written)."""
-    copy_file_range = getattr(os, "copy_file_range", None)
-    if copy_file_range is None:
-        return False
-    offset = 0
-    while True:
-        try:
-            count = copy_file_range(source_fd, fd, 1 << 30, offset, offset)
-        except OSError as error:
-            if offset == 0 and error.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                                               errno.EBADF, errno.EPERM):
-                return False
-            raise
-        if not count:
-            return True
-        offset += count
-
-
-def _clone_or_copy(source: Any, fd: int) -> tuple[str, int]:
-    """Fill ``fd`` with the bytes of ``source``: a reflink where possible, else
-    a copy; return the xxh3-128 digest and size of what ``fd`` now holds
-    (read back from it, so the digest is that of the bytes written)."""
-    if _reflink(source.fileno(), fd) or _kernel_copy(source.fileno(), fd):
-        return hash_fd(fd)
-    return _copy_hashing(source, fd)
-
-
-def read_team_key(path: str) -> bytes:
-    """The secret in a cache key file (at least 32 bytes; whitespace around
-    a text key, such as a final newline, is ignored).
-
-    Raises:
-        CacheUnusable: if the file cannot be read or is too short.
-    """
-    try:
-        with open(path, "rb") as stream:
-            info = os.fstat(stream.fileno())
-            raw = stream.read(1 << 16)
-    except OSError as error:
-        raise CacheUnusable(f"cannot read the cache key file {path}: {error}") from error
-    # A text key (hex, base64) may end with a newline; a binary one is used whole.
-    stripped = raw.strip()
-    secret = stripped if stripped and all(32 < byte < 127 for byte in stripped) else raw
-    if len(secret) < _MIN_KEY_BYTES:
-        raise CacheUnusable(
-            f"the cache key file {path} holds {len(secret)} bytes; it needs at least {_MIN_KEY_BYTES} "
-            "random bytes (make one with `head -c 32 /dev/urandom > team.key`)"
-        )
-    if os.name == "posix" and info.st_mode & stat_module.S_IROTH:
-        LOGGER.warning(
-            "the cache key file %s is readable by every user of this machine: anyone who can read it "
-            "can make results that your runs will unpickle. Make it readable by your team only "
-            "(chmod o-r).", path,
-        )
-    return hmac.new(secret, _KEY_CONTEXT, hashlib.sha256).digest()
-
-
-_KEYS: dict[str, bytes | None] = {}
-
-
-def team_key(path: str | None) -> bytes | None:
-    """The key from ``path``, read once per process; None (with a warning) if it cannot be read."""
-    if path is None:
-        return None
-    if path not in _KEYS:
-        try:
-            _KEYS[path] = read_team_key(path)
-        except CacheUnusable as error:
-            LOGGER.warning("%s; stored results are not shared through the cache", error)
-            _KEYS[path] = None
-    return _KEYS[path]
-
-
-# -- entries ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StoredFile:
-    """One target in an entry: its label, object digest, size and mode bits."""
-
-    label: str
-    digest: str
-    size: int
-    mode: int
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A manifest, read and checked."""
-
-    key: str
-    targets: tuple[StoredFile, ...]
-    #: (digest, size) of the pickled result's object, or None.
-    result: tuple[str, int] | None
-    host: str
-    user: str
-    made_at: float
-    seconds: float
-    task: str
-    function: str
-    #: True when the MAC verified with this process's key.
-    signed: bool
-    #: Size of the manifest file.
-    manifest_bytes: int = 0
-
-    @property
-    def size(self) -> int:
-        """Bytes of the objects it names."""
-        return sum(target.size for target in self.targets) + (self.result[1] if self.result else 0)
-
-    def describe(self) -> str:
-        made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.made_at))
-        return f"made on {self.host} by {self.user} at {made}"
-
-
-def _entry_body(entry: Entry) -> bytes:
-    body = {
-        "key": entry.key,
-        "targets": [[t.label, t.digest, t.size, t.mode] for t in entry.targets],
-        "result": list(entry.result) if entry.result else None,
-        "host": entry.host, "user": entry.user, "made_at": entry.made_at, "seconds": entry.seconds,
-        "task": entry.task, "function": entry.function,
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def _mac(secret: bytes, body: bytes) -> str:
-    return hmac.new(secret, _MAC_CONTEXT + body, hashlib.sha256).hexdigest()
-
-
-def encode_entry(entry: Entry, secret: bytes | None) -> bytes:
-    body = _entry_body(entry)
-    check = xxhash.xxh3_128_hexdigest(body)
-    mac = _mac(secret, body) if secret is not None else "-"
-    return b"%s %d %s %s\n%s" % (_ENTRY_MAGIC, FORMAT, check.encode(), mac.encode(), body)
-
-
-def decode_entry(data: bytes, secret: bytes | None, key: str | None = None) -> Entry:
-    """Parse and check a manifest.
-
-    ``Entry.signed`` says whether its MAC verifies with ``secret``.
-
-    Raises:
-        EntryProblem: if it is damaged, of another format or for another key.
-    """
-    header, newline, body = data.partition(b"\n")
-    parts = header.split(b" ")
-    if not newline or len(parts) != 4 or parts[0] != _ENTRY_MAGIC:
-        raise EntryProblem("its manifest is not a taskgraph cache entry (damaged or foreign)")
-    if parts[1] != b"%d" % FORMAT:
-        raise EntryProblem(f"its manifest has format {parts[1].decode(errors='replace')}, not {FORMAT}")
-    if xxhash.xxh3_128_hexdigest(body).encode() != parts[2]:
-        raise EntryProblem("its manifest is damaged (its checksum does not match)")
-    # Unsigned, or signed with another key: its targets (data, checked by
-    # digest) may be used, its stored result never.
-    signed = secret is not None and parts[3] != b"-" and hmac.compare_digest(parts[3], _mac(secret, body).encode())
-    try:
-        raw = json.loads(body)
-        entry = Entry(
-            key=str(raw["key"]),
-            targets=tuple(StoredFile(str(label), str(digest), int(size), int(mode))
-                          for label, digest, size, mode in raw["targets"]),
-            result=(str(raw["result"][0]), int(raw["result"][1])) if raw["result"] else None,
-            host=str(raw["host"]), user=str(raw["user"]), made_at=float(raw["made_at"]),
-            seconds=float(raw["seconds"]), task=str(raw["task"]), function=str(raw["function"]),
-            signed=signed, manifest_bytes=len(data),
-        )
-    except (ValueError, KeyError, TypeError, IndexError) as error:
-        raise EntryProblem(f"its manifest cannot be read ({type(error).__name__}: {error})") from error
-    if key is not None and entry.key != key:
-        raise EntryProblem(f"its manifest is for another key ({entry.key[:12]})")
-    return entry
 
 
 # -- the cache directory ------------------------------------------------------------------------
@@ -409,25 +135,16 @@ class Cache:
         host, user = who()
         text = json.dumps({"format": FORMAT, "created_by": f"taskgraph {__version__}",
                            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host, "user": user})
-        temporary = self._temporary()
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, text.encode())
-            _chmod(fd, temporary, 0o444)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, marker)
-        except FileExistsError:
-            pass
-        except OSError:
-            if not os.path.exists(marker):
-                os.replace(temporary, marker)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-        _fsync_dir(self.root)
+        with self._scratch() as temporary:
+            write_new(temporary, text.encode(), mode=0o444, create_mode=0o644)
+            try:
+                os.link(temporary, marker)
+            except FileExistsError:
+                pass
+            except OSError:
+                if not os.path.exists(marker):
+                    os.replace(temporary, marker)
+        fsync_dir(self.root)
 
     # -- names and permissions --
 
@@ -463,7 +180,7 @@ class Cache:
         except OSError:
             return  # there already (or not writable: runs then compute without locks)
         try:
-            _chmod(fd, path, 0o600 | (self._root_mode() & 0o066))
+            chmod(fd, path, 0o600 | (self._root_mode() & 0o066))
         finally:
             os.close(fd)
 
@@ -476,6 +193,16 @@ class Cache:
     def _temporary(self, directory: str | None = None, stem: str = "") -> str:
         folder = directory if directory is not None else os.path.join(self.root, "tmp")
         return os.path.join(folder, f"{stem}{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[str]:
+        """A temporary name in ``tmp/``; what is left under it afterwards is removed."""
+        temporary = self._temporary()
+        try:
+            yield temporary
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
 
     def _entry_mode(self) -> int:
         """Manifests may be touched (a hit marks them used) by whoever may
@@ -570,8 +297,8 @@ class Cache:
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 try:
-                    digest, size = _clone_or_copy(stream, fd)
-                    _chmod(fd, temporary, stored.mode & 0o7777)
+                    digest, size = clone_or_copy(stream, fd)
+                    chmod(fd, temporary, stored.mode & 0o7777)
                 finally:
                     os.close(fd)
                 if digest != stored.digest or size != stored.size:
@@ -597,20 +324,16 @@ class Cache:
             size = os.stat(path).st_size
             if self._reuse(digest, size):
                 return digest, size, 0
-        temporary = self._temporary()
-        try:
+        with self._scratch() as temporary:
             with open(path, "rb", buffering=0) as source:
                 fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
-                    digest, size = _clone_or_copy(source, fd)
-                    _chmod(fd, temporary, 0o444)
+                    digest, size = clone_or_copy(source, fd)
+                    chmod(fd, temporary, 0o444)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
             written = 0 if self._reuse(digest, size) else self._install(temporary, self.object_path(digest))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
         return digest, size, written
 
     def store_bytes(self, data: bytes) -> tuple[str, int, int]:
@@ -618,19 +341,9 @@ class Cache:
         digest = xxhash.xxh3_128_hexdigest(data)
         if self._reuse(digest, len(data)):
             return digest, len(data), 0
-        temporary = self._temporary()
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _write_all(fd, memoryview(data))
-                _chmod(fd, temporary, 0o444)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        with self._scratch() as temporary:
+            write_new(temporary, data, mode=0o444)
             written = self._install(temporary, self.object_path(digest))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
         return digest, len(data), written
 
     def _reuse(self, digest: str, size: int) -> bool:
@@ -667,7 +380,7 @@ class Cache:
             if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                 raise
             os.replace(temporary, final)  # no hard links here: last writer wins, same bytes
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return size
 
     def write_entry(self, entry: Entry, secret: bytes | None) -> bool:
@@ -683,23 +396,12 @@ class Cache:
         ) and {t.label for t in existing.targets} == {t.label for t in entry.targets}:
             self.touch(entry.key)
             return False
-        data = encode_entry(entry, secret)
-        temporary = self._temporary()
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _write_all(fd, memoryview(data))
-                _chmod(fd, temporary, self._entry_mode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        with self._scratch() as temporary:
+            write_new(temporary, encode_entry(entry, secret), mode=self._entry_mode())
             folder = os.path.dirname(path)
             self._directory(folder)
             os.replace(temporary, path)
-            _fsync_dir(folder)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
+            fsync_dir(folder)
         return True
 
     # -- who computes what --
@@ -749,29 +451,10 @@ class Cache:
         """Write one run's hit and miss counts (``taskgraph cache stats``)."""
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}.json"
         final = os.path.join(self.root, "runs", name)
-        temporary = self._temporary()
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, memoryview(json.dumps(summary, sort_keys=True).encode()))
-            finally:
-                os.close(fd)
+        with self._scratch() as temporary:
+            write_new(temporary, json.dumps(summary, sort_keys=True).encode(), sync=False, create_mode=0o644)
             self._directory(os.path.dirname(final))
             os.replace(temporary, final)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
 
 
-__all__ = [
-    "CACHE_ENV",
-    "CACHE_KEY_ENV",
-    "Cache",
-    "CacheUnusable",
-    "Entry",
-    "EntryProblem",
-    "hash_fd",
-    "read_team_key",
-    "team_key",
-    "who",
-]
+__all__ = ["CACHE_ENV", "CACHE_KEY_ENV", "MARKER", "Cache"]

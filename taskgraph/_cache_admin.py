@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskgraph._cache import Cache, Entry, EntryProblem, hash_fd
+from taskgraph._cache import Cache
+from taskgraph._cache_entry import Entry, EntryProblem
+from taskgraph._cache_files import hash_fd
 
 #: Objects unreferenced for less than this long are kept by ``prune``: a put
 #: may be about to name them.
@@ -139,6 +141,93 @@ def _unlink(path: str, dry_run: bool) -> bool:
     return True
 
 
+def _named(entry: Entry) -> set[str]:
+    """The digests of the objects an entry names: its targets' and its result's."""
+    return {t.digest for t in entry.targets} | ({entry.result[0]} if entry.result else set())
+
+
+class _Pruning:
+    """One prune: what the scan found, what is removed, and how many bytes
+    the cache holds as it goes (``size``; the unreferenced objects kept for
+    the grace period, ``pending``, count as gone already, so that recent
+    objects do not make this prune evict more entries)."""
+
+    def __init__(self, found: Scan, dry_run: bool, old: float) -> None:
+        self.found = found
+        self.dry_run = dry_run
+        self.old = old
+        self.report = PruneReport(size_before=found.object_bytes + found.entry_bytes)
+        self.size = self.report.size_before
+        self.pending = 0
+        self.refs: dict[str, int] = {}
+        for entry in found.parsed.values():
+            for digest in _named(entry):
+                self.refs[digest] = self.refs.get(digest, 0) + 1
+
+    def drop_object(self, digest: str) -> None:
+        """Remove an unreferenced object, unless it was written or reused
+        since ``old``: a put may be about to name it (the next prune after
+        the grace period removes it if nothing does)."""
+        path, object_size, mtime = self.found.objects.pop(digest)
+        recent = mtime >= self.old
+        if not recent and not self.dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                recent = os.stat(path).st_mtime >= self.old  # reused since the scan
+        if recent:
+            self.report.kept_recent += 1
+            self.pending += object_size
+            self.size -= object_size
+        elif _unlink(path, self.dry_run):
+            self.report.objects += 1
+            self.report.freed_bytes += object_size
+            self.size -= object_size
+
+    def drop_entry(self, key: str) -> bool:
+        """Remove a manifest; False if another process removed it first."""
+        path, _, entry_size = self.found.entries[key]
+        if not _unlink(path, self.dry_run):
+            return False
+        self.report.freed_bytes += entry_size
+        self.size -= entry_size
+        return True
+
+    def drop_damaged(self) -> None:
+        for key in self.found.bad_entries:
+            if self.drop_entry(key):
+                self.report.bad_entries += 1
+
+    def drop_unreferenced(self) -> None:
+        for digest in [d for d in self.found.objects if d not in self.refs]:
+            self.drop_object(digest)
+
+    def drop_old_files(self, folder: list[tuple[str, int, float]], count: str, limit: float) -> None:
+        """Remove the files of a flat folder last written before ``limit``;
+        ``count`` names the report's field that counts them."""
+        for path, file_size, mtime in folder:
+            if mtime < limit and _unlink(path, self.dry_run):
+                setattr(self.report, count, getattr(self.report, count) + 1)
+                self.report.freed_bytes += file_size
+
+    def evict(self, max_size: int) -> None:
+        """Remove the least recently used entries, and the objects only they
+        name, until the cache holds at most ``max_size`` bytes."""
+        for key in sorted(self.found.parsed, key=lambda key: self.found.entries[key][1]):
+            if self.size <= max_size:
+                break
+            if not self.drop_entry(key):
+                continue
+            self.report.entries += 1
+            for digest in _named(self.found.parsed[key]):
+                self.refs[digest] -= 1
+                if self.refs[digest] == 0 and digest in self.found.objects:
+                    self.drop_object(digest)
+
+    def finish(self) -> PruneReport:
+        self.report.size_after = max(0, self.size + self.pending)
+        self.report.pending_bytes = self.pending
+        return self.report
+
+
 def prune(cache: Cache, max_size: int | None, dry_run: bool = False, grace_s: float = GRACE_S,
           now: float | None = None) -> PruneReport:
     """Remove damaged manifests, leftover temporary files (an hour old),
@@ -151,73 +240,18 @@ def prune(cache: Cache, max_size: int | None, dry_run: bool = False, grace_s: fl
     manifest); a reader that loses an entry this way runs its task.
     """
     started = time.time() if now is None else now
-    old = started - grace_s
     found = scan(cache)
-    report = PruneReport(size_before=found.object_bytes + found.entry_bytes)
-    refs: dict[str, int] = {}
-    for entry in found.parsed.values():
-        for digest in {t.digest for t in entry.targets} | ({entry.result[0]} if entry.result else set()):
-            refs[digest] = refs.get(digest, 0) + 1
-    size = report.size_before
-
-    pending = 0  # bytes of unreferenced objects kept for the grace period
-
-    def drop_object(digest: str) -> None:
-        nonlocal size, pending
-        path, object_size, mtime = found.objects.pop(digest)
-        recent = mtime >= old
-        if not recent and not dry_run:
-            with contextlib.suppress(FileNotFoundError):
-                recent = os.stat(path).st_mtime >= old  # reused since the scan
-        if recent:
-            # A put may be about to name it: the next prune after the grace
-            # period removes it if nothing does. It counts as gone already,
-            # so that recent objects do not make this prune evict more entries.
-            report.kept_recent += 1
-            pending += object_size
-            size -= object_size
-            return
-        if _unlink(path, dry_run):
-            report.objects += 1
-            report.freed_bytes += object_size
-            size -= object_size
-
-    for key in found.bad_entries:
-        path, _, entry_size = found.entries[key]
-        if _unlink(path, dry_run):
-            report.bad_entries += 1
-            report.freed_bytes += entry_size
-            size -= entry_size
-    for digest in [d for d in found.objects if d not in refs]:
-        drop_object(digest)
-    for folder, count, limit in ((found.leftovers, "leftovers", started - max(grace_s, LEFTOVER_S)),
-                                 (found.quarantined, "quarantined", old)):
-        for path, file_size, mtime in folder:
-            if mtime < limit and _unlink(path, dry_run):
-                setattr(report, count, getattr(report, count) + 1)
-                report.freed_bytes += file_size
+    pruning = _Pruning(found, dry_run, old=started - grace_s)
+    pruning.drop_damaged()
+    pruning.drop_unreferenced()
+    pruning.drop_old_files(found.leftovers, "leftovers", started - max(grace_s, LEFTOVER_S))
+    pruning.drop_old_files(found.quarantined, "quarantined", started - grace_s)
     if max_size is not None:
-        by_age = sorted(found.parsed, key=lambda key: found.entries[key][1])
-        for key in by_age:
-            if size <= max_size:
-                break
-            entry = found.parsed[key]
-            path, _, entry_size = found.entries[key]
-            if not _unlink(path, dry_run):
-                continue
-            report.entries += 1
-            report.freed_bytes += entry_size
-            size -= entry_size
-            for digest in {t.digest for t in entry.targets} | ({entry.result[0]} if entry.result else set()):
-                refs[digest] -= 1
-                if refs[digest] == 0 and digest in found.objects:
-                    drop_object(digest)
+        pruning.evict(max_size)
     runs = sorted(_flat(os.path.join(cache.root, "runs")), key=lambda item: item[2], reverse=True)
     for path, _, _ in runs[_KEPT_RUNS:]:
         _unlink(path, dry_run)
-    report.size_after = max(0, size + pending)
-    report.pending_bytes = pending
-    return report
+    return pruning.finish()
 
 
 @dataclass(slots=True)
@@ -238,6 +272,39 @@ class VerifyReport:
     untrusted: int = 0
 
 
+def _object_problems(found: Scan) -> dict[str, str]:
+    """digest -> problem of every object that cannot be read or whose bytes
+    have another digest (each object is read whole)."""
+    problems: dict[str, str] = {}
+    for digest, (path, _, _) in found.objects.items():
+        try:
+            with open(path, "rb", buffering=0) as stream:
+                actual, _ = hash_fd(stream.fileno())
+        except OSError as error:
+            problems[digest] = f"cannot be read ({error})"
+            continue
+        if actual != digest:
+            problems[digest] = f"its bytes have digest {actual}"
+    return problems
+
+
+def _entry_problem(entry: Entry, found: Scan, bad_objects: dict[str, str]) -> str | None:
+    """What is wrong with the objects an entry names (the last of them that
+    is missing, corrupt or of another size), None if nothing."""
+    named = [(t.digest, t.size, f"target {t.label}") for t in entry.targets]
+    if entry.result:
+        named.append((entry.result[0], entry.result[1], "result"))
+    problem = None
+    for digest, size, what in named:
+        if digest not in found.objects:
+            problem = f"the object of its {what} ({digest[:12]}) is missing"
+        elif digest in bad_objects:
+            problem = f"the object of its {what} ({digest[:12]}) is corrupt: {bad_objects[digest]}"
+        elif found.objects[digest][1] != size:
+            problem = f"the object of its {what} ({digest[:12]}) has {found.objects[digest][1]} bytes, not {size}"
+    return problem
+
+
 def verify(cache: Cache, secret: bytes | None = None, repair: bool = False) -> VerifyReport:
     """Read every manifest and every object, checking each against its
     digest. With ``repair``, damaged manifests are removed and corrupt
@@ -245,34 +312,16 @@ def verify(cache: Cache, secret: bytes | None = None, repair: bool = False) -> V
     found = scan(cache, secret)
     report = VerifyReport(entries=len(found.entries), objects=len(found.objects),
                           leftovers=len(found.leftovers), quarantined=len(found.quarantined),
-                          bytes=found.object_bytes + found.entry_bytes)
-    for digest, (path, _, _) in found.objects.items():
-        try:
-            with open(path, "rb", buffering=0) as stream:
-                actual, _ = hash_fd(stream.fileno())
-        except OSError as error:
-            report.bad_objects[digest] = f"cannot be read ({error})"
-            continue
-        if actual != digest:
-            report.bad_objects[digest] = f"its bytes have digest {actual}"
+                          bytes=found.object_bytes + found.entry_bytes, bad=dict(found.bad_entries),
+                          bad_objects=_object_problems(found))
     referenced: set[str] = set()
-    for key, problem in found.bad_entries.items():
-        report.bad[key] = problem
     for key, entry in found.parsed.items():
         if secret is not None and entry.result is not None and not entry.signed:
             report.untrusted += 1
-        named = [(t.digest, t.size, f"target {t.label}") for t in entry.targets]
-        if entry.result:
-            named.append((entry.result[0], entry.result[1], "result"))
-        for digest, size, what in named:
-            referenced.add(digest)
-            if digest not in found.objects:
-                report.bad[key] = f"the object of its {what} ({digest[:12]}) is missing"
-            elif digest in report.bad_objects:
-                report.bad[key] = f"the object of its {what} ({digest[:12]}) is corrupt: {report.bad_objects[digest]}"
-            elif found.objects[digest][1] != size:
-                stored_size = found.objects[digest][1]
-                report.bad[key] = f"the object of its {what} ({digest[:12]}) has {stored_size} bytes, not {size}"
+        referenced |= _named(entry)
+        problem = _entry_problem(entry, found, report.bad_objects)
+        if problem is not None:
+            report.bad[key] = problem
     report.unreferenced = len(set(found.objects) - referenced)
     if repair:
         for digest, problem in report.bad_objects.items():

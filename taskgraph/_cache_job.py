@@ -21,7 +21,8 @@ from typing import Any
 
 import xxhash
 
-from taskgraph._cache import MARKER, Cache, Entry, EntryProblem, StoredFile, team_key, who
+from taskgraph._cache import MARKER, Cache
+from taskgraph._cache_entry import Entry, EntryProblem, StoredFile, team_key, who
 from taskgraph._fingerprint import CHECK_ALGORITHM, Fingerprint, MemoryDigestCache, take
 
 LOGGER = logging.getLogger("taskgraph.Task")

@@ -14,7 +14,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from taskgraph._cache import CACHE_ENV, CACHE_KEY_ENV, Cache, CacheUnusable, read_team_key, who
+from taskgraph._cache import CACHE_ENV, CACHE_KEY_ENV, Cache
+from taskgraph._cache_entry import CacheUnusable, read_team_key, who
 from taskgraph._cache_job import CacheJob
 from taskgraph._decide import Reason
 from taskgraph._fingerprint import CHECK_ALGORITHM, CachedDigest, DigestCache

@@ -17,9 +17,10 @@ import os
 import time
 from typing import Any, TextIO
 
-from taskgraph._cache import CACHE_KEY_ENV, Cache, CacheUnusable, read_team_key
-from taskgraph._cache_admin import parse_size, prune, recent_runs, scan, verify
-from taskgraph._cli import CommandError
+from taskgraph._cache import CACHE_KEY_ENV, Cache
+from taskgraph._cache_admin import VerifyReport, parse_size, prune, recent_runs, scan, verify
+from taskgraph._cache_entry import CacheUnusable, read_team_key
+from taskgraph._cli_common import CommandError
 
 
 def _size(count: float) -> str:
@@ -116,23 +117,19 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
-    cache = _open(args.cache)
-    key_file = args.key or os.environ.get(CACHE_KEY_ENV) or None
-    secret = None
-    if key_file:
-        try:
-            secret = read_team_key(key_file)
-        except CacheUnusable as error:
-            raise CommandError(str(error)) from error
-    report = verify(cache, secret, repair=args.repair)
-    if args.json:
-        json.dump({"cache": cache.root, **{name: getattr(report, name) for name in report.__slots__}},
-                  out, indent=1)
-        out.write("\n")
-        return 1 if report.bad else 0
-    out.write(f"checked {report.entries} entries and {report.objects} objects ({_size(report.bytes)}): "
-              f"{len(report.bad)} bad entries, {len(report.bad_objects)} corrupt objects\n")
+def _secret(key_file: str | None) -> bytes | None:
+    """The team's key from ``--key`` or ``$TASKGRAPH_CACHE_KEY``, if either names one."""
+    key_file = key_file or os.environ.get(CACHE_KEY_ENV) or None
+    if not key_file:
+        return None
+    try:
+        return read_team_key(key_file)
+    except CacheUnusable as error:
+        raise CommandError(str(error)) from error
+
+
+def _write_problems(report: VerifyReport, repair: bool, out: TextIO) -> None:
+    """The bad entries and corrupt objects (50 of each at most), and what to do."""
     details: list[tuple[str, Any]] = sorted(report.bad.items())
     for key, problem in details[:50]:
         out.write(f"  bad entry {key[:12]}: {problem}\n")
@@ -140,8 +137,21 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"  corrupt object {digest[:12]}: {problem}\n")
     if report.bad or report.bad_objects:
         out.write("  (tasks skip bad entries and run; `--repair` removes damaged manifests and moves corrupt "
-                  "objects aside, and the next run of each task puts a good entry)\n" if not args.repair else
+                  "objects aside, and the next run of each task puts a good entry)\n" if not repair else
                   "  repaired: damaged manifests removed, corrupt objects moved to quarantine/\n")
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    cache = _open(args.cache)
+    report = verify(cache, _secret(args.key), repair=args.repair)
+    if args.json:
+        json.dump({"cache": cache.root, **{name: getattr(report, name) for name in report.__slots__}},
+                  out, indent=1)
+        out.write("\n")
+        return 1 if report.bad else 0
+    out.write(f"checked {report.entries} entries and {report.objects} objects ({_size(report.bytes)}): "
+              f"{len(report.bad)} bad entries, {len(report.bad_objects)} corrupt objects\n")
+    _write_problems(report, args.repair, out)
     if report.untrusted:
         out.write(f"{report.untrusted} entries hold a result not signed with this key: their targets are used, "
                   "their results never\n")

@@ -1,8 +1,8 @@
 """The up-to-date check: should a task run, and why.
 
 Every decision returns its reasons, with old and new values, never a bare
-bool: the same objects are logged, stored on the Task (``Task.reasons``) and
-will feed ``taskgraph explain``. Cheap checks come first; a file is read only
+bool: the same objects are logged, stored on the Task (``Task.reasons``) and,
+through the ledger's ``decisions`` table, shown by ``taskgraph explain``. Cheap checks come first; a file is read only
 when its stat cannot settle the question and the digest cache has no answer.
 """
 

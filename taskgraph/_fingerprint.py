@@ -28,12 +28,14 @@ it was hashed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import operator
 import os
 import stat as stat_module
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import xxhash
 
@@ -124,6 +126,24 @@ def hash_file(path: str, algorithm: str, size: int | None = None) -> str:
     return str(hasher.hexdigest())
 
 
+_T = TypeVar("_T")
+
+
+def pickled_by_fields(cls: type[_T]) -> type[_T]:
+    """Pickle instances of the dataclass ``cls`` as its constructor and the
+    tuple of its fields: results cross a pipe per task, and a slotted
+    dataclass's default state (a list built from ``fields()``, names and
+    all) costs two and a half times as much, in time and bytes."""
+    get = operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))  # type: ignore[arg-type]
+
+    def __reduce__(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
+        return cls, get(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    return cls
+
+
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class FileStat:
     """The parts of ``os.stat`` that fingerprints use."""
@@ -165,6 +185,7 @@ def _is_racy(mtime_ns: int, taken_at_ns: int) -> bool:
     return mtime_ns >= taken_at_ns - racy_window_ns(mtime_ns)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class CachedDigest:
     """A digest cache entry: the stat a digest was computed for, and when."""
@@ -216,6 +237,7 @@ def _digest(path: str, st: FileStat, algorithm: str, cache: DigestCache | None) 
     return digest
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
     """What a file looked like when it was fingerprinted.

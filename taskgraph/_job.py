@@ -1,9 +1,10 @@
 """A job: one call of a task's function, and what comes back from it.
 
-Imports ``_fingerprint`` and ``_errors`` only, so worker processes stay light.
-The same :func:`run_job` runs inline, in a thread, in a worker process, and
-(later) on a Dask worker: the target check and the target fingerprints are
-taken right where the files were written.
+Imports ``_errors``, ``_failure`` and ``_fingerprint`` (and ``_cache_job``
+only for a job that uses the shared cache), so a spawned worker process
+imports no engine, ledger or SQLite. The same :func:`run_job` runs inline, in
+a thread, in a worker process and on a Dask worker: the target check and the
+target fingerprints are taken right where the files were written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
 from taskgraph._failure import Frame, user_frames
-from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
+from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, pickled_by_fields, take
 
 if TYPE_CHECKING:
     from taskgraph._cache_job import CacheJob, CacheOutcome
@@ -72,6 +73,7 @@ class Job:
                 self.target_mode, self.want_result, self.known_digests, self.cache)
 
 
+@pickled_by_fields
 @dataclass(slots=True)
 class JobResult:
     """What comes back from running a :class:`Job`."""
@@ -280,6 +282,16 @@ def check_storable(outcome: JobResult, name: str) -> JobResult:
     return outcome
 
 
+def dumps_or(value: Any, replacement: Callable[[Exception], Any]) -> bytes:
+    """``pickle.dumps(value)``, or, if ``value`` cannot be pickled, the pickle
+    of ``replacement(error)``: what goes back to the parent in its place,
+    saying why (a worker's result must never fail to arrive)."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        return pickle.dumps(replacement(error), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def encode_result(outcome: JobResult, name: str) -> bytes:
     """Pickle a result to send it to the parent process.
 
@@ -295,9 +307,8 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
         seen.add(id(error))
         error.__traceback__ = None
         error = error.__cause__ or error.__context__
-    try:
-        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as pickling_error:
+
+    def unpicklable(pickling_error: Exception) -> JobResult:
         if outcome.error is None:
             message = _unstorable(name, outcome.result, pickling_error)
         else:
@@ -309,4 +320,6 @@ def encode_result(outcome: JobResult, name: str) -> bytes:
         outcome.result = None
         outcome.error = TaskExecutionError(message)
         outcome.targets = {}
-        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        return outcome
+
+    return dumps_or(outcome, unpicklable)

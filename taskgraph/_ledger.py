@@ -63,7 +63,7 @@ from taskgraph._ledger_commit import (
     transaction,
 )
 from taskgraph._ledger_keys import KEY_SUFFIX, result_mac, workspace_key
-from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, TaskRow
+from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, StaleRow, TaskRow
 from taskgraph._ledger_rows import (
     DigestRow,
     FileRow,
@@ -93,6 +93,7 @@ __all__ = [
     "LedgerReader",
     "Outcome",
     "RunRow",
+    "StaleRow",
     "TaskRecord",
     "TaskRow",
     "UntrustedResultError",

@@ -100,37 +100,50 @@ _Piece = tuple[str, str, int]
 _ZERO, _ELAPSED, _WAITING, _BAR, _HEAD, _NAMES, _RUNNING, _SKIPPED, _ETA = 10, 9, 8, 7, 6, 5, 4, 3, 2
 
 
-def _pieces(snapshot: Snapshot, final: bool, names: bool, log: bool) -> list[_Piece]:
-    """The pieces of a progress text (see ``_join``)."""
-    pieces: list[_Piece] = []
+def _head(snapshot: Snapshot, final: bool, log: bool) -> _Piece:
     if snapshot.adding and not final:
-        pieces.append(("head", f"adding tasks, {snapshot.total} so far:", 0))
-    elif log and not final:
+        return ("head", f"adding tasks, {snapshot.total} so far:", 0)
+    if log and not final:
         percent = 100 * snapshot.done // snapshot.total if snapshot.total else 100
-        pieces.append(("head", f"{snapshot.done} of {snapshot.total} tasks done ({percent}%):", 0))
-    else:
-        # In the final line the counts add up to the total: it may go.
-        pieces.append(("head", f"{snapshot.done}/{snapshot.total} done:", _HEAD if final else 0))
-    pieces.append(("count", f"{snapshot.ran} ran", 0))
+        return ("head", f"{snapshot.done} of {snapshot.total} tasks done ({percent}%):", 0)
+    # In the final line the counts add up to the total: it may go.
+    return ("head", f"{snapshot.done}/{snapshot.total} done:", _HEAD if final else 0)
+
+
+def _finished_counts(snapshot: Snapshot, final: bool, names: bool) -> list[_Piece]:
+    """The counts of finished tasks: ran, restored, skipped, failed, cancelled."""
+    pieces: list[_Piece] = [("count", f"{snapshot.ran} ran", 0)]
     if snapshot.restored:
         pieces.append(("count", f"{snapshot.restored} restored ({snapshot.restored_bytes / 2**20:.0f} MiB)", 0))
     if final or snapshot.skipped:
         pieces.append(("count", f"{snapshot.skipped} skipped", _SKIPPED if snapshot.skipped else _ZERO))
-    if snapshot.failed or (final and (snapshot.cancelled or snapshot.ending)):
+    stopped = final and bool(snapshot.cancelled or snapshot.failed or snapshot.ending)
+    if snapshot.failed or stopped:
         pieces.append(("count", _failures(snapshot, names and final), 0 if snapshot.failed else _ZERO))
-    if snapshot.cancelled or (final and (snapshot.failed or snapshot.ending)):
+    if snapshot.cancelled or stopped:
         pieces.append(("count", f"{snapshot.cancelled} cancelled", 0 if snapshot.cancelled else _ZERO))
-    if final:
-        pieces.append(("time", f"in {clock(snapshot.elapsed)}", _ELAPSED))
-        if snapshot.ending:
-            pieces.append(("end", snapshot.ending, 0))
-        return pieces
-    pieces.append(("count", f"{snapshot.running} running", _RUNNING))
+    return pieces
+
+
+def _going(snapshot: Snapshot) -> list[_Piece]:
+    """While the run goes: running and waiting tasks, the time so far and the ETA."""
+    pieces: list[_Piece] = [("count", f"{snapshot.running} running", _RUNNING)]
     if not snapshot.adding:
         pieces.append(("count", f"{snapshot.waiting} waiting", _WAITING))
     pieces.append(("time", f"{clock(snapshot.elapsed)} elapsed", _ELAPSED))
     if not snapshot.adding:
         pieces.append(("time", f"ETA {'?' if snapshot.eta is None else clock(snapshot.eta)}", _ETA))
+    return pieces
+
+
+def _pieces(snapshot: Snapshot, final: bool, names: bool, log: bool) -> list[_Piece]:
+    """The pieces of a progress text (see ``_join``)."""
+    pieces = [_head(snapshot, final, log), *_finished_counts(snapshot, final, names)]
+    if not final:
+        return pieces + _going(snapshot)
+    pieces.append(("time", f"in {clock(snapshot.elapsed)}", _ELAPSED))
+    if snapshot.ending:
+        pieces.append(("end", snapshot.ending, 0))
     return pieces
 
 
@@ -152,6 +165,14 @@ def describe(snapshot: Snapshot, final: bool = False) -> str:
     return _join(_pieces(snapshot, final, names=True, log=True), final)
 
 
+def _bar(snapshot: Snapshot, size: int) -> str:
+    """The bar, ``size`` cells inside its brackets: full only when every task finished well."""
+    filled = size * snapshot.done // snapshot.total if snapshot.total else size
+    if snapshot.done < snapshot.total:
+        filled = min(filled, size - 1)
+    return f"[{'#' * filled}{'.' * (size - filled)}]"
+
+
 def bar_line(snapshot: Snapshot, columns: int, final: bool = False) -> str:
     """The status line for a terminal ``columns`` wide: a bar (once the total
     is known) and the text, pieces dropped as needed so that it fits in
@@ -165,11 +186,7 @@ def bar_line(snapshot: Snapshot, columns: int, final: bool = False) -> str:
         if _BAR not in dropped:
             room = width - cells(text) - 3  # "[", "] "
             if room >= _BAR_MIN:
-                size = min(_BAR_MAX, room)
-                filled = size * snapshot.done // snapshot.total if snapshot.total else size
-                if snapshot.done < snapshot.total:
-                    filled = min(filled, size - 1)  # full only when every task finished well
-                return f"[{'#' * filled}{'.' * (size - filled)}] {text}"
+                return f"{_bar(snapshot, min(_BAR_MAX, room))} {text}"
         elif cells(text) <= width:
             return text
         left = {rank for _, _, rank in pieces if rank} | ({_BAR} - dropped)

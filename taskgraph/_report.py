@@ -26,7 +26,21 @@ from dataclasses import dataclass
 from taskgraph._failure import format_frames
 from taskgraph._ledger import LedgerReader, RunRow, TaskRow
 from taskgraph._version import __version__
-from taskgraph._view import Entry, View, build, describe_counts, failure_of, mebibytes, plan, seconds, when
+from taskgraph._view import (
+    Entry,
+    Plan,
+    View,
+    build,
+    describe_counts,
+    ended_run_states,
+    executed,
+    executed_in,
+    failure_of,
+    mebibytes,
+    plan,
+    seconds,
+    when,
+)
 
 #: Fill colours of the states (the graph command uses the same).
 COLOURS = {
@@ -94,17 +108,26 @@ def _graph_nodes(entries: Sequence[Entry], edges: Sequence[tuple[str, str]]) -> 
             for entry in entries
         ]
         return nodes, list(edges), ""
+    return _family_nodes(entries, edges)
+
+
+def _family_node(family: str, members: list[Entry]) -> _Node:
+    """The node of a family of names: its count, its states and its time."""
+    states = [member.state for member in members]
+    tally = ", ".join(f"{states.count(state)} {state}" for state in COLOURS if state in states)
+    total = sum(member.duration or 0 for member in members)
+    return _Node(family, f"{family} (x{len(members)})" if len(members) > 1 else family,
+                 f"{family}: {len(members)} tasks ({tally}), {duration(total)} in all", _worst(states))
+
+
+def _family_nodes(entries: Sequence[Entry], edges: Sequence[tuple[str, str]]) -> tuple[
+        list[_Node], list[tuple[str, str]], str]:
+    """A node per family of names, the edges between families, and a note."""
     families: dict[str, list[Entry]] = {}
     for entry in entries:
         families.setdefault(_family(entry.name), []).append(entry)
     of = {entry.key: _family(entry.name) for entry in entries}
-    nodes = []
-    for family, members in families.items():
-        states = [member.state for member in members]
-        tally = ", ".join(f"{states.count(state)} {state}" for state in COLOURS if state in states)
-        total = sum(member.duration or 0 for member in members)
-        nodes.append(_Node(family, f"{family} (x{len(members)})" if len(members) > 1 else family,
-                           f"{family}: {len(members)} tasks ({tally}), {duration(total)} in all", _worst(states)))
+    nodes = [_family_node(family, members) for family, members in families.items()]
     family_edges = sorted({(of[a], of[b]) for a, b in edges if of[a] != of[b]})
     note = (f"{len(entries)} tasks, drawn as {len(nodes)} families of names (digits in a name stand for any "
             "number); each family has the colour of its worst state")
@@ -116,20 +139,23 @@ def _graph_nodes(entries: Sequence[Entry], edges: Sequence[tuple[str, str]]) -> 
     return nodes, family_edges, note
 
 
-def _layout(nodes: list[_Node], edges: Sequence[tuple[str, str]]) -> tuple[int, int]:
-    """Layers by longest path from the sources, ordered within a layer by
-    the mean position of their neighbours (a few sweeps). Returns the
-    number of layers and the size of the largest."""
-    index = {node.key: node for node in nodes}
+def _links(nodes: list[_Node], edges: Sequence[tuple[str, str]]) -> tuple[
+        dict[str, list[str]], dict[str, list[str]]]:
+    """Each node's parents and children (edges to nodes not drawn, and
+    loops, left out)."""
     parents: dict[str, list[str]] = {node.key: [] for node in nodes}
     children: dict[str, list[str]] = {node.key: [] for node in nodes}
     for a, b in edges:
-        if a in index and b in index and a != b:
+        if a in parents and b in parents and a != b:
             parents[b].append(a)
             children[a].append(b)
-    # Kahn's order; a cycle (which a graph of tasks cannot have) is laid flat.
-    waiting = {key: len(parents[key]) for key in index}
-    ready = [key for key in index if not waiting[key]]
+    return parents, children
+
+
+def _sources_first(parents: dict[str, list[str]], children: dict[str, list[str]]) -> list[str]:
+    """Kahn's order; a cycle (which a graph of tasks cannot have) is laid flat."""
+    waiting = {key: len(parents[key]) for key in parents}
+    ready = [key for key in parents if not waiting[key]]
     order: list[str] = []
     while ready:
         key = ready.pop()
@@ -138,26 +164,44 @@ def _layout(nodes: list[_Node], edges: Sequence[tuple[str, str]]) -> tuple[int, 
             waiting[child] -= 1
             if not waiting[child]:
                 ready.append(child)
-    order += [key for key in index if key not in set(order)]
-    for key in order:
-        layer = max((index[parent].layer + 1 for parent in parents[key]), default=0)
-        index[key].layer = layer
+    return order + [key for key in parents if key not in set(order)]
+
+
+def _renumber(members: list[_Node]) -> None:
+    for position, node in enumerate(members):
+        node.order = position
+
+
+def _sweep(layers: dict[int, list[_Node]], index: dict[str, _Node], around: dict[str, list[str]],
+           reverse: bool) -> None:
+    """One sweep over the layers: each node goes to the mean position of its
+    neighbours in ``around`` (its parents or its children)."""
+    for number in sorted(layers, reverse=reverse):
+        members = layers[number]
+        for node in members:
+            neighbours = around[node.key]
+            if neighbours:
+                node.order = sum(index[key].order for key in neighbours) / len(neighbours)
+        members.sort(key=lambda node: node.order)
+        _renumber(members)
+
+
+def _layout(nodes: list[_Node], edges: Sequence[tuple[str, str]]) -> tuple[int, int]:
+    """Layers by longest path from the sources, ordered within a layer by
+    the mean position of their neighbours (a few sweeps). Returns the
+    number of layers and the size of the largest."""
+    index = {node.key: node for node in nodes}
+    parents, children = _links(nodes, edges)
+    for key in _sources_first(parents, children):
+        index[key].layer = max((index[parent].layer + 1 for parent in parents[key]), default=0)
     layers: dict[int, list[_Node]] = {}
     for node in nodes:
         layers.setdefault(node.layer, []).append(node)
     for members in layers.values():
-        for position, node in enumerate(members):
-            node.order = position
+        _renumber(members)
     for sweep in range(4):
-        for number in sorted(layers, reverse=bool(sweep % 2)):
-            members = layers[number]
-            for node in members:
-                around = parents[node.key] if sweep % 2 == 0 else children[node.key]
-                if around:
-                    node.order = sum(index[key].order for key in around) / len(around)
-            members.sort(key=lambda node: node.order)
-            for position, node in enumerate(members):
-                node.order = position
+        downwards = sweep % 2 == 0
+        _sweep(layers, index, parents if downwards else children, reverse=not downwards)
     return len(layers), max((len(members) for members in layers.values()), default=0)
 
 
@@ -231,7 +275,7 @@ def _tick(span: float) -> float:
 def timeline_run(view: View) -> tuple[int | None, list[TaskRow], str]:
     """The run the timeline shows (the latest that executed tasks), its tasks
     and a note when it is not the latest run."""
-    tasks = [task for task in view.reader.tasks() if task.started is not None and task.run_id is not None]
+    tasks = executed(view.reader)
     if not tasks:
         return None, [], ""
     last = max(task.run_id for task in tasks if task.run_id is not None)
@@ -239,7 +283,55 @@ def timeline_run(view: View) -> tuple[int | None, list[TaskRow], str]:
     latest = max((run.run_id for run in view.runs), default=last)
     if latest != last:
         note = f"run {latest}, the latest, executed nothing; this is run {last}, the latest that executed tasks"
-    return last, sorted((task for task in tasks if task.run_id == last), key=lambda task: task.started or 0), note
+    return last, executed_in(tasks, last), note
+
+
+_LABEL_W, _PLOT_W, _LANE_H, _LANES_TOP = 230, 900, 26, 28
+
+
+def _longest(tasks: Sequence[TaskRow]) -> tuple[Sequence[TaskRow], str]:
+    """The tasks drawn (the longest, if there are too many), and a note."""
+    if len(tasks) <= _MAX_BARS:
+        return tasks, ""
+    kept = sorted(sorted(tasks, key=lambda t: -(t.duration or 0))[:_MAX_BARS], key=lambda t: t.started or 0)
+    return kept, f"the {_MAX_BARS} longest of {len(tasks)} tasks are drawn"
+
+
+def _ticks(span: float, scale: float, height: int) -> list[str]:
+    """The grid lines and time labels of the timeline."""
+    parts = []
+    step = _tick(span)
+    mark = 0.0
+    while mark <= span + 1e-9:
+        x = _LABEL_W + mark * scale
+        parts.append(f'<line class="grid" x1="{x:.1f}" y1="{_LANES_TOP - 6}" x2="{x:.1f}" y2="{height - 6}"/>'
+                     f'<text class="tick" x="{x:.1f}" y="{_LANES_TOP - 10}">{esc(_tick_label(mark, step))}</text>')
+        mark += step
+    return parts
+
+
+def _lane(worker: str, lane: int, width: int) -> str:
+    y = _LANES_TOP + lane * _LANE_H
+    return (f'<rect class="lane" x="0" y="{y}" width="{width}" height="{_LANE_H}" '
+            f'fill="{"#fafafa" if lane % 2 else "#ffffff"}"/>'
+            f'<text class="worker" x="6" y="{y + 17}"><title>{esc(worker)}</title>'
+            f'{esc(_cut(worker, 34))}</text>')
+
+
+def _bar(number: int, task: TaskRow, lane: int, origin: float, scale: float) -> str:
+    """One task's bar: from its start to its end, its name inside if it fits."""
+    y = _LANES_TOP + lane * _LANE_H + 3
+    x = _LABEL_W + ((task.started or 0) - origin) * scale
+    bar = max((task.duration or 0) * scale, 1.5)
+    state = "failed" if task.state == "failed" else "ran"
+    tip = (f"{task.name}\n{duration(task.duration)} wall, {duration(task.cpu_time)} CPU, "
+           f"{mebibytes(task.peak_memory)} peak\nstarted {when(task.started)} on {task.worker}")
+    text = ""
+    if bar > 40:
+        text = f'<text class="bar-label" x="{x + 4:.1f}" y="{y + 14}">{esc(_cut(task.name, int(bar / 7)))}</text>'
+    return (f'<g class="bar state-{state}" id="bar-{number}"><title>{esc(tip)}</title>'
+            f'<rect x="{x:.1f}" y="{y}" width="{bar:.1f}" height="{_LANE_H - 6}" rx="3" '
+            f'fill="{COLOURS[state]}"/>{text}</g>')
 
 
 def timeline_svg(tasks: Sequence[TaskRow]) -> tuple[str, str]:
@@ -247,47 +339,20 @@ def timeline_svg(tasks: Sequence[TaskRow]) -> tuple[str, str]:
     if not tasks:
         return ('<svg id="timeline" class="timeline" width="400" height="40" role="img"><text x="8" y="24">'
                 'no task has run yet</text></svg>', "")
-    note = ""
-    if len(tasks) > _MAX_BARS:
-        note = f"the {_MAX_BARS} longest of {len(tasks)} tasks are drawn"
-        tasks = sorted(sorted(tasks, key=lambda t: -(t.duration or 0))[:_MAX_BARS], key=lambda t: t.started or 0)
+    tasks, note = _longest(tasks)
     origin = min(task.started or 0 for task in tasks)
     end = max((task.started or 0) + (task.duration or 0) for task in tasks)
     span = max(end - origin, 1e-3)
     lanes: dict[str, int] = {}
     for task in tasks:
         lanes.setdefault(task.worker or "?", len(lanes))
-    label_w, plot_w, lane_h, top = 230, 900, 26, 28
-    scale = plot_w / span
-    width, height = label_w + plot_w + 20, top + len(lanes) * lane_h + 10
+    scale = _PLOT_W / span
+    width, height = _LABEL_W + _PLOT_W + 20, _LANES_TOP + len(lanes) * _LANE_H + 10
     parts = [f'<svg id="timeline" class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="timeline of the run">']
-    step = _tick(span)
-    mark = 0.0
-    while mark <= span + 1e-9:
-        x = label_w + mark * scale
-        parts.append(f'<line class="grid" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 6}"/>'
-                     f'<text class="tick" x="{x:.1f}" y="{top - 10}">{esc(_tick_label(mark, step))}</text>')
-        mark += step
-    for worker, lane in lanes.items():
-        y = top + lane * lane_h
-        parts.append(f'<rect class="lane" x="0" y="{y}" width="{width}" height="{lane_h}" '
-                     f'fill="{"#fafafa" if lane % 2 else "#ffffff"}"/>'
-                     f'<text class="worker" x="6" y="{y + 17}"><title>{esc(worker)}</title>'
-                     f'{esc(_cut(worker, 34))}</text>')
-    for number, task in enumerate(tasks):
-        y = top + lanes[task.worker or "?"] * lane_h + 3
-        x = label_w + ((task.started or 0) - origin) * scale
-        bar = max((task.duration or 0) * scale, 1.5)
-        state = "failed" if task.state == "failed" else "ran"
-        tip = (f"{task.name}\n{duration(task.duration)} wall, {duration(task.cpu_time)} CPU, "
-               f"{mebibytes(task.peak_memory)} peak\nstarted {when(task.started)} on {task.worker}")
-        text = ""
-        if bar > 40:
-            text = f'<text class="bar-label" x="{x + 4:.1f}" y="{y + 14}">{esc(_cut(task.name, int(bar / 7)))}</text>'
-        parts.append(f'<g class="bar state-{state}" id="bar-{number}"><title>{esc(tip)}</title>'
-                     f'<rect x="{x:.1f}" y="{y}" width="{bar:.1f}" height="{lane_h - 6}" rx="3" '
-                     f'fill="{COLOURS[state]}"/>{text}</g>')
+    parts += _ticks(span, scale, height)
+    parts += [_lane(worker, lane, width) for worker, lane in lanes.items()]
+    parts += [_bar(number, task, lanes[task.worker or "?"], origin, scale) for number, task in enumerate(tasks)]
     parts.append("</svg>")
     return "".join(parts), note
 
@@ -354,27 +419,14 @@ def _legend(states: Sequence[str]) -> str:
 def _run_text(view: View, run: RunRow | None) -> str:
     if run is None:
         return "no run has ended yet"
-    states = view.reader.run_states(run.run_id)
-    for unfinished in ("pending", "running"):  # the run ended before they finished
-        states["cancelled"] = states.get("cancelled", 0) + states.pop(unfinished, 0)
-    found = describe_counts(states)
+    found = describe_counts(ended_run_states(view.reader, run.run_id))
     given = f"{run.tasks} tasks" + (f": {found}" if found else "") if run.tasks is not None else ""
     return f"run {run.run_id}, ended {when(run.ended)}" + (f" ({given})" if given else "")
 
 
-def render(view: View) -> tuple[str, str]:
-    """The page and a one-line summary of it."""
-    workspace = os.path.abspath(view.reader.workspace)
-    graph, graph_note = graph_svg(view)
-    run_id, run_tasks, run_note = timeline_run(view)
-    timeline, bars_note = timeline_svg(run_tasks)
-    shown = [entry for entry in view.entries if entry.state != "stale"]
-    failed_rows = view.failed()
-    failed = [entry for entry in shown if entry.key in failed_rows]
-    decisions = plan(view)
-    would_run = [item for item in decisions if item.action != "skip"]
-    own = sum(item.action == "run" for item in decisions)
-    out = [
+def _head(view: View, workspace: str) -> list[str]:
+    """The document's head and the page's header."""
+    return [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -387,73 +439,129 @@ def render(view: View) -> tuple[str, str]:
         '<a href="#costs">costs</a><a href="#failures">failures</a><a href="#next-run">next run</a></nav></header>',
         "<main>",
     ]
+
+
+def _later_runs(view: View) -> list[str]:
+    """A note for each run after the current graph's."""
+    parts = []
     for run, status in view.later:
         word = "is in progress" if status == "running" else "did not finish (its process is gone)"
-        out.append(f'<p class="note">run {run.run_id} {word}: started {esc(when(run.started))}, pid {run.pid}; '
-                   "what it recorded is shown with the current graph.</p>")
-    out += [
+        parts.append(f'<p class="note">run {run.run_id} {word}: started {esc(when(run.started))}, pid {run.pid}; '
+                     "what it recorded is shown with the current graph.</p>")
+    return parts
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>' if text else ""
+
+
+def _graph_section(view: View, shown: Sequence[Entry]) -> list[str]:
+    graph, graph_note = graph_svg(view)
+    return [
         f'<section id="graph-section"><h2>The current graph ({len(shown)} tasks, {len(view.edges)} '
         "dependencies)</h2>", _legend([entry.state for entry in shown]),
-        f'<p class="note">{esc(graph_note)}</p>' if graph_note else "",
+        _note(graph_note),
         f'<div class="scroll">{graph}</div>',
         '<p class="note">Each box is a task: its name, its state in the run that last considered it and its '
         "duration; hover for details. Arrows go from a dependency to its dependent.</p></section>",
+    ]
+
+
+def _timeline_section(run_id: int | None, run_tasks: Sequence[TaskRow], run_note: str) -> list[str]:
+    timeline, bars_note = timeline_svg(run_tasks)
+    return [
         f'<section id="timeline-section"><h2>Timeline of run {run_id if run_id is not None else "-"} '
         f"({len(run_tasks)} tasks ran)</h2>",
-        f'<p class="note">{esc(run_note)}</p>' if run_note else "",
-        f'<p class="note">{esc(bars_note)}</p>' if bars_note else "",
+        _note(run_note),
+        _note(bars_note),
         f'<div class="scroll">{timeline}</div>',
         '<p class="note">One lane per worker; each bar is a task from its start to its end. Tasks that ran '
         "again in a later run show there instead.</p></section>",
+    ]
+
+
+def _costs_section(shown: Sequence[Entry]) -> list[str]:
+    return [
         '<section id="costs"><h2>What cost most</h2><div class="costs">',
         "<div><h3>wall time</h3>" + bars_svg("cost-wall", _top(shown, lambda t: t.duration), duration) + "</div>",
         "<div><h3>CPU time</h3>" + bars_svg("cost-cpu", _top(shown, lambda t: t.cpu_time), duration) + "</div>",
         "<div><h3>peak memory</h3>" + bars_svg(
             "cost-memory", _top(shown, lambda t: t.peak_memory), lambda v: mebibytes(int(v))) + "</div>",
         "</div></section>",
-        f'<section id="failures"><h2>Failures ({len(failed)})</h2>',
     ]
+
+
+def _failure(task: TaskRow) -> str:
+    """One failure: the user's frames and the exception, the whole traceback folded."""
+    failure = failure_of(task)
+    assert failure is not None
+    frames = "\n".join(format_frames(failure.frames, failure.omitted))
+    return (
+        f'<div class="failure"><h3>{esc(task.name)}: {esc(failure.headline())}</h3>'
+        f'<p class="note">key {esc(task.record_key[:12])}, run {task.run_id}, '
+        f"{esc(when(task.ended))}, on {esc(task.worker or '-')}</p>"
+        + (f"<pre>{esc(frames)}\n{esc(failure.headline())}</pre>" if frames else "")
+        + f"<details><summary>the whole traceback</summary><pre>{esc(failure.text)}</pre></details></div>"
+    )
+
+
+def _failures_section(failed: Sequence[TaskRow]) -> list[str]:
+    parts = [f'<section id="failures"><h2>Failures ({len(failed)})</h2>']
     if not failed:
-        out.append('<p class="none">no task of the current graph failed in its last run</p>')
-    for entry in failed[:_MAX_FAILURES]:
-        task = failed_rows[entry.key]
-        failure = failure_of(task)
-        assert failure is not None
-        frames = "\n".join(format_frames(failure.frames, failure.omitted))
-        out.append(
-            f'<div class="failure"><h3>{esc(task.name)}: {esc(failure.headline())}</h3>'
-            f'<p class="note">key {esc(task.record_key[:12])}, run {task.run_id}, '
-            f"{esc(when(task.ended))}, on {esc(task.worker or '-')}</p>"
-            + (f"<pre>{esc(frames)}\n{esc(failure.headline())}</pre>" if frames else "")
-            + f"<details><summary>the whole traceback</summary><pre>{esc(failure.text)}</pre></details></div>"
-        )
+        parts.append('<p class="none">no task of the current graph failed in its last run</p>')
+    parts += [_failure(task) for task in failed[:_MAX_FAILURES]]
     if len(failed) > _MAX_FAILURES:
-        out.append(f'<p class="note">and {len(failed) - _MAX_FAILURES} more</p>')
-    out += [
-        "</section>",
+        parts.append(f'<p class="note">and {len(failed) - _MAX_FAILURES} more</p>')
+    parts.append("</section>")
+    return parts
+
+
+def _next_run_section(decisions: Sequence[Plan], would_run: Sequence[Plan]) -> list[str]:
+    own = sum(item.action == "run" for item in decisions)
+    parts = [
         f'<section id="next-run"><h2>What the next run would do</h2><p>It would run <b>{len(would_run)}</b> of '
         f"{len(decisions)} tasks ({own} for reasons of their own, {len(would_run) - own} because they read what "
         f"those write) and skip {len(decisions) - len(would_run)}, as far as the ledger and the files show: a "
         "change to a function's source or to its arguments is seen only when the script runs.</p>",
     ]
     if would_run:
-        out.append('<table id="plan"><tr><th>task</th><th>would</th><th>why</th></tr>')
+        parts.append('<table id="plan"><tr><th>task</th><th>would</th><th>why</th></tr>')
         for item in would_run[:_MAX_PLAN_ROWS]:
             why = "<br>".join(esc(reason) for reason in item.reasons)
             verb = "run" if item.action == "run" else "run after"
-            out.append(f"<tr><td>{esc(item.entry.name)}</td><td>{verb}</td><td>{why}</td></tr>")
-        out.append("</table>")
+            parts.append(f"<tr><td>{esc(item.entry.name)}</td><td>{verb}</td><td>{why}</td></tr>")
+        parts.append("</table>")
         if len(would_run) > _MAX_PLAN_ROWS:
-            out.append(f'<p class="note">and {len(would_run) - _MAX_PLAN_ROWS} more</p>')
-    out.append("</section>")
-    if view.history:
-        one = view.history == 1
-        out.append(f'<section id="history"><h2>History</h2><p>{view.history} older record{"" if one else "s"} '
-                   f"{'is' if one else 'are'} not part of the current graph (no run since run {view.current} "
-                   f"considered {'it' if one else 'them'}): <code>taskgraph status --all</code> lists "
-                   f"{'it' if one else 'them'}, <code>taskgraph forget --stale</code> drops "
-                   f"{'it' if one else 'them'}.</p></section>")
-    out.append("</main></body></html>\n")
+            parts.append(f'<p class="note">and {len(would_run) - _MAX_PLAN_ROWS} more</p>')
+    parts.append("</section>")
+    return parts
+
+
+def _history_section(view: View) -> list[str]:
+    if not view.history:
+        return []
+    one = view.history == 1
+    return [f'<section id="history"><h2>History</h2><p>{view.history} older record{"" if one else "s"} '
+            f"{'is' if one else 'are'} not part of the current graph (no run since run {view.current} "
+            f"considered {'it' if one else 'them'}): <code>taskgraph status --all</code> lists "
+            f"{'it' if one else 'them'}, <code>taskgraph forget --stale</code> drops "
+            f"{'it' if one else 'them'}.</p></section>"]
+
+
+def render(view: View) -> tuple[str, str]:
+    """The page and a one-line summary of it."""
+    workspace = os.path.abspath(view.reader.workspace)
+    run_id, run_tasks, run_note = timeline_run(view)
+    shown = [entry for entry in view.entries if entry.state != "stale"]
+    failed_rows = view.failed()
+    failed = [failed_rows[entry.key] for entry in shown if entry.key in failed_rows]
+    decisions = plan(view)
+    would_run = [item for item in decisions if item.action != "skip"]
+    out = [
+        *_head(view, workspace), *_later_runs(view), *_graph_section(view, shown),
+        *_timeline_section(run_id, run_tasks, run_note), *_costs_section(shown), *_failures_section(failed),
+        *_next_run_section(decisions, would_run), *_history_section(view), "</main></body></html>\n",
+    ]
     summary = (f"{len(shown)} tasks in the graph, {len(run_tasks)} in the timeline of run {run_id}, "
                f"{len(failed)} failed, {len(would_run)} would run next")
     return "\n".join(part for part in out if part), summary

@@ -607,28 +607,38 @@ class Scheduler:
                         self._cancel(task)
                     self._finish([task for task, _ in starting])
                     return
-            for task, decision in starting:
-                if self._claims is None:
+            if self._claims is None:
+                for task, decision in starting:
                     self._start(task, decision)
-                elif self._claims.claim(task._identity.record_key):
-                    # Another process may have recorded this task between the
-                    # decision (perhaps from the ledger's snapshot) and the
-                    # claim: then decide again, which will most likely skip it.
-                    # (If nothing else has written the ledger, nothing has.)
-                    if self._ledger.written_elsewhere() and (
-                        self._ledger.lookup(task._identity.record_key, fresh=True) != decision.record
-                    ):
-                        again = self._decide(task)
-                        if again is None:
-                            continue  # up to date now; its claim goes with its notification
-                        decision = again
-                    self._start(task, decision)
-                else:
-                    # Another process is running this very task: wait for it,
-                    # then decide again (it will most likely be up to date).
-                    LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
-                                task.task_name)
-                    self._elsewhere[task.task_id] = task
+            else:
+                self._claim_and_start(starting)
+
+    def _claim_and_start(self, starting: list[tuple[Task, Decision]]) -> None:
+        """Start the tasks of ``starting`` that this process can claim."""
+        assert self._claims is not None
+        claimed = []
+        for task, decision in starting:
+            if self._claims.claim(task._identity.record_key):
+                claimed.append((task, decision))
+            else:
+                # Another process is running this very task: wait for it,
+                # then decide again (it will most likely be up to date).
+                LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
+                            task.task_name)
+                self._elsewhere[task.task_id] = task
+        # Another process may have recorded a task between its decision
+        # (perhaps from the ledger's snapshot) and its claim: then it is
+        # decided again, which will most likely skip it. If nothing else has
+        # written the ledger since it was opened (one check for the round,
+        # after the claims), nothing has.
+        recheck = bool(claimed) and self._ledger.written_elsewhere()
+        for task, decision in claimed:
+            if recheck and self._ledger.lookup(task._identity.record_key, fresh=True) != decision.record:
+                again = self._decide(task)
+                if again is None:
+                    continue  # up to date now; its claim goes with its notification
+                decision = again
+            self._start(task, decision)
 
     def _free_slots(self) -> int:
         """How many more jobs may start now. Short jobs may wait two to a

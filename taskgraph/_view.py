@@ -51,6 +51,26 @@ def run_status(run: RunRow) -> str:
     return "running" if alive else "unfinished"
 
 
+def ended_run_states(reader: LedgerReader, run_id: int) -> dict[str, int]:
+    """What became of the tasks a run that ended was given: state -> how
+    many, the tasks still pending or running when it ended counted as
+    cancelled."""
+    states = reader.run_states(run_id)
+    for unfinished in ("pending", "running"):  # the run ended before they finished
+        states["cancelled"] = states.get("cancelled", 0) + states.pop(unfinished, 0)
+    return states
+
+
+def executed(reader: LedgerReader) -> list[TaskRow]:
+    """The records of tasks that ran (their last execution: its run and start)."""
+    return [task for task in reader.tasks() if task.started is not None and task.run_id is not None]
+
+
+def executed_in(tasks: Iterable[TaskRow], run_id: int) -> list[TaskRow]:
+    """The records whose last execution was in ``run_id``, in the order they started."""
+    return sorted((task for task in tasks if task.run_id == run_id), key=lambda task: task.started or 0)
+
+
 # -- files ---------------------------------------------------------------------------------
 
 
@@ -211,6 +231,129 @@ def _stat_state(path: str, mode: str, size: int, mtime_ns: int, digest: str | No
     return "ok" if entry.digest == digest else "changed"
 
 
+class _States:
+    """What each record's state reads as now, for one view: a run's state for
+    a task (memoised, since every row asks), and the state of a record as its
+    rows come in."""
+
+    def __init__(self, statuses: dict[int, str], current: int | None) -> None:
+        self._statuses = statuses
+        self._current = current
+        self._shown: dict[tuple[int, str], str] = {}
+
+    def now(self, run_id: int, state: str) -> str:
+        """What a run's state for a task reads as now: a run that ended or
+        was killed leaves no task pending."""
+        found = self._shown.get((run_id, state))
+        if found is None:
+            status = self._statuses.get(run_id, "ended")
+            found = state if status == "running" else (_ENDED if status == "ended" else _KILLED).get(state, state)
+            self._shown[(run_id, state)] = found
+        return found
+
+    def in_graph(self, run_id: int | None) -> bool:
+        """Whether a run is the current graph's or one after it."""
+        return run_id is not None and (self._current is None or run_id >= self._current)
+
+    def first(self, run_id: int | None, state: str, recorded: str, last_run: int | None) -> tuple[str, int | None]:
+        """The state and run of a record from its first row."""
+        if run_id is not None and self.in_graph(run_id):
+            return self.now(run_id, state), run_id
+        if self._current is None:  # before any run ended, its own record says
+            return ("failed" if recorded == "failed" else "ran"), last_run
+        return "stale", max(run_id or 0, last_run or 0) or None
+
+    def another_run(self, entry: Entry, run_id: int | None, state: str) -> None:
+        """A further row of a record, from another run of the current graph
+        or after it: the latest run says its state."""
+        if run_id is None or entry.run is None or run_id == entry.run or not self.in_graph(run_id):
+            return
+        entry.current = entry.current or run_id == self._current
+        if run_id > entry.run:
+            entry.state, entry.run = self.now(run_id, state), run_id
+
+
+def _memberships(reader: LedgerReader) -> dict[str, list[tuple[int, str]]]:
+    """Every record's (run, state) in the runs that considered it, by run."""
+    runs_of: dict[str, list[tuple[int, str]]] = {}
+    for key, run_id, state in reader.memberships(0):
+        runs_of.setdefault(key, []).append((run_id, state))
+    return runs_of
+
+
+_TARGET_RANK = {"missing": 4, "changed": 3, "touched": 2, "ok": 1}
+
+
+def _check_target(entry: Entry, path: str, mode: str, size: int, mtime_ns: int, digest: str | None,
+                  reader: LedgerReader) -> None:
+    """Check one target on disk; the entry's ``targets`` is its worst target."""
+    try:
+        found = os.stat(path)
+        # The common case, settled by the stat alone.
+        same = found.st_size == size and (found.st_mtime_ns == mtime_ns or mode == "exists")
+    except OSError:
+        same = False
+    target = "ok" if same else _stat_state(path, mode, size, mtime_ns, digest, reader)
+    if entry.targets == "-" or _TARGET_RANK[target] > _TARGET_RANK[entry.targets]:
+        entry.targets = target
+
+
+def _first_look(checked: set[tuple[str, str]] | None, key: str, path: str) -> bool:
+    """Whether a record's target is met for the first time (always, without a set to remember)."""
+    if checked is None:
+        return True
+    if (key, path) in checked:
+        return False
+    checked.add((key, path))
+    return True
+
+
+def _recorded_entries(reader: LedgerReader, states: _States, current: int | None, since: int | None,
+                      check_targets: bool, several_runs: bool) -> list[Entry]:
+    """One entry per record considered since ``since`` (every record if
+    None), in the order they last ended, with their targets checked."""
+    by_key: dict[str, Entry] = {}
+    # A record considered by several runs from the current graph's on comes
+    # once per run (a run in progress or killed after it): its targets are
+    # checked once, and the latest run says its state.
+    checked: set[tuple[str, str]] | None = set() if several_runs else None
+    # Without a scope, the runs that considered each record come from here.
+    runs_of = _memberships(reader) if since is None else {}
+    for (key, run_id, state, name, recorded, last_run, ended, duration, cpu_time, peak_memory,
+         path, mode, size, mtime_ns, digest) in reader.status_rows(since):
+        current_too = run_id == current
+        if run_id is None and key in runs_of:
+            run_id, state = runs_of[key][-1]  # (by run: the latest)
+            current_too = any(run == current for run, _ in runs_of[key])
+        entry = by_key.get(key)
+        if entry is None:
+            entry = by_key[key] = Entry(key, name, *states.first(run_id, state, recorded, last_run), current_too,
+                                        recorded, last_run, ended, duration, cpu_time, peak_memory)
+        else:
+            states.another_run(entry, run_id, state)
+        if check_targets and path is not None and _first_look(checked, key, path):
+            _check_target(entry, path, mode, size, mtime_ns, digest, reader)
+    return sorted(by_key.values(), key=lambda entry: (entry.ended is None, entry.ended or 0.0, entry.name))
+
+
+def _unrecorded_entries(reader: LedgerReader, states: _States, current: int | None) -> tuple[list[Entry], int]:
+    """Tasks given to a run that have no record yet (running, or stopped
+    before they first finished), shown by the name their decision has; and
+    how many of the current graph's have no name (never decided)."""
+    missing: dict[str, tuple[int, str, str | None]] = {}
+    for key, run_id, state, name in reader.unrecorded(current or 0):
+        missing[key] = (run_id, state, name)  # by run: the latest says
+    entries: list[Entry] = []
+    undecided = 0
+    for key, (run_id, state, name) in missing.items():
+        if name is None:
+            undecided += run_id == current  # not even decided: no name to show
+            continue
+        entries.append(Entry(key, name, states.now(run_id, state), run_id, run_id == current, "", None, None, None,
+                             None, None))
+    return entries, undecided
+
+
 def build(reader: LedgerReader, everything: bool = False, check_targets: bool = True, edges: bool = True) -> View:
     """The view of a workspace: the current graph (and, with ``everything``,
     the history), each record's state and, with ``check_targets``, its
@@ -221,87 +364,17 @@ def build(reader: LedgerReader, everything: bool = False, check_targets: bool = 
     current = reader.current_run()
     later = [(run, statuses[run.run_id]) for run in runs if current is None or run.run_id > current]
     since = None if everything or current is None else current
-    shown: dict[tuple[int, str], str] = {}
-
-    def now(run_id: int, state: str) -> str:
-        """What a run's state for a task reads as now: a run that ended or
-        was killed leaves no task pending."""
-        found = shown.get((run_id, state))
-        if found is None:
-            status = statuses.get(run_id, "ended")
-            found = state if status == "running" else (_ENDED if status == "ended" else _KILLED).get(state, state)
-            shown[(run_id, state)] = found
-        return found
-
-    rank = {"missing": 4, "changed": 3, "touched": 2, "ok": 1}
-    stat = os.stat
-    by_key: dict[str, Entry] = {}
-    # A record considered by several runs from the current graph's on comes
-    # once per run (a run in progress or killed after it): its targets are
-    # checked once, and the latest run says its state.
-    checked: set[tuple[str, str]] | None = set() if later else None
-    # Without a scope, the runs that considered each record come from here.
-    runs_of: dict[str, list[tuple[int, str]]] = {}
-    if since is None:
-        for key, run_id, state in reader.memberships(0):
-            runs_of.setdefault(key, []).append((run_id, state))
-    for (key, run_id, state, name, recorded, last_run, ended, duration, cpu_time, peak_memory,
-         path, mode, size, mtime_ns, digest) in reader.status_rows(since):
-        if run_id is None and key in runs_of:
-            run_id, state = runs_of[key][-1]  # (by run: the latest)
-            current_too = any(run == current for run, _ in runs_of[key])
-        else:
-            current_too = run_id == current
-        entry = by_key.get(key)
-        in_graph = run_id is not None and (current is None or run_id >= current)
-        if entry is None:
-            run: int | None
-            if in_graph:
-                shown_state, run = now(run_id, state), run_id
-            elif current is None:  # before any run ended, its own record says
-                shown_state, run = ("failed" if recorded == "failed" else "ran"), last_run
-            else:
-                shown_state, run = "stale", max(run_id or 0, last_run or 0) or None
-            entry = by_key[key] = Entry(key, name, shown_state, run, current_too, recorded, last_run,
-                                        ended, duration, cpu_time, peak_memory)
-        elif in_graph and entry.run is not None and run_id != entry.run:
-            entry.current = entry.current or run_id == current
-            if run_id > entry.run:
-                entry.state, entry.run = now(run_id, state), run_id
-        if checked is not None and path is not None:
-            if (key, path) in checked:
-                continue
-            checked.add((key, path))
-        if check_targets and path is not None:
-            try:
-                found = stat(path)
-                # The common case, settled by the stat alone.
-                same = found.st_size == size and (found.st_mtime_ns == mtime_ns or mode == "exists")
-            except OSError:
-                same = False
-            target = "ok" if same else _stat_state(path, mode, size, mtime_ns, digest, reader)
-            if entry.targets == "-" or rank[target] > rank[entry.targets]:
-                entry.targets = target
-    entries = sorted(by_key.values(), key=lambda entry: (entry.ended is None, entry.ended or 0.0, entry.name))
+    states = _States(statuses, current)
+    entries = _recorded_entries(reader, states, current, since, check_targets, several_runs=bool(later))
     if since is None:
         history = sum(entry.state == "stale" for entry in entries)
     else:
         history = reader.count() - len(entries)
-    # Tasks given to a run that have no record yet (running, or stopped before
-    # they first finished): shown by the name their decision has.
-    unrecorded = 0
-    missing: dict[str, tuple[int, str, str | None]] = {}
-    for key, run_id, state, name in reader.unrecorded(current or 0):
-        missing[key] = (run_id, state, name)  # by run: the latest says
-    for key, (run_id, state, name) in missing.items():
-        if name is None:
-            unrecorded += run_id == current  # not even decided: no name to show
-            continue
-        entries.append(Entry(key, name, now(run_id, state), run_id, run_id == current, "", None, None, None,
-                             None, None))
+    unrecorded, undecided = _unrecorded_entries(reader, states, current)
+    entries += unrecorded
     keys = {entry.key for entry in entries}
     pairs = [(dep, key) for key, dep in reader.deps(since) if key in keys and dep in keys] if edges else []
-    return View(reader, runs, current, later, entries, history, pairs, unrecorded)
+    return View(reader, runs, current, later, entries, history, pairs, undecided)
 
 
 # -- what the next run would do ------------------------------------------------------------
@@ -323,37 +396,43 @@ class Plan:
     reasons: tuple[str, ...]
 
 
-def plan(view: View, read: bool = False) -> list[Plan]:
-    """The next run's decisions about the records of the view that are not
-    history, in the order of the view; dependents of a task that would run
-    are ``'after'`` it."""
-    shown = [entry for entry in view.entries if entry.state != "stale"]
-    keys = [entry.key for entry in shown]
-    failed = view.failed()
-    files = view.reader.files(view.current) if shown else {}
+def changed_files(inputs: dict[str, Fingerprint], targets: dict[str, Fingerprint], reader: LedgerReader,
+                  read: bool) -> list[tuple[str, str, str]]:
+    """(role, path, state) of each of a record's files that is not as the
+    ledger has it: targets first, then inputs (see :func:`file_state`)."""
+    found = []
+    for role, recorded in (("target", targets), ("input", inputs)):
+        for path, fp in recorded.items():
+            state = file_state(path, fp, reader, read)
+            if state != "ok":
+                found.append((role, path, state))
+    return found
+
+
+def _own_reasons(entry: Entry, failed: dict[str, TaskRow],
+                 files: tuple[dict[str, Fingerprint], dict[str, Fingerprint]], reader: LedgerReader,
+                 read: bool) -> list[str]:
+    """Why a record would run whatever the others do."""
+    reasons: list[str] = []
+    if not entry.recorded:
+        reasons.append("it has no record: it has never finished")
+    if entry.recorded == "failed":
+        failure = failure_of(failed[entry.key]) if entry.key in failed else None
+        reasons.append(f"its last run failed ({failure.headline()})" if failure else "its last run failed")
+    reasons += [f"{role} {path} is {state}" for role, path, state in changed_files(*files, reader, read)]
+    return reasons
+
+
+def _upstream(keys: list[str], own: dict[str, list[str]], edges: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each record downstream of one that would run on its own -> the
+    records just upstream of it that would run (breadth-first from every
+    record that would run on its own)."""
     wanted = set(keys)
-    own: dict[str, list[str]] = {}
-    for entry in shown:
-        reasons: list[str] = []
-        if not entry.recorded:
-            reasons.append("it has no record: it has never finished")
-        if entry.recorded == "failed":
-            failure = failure_of(failed[entry.key]) if entry.key in failed else None
-            reasons.append(f"its last run failed ({failure.headline()})" if failure else "its last run failed")
-        inputs, targets = files.get(entry.key, ({}, {}))
-        for role, recorded in (("target", targets), ("input", inputs)):
-            for path, fp in recorded.items():
-                state = file_state(path, fp, view.reader, read)
-                if state != "ok":
-                    reasons.append(f"{role} {path} is {state}")
-        own[entry.key] = reasons
     dependents: dict[str, list[str]] = {}
-    for dep, key in view.edges:
+    for dep, key in edges:
         if dep in wanted and key in wanted:
             dependents.setdefault(dep, []).append(key)
     upstream: dict[str, list[str]] = {}
-    names = {entry.key: entry.name for entry in shown}
-    # Breadth-first from every record that would run on its own.
     queue = [key for key in keys if own[key]]
     seen = set(queue)
     while queue:
@@ -363,6 +442,20 @@ def plan(view: View, read: bool = False) -> list[Plan]:
             if child not in seen:
                 seen.add(child)
                 queue.append(child)
+    return upstream
+
+
+def plan(view: View, read: bool = False) -> list[Plan]:
+    """The next run's decisions about the records of the view that are not
+    history, in the order of the view; dependents of a task that would run
+    are ``'after'`` it."""
+    shown = [entry for entry in view.entries if entry.state != "stale"]
+    failed = view.failed()
+    files = view.reader.files(view.current) if shown else {}
+    own = {entry.key: _own_reasons(entry, failed, files.get(entry.key, ({}, {})), view.reader, read)
+           for entry in shown}
+    upstream = _upstream([entry.key for entry in shown], own, view.edges)
+    names = {entry.key: entry.name for entry in shown}
     out: list[Plan] = []
     for entry in shown:
         key = entry.key

@@ -1,6 +1,6 @@
 """``taskgraph.boss``: taylorism's Boss, workers and schedulers on a TaskGraph.
 
-A client of the public API: each :class:`Boss` owns one :class:`TaskGraph`
+Built on the engine's public objects: each :class:`Boss` owns one :class:`TaskGraph`
 on a temporary workspace (removed when the boss ends) and adds one task per
 instruction set, with ``transient_run=True`` (nothing is skipped: a boss
 runs what it is told) and ``store_result=True`` (a job's return value is its

@@ -36,7 +36,7 @@ from typing import Any
 from taskgraph._backends import make_executor
 from taskgraph._errors import InvalidArgumentError, TaskExecutionError
 from taskgraph._executor import Executor
-from taskgraph._job import Job, JobResult, RemoteTraceback, call_job, flatten_record
+from taskgraph._job import Job, JobResult, RemoteTraceback, call_job, dumps_or, flatten_record
 from taskgraph._shared import SharedArray
 
 LOGGER = logging.getLogger("taskgraph.multitask")
@@ -271,9 +271,8 @@ def _run_item(
     outcome.records = records
     if not remote:
         return outcome
-    try:
-        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as pickling_error:
+
+    def unpicklable(pickling_error: Exception) -> _Outcome:
         if outcome.error is None:
             message = (
                 f"{label} returned a {type(outcome.value).__name__} that cannot be pickled "
@@ -285,12 +284,15 @@ def _run_item(
                 f"{label} raised {type(outcome.error).__name__}: {outcome.error}, and that exception "
                 f"cannot be pickled ({pickling_error}) to send it back from the worker process."
             )
-        failure = _Outcome(error=TaskExecutionError(message), remote_traceback=outcome.remote_traceback)
-        with contextlib.suppress(Exception):
-            failure.records = outcome.records
-            return pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL)
-        failure.records = []
-        return pickle.dumps(failure, protocol=pickle.HIGHEST_PROTOCOL)
+        records = outcome.records
+        try:
+            pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            records = []  # the log records may be what cannot be pickled: it goes without them
+        return _Outcome(error=TaskExecutionError(message), remote_traceback=outcome.remote_traceback,
+                        records=records)
+
+    return dumps_or(outcome, unpicklable)
 
 
 # -- one call, in the caller ---------------------------------------------------------

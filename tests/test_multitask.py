@@ -247,6 +247,28 @@ def test_the_functions_exception_propagates_naming_the_item(mode):
         assert "fails_on_three" in str(caught.value.__cause__)
 
 
+def lock_on_two(args, i):
+    """Item 2 returns what cannot be pickled; item 4 raises what cannot be pickled."""
+    if i == 2:
+        return threading.Lock()
+    if i == 4:
+        error = ValueError("holds a lock")
+        error.lock = threading.Lock()
+        raise error
+    return i
+
+
+@pytest.mark.parametrize("bad", [2, 4])
+def test_an_item_whose_outcome_cannot_be_pickled_fails_saying_so(bad):
+    # In a worker process the value (or exception) has to be pickled to come
+    # back: the item fails with an error that says what could not be pickled.
+    items = [0, 1, bad, 3]
+    with pytest.raises(taskgraph.TaskExecutionError, match="cannot be pickled") as caught:
+        multitask(lock_on_two, items, None, None, jobs=2, force_processes=True)
+    expected = "returned a lock" if bad == 2 else "raised ValueError: holds a lock"
+    assert expected in str(caught.value)
+
+
 def test_a_worker_that_dies_fails_its_item():
     with pytest.raises(taskgraph.WorkerDiedError, match="exit code 1") as caught:
         multitask(dies_on_one, range(4), None, None, jobs=2)
