@@ -30,6 +30,7 @@ class Deciding(RunEnding):
     # The scheduler's state (see Scheduler.__init__), beyond RunEnding's.
     _unnotified: list[Task]
     _threaded: bool
+    _to_wake: list[Task]
 
     # The scheduler's own methods, which these call.
     def _start(self, task: Task, decision: Decision) -> None:
@@ -70,7 +71,7 @@ class Deciding(RunEnding):
         self._release([task])
         self._unnotified.append(task)
         if not self._threaded:
-            self._wake((task,))
+            self._to_wake.append(task)
         return None
 
     def _load_result(self, task: Task, decision: Decision) -> Decision:

@@ -79,7 +79,14 @@ from taskgraph._ledger_rows import (
     stored_path,
     stored_text,
 )
-from taskgraph._ledger_schema import CONSIDERED_SINCE, LEDGER_FILENAME, SCHEMA_VERSION, open_ledger, open_snapshot
+from taskgraph._ledger_schema import (
+    CONSIDERED_SINCE,
+    LEDGER_FILENAME,
+    SCHEMA_VERSION,
+    open_ledger,
+    open_snapshot,
+    stamp_clean_close,
+)
 
 # Ledger, UntrustedResultError, forget and forget_stale are defined here; the
 # others belong to the ledger's other rooms and are re-exported for the
@@ -169,6 +176,14 @@ class Ledger:
         self._members_changed: dict[str, str] = {}
         # Set by end_run: the statement that drops older runs' considered rows.
         self._prune: tuple[str, tuple[Any, ...]] | None = None
+        # Hashes of (record key, stored name) of the records whose last
+        # decision is a plain skip (no reasons), read when the first skip is
+        # recorded: the same decision is not written again (the run that made
+        # it is in `considered`; LedgerReader.decision() reports the latest).
+        # Hashes, not the strings: 100,000 records cost 4 MB, not 25. (Two
+        # pairs sharing a 64-bit hash would cost one decision row not being
+        # rewritten, an explanation, never a record.)
+        self._plain_skips: set[int] | None = None
         # See written_elsewhere(); a dry run's copy in memory never knows.
         self._elsewhere = read_only
         # A dry run's copy in memory, or the file: checked (moved aside if it
@@ -478,8 +493,21 @@ class Ledger:
             self._member(record_key, "skipped")
         elif self._members.get(record_key) not in ("ran", "failed", "restored"):
             self._member(record_key, "running")
+        stored_name = stored_text(name)
+        plain = not run and not reasons
+        if plain or self._plain_skips is not None:
+            if self._plain_skips is None:
+                self._plain_skips = {hash(row) for row in self._conn.execute(
+                    "SELECT record_key, name FROM decisions WHERE action='skip' AND reasons='[]'")}
+            pair = hash((record_key, stored_name))
+            if plain and pair in self._plain_skips:
+                return  # up to date as last time: that row says so already
+            if plain:
+                self._plain_skips.add(pair)
+            else:
+                self._plain_skips.discard(pair)
         self._rows[DECISION].append((
-            record_key, self.run_id, time.time(), stored_text(name), "run" if run else "skip",
+            record_key, self.run_id, time.time(), stored_name, "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
 
@@ -511,11 +539,14 @@ class Ledger:
         return transaction(self._conn, self.path)
 
     def close(self) -> None:
-        """Commit what is buffered and close the connection."""
+        """Commit what is buffered and close the connection (then, when no
+        other connection is left, note that the file was closed cleanly)."""
         try:
             self.flush(force=True)
         finally:
             self._conn.close()
+        if not self.read_only:
+            stamp_clean_close(self.path)
 
 
 def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int:

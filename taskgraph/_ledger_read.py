@@ -380,24 +380,24 @@ class LedgerReader:
         return [(a, b) for a, b in self._rows(
             f"SELECT record_key, dep_key FROM deps WHERE record_key IN ({CONSIDERED_SINCE})", (since,))]
 
-    def decisions(self, since: int | None = None) -> dict[str, DecisionRow]:
-        """Each record's last decision, with its reasons."""
-        sql = "SELECT record_key, run_id, decided_at, action, reasons FROM decisions"
-        params: tuple[Any, ...] = ()
-        if since is not None:
-            sql += f" WHERE record_key IN ({CONSIDERED_SINCE})"
-            params = (since,)
-        return {
-            key: DecisionRow(key, run_id, decided_at, action, json.loads(reasons))
-            for key, run_id, decided_at, action, reasons in self._rows(sql, params)
-        }
-
     def decision(self, record_key: str) -> DecisionRow | None:
+        """A record's last decision. A plain skip (no reasons) is written once
+        and not again while each later run skips the record the same way: its
+        run and time are then those of the latest run that skipped it."""
         rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
                           (record_key,))
         if not rows:
             return None
         run_id, decided_at, action, reasons = rows[0]
+        if action == "skip" and reasons == "[]":
+            later = self._rows(
+                "SELECT considered.run_id, runs.started FROM considered JOIN runs USING (run_id)"
+                " WHERE considered.record_key=? AND considered.state='skipped' AND considered.run_id>?"
+                " ORDER BY considered.run_id DESC LIMIT 1",
+                (record_key, run_id if run_id is not None else -1),
+            )
+            if later:
+                run_id, decided_at = later[0]
         return DecisionRow(record_key, run_id, decided_at, action, json.loads(reasons))
 
     def lookup_digest(self, path: str, algorithm: str) -> CachedDigest | None:

@@ -444,8 +444,58 @@ def _read_only_uri(path: str) -> str:
     return f"{uri}?mode=ro" if os.path.exists(path + WAL_SUFFIX) else f"{uri}?immutable=1"
 
 
+def _stamp(path: str) -> bytes | None:
+    """The ledger file's identity and state as ``os.stat`` sees it, or None
+    when a write-ahead log beside it holds commits not yet copied back."""
+    try:
+        if os.path.getsize(path + WAL_SUFFIX) > 0:
+            return None
+    except OSError:
+        pass  # no WAL: every commit is in the file
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"clean {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}\n".encode()
+
+
+def stamp_clean_close(path: str) -> None:
+    """After the last connection closed cleanly: note the file's state in
+    its lock file, so that the next open can skip ``PRAGMA quick_check``
+    (a read of the whole file) while nothing has touched it since. Any
+    write, by SQLite or anything else, changes its ctime; a WAL left by
+    another process's connection means no stamp."""
+    with contextlib.suppress(OSError), _file_lock(path + LOCK_SUFFIX):
+        stamp = _stamp(path)
+        if stamp is not None:
+            fd = private_file(path + LOCK_SUFFIX, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, stamp)
+            finally:
+                os.close(fd)
+
+
+def _closed_clean(path: str) -> bool:
+    """Whether the file is as the last clean close left it (see :func:`stamp_clean_close`)."""
+    stamp = _stamp(path)
+    if stamp is None:
+        return False
+    try:
+        with open(path + LOCK_SUFFIX, "rb") as stream:
+            return stream.read(256) == stamp
+    except OSError:
+        return False
+
+
 def _check_existing(path: str, read_only: bool) -> str | None:
-    """Why the existing file cannot be used as it is, or None if it can."""
+    """Why the existing file cannot be used as it is, or None if it can.
+
+    ``PRAGMA quick_check`` reads the whole file (half a second for 100,000
+    records): it is skipped when the file is exactly as a clean close left
+    it, so a corruption from outside (a disk error, a copy of a live file,
+    another tool) is still found the next time it is opened after any change.
+    """
     try:
         target = _read_only_uri(path) if read_only else path
         conn = sqlite3.connect(target, uri=read_only, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -458,7 +508,7 @@ def _check_existing(path: str, read_only: bool) -> str | None:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        check = "ok" if _closed_clean(path) else conn.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as error:
         too_long = _open_problem(path, error)
         if too_long is not None:

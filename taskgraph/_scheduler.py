@@ -121,6 +121,7 @@ class Scheduler(Deciding):
         # Inline, the caller's own thread is the scheduler: a finished task's
         # waiters are woken at once, and only its claim waits for the commit.
         self._threaded = threaded
+        self._to_wake: list[Task] = []  # inline: finished in this call, woken before it returns
         # Every task added whose waiters are not released yet, whatever its
         # state: what a failure of the scheduler itself must finish.
         self._unfinished: dict[int, Task] = {}
@@ -237,13 +238,21 @@ class Scheduler(Deciding):
                 time.sleep(_ELSEWHERE_POLL_S)
                 self._recheck_elsewhere()
                 self._dispatch()
+                self._wake_finished()
                 self._report()
                 continue
             try:
                 self._batch(message)
             except BaseException as error:
                 self._crash(error)
+            self._wake_finished()
             self._report()
+
+    def _wake_finished(self) -> None:
+        """Inline: wake the waiters of what finished in this call, once for all."""
+        if self._to_wake:
+            woken, self._to_wake = self._to_wake, []
+            self._wake(woken)
 
     def _batch(self, first: tuple[str, Any]) -> None:
         messages = [first]
@@ -290,7 +299,7 @@ class Scheduler(Deciding):
         self._release(finished)
         self._unnotified.extend(finished)
         if not self._threaded:
-            self._wake(finished)
+            self._to_wake.extend(finished)
         self._dispatch(force)
         if stop:
             self._stop_now()

@@ -122,6 +122,29 @@ def test_explain_says_why_and_what_now(workspace):
     assert "it ran" in result.stdout and "source.txt" in result.stdout and "size changed" in result.stdout
 
 
+def test_explain_names_the_latest_run_that_skipped_a_task(workspace):
+    # A skip decision is written once; later runs that skip the task the same
+    # way do not write it again, and explain still names the latest of them.
+    db = str(workspace / taskgraph.LEDGER_FILENAME)
+
+    def beta_decision():
+        con = sqlite3.connect(db)
+        try:
+            return con.execute("SELECT decisions.run_id, action, reasons FROM decisions JOIN tasks "
+                               "USING (record_key) WHERE tasks.name='beta'").fetchone()
+        finally:
+            con.close()
+
+    assert workspace.run() == 0  # run 2: beta skipped
+    written = beta_decision()
+    assert written[1:] == ("skip", "[]")
+    assert workspace.run() == 0 and workspace.run() == 0  # runs 3 and 4 skip it again
+    assert beta_decision() == written  # not written again
+    result = tg("explain", workspace, "beta")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"last decision \(.*, run 4\): it was skipped \(up to date\)", result.stdout), result.stdout
+
+
 def test_names_unknown_ambiguous_and_key_prefixes(workspace):
     result = tg("explain", workspace, "alpah")
     assert result.returncode == 1

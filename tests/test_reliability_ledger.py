@@ -105,6 +105,35 @@ def test_random_bytes_and_damaged_pages(tmp_path, good_ledger, caplog, seed):
             assert moved
 
 
+def test_a_ledger_damaged_after_a_clean_close_is_still_checked(tmp_path, caplog):
+    """A clean close lets the next open skip SQLite's full quick_check, but
+    only while the file is exactly as that close left it: bytes written over
+    a page (same size, its mtime put back) are found, and the file is moved aside."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    run(ws)
+    path = ws / LEDGER
+    assert (ws / (LEDGER + ".lock")).read_bytes().startswith(b"clean "), "a clean close leaves its stamp"
+    run(ws)  # the stamp is trusted: the records hold
+    assert aside_files(ws) == []
+    before = os.stat(path)
+    data = bytearray(path.read_bytes())
+    # Scribble over the page headers of every b-tree page but the first.
+    rng = random.Random(3)
+    for page in range(1, len(data) // 4096):
+        data[page * 4096:page * 4096 + 12] = rng.randbytes(12)
+    with open(path, "r+b") as stream:  # in place: same inode, same size
+        stream.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="taskgraph"):
+        a, b = run(ws)
+    assert len(aside_files(ws)) == 1 and "every task will run once" in caplog.text
+    assert a.state == "ran" and b.state == "ran" and b.get() == 5
+    assert integrity(path) == "ok"
+
+
 def test_garbage_wal_beside_a_good_ledger_is_ignored(tmp_path, good_ledger):
     """A -wal file of random bytes fails SQLite's checksums and is ignored:
     the ledger's records still hold (nothing reruns), nothing is moved."""
