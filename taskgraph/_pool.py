@@ -309,55 +309,72 @@ class ProcessPool(Executor):
 
     def _manage(self) -> None:
         try:
-            while True:
-                self._take_requests()
-                if self._server is not None and (self._server.pending or self._server.gone):
-                    # Exits read while a worker was starting, or the server found gone
-                    # then: settle what that tells about the workers.
-                    self._on_ready(self._server)
-                if self._closing and not self._workers:
-                    return
-                handles: list[Any] = [self._wake_r]
-                for worker in self._workers:
-                    if worker.conn is not None:
-                        handles.append(worker.conn)
-                    if worker.process is not None:
-                        handles.append(worker.process.sentinel)
-                if self._server is not None and not self._server.gone:
-                    handles.append(self._server)
-                timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
-                ready = multiprocessing.connection.wait(handles, timeout)
-                if not ready and self._closing and time.monotonic() >= self._deadline:
-                    self._escalate()
-                for handle in ready:
-                    self._on_ready(handle)
+            self._run()
         except BaseException as error:  # a bug here must not leave jobs waiting forever
-            LOGGER.exception("the process pool's manager thread failed")
-            self._closing = self._killing = True  # so that nothing below starts a worker
-            failure = WorkerDiedError(f"the process pool failed: {type(error).__name__}: {error}")
-            for worker in list(self._workers):
-                _kill_tree(worker.pid)
-                with contextlib.suppress(BaseException):
-                    self._forget(worker, failure)
+            self._fail_all(error)
         finally:
-            self._closing = True
-            with self._stop_lock:
-                self._stopped = True
-            self._take_requests()  # jobs that came with or after the shutdown: not started
-            for worker in list(self._workers):  # given up (only after a failure of this thread)
-                for entry in worker.jobs:
-                    with contextlib.suppress(BaseException):
-                        self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
-                            f"task {entry.job.name!r} was stopped because the process pool stopped")))
-                worker.jobs.clear()
+            self._wind_up()
+
+    def _run(self) -> None:
+        """Take requests and handle whatever is ready, until the pool is closing and no worker is left."""
+        while True:
+            self._take_requests()
+            if self._server is not None and (self._server.pending or self._server.gone):
+                # Exits read while a worker was starting, or the server found gone
+                # then: settle what that tells about the workers.
+                self._on_ready(self._server)
+            if self._closing and not self._workers:
+                return
+            timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
+            ready = multiprocessing.connection.wait(self._handles(), timeout)
+            if not ready and self._closing and time.monotonic() >= self._deadline:
+                self._escalate()
+            for handle in ready:
+                self._on_ready(handle)
+
+    def _handles(self) -> list[Any]:
+        """What the manager waits on: the wake-up pipe, each worker's pipe and
+        sentinel (under spawn), and the fork server's socket while it lives."""
+        handles: list[Any] = [self._wake_r]
+        for worker in self._workers:
+            if worker.conn is not None:
+                handles.append(worker.conn)
+            if worker.process is not None:
+                handles.append(worker.process.sentinel)
+        if self._server is not None and not self._server.gone:
+            handles.append(self._server)
+        return handles
+
+    def _fail_all(self, error: BaseException) -> None:
+        """The manager thread failed: kill every worker and fail its jobs."""
+        LOGGER.exception("the process pool's manager thread failed")
+        self._closing = self._killing = True  # so that nothing below starts a worker
+        failure = WorkerDiedError(f"the process pool failed: {type(error).__name__}: {error}")
+        for worker in list(self._workers):
+            _kill_tree(worker.pid)
             with contextlib.suppress(BaseException):
-                self._drain_backlog()  # closing: every job still waiting fails as not started
-            self._finalizer.detach()
-            if self._server is not None:
-                self._server.close()
-            for handle in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    handle.close()
+                self._forget(worker, failure)
+
+    def _wind_up(self) -> None:
+        """The manager's last act: fail every job it still holds or is given, release the server and the pipe."""
+        self._closing = True
+        with self._stop_lock:
+            self._stopped = True
+        self._take_requests()  # jobs that came with or after the shutdown: not started
+        for worker in list(self._workers):  # given up (only after a failure of this thread)
+            for entry in worker.jobs:
+                with contextlib.suppress(BaseException):
+                    self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
+                        f"task {entry.job.name!r} was stopped because the process pool stopped")))
+            worker.jobs.clear()
+        with contextlib.suppress(BaseException):
+            self._drain_backlog()  # closing: every job still waiting fails as not started
+        self._finalizer.detach()
+        if self._server is not None:
+            self._server.close()
+        for handle in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                handle.close()
 
     def _take_requests(self) -> None:
         while True:
@@ -399,26 +416,10 @@ class ProcessPool(Executor):
 
     def _on_ready(self, handle: Any) -> None:
         if handle is self._wake_r:
-            with contextlib.suppress(EOFError, OSError):
-                while self._wake_r.poll():
-                    self._wake_r.recv_bytes()
-            with self._wake_lock:
-                self._wake_pending = False  # requests posted from now on wake it again
-            self._take_requests()
+            self._on_wake()
             return
         if handle is self._server:
-            assert self._server is not None
-            for pid, exitcode in self._server.exits():
-                for worker in self._workers:
-                    if worker.pid == pid:
-                        worker.exitcode = exitcode
-                        self._on_death(worker)
-                        break
-            if self._server.gone:
-                # Its workers' exits will not be reported: a closed pipe is their end now.
-                for worker in list(self._workers):
-                    if worker.conn is None:
-                        self._on_death(worker)
+            self._on_server()
             return
         for worker in self._workers:
             if handle is worker.conn:
@@ -429,6 +430,29 @@ class ProcessPool(Executor):
                 worker.exitcode = worker.process.exitcode
                 self._on_death(worker)
                 return
+
+    def _on_wake(self) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
+        with self._wake_lock:
+            self._wake_pending = False  # requests posted from now on wake it again
+        self._take_requests()
+
+    def _on_server(self) -> None:
+        """The fork server reported workers' exits, or is gone."""
+        assert self._server is not None
+        for pid, exitcode in self._server.exits():
+            for worker in self._workers:
+                if worker.pid == pid:
+                    worker.exitcode = exitcode
+                    self._on_death(worker)
+                    break
+        if self._server.gone:
+            # Its workers' exits will not be reported: a closed pipe is their end now.
+            for worker in list(self._workers):
+                if worker.conn is None:
+                    self._on_death(worker)
 
     def _on_readable(self, worker: _Worker) -> None:
         assert worker.conn is not None
