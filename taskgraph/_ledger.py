@@ -1,63 +1,19 @@
-"""The ledger: one SQLite file in the workspace recording every finished task.
+"""The ledger's writer: one long-lived connection to the workspace's ledger.
 
-Leaf module: the only module that speaks SQL. Imports the standard library,
-sqlitedict (for the encoding of stored results) and ``_fingerprint`` /
-``_errors``.
+Owns :class:`Ledger` (runs and what each considered, lookups and the
+snapshot, durations, stored results, the digest cache, the write buffer and
+``flush``), :class:`UntrustedResultError`, and ``forget`` / ``forget_stale``.
+May import the ledger's other rooms, ``_errors``, ``_fingerprint``,
+``_version`` and sqlitedict (for the encoding of stored results).
 
-Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``PRAGMA
-application_id`` = :data:`APPLICATION_ID`)::
-
-    meta    (key PK, value)                      created_by, created_at
-    runs    (run_id PK, started, ended, pid, host, n_workers, version,
-             tasks, ran, skipped, failed)        counts written when it ends (schema 4)
-    tasks   (record_key PK, task_key, exec_key, name, func, source_hash, args,
-             hash_algorithm, store_result, state 'done'|'failed', run_id,
-             started, ended, duration, worker, error,
-             cpu_time, peak_memory,                  the run report (schema 2)
-             error_type, error_message, error_frames,  the failure as raised (schema 4)
-             arguments)                              the arguments' tree, JSON (schema 4)
-    files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
-             digest, taken_at_ns)                PK (record_key, role, path)
-    deps    (record_key, dep_key)                PK (record_key, dep_key)
-    digests (path, algorithm, dev, ino, size, mtime_ns, ctime_ns, is_dir,
-             digest, hashed_at_ns)               PK (path, algorithm)
-    results (key PK, value BLOB, mac BLOB)       a sqlitedict table: read it with
-                                                 SqliteDict(path, tablename='results', journal_mode='WAL')
-                                                 mac: HMAC-SHA256 of key, exec key and value
-    decisions (record_key PK, run_id, decided_at, name, action 'run'|'skip', reasons)
-    considered (run_id, record_key, state)       PK (run_id, record_key): the records
-                                                 each run was given, and what became of
-                                                 each: 'ran', 'restored', 'skipped',
-                                                 'failed', 'cancelled'; while it runs also
-                                                 'pending' and 'running' (schema 4)
-
-Runs and the current graph: every task added to a run is *considered* by it
-(a row of ``considered``, whether it then ran, was skipped or was cancelled).
-The *current graph* is what the latest run that ended (and was given at least
-one task) considered; every other record is history. When a run ends, the
-``considered`` rows of the finished runs before it are dropped, so the table
-holds about one graph, not one per run; a record's last consideration stays
-in ``decisions`` and ``tasks``.
-
-Paths (``files.path``, ``digests.path``) are TEXT, except a file name that is
-not valid UTF-8 (``os.listdir`` returns such names with surrogate escapes):
-it is stored as a BLOB of the file system's own bytes (``os.fsencode``), so it
-is kept exactly. Other text (names, arguments, errors) that is not valid UTF-8
-is stored with backslash escapes.
-
-Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
-being killed at any moment (it may be lost only to a power cut, never
-corrupted). All writes of a group of finished tasks (their row, files, deps and
-stored result) commit in one ``BEGIN IMMEDIATE`` transaction, so a task is
-never recorded as done without its result; a group that cannot be committed
-(disk full) is retried a task at a time, so what fits is kept. Other processes on the same
-workspace wait on SQLite's busy timeout instead of failing.
-
-A file that is not a taskgraph ledger (corrupt, foreign, or a schema this
-version cannot upgrade) is renamed aside, never deleted, with a warning saying
-every task will run once. An older schema that can be upgraded is migrated in
-place, in one transaction that keeps every record (:data:`_MIGRATIONS`). A
-ledger from a newer taskgraph is left alone and refused.
+The ledger is one SQLite file in the workspace recording every finished task.
+Its rooms, the only modules that speak SQL: ``_ledger_schema`` (the schema,
+migrations, opening a file, moving a bad one aside), ``_ledger_keys`` (the
+workspace's secret and the HMACs of stored results), ``_ledger_rows`` (how
+values are stored in rows and read back), ``_ledger_commit`` (the write
+statements, transactions and group commits; durability), ``_ledger_read``
+(the read side for the command line) and this writer. Names that other
+modules import from here are re-exported from the room that owns them.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
 stored with an HMAC-SHA256 of its record key, the exec key of the run that
@@ -75,185 +31,83 @@ every file taskgraph creates in the workspace are readable by their owner only.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import hmac
 import json
 import logging
 import os
-import pathlib
-import secrets
 import socket
 import sqlite3
 import time
-import traceback
-import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlitedict
-import xxhash
 
 from taskgraph._errors import LedgerError
-from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
+from taskgraph._fingerprint import CachedDigest
+from taskgraph._ledger_commit import (
+    CONSIDER,
+    DECISION,
+    DELETE_DEPS,
+    DELETE_FILES,
+    DELETE_RESULT,
+    END_RUN,
+    INSERT_DEP,
+    INSERT_FILE,
+    PRUNE_CONSIDERED,
+    UPSERT_RESULT,
+    UPSERT_TASK,
+    Rows,
+    commit,
+    empty_rows,
+    transaction,
+)
+from taskgraph._ledger_keys import KEY_SUFFIX, result_mac, workspace_key
+from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, StaleRow, TaskRow
+from taskgraph._ledger_rows import (
+    DigestRow,
+    FileRow,
+    Outcome,
+    Previous,
+    SnapshotRow,
+    TaskRecord,
+    cached_digest,
+    exec_key,
+    files_of,
+    loaded_path,
+    snapshot_record,
+    stored_path,
+    stored_text,
+)
+from taskgraph._ledger_schema import CONSIDERED_SINCE, LEDGER_FILENAME, SCHEMA_VERSION, open_ledger, open_snapshot
+
+# Ledger, UntrustedResultError, forget and forget_stale are defined here; the
+# others belong to the ledger's other rooms and are re-exported for the
+# modules that import them from here.
+__all__ = [
+    "KEY_SUFFIX",
+    "LEDGER_FILENAME",
+    "SCHEMA_VERSION",
+    "DecisionRow",
+    "Ledger",
+    "LedgerReader",
+    "Outcome",
+    "RunRow",
+    "StaleRow",
+    "TaskRecord",
+    "TaskRow",
+    "UntrustedResultError",
+    "forget",
+    "forget_stale",
+]
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
-LEDGER_FILENAME = "taskgraph_ledger.sqlite"
-#: The workspace's secret for the HMAC of stored results (beside the ledger).
-KEY_SUFFIX = ".key"
-#: 2: tasks gained ``cpu_time`` and ``peak_memory``, results the ``mac`` column.
-#: 3: the ``mac`` of a result also covers the exec key of its run.
-#: 4: which records each run considered (``considered``, and counts in
-#: ``runs``), failures as raised and the arguments' tree in ``tasks``.
-#: Older ledgers are upgraded in place, see :data:`_MIGRATIONS`.
-SCHEMA_VERSION = 4
-_KEY_BYTES = 32
-_MAC_CONTEXT = b"taskgraph stored result v2\0"
-# Schema 2's HMAC: record key and bytes only (checked once, by the upgrade).
-_MAC_CONTEXT_V1 = b"taskgraph stored result v1\0"
-# SQLite's unix VFS holds a database's full path and the names of its
-# journals (the path plus "-journal") in 512 bytes.
-_SQLITE_MAX_PATH = 512
-_JOURNAL_SUFFIX = "-journal"
-#: Files taskgraph creates in a workspace are for their owner's eyes only.
-FILE_MODE = 0o600
-APPLICATION_ID = 0x54475248  # "TGRH"
-_BUSY_TIMEOUT_S = 60.0
 _BULK_AFTER = 64
-_CHECKPOINT_PAGES = 8192  # 32 MiB of 4 KiB pages
-_LOCK_RETRIES = 10
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    started REAL NOT NULL, ended REAL, pid INTEGER, host TEXT,
-    n_workers INTEGER, version TEXT,
-    tasks INTEGER, ran INTEGER, skipped INTEGER, failed INTEGER);
-CREATE TABLE IF NOT EXISTS tasks (
-    record_key TEXT PRIMARY KEY,
-    task_key TEXT NOT NULL,
-    exec_key TEXT NOT NULL,
-    name TEXT NOT NULL,
-    func TEXT NOT NULL,
-    source_hash TEXT NOT NULL,
-    args TEXT NOT NULL,
-    hash_algorithm TEXT NOT NULL,
-    store_result INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('done', 'failed')),
-    run_id INTEGER,
-    started REAL, ended REAL, duration REAL,
-    worker TEXT,
-    error TEXT,
-    cpu_time REAL,
-    peak_memory INTEGER,
-    error_type TEXT,
-    error_message TEXT,
-    error_frames TEXT,
-    arguments TEXT);
-CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name);
-CREATE TABLE IF NOT EXISTS files (
-    record_key TEXT NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('input', 'target')),
-    path TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    digest TEXT,
-    taken_at_ns INTEGER NOT NULL,
-    PRIMARY KEY (record_key, role, path)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS deps (
-    record_key TEXT NOT NULL,
-    dep_key TEXT NOT NULL,
-    PRIMARY KEY (record_key, dep_key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS digests (
-    path TEXT NOT NULL,
-    algorithm TEXT NOT NULL,
-    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, is_dir INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    hashed_at_ns INTEGER NOT NULL,
-    PRIMARY KEY (path, algorithm)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value BLOB, mac BLOB);
-CREATE TABLE IF NOT EXISTS decisions (
-    record_key TEXT PRIMARY KEY,
-    run_id INTEGER,
-    decided_at REAL NOT NULL,
-    name TEXT NOT NULL,
-    action TEXT NOT NULL CHECK (action IN ('run', 'skip')),
-    reasons TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS considered (
-    run_id INTEGER NOT NULL,
-    record_key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (run_id, record_key)) WITHOUT ROWID;
-"""
-# Buffered writes, in the order a flush runs them: deletes before inserts.
-_DELETE_FILES = "DELETE FROM files WHERE record_key=?"
-_DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
-_DELETE_RESULT = "DELETE FROM results WHERE key=?"
-_UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
-_INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
-_UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
-_DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
-_CONSIDER = "INSERT OR REPLACE INTO considered VALUES (?,?,?)"
-_END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE run_id=?"
-# A run that ends becomes the current graph: the rows of the finished runs
-# before it are history (the run ids of runs that may still be going on
-# elsewhere are kept; the statement is completed with their list).
-_PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
-_RECORD_STATEMENTS = (
-    _DELETE_FILES, _DELETE_DEPS, _DELETE_RESULT, _UPSERT_TASK, _INSERT_FILE, _INSERT_DEP, _UPSERT_RESULT,
-)
-_STATEMENTS = (*_RECORD_STATEMENTS, _DECISION, _CONSIDER, _END_RUN)
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
-# Schema upgrades: from version N, the statements that make version N + 1.
-# New columns are added at the end of their table, so a migrated ledger has
-# the same column order as a new one.
-# A step is SQL, or a function of the ledger and the connection (run in the
-# same transaction).
-_MIGRATIONS: dict[int, tuple[str | Callable[[Ledger, sqlite3.Connection], None], ...]] = {
-    # Schema 1 results carry no HMAC: they fail their check, so tasks with
-    # stored results run once more; every other record is kept as it is.
-    1: ("ALTER TABLE tasks ADD COLUMN cpu_time REAL",
-        "ALTER TABLE tasks ADD COLUMN peak_memory INTEGER",
-        "ALTER TABLE results ADD COLUMN mac BLOB"),
-    # Schema 2's HMAC covered record key and bytes only: results whose HMAC
-    # verifies are signed again for the inputs their record holds.
-    2: (lambda ledger, conn: ledger._bind_results_to_inputs(conn),),
-    # Schema 3 kept only each record's last decision: the run of that
-    # decision (or, without one, of its last execution) is the best account
-    # of which run considered it. Runs before that have no count of tasks.
-    3: ("ALTER TABLE tasks ADD COLUMN error_type TEXT",
-        "ALTER TABLE tasks ADD COLUMN error_message TEXT",
-        "ALTER TABLE tasks ADD COLUMN error_frames TEXT",
-        "ALTER TABLE tasks ADD COLUMN arguments TEXT",
-        "ALTER TABLE runs ADD COLUMN tasks INTEGER",
-        "ALTER TABLE runs ADD COLUMN ran INTEGER",
-        "ALTER TABLE runs ADD COLUMN skipped INTEGER",
-        "ALTER TABLE runs ADD COLUMN failed INTEGER",
-        "CREATE TABLE considered (run_id INTEGER NOT NULL, record_key TEXT NOT NULL, state TEXT NOT NULL,"
-        " PRIMARY KEY (run_id, record_key)) WITHOUT ROWID",
-        "INSERT OR IGNORE INTO considered SELECT d.run_id, d.record_key, CASE"
-        " WHEN t.run_id = d.run_id AND t.state = 'done' AND d.reasons LIKE '%\"restored_from_cache\"%'"
-        " THEN 'restored'"
-        " WHEN t.run_id = d.run_id THEN (CASE t.state WHEN 'done' THEN 'ran' ELSE 'failed' END)"
-        " WHEN d.action = 'skip' THEN 'skipped' ELSE 'cancelled' END"
-        " FROM decisions d JOIN tasks t ON t.record_key = d.record_key WHERE d.run_id IS NOT NULL",
-        "INSERT OR IGNORE INTO considered SELECT run_id, record_key,"
-        " CASE state WHEN 'done' THEN 'ran' ELSE 'failed' END FROM tasks t WHERE run_id IS NOT NULL"
-        " AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.record_key = t.record_key AND d.run_id IS NOT NULL)",
-        "UPDATE runs SET tasks = (SELECT count(*) FROM considered c WHERE c.run_id = runs.run_id)"
-        " WHERE ended IS NOT NULL"),
-}
-_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "considered"}
-#: Tables a migration creates: a ledger of an older schema does not have them yet.
-_TABLES_SINCE = {"considered": 4}
 
 
 class UntrustedResultError(LedgerError):
@@ -262,291 +116,6 @@ class UntrustedResultError(LedgerError):
     Raised by :meth:`Ledger.load_result`; the scheduler catches it and runs
     the task again, so users see a warning, not this error.
     """
-
-
-def _private_file(path: str, flags: int = os.O_RDWR) -> int:
-    """Open (creating if missing) a file only its owner may read or write."""
-    return os.open(path, flags | os.O_CREAT, FILE_MODE)
-
-
-def _read_key(path: str) -> bytes | None:
-    """The workspace key, or None if the file is damaged or not trustworthy
-    (then it is moved aside with a warning)."""
-    with open(path, "rb") as stream:
-        info = os.fstat(stream.fileno())
-        key = stream.read(_KEY_BYTES + 1)
-    problem = None
-    if len(key) != _KEY_BYTES:
-        problem = f"it holds {len(key)} bytes instead of {_KEY_BYTES}"
-    elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-        problem = f"it belongs to another user (uid {info.st_uid})"
-    if problem is None:
-        if os.name == "posix" and info.st_mode & 0o077:  # (Windows has no such mode bits)
-            # Others could read the secret: tighten, and say so.
-            os.chmod(path, FILE_MODE)
-            LOGGER.warning(
-                "the taskgraph key %s was readable by other users; it is now readable by its "
-                "owner only. If others may have copied it, delete it: stored results will "
-                "then be computed again.", path,
-            )
-        return key
-    aside = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(3)}.bad"
-    os.rename(path, aside)
-    LOGGER.warning(
-        "the taskgraph key %s cannot be used because %s; it was moved to %s and a new key "
-        "made, so tasks with stored results will run once.", path, problem, aside,
-    )
-    return None
-
-
-def workspace_key(path: str, create: bool = True) -> bytes | None:
-    """The secret keying the HMAC of stored results, made on first use.
-
-    Creation is atomic: the random bytes are written to a private temporary
-    file, which is then hard-linked to ``path``; the link fails if another
-    process made the key first, and that key is used. None if there is no key
-    and ``create`` is False.
-    """
-    for _ in range(3):
-        try:
-            key = _read_key(path)
-        except FileNotFoundError:
-            key = None
-        if key is not None:
-            return key
-        if not create:
-            return None
-        temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = _private_file(temporary, os.O_WRONLY | os.O_EXCL)
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another process made it first: use theirs
-        except OSError:
-            # No hard links on this file system: an exclusive rename instead
-            # (a reader may then briefly see no key, never half a key).
-            if not os.path.exists(path):
-                os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-    raise LedgerError(f"cannot make the taskgraph key {path}: it keeps being replaced or damaged")
-
-
-def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes:
-    """HMAC-SHA256 binding a stored result's bytes to its task's record key
-    and to the exec key of the run that computed it (``run_key``: the input
-    fingerprints of that run), so that the result of one run cannot stand in
-    for another's."""
-    message = _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value)
-    return hmac.new(key, message, hashlib.sha256).digest()
-
-
-def _schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
-    message = _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value)
-    return hmac.new(key, message, hashlib.sha256).digest()
-
-
-def stored_path(path: str) -> str | bytes:
-    """A path as the ledger stores it: its text, or, for a name that is not
-    valid UTF-8, the file system's own bytes (kept exactly)."""
-    if path.isascii():
-        return path
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return os.fsencode(path)
-        except UnicodeError:  # not a file name on this system at all
-            return path.encode("utf-8", "surrogatepass")
-    return path
-
-
-def loaded_path(value: str | bytes) -> str:
-    """A path as the ledger stored it, back as ``str`` (with surrogate escapes
-    for bytes that are not UTF-8, as ``os.listdir`` returns it)."""
-    return value if type(value) is str else os.fsdecode(value)
-
-
-def _text(value: str | None) -> str | None:
-    """Text for a TEXT column: as it is when valid UTF-8, else with the
-    characters that are not (lone surrogates) as backslash escapes."""
-    if value is None or value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
-def _open_problem(path: str, error: BaseException) -> LedgerError | None:
-    """The real reason SQLite cannot open ``path``, when it is the length of
-    its path (SQLite's "unable to open database file" says nothing of it)."""
-    try:
-        full = len(os.fsencode(os.path.realpath(path)))
-    except (OSError, ValueError):
-        return None
-    if full + len(_JOURNAL_SUFFIX) <= _SQLITE_MAX_PATH:
-        return None
-    most = _SQLITE_MAX_PATH - len(_JOURNAL_SUFFIX) - len(os.sep + LEDGER_FILENAME)
-    return LedgerError(
-        f"cannot open the taskgraph ledger {path}: its absolute path is {full} bytes long, and "
-        f"SQLite opens a database only if its path and its journal's (the path plus "
-        f"{_JOURNAL_SUFFIX!r}) fit in {_SQLITE_MAX_PATH} bytes ({error}). Use a workspace whose "
-        f"absolute path (symbolic links resolved) is at most {most} bytes long; this one is "
-        f"{full - len(os.sep + LEDGER_FILENAME)} bytes."
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """What the ledger holds about one task."""
-
-    record_key: str
-    name: str
-    state: str
-    hash_algorithm: str
-    store_result: bool
-    inputs: dict[str, Fingerprint]
-    targets: dict[str, Fingerprint]
-    has_result: bool
-    ended: float | None
-    error: str | None
-
-
-# A task in the ledger's snapshot: (name, state, hash_algorithm,
-# store_result, ended, error, has_result, files), each file (role, path, mode,
-# size, mtime_ns, digest, taken_at_ns).
-_FileRow = tuple[str, str, str, int, int, "str | None", int]
-_SnapshotRow = tuple[str, str, str, bool, "float | None", "str | None", bool, tuple[_FileRow, ...]]
-
-
-# A digest cache row in the snapshot: (dev, ino, size, mtime_ns, ctime_ns,
-# is_dir, digest, hashed_at_ns).
-_DigestRow = tuple[int, int, int, int, int, int, str, int]
-
-
-def _from_row(record_key: str, row: _SnapshotRow) -> TaskRecord:
-    name, state, algorithm, store_result, ended, error, has_result, files = row
-    if not files:
-        return TaskRecord(record_key, name, state, algorithm, store_result, {}, {}, has_result, ended, error)
-    inputs: dict[str, Fingerprint] = {}
-    targets: dict[str, Fingerprint] = {}
-    for role, path, mode, size, mtime_ns, digest, taken_at_ns in files:
-        (inputs if role == "input" else targets)[path] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-    return TaskRecord(record_key, name, state, algorithm, store_result, inputs, targets, has_result, ended, error)
-
-
-@dataclass(frozen=True, slots=True)
-class Previous:
-    """The earlier record a new task is compared with (same name)."""
-
-    record_key: str
-    task_key: str
-    func: str
-    source_hash: str
-    args: str
-    #: The arguments' tree (``_arguments.tree``); None in records of older ledgers.
-    arguments: str | None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """A finished task as the scheduler hands it to the ledger."""
-
-    record_key: str
-    task_key: str
-    name: str
-    func: str
-    source_hash: str
-    args: str
-    hash_algorithm: str
-    store_result: bool
-    started: float
-    ended: float
-    worker: str
-    inputs: dict[str, Fingerprint] = field(default_factory=dict)
-    targets: dict[str, Fingerprint] = field(default_factory=dict)
-    deps: Sequence[str] = ()
-    result: Any = None
-    error: str | None = None
-    #: True when the ledger held no record of this task before this run.
-    fresh: bool = False
-    #: The run report: CPU seconds and peak resident memory (bytes), if measured.
-    cpu_time: float | None = None
-    peak_memory: int | None = None
-    #: A failed task: the exception as raised, (type, message, the user's
-    #: frames as JSON), see ``_failure.Failure``; ``error`` is its whole text.
-    failure: tuple[str, str, str] | None = None
-    #: The arguments' tree (``_arguments.tree``), to say later what changed.
-    arguments: str | None = None
-
-
-def exec_key(record_key: str, inputs: dict[str, Fingerprint]) -> str:
-    """The re-execution key: the task's record key and what its input files
-    were (path, size, mtime, digest) when it last ran. Equal keys mean the
-    same call on the same inputs."""
-    hasher = xxhash.xxh3_128(record_key.encode())
-    for path in sorted(inputs):
-        fp = inputs[path]
-        hasher.update(f"\0{path}\0{fp.mode}\0{fp.size}\0{fp.mtime_ns}\0{fp.digest}".encode(
-            "utf-8", "surrogatepass"))
-    return str(hasher.hexdigest())
-
-
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (POSIX; a no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = _private_file(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _upgrade(conn: sqlite3.Connection, ledger: Ledger | None) -> int:
-    """Run the migrations from the connection's schema to :data:`SCHEMA_VERSION`
-    in one transaction; returns the version it started from.
-
-    A step that is a function needs the workspace's ledger (it re-signs
-    stored results); without one (the command line's copy in memory, which
-    never unpickles a result) it is left out.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Another process may have upgraded it while this one waited.
-        version = start = conn.execute("PRAGMA user_version").fetchone()[0]
-        while version < SCHEMA_VERSION:
-            for step in _MIGRATIONS[version]:
-                if callable(step):
-                    if ledger is not None:
-                        step(ledger, conn)
-                else:
-                    conn.execute(step)
-            version += 1
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return int(start)
-
-
-def _is_busy(error: sqlite3.Error) -> bool:
-    """Another connection holds the write lock (as opposed to a write that failed)."""
-    return "locked" in str(error) or "busy" in str(error)
 
 
 def _process_may_run(pid: int | None, host: str | None) -> bool:
@@ -576,8 +145,8 @@ class Ledger:
         #: A dry run: the ledger is read into memory and nothing in the
         #: workspace is created, upgraded, moved or written.
         self.read_only = read_only
-        # Buffered writes, statement -> rows, run in _STATEMENTS order by flush().
-        self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _STATEMENTS}
+        # Buffered writes, statement -> rows, committed by flush().
+        self._rows: Rows = empty_rows()
         # Whether _rows holds more than lazy decision rows: flush runs after
         # every task, so it must not scan the statements to find out.
         self._durable = False
@@ -587,8 +156,8 @@ class Ledger:
         # query instead of two per task. A snapshot that another process
         # outdates is safe: a task it lacks runs again; a record it keeps
         # still only matches files that are as that record left them.
-        self._records: dict[str, TaskRecord | _SnapshotRow | None] | None = None
-        self._digests: dict[tuple[str, str], CachedDigest | _DigestRow] | None = None
+        self._records: dict[str, TaskRecord | SnapshotRow | None] | None = None
+        self._digests: dict[tuple[str, str], CachedDigest | DigestRow] | None = None
         self._record_lookups = 0
         self._written: set[str] = set()
         self._digest_lookups = 0
@@ -601,199 +170,13 @@ class Ledger:
         # Set by end_run: the statement that drops older runs' considered rows.
         self._prune: tuple[str, tuple[Any, ...]] | None = None
         # See written_elsewhere(); a dry run's copy in memory never knows.
-        self._data_version: int | None = None
         self._elsewhere = read_only
-        if read_only:
-            self._conn = self._open_snapshot()
-            return
-        try:
-            with _file_lock(self.path + ".lock"):
-                self._conn = self._open()
-        except sqlite3.Error as error:
-            raise _open_problem(self.path, error) or LedgerError(
-                f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
-                "workspace is writable and the disk is not full."
-            ) from error
-        except OSError as error:
-            raise LedgerError(
-                f"cannot open the taskgraph ledger {self.path}: {error}. Check that the "
-                "workspace exists and is writable."
-            ) from error
-
-    # -- opening --------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        # With synchronous=NORMAL, checkpoints are the only fsyncs: one per
-        # _CHECKPOINT_PAGES pages of WAL instead of SQLite's default 1,000
-        # (4 MiB), which short tasks' group commits reach every few dozen
-        # commits. The WAL may grow to this before it is copied back.
-        conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
-        return conn
-
-    def _open(self) -> sqlite3.Connection:
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            problem = self._check_existing()
-            if problem is not None:
-                self._move_aside(problem)
-        if not os.path.exists(self.path):
-            # SQLite gives its -wal and -shm files the mode of the database.
-            os.close(_private_file(self.path))
-        return self._prepare(self._connect())
-
-    def _prepare(self, conn: sqlite3.Connection) -> sqlite3.Connection:
-        """Create the schema of a new ledger or upgrade an older one."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._create(conn)
-        elif version < SCHEMA_VERSION:
-            self._migrate(conn)
-        self._had_tasks = conn.execute("SELECT EXISTS(SELECT 1 FROM tasks)").fetchone()[0] == 1
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        return conn
-
-    def _read_only_uri(self) -> str:
-        """Opens the ledger without writing anything beside it. With no WAL
-        file, every commit is in the database file: ``immutable`` reads it
-        with no -shm or -wal made. A WAL file means a writer may be active:
-        ``mode=ro`` then reads through it (its -shm exists already)."""
-        uri = pathlib.Path(self.path).resolve().as_uri()
-        return f"{uri}?mode=ro" if os.path.exists(self.path + "-wal") else f"{uri}?immutable=1"
-
-    def _open_snapshot(self) -> sqlite3.Connection:
-        """A dry run's ledger: an in-memory copy of the workspace's ledger
-        (upgraded there if its schema is older), or an empty one when there is
-        none or it could not be used (every task would then run). The file is
-        only read."""
-        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        problem: str | None = "there is none"
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            problem = self._check_existing()
-            if problem is None:
-                try:
-                    source = sqlite3.connect(self._read_only_uri(), uri=True, timeout=_BUSY_TIMEOUT_S)
-                    try:
-                        source.backup(memory)
-                    finally:
-                        source.close()
-                except sqlite3.Error as error:
-                    problem = f"it cannot be read ({error})"
-                    memory.close()  # a partial copy is not a ledger: start empty
-                    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        if problem is not None:
-            LOGGER.info("dry run: the taskgraph ledger %s is not used because %s; every task would run",
-                        self.path, problem)
-        return self._prepare(memory)
-
-    def _check_existing(self) -> str | None:
-        """Why the existing file cannot be used as it is, or None if it can."""
-        try:
-            target = self._read_only_uri() if self.read_only else self.path
-            conn = sqlite3.connect(target, uri=self.read_only, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.DatabaseError as error:
-            too_long = _open_problem(self.path, error)
-            if too_long is not None:
-                raise too_long from error  # the file may be fine: never move it aside for this
-            return f"it cannot be opened ({error})"
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            too_long = _open_problem(self.path, error)
-            if too_long is not None:
-                raise too_long from error
-            return f"it is not a readable SQLite database ({error})"
-        finally:
-            conn.close()
-        if check != "ok":
-            return f"SQLite reports it corrupt ({check})"
-        if app_id == 0 and not tables:
-            return None  # an empty database: initialise it in place
-        if app_id != APPLICATION_ID:
-            return "it was not written by this taskgraph (a natcap taskgraph or other database)"
-        if version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"the ledger {self.path} was written by a newer taskgraph (schema "
-                f"{version}, this taskgraph reads schema {SCHEMA_VERSION}). Upgrade "
-                "taskgraph, or move that file away to start a new ledger."
-            )
-        if version < SCHEMA_VERSION and any(v not in _MIGRATIONS for v in range(version, SCHEMA_VERSION)):
-            return f"it has an older schema ({version}, now {SCHEMA_VERSION}) that cannot be upgraded"
-        expected = {name for name in _EXPECTED_TABLES if _TABLES_SINCE.get(name, 0) <= version}
-        if not expected <= tables:
-            return f"tables are missing: {sorted(expected - tables)}"
-        return None
-
-    def _move_aside(self, problem: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = f"{self.path}.{stamp}.bad"
-        counter = 1
-        while os.path.exists(aside):
-            counter += 1
-            aside = f"{self.path}.{stamp}-{counter}.bad"
-        os.rename(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.path + suffix, aside + suffix)
-        LOGGER.warning(
-            "the taskgraph ledger %s could not be used because %s; it was moved to %s "
-            "and a new ledger started, so every task will run once.",
-            self.path, problem, aside,
-        )
-
-    def _create(self, conn: sqlite3.Connection) -> None:
-        from taskgraph._version import __version__
-
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('created_by', ?), ('created_at', ?)",
-                    (f"taskgraph {__version__}", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-                )
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Upgrade an older schema in place, keeping every record."""
-        start = _upgrade(conn, self)
-        if start < SCHEMA_VERSION:
-            LOGGER.info("the taskgraph ledger %s was upgraded from schema %d to %d; every record was kept",
-                        self.path, start, SCHEMA_VERSION)
-
-    def _bind_results_to_inputs(self, conn: sqlite3.Connection) -> None:
-        """The upgrade from schema 2: a result whose schema-2 HMAC (record key
-        and bytes) verifies is signed again, binding it to the input
-        fingerprints its record holds (what it was computed from); one that
-        does not verify is left as it is and stays refused."""
-        if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM results WHERE mac IS NOT NULL)").fetchone()[0]:
-            return
-        secret = self._workspace_key(create=False)
-        if secret is None:
-            return  # no key: no result can verify
-        inputs: dict[str, dict[str, Fingerprint]] = {}
-        for key, path, mode, size, mtime_ns, digest, taken_at_ns in conn.execute(
-            "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
-        ):
-            inputs.setdefault(key, {})[loaded_path(path)] = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-        signed = []
-        for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
-            if hmac.compare_digest(bytes(mac), _schema_2_mac(secret, key, value)):
-                signed.append((result_mac(secret, key, exec_key(key, inputs.get(key, {})), value), key))
-        conn.executemany("UPDATE results SET mac=? WHERE key=?", signed)
+        # A dry run's copy in memory, or the file: checked (moved aside if it
+        # cannot be used), created or upgraded (see _ledger_schema).
+        opened = (open_snapshot if read_only else open_ledger)(self.path, lambda: self._workspace_key(create=False))
+        self._conn = opened.conn
+        self._had_tasks = opened.had_tasks
+        self._data_version = opened.data_version
 
     # -- runs -------------------------------------------------------------------
 
@@ -833,7 +216,7 @@ class Ledger:
                 counts["ran"] += 1  # (it ended as if it ran: its targets are there)
             elif state in counts:
                 counts[state] += 1
-        self._rows[_END_RUN].append((time.time(), len(self._members), counts["ran"], counts["skipped"],
+        self._rows[END_RUN].append((time.time(), len(self._members), counts["ran"], counts["skipped"],
                                      counts["failed"], self.run_id))
         self._durable = True
         if self._members and not self.read_only:
@@ -842,7 +225,7 @@ class Ledger:
                     "SELECT run_id, pid, host FROM runs WHERE run_id < ? AND ended IS NULL", (self.run_id,))
                 if _process_may_run(pid, host)
             ]
-            sql = _PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep)))
+            sql = PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep)))
             self._prune = (sql, (self.run_id, *keep))
 
     # -- reading ----------------------------------------------------------------
@@ -869,7 +252,7 @@ class Ledger:
             entry = self._records.get(record_key)
             if entry is None or isinstance(entry, TaskRecord):
                 return entry
-            return _from_row(record_key, entry)
+            return snapshot_record(record_key, entry)
         return self._select(record_key)
 
     def written_elsewhere(self) -> bool:
@@ -895,26 +278,22 @@ class Ledger:
         ).fetchone()
         if row is None:
             return None
-        inputs: dict[str, Fingerprint] = {}
-        targets: dict[str, Fingerprint] = {}
-        for role, path, mode, size, mtime_ns, digest, taken_at_ns in self._conn.execute(
+        inputs, targets = files_of(self._conn.execute(
             "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
             " WHERE record_key=?",
             (record_key,),
-        ):
-            fingerprint = Fingerprint(mode, size, mtime_ns, digest, taken_at_ns)
-            (inputs if role == "input" else targets)[loaded_path(path)] = fingerprint
+        ))
         name, state, algorithm, store_result, ended, error, has_result = row
         return TaskRecord(
             record_key, name, state, algorithm, bool(store_result), inputs, targets,
             bool(has_result), ended, error,
         )
 
-    def _load_records(self) -> dict[str, TaskRecord | _SnapshotRow | None]:
+    def _load_records(self) -> dict[str, TaskRecord | SnapshotRow | None]:
         # Plain tuples of atoms, not TaskRecords: CPython's garbage collector
         # stops tracking them (and the dict), so at 100,000 tasks its full
         # collections do not walk the snapshot. lookup() builds the record.
-        files: dict[str, list[_FileRow]] = {}
+        files: dict[str, list[FileRow]] = {}
         for row in self._conn.execute(
             "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
         ):
@@ -925,7 +304,7 @@ class Ledger:
                 row = (*row[:2], loaded_path(row[2]), *row[3:])
             listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
-        records: dict[str, TaskRecord | _SnapshotRow | None] = {}
+        records: dict[str, TaskRecord | SnapshotRow | None] = {}
         for key, name, state, algorithm, store_result, ended, error in self._conn.execute(
             "SELECT record_key, name, state, hash_algorithm, store_result, ended, error FROM tasks"
         ):
@@ -936,7 +315,7 @@ class Ledger:
             )
         return records
 
-    def _load_digests(self) -> dict[tuple[str, str], CachedDigest | _DigestRow]:
+    def _load_digests(self) -> dict[tuple[str, str], CachedDigest | DigestRow]:
         # Plain tuples, for the garbage collector as in _load_records;
         # lookup_digest builds the entry.
         return {
@@ -970,7 +349,7 @@ class Ledger:
         for row in self._conn.execute(
             "SELECT record_key, task_key, func, source_hash, args, arguments FROM tasks WHERE name=?"
             " ORDER BY ended DESC LIMIT 64",
-            (_text(name),),
+            (stored_text(name),),
         ):
             if row[0] not in self._members:
                 return Previous(*row)
@@ -1039,17 +418,13 @@ class Ledger:
             entry = self._digests.get((path, algorithm))
             if entry is None or isinstance(entry, CachedDigest):
                 return entry
-            dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns = entry
-            return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
+            return cached_digest(entry)
         row = self._conn.execute(
-            "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
+            "SELECT dev, ino, size, mtime_ns, ctime_ns, is_dir, digest, hashed_at_ns"
             " FROM digests WHERE path=? AND algorithm=?",
             (stored_path(path), algorithm),
         ).fetchone()
-        if row is None:
-            return None
-        size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns = row
-        return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
+        return None if row is None else cached_digest(row)
 
     def store_digest(self, path: str, algorithm: str, entry: CachedDigest) -> None:
         self._pending_digests[(path, algorithm)] = entry
@@ -1068,23 +443,23 @@ class Ledger:
         failure = outcome.failure or (None, None, None)
         rows = self._rows
         run_key = exec_key(key, outcome.inputs)
-        rows[_UPSERT_TASK].append((
-            key, outcome.task_key, run_key, _text(outcome.name), _text(outcome.func),
-            outcome.source_hash, _text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
+        rows[UPSERT_TASK].append((
+            key, outcome.task_key, run_key, stored_text(outcome.name), stored_text(outcome.func),
+            outcome.source_hash, stored_text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
-            _text(outcome.worker), _text(outcome.error), outcome.cpu_time, outcome.peak_memory,
-            _text(failure[0]), _text(failure[1]), _text(failure[2]), _text(outcome.arguments),
+            stored_text(outcome.worker), stored_text(outcome.error), outcome.cpu_time, outcome.peak_memory,
+            stored_text(failure[0]), stored_text(failure[1]), stored_text(failure[2]), stored_text(outcome.arguments),
         ))
         if not outcome.fresh:
-            rows[_DELETE_DEPS].append((key,))
-        rows[_INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
+            rows[DELETE_DEPS].append((key,))
+        rows[INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
         if outcome.error is not None:
             return  # keep the last success's files for explaining what changed
         if not outcome.fresh:
-            rows[_DELETE_FILES].append((key,))
-            rows[_DELETE_RESULT].append((key,))
+            rows[DELETE_FILES].append((key,))
+            rows[DELETE_RESULT].append((key,))
         for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
-            rows[_INSERT_FILE].extend(
+            rows[INSERT_FILE].extend(
                 (key, role, stored_path(path), fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
                 for path, fp in files.items()
             )
@@ -1093,7 +468,7 @@ class Ledger:
             secret = self._workspace_key()
             assert secret is not None  # made when missing
             mac = result_mac(secret, key, run_key, value)
-            rows[_UPSERT_RESULT].append((key, value, mac))
+            rows[UPSERT_RESULT].append((key, value, mac))
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
@@ -1103,8 +478,8 @@ class Ledger:
             self._member(record_key, "skipped")
         elif self._members.get(record_key) not in ("ran", "failed", "restored"):
             self._member(record_key, "running")
-        self._rows[_DECISION].append((
-            record_key, self.run_id, time.time(), _text(name), "run" if run else "skip",
+        self._rows[DECISION].append((
+            record_key, self.run_id, time.time(), stored_text(name), "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
 
@@ -1120,109 +495,20 @@ class Ledger:
         """
         if self.read_only:
             return
-        lazy = len(self._rows[_DECISION]) + len(self._members_changed) + len(self._pending_digests)
+        lazy = len(self._rows[DECISION]) + len(self._members_changed) + len(self._pending_digests)
         if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
-        rows, self._rows = self._rows, {sql: [] for sql in _STATEMENTS}
+        rows, self._rows = self._rows, empty_rows()
         self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
         if self._members_changed:
-            rows[_CONSIDER].extend((self.run_id, key, state) for key, state in self._members_changed.items())
+            rows[CONSIDER].extend((self.run_id, key, state) for key, state in self._members_changed.items())
             self._members_changed = {}
         prune, self._prune = self._prune, None
-        try:
-            with self._transaction() as conn:
-                self._write(conn, rows, digests)
-                if prune is not None:
-                    conn.execute(*prune)
-        except LedgerError as error:
-            # The group of finished tasks could not be committed (disk full,
-            # a result too large): commit what fits, a task at a time in the
-            # order they finished, so that one large record does not cost
-            # the others. The error is raised all the same.
-            cause = error.__cause__
-            if isinstance(cause, sqlite3.Error) and not _is_busy(cause) and len(rows[_UPSERT_TASK]) > 1:
-                error.committed = frozenset(self._commit_each(rows))
-            raise
+        commit(self._conn, self.path, rows, digests, prune)
 
-    def _commit_each(self, rows: dict[str, list[tuple[Any, ...]]]) -> set[str]:
-        """Commit each task of a failed batch in a transaction of its own, in
-        order, until one fails; return the record keys committed. The lazy
-        rows of the batch (decisions, considered, digests) are left out."""
-        blocks: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
-        for sql in _RECORD_STATEMENTS:  # every row of these starts with its record key
-            for row in rows[sql]:
-                blocks.setdefault(row[0], {}).setdefault(sql, []).append(row)
-        committed: set[str] = set()
-        for row in rows[_UPSERT_TASK]:
-            block = blocks[row[0]]
-            try:
-                with self._transaction() as conn:
-                    for sql in _RECORD_STATEMENTS:
-                        if sql in block:
-                            conn.executemany(sql, block[sql])
-            except LedgerError:
-                break
-            committed.add(row[0])
-        return committed
-
-    @staticmethod
-    def _write(
-        conn: sqlite3.Connection,
-        rows: dict[str, list[tuple[Any, ...]]],
-        digests: dict[tuple[str, str], CachedDigest],
-    ) -> None:
-        for sql in _STATEMENTS:
-            if rows[sql]:
-                conn.executemany(sql, rows[sql])
-        if digests:
-            conn.executemany(
-                "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (stored_path(path), algorithm, e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns,
-                     e.stat.ctime_ns, int(e.stat.is_dir), e.digest, e.hashed_at_ns)
-                    for (path, algorithm), e in digests.items()
-                ],
-            )
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
-        for attempt in range(_LOCK_RETRIES):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as error:
-                if not _is_busy(error):
-                    raise LedgerError(f"cannot write the ledger {self.path}: {error}") from error
-                LOGGER.warning(
-                    "the ledger %s is busy (another process is writing it); waiting "
-                    "(attempt %d of %d)", self.path, attempt + 1, _LOCK_RETRIES,
-                )
-        else:
-            raise LedgerError(
-                f"the ledger {self.path} stayed locked by another process for "
-                f"{_LOCK_RETRIES * _BUSY_TIMEOUT_S:.0f} s; is a process stuck holding it?"
-            )
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as error:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(error, sqlite3.Error):
-                raise LedgerError(
-                    f"cannot write the ledger {self.path}: {error}. Nothing recorded before "
-                    "this error is lost; free disk space or fix permissions and run again."
-                ) from error
-            if isinstance(error, Exception):
-                # Not the disk: a value SQLite could not take. Still a ledger
-                # error, so the graph stops and every waiter is released.
-                raise LedgerError(
-                    f"cannot write the ledger {self.path}: {type(error).__name__}: {error}. Nothing "
-                    "recorded before this error is lost; please report this as a taskgraph bug."
-                ) from error
-            raise
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn, self.path)
 
     def close(self) -> None:
         """Commit what is buffered and close the connection."""
@@ -1230,461 +516,6 @@ class Ledger:
             self.flush(force=True)
         finally:
             self._conn.close()
-
-
-def format_exception(error: BaseException) -> str:
-    """The text of an error as stored in the ledger."""
-    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
-
-
-# -- the read side, for the command line and tools ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRow:
-    """One task as the ledger records it (no unpickling involved)."""
-
-    record_key: str
-    task_key: str
-    exec_key: str
-    name: str
-    func: str
-    args: str
-    hash_algorithm: str
-    store_result: bool
-    state: str
-    run_id: int | None
-    started: float | None
-    ended: float | None
-    duration: float | None
-    worker: str | None
-    error: str | None
-    cpu_time: float | None = None
-    peak_memory: int | None = None
-    #: A failed task: the exception's type and message, and the user's frames
-    #: (JSON, see ``_failure.load_frames``); None in records of older ledgers.
-    error_type: str | None = None
-    error_message: str | None = None
-    error_frames: str | None = None
-    #: The arguments' tree (``_arguments.tree``); None in records of older ledgers.
-    arguments: str | None = None
-    #: The latest run that considered it, as far as the ledger still knows
-    #: (the current graph's run and the runs after it); None for history.
-    seen: int | None = None
-
-
-_TASK_COLUMNS = (
-    "t.record_key, t.task_key, t.exec_key, t.name, t.func, t.args, t.hash_algorithm, t.store_result,"
-    " t.state, t.run_id, t.started, t.ended, t.duration, t.worker, t.error, t.cpu_time, t.peak_memory,"
-    " t.error_type, t.error_message, t.error_frames, t.arguments"
-)
-
-
-def _task_row(row: Sequence[Any]) -> TaskRow:
-    return TaskRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], row[9],
-                   row[10], row[11], row[12], row[13], row[14], row[15], row[16], row[17], row[18], row[19],
-                   row[20], row[21])
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """The last run-or-skip decision about a task, with its reasons."""
-
-    record_key: str
-    run_id: int | None
-    decided_at: float
-    action: str
-    reasons: list[dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class RunRow:
-    """One run (one ``TaskGraph``) on the workspace.
-
-    ``ended`` is None for a run that is still going on, or whose process was
-    killed. The counts are written when it ends (None for runs recorded by
-    older versions): ``tasks`` it was given, of which ``ran``, ``skipped``
-    and ``failed``; the rest were cancelled.
-    """
-
-    run_id: int
-    started: float
-    ended: float | None
-    pid: int | None
-    host: str | None
-    n_workers: int | None
-    version: str | None
-    tasks: int | None = None
-    ran: int | None = None
-    skipped: int | None = None
-    failed: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StaleRow:
-    """A record that is history: no run since the current graph's considered it."""
-
-    record_key: str
-    name: str
-    #: The last run that considered it, and when (decided or ended).
-    last_run: int | None
-    last_seen: float | None
-
-
-def _loaded_paths(rows: list[tuple[Any, ...]], column: int) -> list[tuple[Any, ...]]:
-    """Rows with the path in ``column`` back as ``str`` (a name that is not
-    UTF-8 is stored as bytes); the rows of other names as they are."""
-    return [row if type(row[column]) is not bytes else (*row[:column], loaded_path(row[column]), *row[column + 1:])
-            for row in rows]
-
-
-# The records considered by the runs from a given one on.
-_SCOPE = "SELECT record_key FROM considered WHERE run_id >= ?"
-#: What ``LedgerReader.overview`` gives of a record: (record_key, name, state,
-#: run_id, started, ended, duration, worker, cpu_time, peak_memory).
-OverviewRow = tuple[Any, ...]
-
-
-class LedgerReader:
-    """A read-only view of a workspace's ledger. Never unpickles anything.
-
-    A ledger of an older schema is read as the next run will upgrade it: it
-    is copied into memory and upgraded there; the file is not changed.
-
-    Raises:
-        LedgerError: when there is no ledger, it is not a taskgraph ledger,
-            or it was written by a newer taskgraph; the message is one line
-            and says what the path is instead.
-    """
-
-    def __init__(self, workspace: str) -> None:
-        self.workspace = workspace
-        self.path = os.path.join(workspace, LEDGER_FILENAME)
-        if not os.path.isfile(self.path):
-            raise LedgerError(_no_ledger(workspace))
-        try:
-            uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(self.path))) + "?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            raise _open_problem(self.path, error) or LedgerError(
-                f"{self.path} is not a readable taskgraph ledger ({error})") from error
-        if app_id != APPLICATION_ID:
-            raise LedgerError(f"{self.path} was not written by this taskgraph (it is another SQLite file)")
-        if version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"{self.path} was written by a newer taskgraph (schema {version}; this one reads "
-                f"{SCHEMA_VERSION}): upgrade taskgraph to read it"
-            )
-        if version < min(_MIGRATIONS, default=SCHEMA_VERSION):
-            raise LedgerError(
-                f"{self.path} has an older schema ({version}); the next run of the pipeline "
-                "upgrades it (or, if it is older than schema 1, moves it aside)"
-            )
-        #: The schema of the file (the view is always of the current schema).
-        self.schema = version
-        self._wanted: set[str] | None = None  # the keys in the temporary table
-        if version < SCHEMA_VERSION:
-            memory = sqlite3.connect(":memory:", isolation_level=None)
-            try:
-                self._conn.backup(memory)
-                _upgrade(memory, None)
-            except sqlite3.DatabaseError as error:
-                memory.close()
-                raise LedgerError(f"cannot read {self.path} (schema {version}): {error}") from error
-            finally:
-                self._conn.close()
-            self._conn = memory
-
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as error:
-            raise LedgerError(f"cannot read {self.path}: {error}") from error
-
-    # -- runs ---------------------------------------------------------------------------
-
-    def runs(self) -> list[RunRow]:
-        """Every run, oldest first."""
-        return [RunRow(*row) for row in self._rows(
-            "SELECT run_id, started, ended, pid, host, n_workers, version, tasks, ran, skipped, failed"
-            " FROM runs ORDER BY run_id")]
-
-    def current_run(self) -> int | None:
-        """The run whose graph is the current graph: the latest that ended and
-        was given at least one task. None before any run ended."""
-        row = self._rows("SELECT max(run_id) FROM runs WHERE ended IS NOT NULL AND tasks > 0")
-        return None if row[0][0] is None else int(row[0][0])
-
-    def considered(self, run_id: int) -> int:
-        """How many tasks the ledger knows ``run_id`` was given (recorded or not)."""
-        return int(self._rows("SELECT count(*) FROM considered WHERE run_id=?", (run_id,))[0][0])
-
-    def run_states(self, run_id: int) -> dict[str, int]:
-        """What became of the tasks ``run_id`` was given: state -> how many
-        (as far as the ledger still holds its considered rows)."""
-        return dict(self._rows("SELECT state, count(*) FROM considered WHERE run_id=? GROUP BY state", (run_id,)))
-
-    def memberships(self, since: int = 0) -> list[tuple[str, int, str]]:
-        """(record_key, run, state) of every record the runs from ``since``
-        on considered (as far as the ledger still knows), by run."""
-        return self._rows("SELECT record_key, run_id, state FROM considered WHERE run_id >= ? ORDER BY run_id",
-                          (since,))
-
-    def _seen(self, keys: Iterable[str] | None = None) -> dict[str, int]:
-        """The latest run that considered each record (of ``keys``, or all)."""
-        if keys is None:
-            rows = self._rows("SELECT record_key, max(run_id) FROM considered GROUP BY record_key")
-        else:
-            wanted = list(keys)
-            rows = []
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                rows += self._rows(
-                    "SELECT record_key, max(run_id) FROM considered WHERE record_key IN"
-                    f" ({','.join('?' * len(chunk))}) GROUP BY record_key", chunk)
-        return {key: run for key, run in rows}
-
-    def history_count(self, since: int) -> int:
-        """How many records no run from ``since`` on considered."""
-        return int(self._rows(f"SELECT count(*) FROM tasks WHERE record_key NOT IN ({_SCOPE})", (since,))[0][0])
-
-    # -- records ------------------------------------------------------------------------
-
-    def count(self) -> int:
-        """How many records there are."""
-        return int(self._rows("SELECT count(*) FROM tasks")[0][0])
-
-    def status_rows(self, since: int | None) -> list[tuple[Any, ...]]:
-        """What status shows, in one pass: (record_key, run, run's state,
-        name, recorded state, run_id, ended, duration, cpu_time,
-        peak_memory, and one target's path, mode, size, mtime_ns, digest, or
-        NULLs), one row per target of each record.
-
-        With ``since``, the records considered by that run or later, ``run``
-        being each of those runs that considered it; without it, every record,
-        with ``run`` and its state NULL.
-        """
-        columns = ("t.name, t.state, t.run_id, t.ended, t.duration, t.cpu_time, t.peak_memory,"
-                   " f.path, f.mode, f.size, f.mtime_ns, f.digest")
-        target = "LEFT JOIN files f ON f.record_key = t.record_key AND f.role = 'target'"
-        if since is not None:
-            return _loaded_paths(self._rows(
-                f"SELECT c.record_key, c.run_id, c.state, {columns} FROM considered c"
-                f" JOIN tasks t ON t.record_key = c.record_key {target} WHERE c.run_id >= ?", (since,)), 10)
-        # (considered has no index by record: its runs are looked up in memberships().)
-        return _loaded_paths(self._rows(f"SELECT t.record_key, NULL, NULL, {columns} FROM tasks t {target}"), 10)
-
-    def unrecorded(self, since: int) -> list[tuple[str, int, str, str | None]]:
-        """(record_key, run, state, name from its decision or NULL) of the
-        tasks the runs from ``since`` on were given that have no record."""
-        return self._rows(
-            "SELECT c.record_key, c.run_id, c.state, d.name FROM considered c"
-            " LEFT JOIN decisions d ON d.record_key = c.record_key"
-            " WHERE c.run_id >= ? AND c.record_key NOT IN (SELECT record_key FROM tasks) ORDER BY c.run_id",
-            (since,))
-
-    def overview(self, keys: set[str] | None = None) -> list[OverviewRow]:
-        """What status shows of each record, cheaply: (record_key, name,
-        state, run_id, started, ended, duration, worker, cpu_time,
-        peak_memory), in no particular order; with ``keys``, only those."""
-        columns = "record_key, name, state, run_id, started, ended, duration, worker, cpu_time, peak_memory"
-        return self._some(f"SELECT {columns} FROM tasks", keys)
-
-    def decided_names(self, keys: set[str]) -> list[tuple[str, str]]:
-        """(record_key, name) of those of ``keys`` that were decided: a task a
-        run decided to run is named there before it has a record."""
-        return self._some("SELECT record_key, name FROM decisions", keys)
-
-    def targets(self, keys: set[str] | None = None) -> list[tuple[Any, ...]]:
-        """(record_key, path, mode, size, mtime_ns, digest) of every recorded
-        target (of the records ``keys``, if given)."""
-        return _loaded_paths(self._some(
-            "SELECT record_key, path, mode, size, mtime_ns, digest FROM files WHERE role = 'target'", keys), 1)
-
-    def _some(self, sql: str, keys: set[str] | None) -> list[tuple[Any, ...]]:
-        """The rows of ``sql`` whose first column is one of ``keys`` (all if None).
-
-        A scan that Python filters costs less than looking up each key once
-        the keys are a good part of the table (a current graph usually is);
-        a few keys are looked up through a temporary table.
-        """
-        if keys is None:
-            return self._rows(sql)
-        if len(keys) * 4 >= self.count():
-            return [row for row in self._rows(sql) if row[0] in keys]
-        self._rows("CREATE TEMP TABLE IF NOT EXISTS wanted (key TEXT PRIMARY KEY) WITHOUT ROWID")
-        if self._wanted is not keys:
-            self._rows("DELETE FROM temp.wanted")
-            self._conn.executemany("INSERT OR IGNORE INTO temp.wanted VALUES (?)", ((key,) for key in keys))
-            self._wanted = keys
-        joiner = " AND" if " WHERE " in sql else " WHERE"
-        return self._rows(f"{sql}{joiner} record_key IN (SELECT key FROM temp.wanted)")
-
-    def tasks(self, since: int | None = None, state: str | None = None) -> list[TaskRow]:
-        """Recorded tasks, whole, in the order they last ended.
-
-        Args:
-            since: only those considered by this run or a later one (the
-                current graph and what runs after it were given); None for
-                every record, history included.
-            state: only those recorded in this state (``'done'``, ``'failed'``).
-        """
-        where: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            where.append(f"t.record_key IN ({_SCOPE})")
-            params.append(since)
-        if state is not None:
-            where.append("t.state = ?")
-            params.append(state)
-        sql = f"SELECT {_TASK_COLUMNS}, NULL FROM tasks t"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        found = [_task_row(row) for row in self._rows(sql + " ORDER BY t.ended IS NULL, t.ended, t.name", params)]
-        seen = self._seen() if len(found) > 500 else self._seen(task.record_key for task in found)
-        return [dataclasses.replace(task, seen=seen.get(task.record_key)) for task in found]
-
-    def named(self, name: str) -> list[TaskRow]:
-        """The records of tasks with this name, latest first."""
-        return self._select_tasks("t.name = ?", (_text(name),))
-
-    def names(self) -> list[str]:
-        """Every recorded task name, sorted."""
-        return [row[0] for row in self._rows("SELECT DISTINCT name FROM tasks ORDER BY name")]
-
-    def with_prefix(self, prefix: str) -> list[TaskRow]:
-        """The records whose key starts with ``prefix`` (lower-case hex)."""
-        return self._select_tasks("t.record_key >= ? AND t.record_key < ?", (prefix, prefix + "g"))
-
-    def _select_tasks(self, where: str, params: tuple[Any, ...]) -> list[TaskRow]:
-        found = [_task_row(row) for row in self._rows(
-            f"SELECT {_TASK_COLUMNS}, NULL FROM tasks t WHERE {where} ORDER BY t.ended IS NULL, t.ended DESC",
-            params)]
-        seen = self._seen(task.record_key for task in found)
-        return [dataclasses.replace(task, seen=seen.get(task.record_key)) for task in found]
-
-    def last_seen(self, record_key: str) -> tuple[int | None, float | None]:
-        """The last run that considered a record, and when, as far as its
-        decision and its last execution tell."""
-        rows = self._rows(
-            "SELECT max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)), max(coalesce(d.decided_at, 0),"
-            " coalesce(t.ended, 0)) FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            " WHERE t.record_key = ?", (record_key,))
-        if not rows:
-            return None, None
-        run, when = rows[0]
-        return (run or None), (when or None)
-
-    def stale(self, since: int, before: float | None = None) -> list[StaleRow]:
-        """Records no run from ``since`` on considered (history), oldest first;
-        with ``before``, only those last seen before that time."""
-        rows = self._rows(
-            "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
-            " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) AS seen_at"
-            " FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            f" WHERE t.record_key NOT IN ({_SCOPE}) ORDER BY seen_at, t.name", (since,))
-        return [StaleRow(key, name, run or None, when or None) for key, name, run, when in rows
-                if before is None or (when or 0) < before]
-
-    def files(
-        self, since: int | None = None, role: str | None = None
-    ) -> dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]]:
-        """record_key -> (inputs, targets), each path -> Fingerprint; with
-        ``since``, only for the records considered by that run or later; with
-        ``role`` (``'input'`` or ``'target'``), only those files."""
-        sql = "SELECT record_key, role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
-        where: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            where.append(f"record_key IN ({_SCOPE})")
-            params.append(since)
-        if role is not None:
-            where.append("role = ?")
-            params.append(role)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        out: dict[str, tuple[dict[str, Fingerprint], dict[str, Fingerprint]]] = {}
-        for key, kind, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(sql, params):
-            pair = out.get(key)
-            if pair is None:
-                pair = out[key] = ({}, {})
-            pair[0 if kind == "input" else 1][loaded_path(path)] = Fingerprint(
-                mode, size, mtime_ns, digest, taken_at_ns)
-        return out
-
-    def record_files(self, record_key: str) -> tuple[dict[str, Fingerprint], dict[str, Fingerprint]]:
-        """(inputs, targets) of one record."""
-        inputs: dict[str, Fingerprint] = {}
-        targets: dict[str, Fingerprint] = {}
-        for role, path, mode, size, mtime_ns, digest, taken_at_ns in self._rows(
-            "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE record_key=?",
-            (record_key,),
-        ):
-            (inputs if role == "input" else targets)[loaded_path(path)] = Fingerprint(
-                mode, size, mtime_ns, digest, taken_at_ns)
-        return inputs, targets
-
-    def deps(self, since: int | None = None) -> list[tuple[str, str]]:
-        """(record_key, dependency's record_key) pairs (of the records
-        considered by ``since`` or later, if given)."""
-        if since is None:
-            return [(a, b) for a, b in self._rows("SELECT record_key, dep_key FROM deps")]
-        return [(a, b) for a, b in self._rows(
-            f"SELECT record_key, dep_key FROM deps WHERE record_key IN ({_SCOPE})", (since,))]
-
-    def decisions(self, since: int | None = None) -> dict[str, DecisionRow]:
-        """Each record's last decision, with its reasons."""
-        sql = "SELECT record_key, run_id, decided_at, action, reasons FROM decisions"
-        params: tuple[Any, ...] = ()
-        if since is not None:
-            sql += f" WHERE record_key IN ({_SCOPE})"
-            params = (since,)
-        return {
-            key: DecisionRow(key, run_id, decided_at, action, json.loads(reasons))
-            for key, run_id, decided_at, action, reasons in self._rows(sql, params)
-        }
-
-    def decision(self, record_key: str) -> DecisionRow | None:
-        rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
-                          (record_key,))
-        if not rows:
-            return None
-        run_id, decided_at, action, reasons = rows[0]
-        return DecisionRow(record_key, run_id, decided_at, action, json.loads(reasons))
-
-    def lookup_digest(self, path: str, algorithm: str) -> CachedDigest | None:
-        rows = self._rows(
-            "SELECT size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns"
-            " FROM digests WHERE path=? AND algorithm=?",
-            (stored_path(path), algorithm),
-        )
-        if not rows:
-            return None
-        size, mtime_ns, ctime_ns, dev, ino, is_dir, digest, hashed_at_ns = rows[0]
-        return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
-
-    def store_digest(self, path: str, algorithm: str, entry: CachedDigest) -> None:
-        pass  # read-only
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def _no_ledger(workspace: str) -> str:
-    """Why there is no ledger to read at ``workspace``, and what to do."""
-    if not os.path.exists(workspace):
-        return f"{workspace} does not exist: give the workspace directory a pipeline ran with"
-    if not os.path.isdir(workspace):
-        return (f"{workspace} is a file, not a workspace directory: give the directory that holds "
-                f"{LEDGER_FILENAME}")
-    if os.path.isfile(os.path.join(workspace, "taskgraph_data.db")):
-        return (f"{workspace} is a natcap taskgraph workspace (taskgraph_data.db); this taskgraph keeps "
-                f"its own ledger ({LEDGER_FILENAME}) and runs every task once, then skips as natcap did: "
-                "run the pipeline with this taskgraph first")
-    return (f"no taskgraph ledger in {workspace} ({LEDGER_FILENAME} not found): "
-            "run a pipeline with this workspace first")
 
 
 def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int:
@@ -1732,7 +563,7 @@ def forget_stale(workspace: str, record_keys: Iterable[str], before: float | Non
                 key for key, seen_at in conn.execute(
                     "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"
                     " LEFT JOIN decisions d ON d.record_key = t.record_key"
-                    f" WHERE t.record_key NOT IN ({_SCOPE})",
+                    f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})",
                     (current,))
                 if key in wanted and (before is None or (seen_at or 0) < before)
             ]

@@ -39,6 +39,23 @@ _BAR_MAX, _BAR_MIN = 30, 10
 _NAMED_FAILURES = 3
 
 PROGRESS_LOGGER = logging.getLogger("taskgraph")
+#: natcap's logger name for the status log.
+STATUS_LOGGER = logging.getLogger("taskgraph.Task")
+
+
+def log_status(known: int, finished: int, ready: int, blocked: int, running: list[tuple[str, float]]) -> None:
+    """natcap taskgraph's status log (``reporting_interval``): counts, and how
+    long each running task (name, seconds) has been executing."""
+    percent = 100.0 * finished / known if known else 100.0
+    lines = "\n".join(f"\t{name}: executing for {seconds:.2f}s" for name, seconds in running)
+    STATUS_LOGGER.info(
+        "taskgraph execution status: tasks added: %d\n"
+        "\ttasks complete: %d (%.1f%%)\n"
+        "\ttasks waiting for a free worker: %d\n"
+        "\ttasks waiting for dependencies: %d\n"
+        "\ttasks executing (%d)%s%s",
+        known, finished, percent, ready, blocked, len(running), ":\n" if lines else "", lines,
+    )
 
 
 def clock(seconds: float) -> str:

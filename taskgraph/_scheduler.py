@@ -19,7 +19,7 @@ and the records of finished tasks are committed to the ledger in groups
 dependents are made ready at once. Ready tasks wait in a heap ordered by
 priority (higher first, first-added first among equals), or by a scheduling
 policy's key (``_policy``), or among equal priorities by their remaining
-critical path (``_rekey``), and go to the executor only while it has a free
+critical path (``_ready``), and go to the executor only while it has a free
 slot, so the order is honoured at every dispatch. A policy may also hold a
 ready task back (memory admission) while others start. The scheduler thread
 waits with a timeout only for what needs the clock: progress, a due group
@@ -28,8 +28,6 @@ commit, and tasks another process is running.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import logging
 import queue
 import threading
@@ -38,28 +36,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskgraph import _threads
-from taskgraph._arguments import tree as argument_tree
 from taskgraph._cache_use import CacheUse, restored_bytes
 from taskgraph._claims import Claims
-from taskgraph._decide import Decision, Reason, decide
+from taskgraph._decide import Decision
+from taskgraph._deciding import Deciding
 from taskgraph._errors import (
     LedgerError,
-    TaskCancelledError,
     TaskGraphError,
-    TaskGraphTerminatedError,
     WorkerDiedError,
     WorkerStartError,
 )
 from taskgraph._executor import Executor
-from taskgraph._failure import Failure
 from taskgraph._failure import describe as describe_failure
 from taskgraph._fingerprint import is_content_algorithm
-from taskgraph._history import SHORT_S, FunctionKey, History
-from taskgraph._identity import describe_arguments
-from taskgraph._job import Job, JobResult, check_storable
-from taskgraph._ledger import Ledger, Outcome, UntrustedResultError
-from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
-from taskgraph._progress import Progress
+from taskgraph._handoff import job_for, outcome_of
+from taskgraph._history import History
+from taskgraph._job import JobResult, check_storable
+from taskgraph._ledger import Ledger
+from taskgraph._policy import Policy
+from taskgraph._progress import Progress, log_status
+from taskgraph._ready import Entry, ReadyQueue, function_key
 from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -79,13 +75,7 @@ COMMIT_INTERVAL_S = 0.02
 _HELD_SCAN = 32
 
 
-def _function_key(task: Task) -> FunctionKey:
-    """What the history keys a function's mean duration by."""
-    function = task._identity.function
-    return function.name, function.source_hash
-
-
-class Scheduler:
+class Scheduler(Deciding):
     """Decides, dispatches and records tasks; see the module docstring."""
 
     def __init__(
@@ -107,8 +97,6 @@ class Scheduler:
         self._ledger = ledger
         # The shared cache, consulted only for tasks that must run.
         self._cache = cache
-        # None keeps the plain priority heap: no policy call per task.
-        self._policy = policy
         self._memory_limit = memory_limit
         self._executor = executor
         self._local = executor.in_process
@@ -118,7 +106,6 @@ class Scheduler:
         self._progress = progress
         self._failed_count = 0
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._ready: list[tuple[Any, int, Task]] = []
         # Keyed by task_id: Task equality is natcap's "same call" equality, and
         # two calls that differ only in their targets are equal but distinct.
         self._blockers: dict[int, tuple[Task, int]] = {}
@@ -142,13 +129,10 @@ class Scheduler:
         # a worker (the executor's queue_depth), and with several workers, ready
         # tasks of equal priority start by their remaining critical path.
         self._history = History(ledger.durations)
+        self._ready = ReadyQueue(self._history, policy)
         self._overlap = 0 if executor.synchronous else executor.queue_depth
         self._short_running: set[int] = set()  # running tasks whose jobs were sent as short
         self._order_by_path = not executor.synchronous and executor.capacity > 1
-        self._by_path = False
-        self._paths: dict[int, float] = {}
-        self._paths_known = -1
-        self._next_rekey = 0.0
         self._known = 0
         self._finished_count = 0
         self._failure: BaseException | None = None
@@ -261,43 +245,6 @@ class Scheduler:
                 self._crash(error)
             self._report()
 
-    def _crash(self, error: BaseException) -> None:
-        """Something raised inside the scheduler itself (not a task): stop the
-        graph and finish every task, whatever its state, so that no ``join()``
-        waits for a task that nothing will finish. Results that arrive later
-        for tasks finished here are ignored."""
-        LOGGER.error("the taskgraph scheduler failed; stopping the graph", exc_info=error)
-        with contextlib.suppress(BaseException):
-            self._fail_graph(error)
-        self._ready.clear()
-        self._blockers.clear()
-        self._elsewhere.clear()
-        self._running.clear()
-        self._short_running.clear()
-        self._started_at.clear()
-        if self._claims is not None:
-            for task in self._unnotified:  # woken already (inline) but still claimed
-                with contextlib.suppress(BaseException):
-                    self._claims.release(task._identity.record_key)
-        self._unnotified = []
-        stranded = [task for task in self._unfinished.values() if not task._finished]
-        for task in stranded:
-            if task._state not in ("ran", "restored", "skipped", "failed", "cancelled", "would-run"):
-                self._cancel(task)
-        for task in stranded:
-            task._finished = True
-            if self._claims is not None:
-                with contextlib.suppress(BaseException):
-                    self._claims.release(task._identity.record_key)
-        self._unfinished.clear()
-        self._finished_count = self._known
-        with self._finished_condition:
-            self._finished_condition.notify_all()
-        if self._stop_requested and not self._stopped:
-            with contextlib.suppress(BaseException):
-                self._stop_now()  # the batch held the stop message: never leave join() waiting
-            self._stopped = True
-
     def _batch(self, first: tuple[str, Any]) -> None:
         messages = [first]
         while True:
@@ -348,26 +295,14 @@ class Scheduler:
         if stop:
             self._stop_now()
 
-    def _stop_now(self) -> None:
-        self._stopped = True
-        if self._claims is not None:
-            self._claims.close()
-        if self._cache is not None:
-            self._cache.close()
-        self._ledger.end_run()
-        try:
-            self._ledger.close()
-        except LedgerError:
-            LOGGER.exception("could not close the ledger cleanly")
-
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
         self._ledger.consider(task._identity.record_key)  # part of this run's graph, whatever happens to it
         self._unfinished[task.task_id] = task
         if self._progress is not None:
-            self._progress.added(task.task_id, self._estimate(task))
-        if task._memory is not None and not isinstance(self._policy, MemoryLimit):
-            self._memory_aware()
+            self._progress.added(task.task_id, self._ready.estimate(task))
+        if task._memory is not None:
+            self._ready.by_memory(self._memory_limit)
         if self._failure is not None:
             self._cancel(task)
             finished.append(task)
@@ -385,30 +320,7 @@ class Scheduler:
         if waiting:
             self._blockers[task.task_id] = (task, waiting)
         else:
-            self._push_ready(task)
-
-    def _push_ready(self, task: Task) -> None:
-        if self._policy is None:
-            if self._by_path:  # see _rekey
-                heapq.heappush(self._ready, ((-task._priority, -self._paths.get(task.task_id, 0.0)),
-                                             task.task_id, task))
-            else:
-                heapq.heappush(self._ready, (-task._priority, task.task_id, task))
-        else:
-            heapq.heappush(self._ready, (self._policy.key(task), task.task_id, task))
-
-    def _memory_aware(self) -> None:
-        """A task declared its memory: admit tasks by memory from now on.
-
-        The built-in orders keep their keys (``MemoryLimit`` delegates to
-        them); the heap is keyed again, since without a policy its keys may
-        hold the critical path (see :meth:`_rekey`). A custom policy is left
-        as it is: it decides admission itself.
-        """
-        if self._policy is None or type(self._policy) in (PriorityOrder, LongestFirst):
-            policy = self._policy = MemoryLimit(self._memory_limit, self._policy)
-            self._ready = [(policy.key(task), task.task_id, task) for _, _, task in self._ready]
-            heapq.heapify(self._ready)
+            self._ready.push(task)
 
     def _on_done(self, result: JobResult, finished: list[Task]) -> None:
         task = self._running.pop(result.task_id, None)
@@ -420,7 +332,7 @@ class Scheduler:
             task._started = result.started
             task._duration = result.ended - result.started
             if result.error is None:
-                self._history.observe(task._identity.record_key, _function_key(task), task._duration)
+                self._history.observe(task._identity.record_key, function_key(task), task._duration)
             task._cpu_time = result.cpu_time
             task._peak_memory = result.peak_memory
             task._worker = result.worker
@@ -441,13 +353,13 @@ class Scheduler:
                     result.error.add_note(f"raised by taskgraph task {task.task_name!r}")
                 LOGGER.error("task %r failed: %s: %.500s", task.task_name, type(result.error).__name__, result.error)
                 failure = describe_failure(result.error, result.frames, result.remote_traceback)
-                self._ledger.record(self._outcome(task, result, failure))
+                self._ledger.record(outcome_of(task, result, failure))
                 self._task_failed(task, result.error)
             finished.append(task)
             return
         for (path, algorithm), entry in result.digests.items():
             self._ledger.store_digest(path, algorithm, entry)
-        self._ledger.record(self._outcome(task, result, None))
+        self._ledger.record(outcome_of(task, result, None))
         if task._store_result:
             task._result = result.result
         task._state = "ran"
@@ -458,32 +370,6 @@ class Scheduler:
             self._ledger.record_decision(task._identity.record_key, task.task_name, True,
                                          [reason.as_dict() for reason in task._reasons])
         finished.append(task)
-
-    def _outcome(self, task: Task, result: JobResult, failure: Failure | None) -> Outcome:
-        identity = task._identity
-        return Outcome(
-            record_key=identity.record_key,
-            task_key=identity.key,
-            name=task.task_name,
-            func=identity.function.name,
-            source_hash=identity.function.source_hash,
-            args=describe_arguments(task._args, task._kwargs),
-            hash_algorithm=task._hash_algorithm,
-            store_result=task._store_result,
-            started=result.started or time.time(),
-            ended=result.ended or time.time(),
-            worker=result.worker,
-            inputs=result.inputs,
-            targets=result.targets,
-            deps=[dep._identity.record_key for dep in task._dependencies],
-            result=result.result,
-            error=failure.text if failure is not None else None,
-            fresh=not task._had_record,
-            cpu_time=result.cpu_time,
-            peak_memory=result.peak_memory,
-            failure=(failure.type, failure.message, failure.frames_json()) if failure is not None else None,
-            arguments=argument_tree(task._args, task._kwargs),
-        )
 
     def _commit(self, finished: list[Task]) -> bool:
         """Commit the ledger's buffered writes; on failure stop the graph."""
@@ -550,46 +436,27 @@ class Scheduler:
                     self._blockers[dependent.task_id] = (dependent, left)
                 else:
                     del self._blockers[dependent.task_id]
-                    self._push_ready(dependent)
+                    self._ready.push(dependent)
 
     def _dispatch(self, force: bool = False) -> None:
         """Start what can start, then, when the group commit is due (or
         ``force``), commit and release every task settled on the way."""
         self._start_ready()
         if self._unnotified and (force or time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S):
-            self._commit(self._unnotified)
-            self._notify(self._unnotified)
-            self._unnotified = []
+            self._commit_now()
+
+    def _commit_now(self) -> bool:
+        """Commit the finished tasks' records and release them; False if the commit failed."""
+        committed = self._commit(self._unnotified)
+        self._notify(self._unnotified)
+        self._unnotified = []
+        return committed
 
     def _start_ready(self) -> None:
         # _killing is set by abort() (Ctrl-C) before its message arrives:
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
-            slots = self._free_slots()
-            if self._order_by_path and self._running and len(self._ready) > max(slots, 0):
-                # More tasks ready than workers free: order them by their remaining critical path.
-                # (Not while nothing runs: a rerun that skips everything never pays for it.)
-                self._rekey()
-            starting: list[tuple[Task, Decision]] = []
-            held: list[tuple[Any, int, Task]] = []
-            while self._ready and self._failure is None and (
-                len(starting) < slots or (self._overlap and self._may_overlap(len(starting)))
-            ):
-                entry = heapq.heappop(self._ready)
-                task = entry[2]
-                if self._policy is not None and not self._admit(task, starting):
-                    held.append(entry)
-                    if len(held) >= _HELD_SCAN:
-                        break
-                    continue
-                if self._dry_run:
-                    self._plan(task)
-                    continue
-                decision = self._decide(task)
-                if decision is not None:
-                    starting.append((task, decision))
-            for entry in held:
-                heapq.heappush(self._ready, entry)
+            starting = self._pick()
             if not starting:
                 return
             # Finished tasks wait for the group commit only while what starts
@@ -598,11 +465,8 @@ class Scheduler:
             # it never holds them back. (A dependent may start before its
             # dependencies' records are committed: commits are in order, so
             # its own record can never be committed without theirs.)
-            if self._unnotified and not all(self._is_short(task) for task, _ in starting):
-                committed = self._commit(self._unnotified)
-                self._notify(self._unnotified)
-                self._unnotified = []
-                if not committed:
+            if self._unnotified and not all(self._ready.is_short(task) for task, _ in starting):
+                if not self._commit_now():
                     for task, _ in starting:
                         self._cancel(task)
                     self._finish([task for task, _ in starting])
@@ -613,151 +477,45 @@ class Scheduler:
             else:
                 self._claim_and_start(starting)
 
-    def _claim_and_start(self, starting: list[tuple[Task, Decision]]) -> None:
-        """Start the tasks of ``starting`` that this process can claim."""
-        assert self._claims is not None
-        claimed = []
-        for task, decision in starting:
-            if self._claims.claim(task._identity.record_key):
-                claimed.append((task, decision))
-            else:
-                # Another process is running this very task: wait for it,
-                # then decide again (it will most likely be up to date).
-                LOGGER.info("task %r is being run by another process on this workspace; waiting for it",
-                            task.task_name)
-                self._elsewhere[task.task_id] = task
-        # Another process may have recorded a task between its decision
-        # (perhaps from the ledger's snapshot) and its claim: then it is
-        # decided again, which will most likely skip it. If nothing else has
-        # written the ledger since it was opened (one check for the round,
-        # after the claims), nothing has.
-        recheck = bool(claimed) and self._ledger.written_elsewhere()
-        for task, decision in claimed:
-            if recheck and self._ledger.lookup(task._identity.record_key, fresh=True) != decision.record:
-                again = self._decide(task)
-                if again is None:
-                    continue  # up to date now; its claim goes with its notification
-                decision = again
-            self._start(task, decision)
-
-    def _free_slots(self) -> int:
-        """How many more jobs may start now. Short jobs may wait two to a
-        worker (see ``_may_overlap``), so they count as half a worker each,
-        rounded up: a long or unknown task is not held back while a worker
-        is idle behind a pair of short ones. (If the pair is on two workers
-        after all, the pool keeps the job until the first is free.)"""
-        running = len(self._running)
-        if not self._short_running:
-            return self._executor.capacity - running
-        short = len(self._short_running)
-        return self._executor.capacity - (running - short) - (short + 1) // 2
-
-    def _may_overlap(self, starting: int) -> bool:
-        """Whether the next ready task may go to the executor beyond its
-        capacity, to wait behind a running one: only a task known to be short
-        (a long or unknown one never waits behind another)."""
-        if self._policy is not None or len(self._running) + starting >= self._executor.capacity + self._overlap:
-            return False
-        estimate = self._estimate(self._ready[0][2])
-        return estimate is not None and estimate < SHORT_S
-
-    def _estimate(self, task: Task) -> float | None:
-        return self._history.estimate(task._identity.record_key, _function_key(task))
-
-    def _is_short(self, task: Task) -> bool:
-        """Known (from its own or its function's recorded durations) to take
-        less than SHORT_S."""
-        estimate = self._estimate(task)
-        return estimate is not None and estimate < SHORT_S
-
-    def _rekey(self) -> None:
-        """Order the ready tasks (among equal priorities) by their remaining
-        critical path: their own expected duration plus the longest chain of
-        expected durations through the tasks that wait for them, from the
-        ledger's history (a function's mean for a task with no record of its
-        own). Recomputed when tasks were added since, at most every 50 ms (or
-        four times what the last computation took), so a graph that is still
-        growing costs little."""
-        now = time.monotonic()
-        if self._policy is not None or self._known == self._paths_known or now < self._next_rekey:
-            return
-        started = time.perf_counter()
-        default = self._history.default()
-        paths: dict[int, float] = {}
-        for _, _, root in self._ready:
-            stack: list[tuple[Task, bool]] = [(root, False)]
-            while stack:
-                task, expanded = stack.pop()
-                task_id = task.task_id
-                if task_id in paths:
-                    continue
-                waiting = self._dependents.get(task_id, ())
-                if not expanded:
-                    stack.append((task, True))
-                    stack.extend((child, False) for child in waiting if child.task_id not in paths)
-                    continue
-                own = self._estimate(task)
-                paths[task_id] = (default if own is None else own) + max(
-                    (paths.get(child.task_id, 0.0) for child in waiting), default=0.0)
-        self._paths = paths
-        self._paths_known = self._known
-        self._ready = [((-task._priority, -paths.get(task.task_id, 0.0)), task.task_id, task)
-                       for _, _, task in self._ready]
-        heapq.heapify(self._ready)
-        self._by_path = True
-        self._next_rekey = now + max(0.05, 4 * (time.perf_counter() - started))
+    def _pick(self) -> list[tuple[Task, Decision]]:
+        """Take the ready tasks that start now, in order, and decide each: the
+        up-to-date ones finish here; returns those that must run."""
+        running, short = len(self._running), len(self._short_running)
+        slots = self._ready.free_slots(self._executor.capacity, running, short)
+        if self._order_by_path and running and len(self._ready) > max(slots, 0):
+            # More tasks ready than workers free: order them by their remaining critical path.
+            # (Not while nothing runs: a rerun that skips everything never pays for it.)
+            self._ready.rekey(self._dependents, self._known)
+        starting: list[tuple[Task, Decision]] = []
+        held: list[Entry] = []
+        while self._ready and self._failure is None and (
+            len(starting) < slots or self._ready.may_overlap(self._executor.capacity + self._overlap,
+                                                             running + len(starting))
+        ):
+            entry = self._ready.pop()
+            task = entry[2]
+            if self._ready.policy is not None and not self._admit(task, starting):
+                held.append(entry)
+                if len(held) >= _HELD_SCAN:
+                    break
+                continue
+            if self._dry_run:
+                self._plan(task)
+                continue
+            decision = self._decide(task)
+            if decision is not None:
+                starting.append((task, decision))
+        self._ready.put_back(held)
+        return starting
 
     def _admit(self, task: Task, starting: list[tuple[Task, Decision]]) -> bool:
         """The policy's word on starting ``task`` now; always yes when
         nothing else runs (so a task too large for the limit runs alone)."""
         if self._dry_run or not (self._running or starting):
             return True
-        assert self._policy is not None
+        assert self._ready.policy is not None
         running = [*self._running.values(), *(other for other, _ in starting)]
-        return self._policy.admit(task, running)
-
-    def _decide(self, task: Task) -> Decision | None:
-        """Decide one ready task; finish it if it is up to date. Returns the
-        decision of a task that must run, or None."""
-        try:
-            decision = decide(task, self._ledger, self._ledger)
-        except Exception as error:
-            task._state = "failed"
-            task._error = error
-            LOGGER.error("task %r could not be checked: %s: %.500s", task.task_name, type(error).__name__, error)
-            self._task_failed(task, error)
-            self._finish([task])
-            return None
-        if not decision.run and task._store_result:
-            decision = self._load_result(task, decision)
-        task._reasons = decision.reasons
-        task._had_record = decision.record is not None
-        self._ledger.record_decision(
-            task._identity.record_key, task.task_name, decision.run,
-            [reason.as_dict() for reason in decision.reasons],
-        )
-        if decision.run:
-            return decision
-        task._state = "skipped"
-        LOGGER.debug("task %r is up to date: skipped", task.task_name)
-        # Dependents may go ahead at once; waiters are woken with the commit
-        # (inline at once: see _threaded).
-        self._release([task])
-        self._unnotified.append(task)
-        if not self._threaded:
-            self._wake((task,))
-        return None
-
-    def _load_result(self, task: Task, decision: Decision) -> Decision:
-        """Give an up-to-date task its stored result; if the result fails its
-        authentication check it is not unpickled and the task runs again."""
-        try:
-            task._result = self._ledger.load_result(task._identity.record_key)
-        except UntrustedResultError as error:
-            LOGGER.warning("task %r: %s. It runs again.", task.task_name, error)
-            reason = Reason("result_untrusted", f"its stored result was refused: {error}")
-            return Decision(True, (reason,), decision.inputs, decision.record)
-        return decision
+        return self._ready.policy.admit(task, running)
 
     def _start(self, task: Task, decision: Decision) -> None:
         if LOGGER.isEnabledFor(logging.DEBUG):
@@ -768,24 +526,10 @@ class Scheduler:
                 entry = self._ledger.lookup_digest(path, task._hash_algorithm)
                 if entry is not None:
                     known[(path, task._hash_algorithm)] = entry
-        job = Job(
-            task_id=task.task_id,
-            name=task.task_name,
-            func=task._func,
-            args=task._args,
-            kwargs=task._kwargs,
-            payload=task._payload,
-            inputs=decision.inputs,
-            input_mode=task._hash_algorithm,
-            targets=task._target_path_list,
-            target_mode=task._target_mode,
-            want_result=task._store_result,
-            known_digests=known,
-            priority=task._priority,
-            cache=None if self._cache is None else self._cache.job_for(task, decision, known, self._ledger),
-        )
+        cache = None if self._cache is None else self._cache.job_for(task, decision, known, self._ledger)
+        job = job_for(task, decision, known, cache)
         if self._overlap:
-            job.short = self._is_short(task)
+            job.short = self._ready.is_short(task)
             if job.short:
                 self._short_running.add(task.task_id)
         task._payload = None  # sent once; free the memory
@@ -802,102 +546,10 @@ class Scheduler:
                 f"task {task.task_name!r} could not be started: {type(error).__name__}: {error}"
             )))
 
-    def _recheck_elsewhere(self) -> None:
-        """Tasks another process was running: back to the ready queue once it
-        has finished (or died)."""
-        if not self._elsewhere or self._failure is not None:
-            return
-        assert self._claims is not None
-        for task in list(self._elsewhere.values()):
-            if not self._claims.held_elsewhere(task._identity.record_key):
-                del self._elsewhere[task.task_id]
-                self._push_ready(task)
-
-    def _plan(self, task: Task) -> None:
-        """Dry run: decide, record nothing, run nothing."""
-        upstream = [dep for dep in task._dependencies if dep._state == "would-run"]
-        if upstream:
-            task._reasons = tuple(
-                Reason("dependency_would_run", f"dependency {dep.task_name!r} would run")
-                for dep in upstream
-            )
-        else:
-            decision = decide(task, self._ledger, self._ledger)
-            if not decision.run and task._store_result:
-                decision = self._load_result(task, decision)
-            task._reasons = decision.reasons
-        task._state = "would-run" if task._reasons else "skipped"
-        self._finish([task])
-
     def _job_done(self, result: JobResult) -> None:
         self._inbox.put(("done", result))
 
-    # -- failure ---------------------------------------------------------------------
-
-    def _fail_graph(self, error: BaseException) -> None:
-        if self._failure is not None:
-            return
-        self._failure = error
-        self._killing = True
-        # Stop running jobs now: no worker outlives a failure.
-        self._executor.shutdown(kill=True)
-        self._cancel_pending()
-
-    def _task_failed(self, task: Task, error: BaseException) -> None:
-        """A task failed: stop the graph, or with keep_going only its dependents."""
-        if self._keep_going:
-            self._failed_tasks.append(task)
-        else:
-            self._fail_graph(error)
-
-    def _cancel(self, task: Task, upstream: Task | None = None) -> None:
-        """Cancel ``task``: the graph stopped, or (keep_going) ``upstream``,
-        a task it depends on, failed or was cancelled."""
-        if task._state == "running" and self._claims is not None:
-            self._claims.release(task._identity.record_key)  # let other processes run it
-        task._state = "cancelled"
-        cause = self._failure
-        if cause is None and upstream is not None:
-            root = self._blame.get(upstream.task_id, upstream)
-            self._blame[task.task_id] = root
-            cause = root._error
-            error = TaskCancelledError(
-                f"task {task.task_name!r} did not run because task {root.task_name!r}, which it "
-                f"depends on, failed: {type(cause).__name__}: {cause}"
-            )
-        else:
-            error = TaskCancelledError(
-                f"task {task.task_name!r} did not run because the graph stopped: "
-                f"{type(cause).__name__}: {cause}"
-            )
-        error.__cause__ = cause
-        task._error = error
-
-    def _cancel_pending(self) -> None:
-        cancelled = [task for _, _, task in self._ready]
-        cancelled.extend(task for task, _ in self._blockers.values())
-        cancelled.extend(self._elsewhere.values())
-        self._ready.clear()
-        self._blockers.clear()
-        self._elsewhere.clear()
-        for task in cancelled:
-            self._cancel(task)
-        self._finish(cancelled)
-
     # -- progress --------------------------------------------------------------------
-
-    def _ending(self) -> str | None:
-        """What stopped the run, for the final progress line (None: nothing did)."""
-        failure = self._failure
-        if failure is None:
-            return None
-        if isinstance(failure, KeyboardInterrupt):
-            return "interrupted"
-        if isinstance(failure, TaskGraphTerminatedError):
-            return "stopped by terminate()"
-        if self._failed_count:
-            return "stopped after a failure"
-        return f"stopped: {type(failure).__name__}"
 
     def _report(self) -> None:
         if self._progress is not None:
@@ -909,20 +561,7 @@ class Scheduler:
             return
         self._next_report = time.monotonic() + self._reporting_interval
         now = time.monotonic()
-        percent = 100.0 * self._finished_count / self._known if self._known else 100.0
-        running = "\n".join(
-            f"\t{task.task_name}: executing for {now - self._started_at[task_id]:.2f}s"
-            for task_id, task in self._running.items()
-        )
-        LOGGER.info(
-            "taskgraph execution status: tasks added: %d\n"
-            "\ttasks complete: %d (%.1f%%)\n"
-            "\ttasks waiting for a free worker: %d\n"
-            "\ttasks waiting for dependencies: %d\n"
-            "\ttasks executing (%d)%s%s",
-            self._known, self._finished_count, percent, len(self._ready), len(self._blockers),
-            len(self._running), ":\n" if running else "", running,
-        )
-
+        log_status(self._known, self._finished_count, len(self._ready), len(self._blockers),
+                   [(task.task_name, now - self._started_at[task_id]) for task_id, task in self._running.items()])
 
 __all__ = ["Scheduler"]

@@ -85,6 +85,35 @@ def violations(package: str, rules: dict[str, set[str] | None]) -> list[str]:
     return problems
 
 
+#: The ledger's rooms (``_ledger`` and ``_ledger_*``): together, one leaf, and the only SQL.
+LEDGER_ROOM = re.compile(r"_ledger(_\w+)?")
+LEDGER_ROOMS = [
+    entry[:-3] for entry in sorted(os.listdir(PACKAGE)) if entry.endswith(".py") and LEDGER_ROOM.fullmatch(entry[:-3])
+]
+SQL_LIBRARIES = ("sqlite3", "sqlitedict")
+
+
+def sql_outside_the_ledger(package: str) -> list[str]:
+    """The modules outside the ledger's rooms that import an SQL library."""
+    problems = []
+    for entry in sorted(os.listdir(package)):
+        if not entry.endswith(".py") or LEDGER_ROOM.fullmatch(entry[:-3]):
+            continue
+        with open(os.path.join(package, entry), encoding="utf-8") as stream:
+            tree = ast.parse(stream.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in SQL_LIBRARIES:
+                    problems.append(f"{entry[:-3]} imports {name}: only the ledger speaks SQL")
+    return problems
+
+
 def test_every_module_imports_only_what_the_design_allows():
     assert violations(PACKAGE, read_table()) == []
 
@@ -97,9 +126,25 @@ def test_a_broken_rule_is_reported(tmp_path):
     assert violations(str(copy), read_table()) == ["_errors imports _ledger, which the table does not allow"]
 
 
-@pytest.mark.parametrize("module", ["_fingerprint", "_ledger", "_claims", "_errors", "_threads"])
+def test_only_the_ledger_speaks_sql():
+    assert LEDGER_ROOMS  # (the pattern finds the rooms)
+    assert sql_outside_the_ledger(PACKAGE) == []
+
+
+def test_sql_outside_the_ledger_is_reported(tmp_path):
+    copy = tmp_path / "taskgraph"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "_view.py", "a") as stream:
+        stream.write("\n\ndef _peek():\n    import sqlite3\n    return sqlite3\n")
+    assert sql_outside_the_ledger(str(copy)) == ["_view imports sqlite3: only the ledger speaks SQL"]
+
+
+@pytest.mark.parametrize("module", ["_fingerprint", "_claims", "_errors", "_threads", *LEDGER_ROOMS])
 def test_the_leaves_import_nothing_above_them(module):
-    # design.md: the ledger and fingerprinting are leaves.
+    # design.md: the ledger and fingerprinting are leaves; the ledger's rooms import one another.
     with open(os.path.join(PACKAGE, f"{module}.py"), encoding="utf-8") as stream:
         used = imports_of(stream.read())
-    assert used <= {"_errors", "_fingerprint", "_version"}, used
+    below = {"_errors", "_fingerprint", "_version"}
+    if module in LEDGER_ROOMS:
+        below |= set(LEDGER_ROOMS)
+    assert used <= below, used

@@ -267,9 +267,9 @@ def test_a_task_declaring_memory_after_the_ready_tasks_were_ordered_by_history(t
     tasks = [graph.add_task(pf.sleep, args=(0.01 + i / 1000,), transient_run=True, task_name=f"again {i}")
              for i in range(6)]
     deadline = time.monotonic() + 30
-    while not graph._scheduler._by_path and time.monotonic() < deadline:
+    while not graph._scheduler._ready.by_path and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert graph._scheduler._by_path, "the ready tasks were never ordered by their critical path"
+    assert graph._scheduler._ready.by_path, "the ready tasks were never ordered by their critical path"
     tasks.append(graph.add_task(pf.sleep, args=(0.05,), memory=10, task_name="declares memory"))
     graph.close()
     assert graph.join(timeout=30)

@@ -171,7 +171,7 @@ def test_a_key_others_can_read_is_made_private(tmp_path, caplog):
 
 KEY_SCRIPT = textwrap.dedent("""
     import hashlib, sys, time
-    from taskgraph._ledger import workspace_key
+    from taskgraph._ledger_keys import workspace_key
     start = float(sys.argv[2])
     while time.time() < start:
         pass
