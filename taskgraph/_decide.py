@@ -133,23 +133,39 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
     reasons: list[Reason] = []
     if task._transient_run:
         reasons.append(Reason("transient_run", "transient_run=True: runs every time"))
-    if record is None:
-        reasons.append(_why_new(task, ledger))
-        return Decision(True, tuple(reasons), inputs, None)
-    if record.state != "done":
-        summary = _failure_summary(record.error)
-        reasons.append(Reason("previous_run_failed", f"its last run failed{summary}", old=record.error))
+    unusable = _unusable_record(task, ledger, record)
+    if unusable is not None:
+        reasons.append(unusable)
         return Decision(True, tuple(reasons), inputs, record)
-    if record.hash_algorithm != task._hash_algorithm:
-        reasons.append(Reason(
-            "hash_algorithm_changed",
-            f"hash_algorithm changed ({record.hash_algorithm} -> {task._hash_algorithm})",
-            old=record.hash_algorithm, new=task._hash_algorithm,
-        ))
-        return Decision(True, tuple(reasons), inputs, record)
+    assert record is not None
     if task._store_result and not record.has_result:
         reasons.append(Reason("result_missing", "store_result=True but no result is recorded"))
     # Targets first: a missing target is a stat away, and the commonest cause.
+    reasons.extend(_target_reasons(task, record, cache))
+    reasons.extend(_input_reasons(inputs, record, task._hash_algorithm, cache))
+    return Decision(bool(reasons), tuple(reasons), inputs, record)
+
+
+def _unusable_record(task: Task, ledger: Ledger, record: TaskRecord | None) -> Reason | None:
+    """Why the record cannot let the task skip whatever the disk says (none, a
+    failed run, another hash algorithm), or None when the files decide."""
+    if record is None:
+        return _why_new(task, ledger)
+    if record.state != "done":
+        summary = _failure_summary(record.error)
+        return Reason("previous_run_failed", f"its last run failed{summary}", old=record.error)
+    if record.hash_algorithm != task._hash_algorithm:
+        return Reason(
+            "hash_algorithm_changed",
+            f"hash_algorithm changed ({record.hash_algorithm} -> {task._hash_algorithm})",
+            old=record.hash_algorithm, new=task._hash_algorithm,
+        )
+    return None
+
+
+def _target_reasons(task: Task, record: TaskRecord, cache: DigestCache) -> list[Reason]:
+    """Each target that was never recorded, is missing, changed or cannot be read."""
+    reasons: list[Reason] = []
     for path in task._target_path_list:
         recorded = record.targets.get(path)
         if recorded is None:
@@ -163,8 +179,15 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
         if change is not None:
             code = "target_missing" if change.what == "missing" else "target_changed"
             reasons.append(Reason(code, f"target {change.describe()}", path, change.old, change.new))
+    return reasons
+
+
+def _input_reasons(inputs: tuple[str, ...], record: TaskRecord, algorithm: str,
+                   cache: DigestCache) -> list[Reason]:
+    """Each input file added since the record, gone, changed or unreadable."""
+    reasons: list[Reason] = []
     if not inputs and not record.inputs:  # the common task without input files
-        return Decision(bool(reasons), tuple(reasons), inputs, record)
+        return reasons
     current = set(inputs)
     for path in inputs:
         if path not in record.inputs:
@@ -174,10 +197,10 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
             reasons.append(Reason("input_removed", f"input file {path} is gone or no longer an input", path))
             continue
         try:
-            change = compare(path, recorded, task._hash_algorithm, cache)
+            change = compare(path, recorded, algorithm, cache)
         except OSError as error:
             reasons.append(Reason("input_changed", f"input {path} cannot be read ({error})", path))
             continue
         if change is not None:
             reasons.append(Reason("input_changed", f"input {change.describe()}", path, change.old, change.new))
-    return Decision(bool(reasons), tuple(reasons), inputs, record)
+    return reasons

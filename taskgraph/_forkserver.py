@@ -335,6 +335,28 @@ def _receive(sock: socket.socket) -> tuple[str, dict[str, Any], int | None] | No
 def _serve(sock: socket.socket, pool_pid: int) -> int:
     """The server's loop; returns its exit code."""
     gc.freeze()  # what was inherited is never scanned again: fewer pages copied in workers
+    wake_r, wake_w = _take_signals()
+    watch = None
+    with contextlib.suppress(AttributeError, OSError):
+        watch = os.pidfd_open(pool_pid)  # type: ignore[attr-defined,unused-ignore]
+    handles: list[Any] = [sock, wake_r] + ([watch] if watch is not None else [])
+    while True:
+        ready, _, _ = select.select(handles, [], [], None if watch is not None else _ORPHAN_POLL_S)
+        if (watch is not None and watch in ready) or (watch is None and not alive(pool_pid)):
+            return 0  # the pool's process died: workers leave by themselves
+        if wake_r in ready:
+            _drain(wake_r)
+            _reap(sock)
+        if sock in ready:
+            request = _receive(sock)
+            if request is None:
+                _reap(sock)
+                return 0
+            _fork_for(sock, request, pool_pid, [sock, wake_r, wake_w, watch])
+
+
+def _take_signals() -> tuple[int, int]:
+    """Set the server's signals up; returns the pipe a ``SIGCHLD`` wakes it on."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides what Ctrl-C does
     if hasattr(signal, "pthread_sigmask"):
         # The forking thread's mask is inherited (SIGINT blocked around the fork, maybe
@@ -349,42 +371,38 @@ def _serve(sock: socket.socket, pool_pid: int) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    watch = None
-    with contextlib.suppress(AttributeError, OSError):
-        watch = os.pidfd_open(pool_pid)  # type: ignore[attr-defined,unused-ignore]
-    handles: list[Any] = [sock, wake_r] + ([watch] if watch is not None else [])
-    while True:
-        ready, _, _ = select.select(handles, [], [], None if watch is not None else _ORPHAN_POLL_S)
-        if (watch is not None and watch in ready) or (watch is None and not alive(pool_pid)):
-            return 0  # the pool's process died: workers leave by themselves
-        if wake_r in ready:
-            with contextlib.suppress(OSError):
-                while os.read(wake_r, 512):
-                    pass
-            _reap(sock)
-        if sock in ready:
-            request = _receive(sock)
-            if request is None:
-                _reap(sock)
-                return 0
-            kind, options, fd = request
-            sequence = int(options.get("sequence", 0))
-            if fd is None:
-                if kind == _WORKER:  # a server's requester hears nothing on its own socket: it times out
-                    _send(sock, _FAILED, 24, sequence)  # EMFILE: the descriptor did not fit here
-                continue
-            try:
-                pid = os.fork()
-            except OSError as error:
-                os.close(fd)
-                if kind == _WORKER:
-                    _send(sock, _FAILED, error.errno or 0, sequence)
-                continue
-            if pid == 0:
-                _become(kind, options, fd, pool_pid, [sock, wake_r, wake_w, watch])
-            os.close(fd)
-            if kind == _WORKER:
-                _send(sock, _STARTED, pid, sequence)
+    return wake_r, wake_w
+
+
+def _drain(wake_r: int) -> None:
+    """Empty the wake-up pipe (one byte per signal)."""
+    with contextlib.suppress(OSError):
+        while os.read(wake_r, 512):
+            pass
+
+
+def _fork_for(sock: socket.socket, request: tuple[str, dict[str, Any], int | None], pool_pid: int,
+              inherited: list[Any]) -> None:
+    """Fork the child a request asks for and tell the requester its pid (or
+    why not), for a worker; a server's requester hears from the child itself."""
+    kind, options, fd = request
+    sequence = int(options.get("sequence", 0))
+    if fd is None:
+        if kind == _WORKER:  # a server's requester hears nothing on its own socket: it times out
+            _send(sock, _FAILED, 24, sequence)  # EMFILE: the descriptor did not fit here
+        return
+    try:
+        pid = os.fork()
+    except OSError as error:
+        os.close(fd)
+        if kind == _WORKER:
+            _send(sock, _FAILED, error.errno or 0, sequence)
+        return
+    if pid == 0:
+        _become(kind, options, fd, pool_pid, inherited)
+    os.close(fd)
+    if kind == _WORKER:
+        _send(sock, _STARTED, pid, sequence)
 
 
 def _send(sock: socket.socket, kind: bytes, value: int, code: int) -> None:

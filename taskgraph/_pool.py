@@ -42,34 +42,49 @@ Workers are not daemonic (tasks may start processes of their own), lower
 their own priority with psutil (the caller's priority is untouched), ignore
 SIGINT (the parent decides what Ctrl-C does), and exit when the calling
 process dies. With ``bind_cpus`` each worker is pinned to a core of its own.
+
+This module decides when a worker starts, stops or is killed; how (its
+record, starting and killing it, the errors of its end) is
+:mod:`taskgraph._pool_workers`'. Imports ``_executor``, ``_forkserver``,
+``_pool_workers``, ``_worker``, ``_threads``, ``_job`` and ``_errors``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import queue
-import signal
 import sys
 import threading
 import time
 import weakref
-from multiprocessing.connection import Connection
 from typing import Any
 
-import psutil
-
 from taskgraph import _forkserver, _threads
-from taskgraph._errors import TaskExecutionError, WorkerDiedError, WorkerStartError
+from taskgraph._errors import TaskExecutionError, WorkerDiedError
 from taskgraph._executor import DoneCallback, Executor
 from taskgraph._job import Job, JobResult, RemoteTraceback
-from taskgraph._worker import LOG, STOP, worker_main
+from taskgraph._pool_workers import (
+    Entry,
+    Worker,
+    describe_exit,
+    died,
+    kill_group,
+    kill_tree,
+    log_levels,
+    not_started,
+    server_start_failed,
+    start_failed,
+    start_worker,
+    stopped,
+    usable_cpus,
+)
+from taskgraph._worker import LOG, STOP
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
@@ -101,97 +116,6 @@ def check_start_method(start_method: str | None) -> str:
     if method == "fork" and not _forkserver.available():
         raise ValueError(f"{source}: this platform cannot fork worker processes; use 'spawn'")
     return method
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """Explain a worker's exit code in words, with the likely cause."""
-    if exitcode is None:
-        return "an unknown exit status"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        hint = {
-            "SIGKILL": " (killed: often the out-of-memory killer or a job queue's limit)",
-            "SIGSEGV": " (segmentation fault: a crash in native code)",
-            "SIGBUS": " (bus error: a crash in native code or a truncated memory map)",
-            "SIGABRT": " (aborted by native code)",
-            "SIGTERM": " (terminated by another process)",
-        }.get(name, "")
-        return f"signal {name}{hint}"
-    return f"exit code {exitcode} (the task or a library called os._exit or exited the process)"
-
-
-@dataclasses.dataclass(slots=True)
-class _Entry:
-    """A job in the pool: its callback and the message that carries it."""
-
-    job: Job
-    done: DoneCallback
-    message: bytes
-
-
-def _not_started(job: Job) -> WorkerDiedError:
-    return WorkerDiedError(f"task {job.name!r} was not started because the graph is shutting down")
-
-
-def _stopped(job: Job) -> WorkerDiedError:
-    return WorkerDiedError(f"task {job.name!r} was stopped because the graph is shutting down")
-
-
-class _Worker:
-    """The manager thread's record of one worker process."""
-
-    __slots__ = ("conn", "cpu", "exitcode", "finished_jobs", "index", "jobs", "name", "pid", "process")
-
-    def __init__(self, pid: int, conn: Connection, index: int, cpu: int | None, process: Any = None) -> None:
-        self.pid = pid
-        self.conn: Connection | None = conn
-        self.index = index
-        self.name = f"taskgraph-worker-{index}"
-        self.cpu = cpu
-        self.process = process  # the multiprocessing.Process under spawn; None when forked by the server
-        # The job it runs, then the short ones sent to wait behind it (see ProcessPool).
-        self.jobs: collections.deque[_Entry] = collections.deque()
-        self.finished_jobs = 0
-        self.exitcode: int | None = None
-
-
-def _log_levels() -> dict[str, int]:
-    """Levels configured in this process, so workers drop what would be dropped here."""
-    levels = {"": logging.getLogger().level}
-    for name, logger in logging.root.manager.loggerDict.items():
-        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
-            levels[name] = logger.level
-    return levels
-
-
-def _kill_tree(pid: int) -> None:
-    with contextlib.suppress(psutil.Error):
-        process = psutil.Process(pid)
-        children = process.children(recursive=True)
-        for victim in [process, *children]:
-            with contextlib.suppress(psutil.Error):
-                victim.kill()
-    _kill_group(pid)
-
-
-def _kill_group(pid: int) -> None:
-    """Kill what is left of a worker's process group (the processes its tasks
-    started, also those orphaned by the worker's death). Call it before the
-    worker is reaped, so that its pid, the group's id, cannot be reused."""
-    if hasattr(os, "killpg"):
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
-
-
-def usable_cpus() -> list[int] | None:
-    """The cores this process may run on, or None where the platform cannot
-    pin processes (psutil has no ``cpu_affinity`` there, e.g. macOS)."""
-    if not hasattr(psutil.Process, "cpu_affinity"):
-        return None
-    return sorted(psutil.Process().cpu_affinity())  # type: ignore[attr-defined,unused-ignore]
 
 
 class ProcessPool(Executor):
@@ -230,10 +154,7 @@ class ProcessPool(Executor):
             try:
                 self._server = _forkserver.start()
             except OSError as error:
-                raise WorkerStartError(
-                    f"the fork server that starts worker processes could not be started ({error}); raise "
-                    "the open-file limit (ulimit -n) or free memory, or pass start_method='spawn'"
-                ) from error
+                raise server_start_failed(error) from error
             if self._server is None:
                 LOGGER.warning(
                     "taskgraph threads of another graph are running in this process and no fork server "
@@ -250,9 +171,9 @@ class ProcessPool(Executor):
         self._wake_pending = False
         # Owned by the manager thread alone from here on:
         self._levels: dict[str, int] | None = None
-        self._workers: list[_Worker] = []
-        self._idle: list[_Worker] = []
-        self._backlog: collections.deque[_Entry] = collections.deque()
+        self._workers: list[Worker] = []
+        self._idle: list[Worker] = []
+        self._backlog: collections.deque[Entry] = collections.deque()
         self._closing = False
         # Set, under the lock, just before the manager takes its last requests:
         # from then on submit() fails a job itself (no request would be read).
@@ -269,10 +190,10 @@ class ProcessPool(Executor):
         self._finalizer = weakref.finalize(self, ProcessPool._emergency_stop, self._workers, self._server)
 
     @staticmethod
-    def _emergency_stop(workers: list[_Worker], server: _forkserver.ForkServer | None) -> None:
+    def _emergency_stop(workers: list[Worker], server: _forkserver.ForkServer | None) -> None:
         for worker in list(workers):
             if worker.exitcode is None:
-                _kill_tree(worker.pid)
+                kill_tree(worker.pid)
         if server is not None:
             server.close()
 
@@ -286,7 +207,7 @@ class ProcessPool(Executor):
                 self._wake()
                 return
         # The manager has taken its last requests: the job fails here, at once.
-        done(JobResult(job.task_id, error=_not_started(job)))
+        done(JobResult(job.task_id, error=not_started(job)))
 
     def shutdown(self, kill: bool = False) -> None:
         self._requests.put(("shutdown", kill, None))
@@ -309,55 +230,72 @@ class ProcessPool(Executor):
 
     def _manage(self) -> None:
         try:
-            while True:
-                self._take_requests()
-                if self._server is not None and (self._server.pending or self._server.gone):
-                    # Exits read while a worker was starting, or the server found gone
-                    # then: settle what that tells about the workers.
-                    self._on_ready(self._server)
-                if self._closing and not self._workers:
-                    return
-                handles: list[Any] = [self._wake_r]
-                for worker in self._workers:
-                    if worker.conn is not None:
-                        handles.append(worker.conn)
-                    if worker.process is not None:
-                        handles.append(worker.process.sentinel)
-                if self._server is not None and not self._server.gone:
-                    handles.append(self._server)
-                timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
-                ready = multiprocessing.connection.wait(handles, timeout)
-                if not ready and self._closing and time.monotonic() >= self._deadline:
-                    self._escalate()
-                for handle in ready:
-                    self._on_ready(handle)
+            self._run()
         except BaseException as error:  # a bug here must not leave jobs waiting forever
-            LOGGER.exception("the process pool's manager thread failed")
-            self._closing = self._killing = True  # so that nothing below starts a worker
-            failure = WorkerDiedError(f"the process pool failed: {type(error).__name__}: {error}")
-            for worker in list(self._workers):
-                _kill_tree(worker.pid)
-                with contextlib.suppress(BaseException):
-                    self._forget(worker, failure)
+            self._fail_all(error)
         finally:
-            self._closing = True
-            with self._stop_lock:
-                self._stopped = True
-            self._take_requests()  # jobs that came with or after the shutdown: not started
-            for worker in list(self._workers):  # given up (only after a failure of this thread)
-                for entry in worker.jobs:
-                    with contextlib.suppress(BaseException):
-                        self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
-                            f"task {entry.job.name!r} was stopped because the process pool stopped")))
-                worker.jobs.clear()
+            self._wind_up()
+
+    def _run(self) -> None:
+        """Take requests and handle whatever is ready, until the pool is closing and no worker is left."""
+        while True:
+            self._take_requests()
+            if self._server is not None and (self._server.pending or self._server.gone):
+                # Exits read while a worker was starting, or the server found gone
+                # then: settle what that tells about the workers.
+                self._on_ready(self._server)
+            if self._closing and not self._workers:
+                return
+            timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
+            ready = multiprocessing.connection.wait(self._handles(), timeout)
+            if not ready and self._closing and time.monotonic() >= self._deadline:
+                self._escalate()
+            for handle in ready:
+                self._on_ready(handle)
+
+    def _handles(self) -> list[Any]:
+        """What the manager waits on: the wake-up pipe, each worker's pipe and
+        sentinel (under spawn), and the fork server's socket while it lives."""
+        handles: list[Any] = [self._wake_r]
+        for worker in self._workers:
+            if worker.conn is not None:
+                handles.append(worker.conn)
+            if worker.process is not None:
+                handles.append(worker.process.sentinel)
+        if self._server is not None and not self._server.gone:
+            handles.append(self._server)
+        return handles
+
+    def _fail_all(self, error: BaseException) -> None:
+        """The manager thread failed: kill every worker and fail its jobs."""
+        LOGGER.exception("the process pool's manager thread failed")
+        self._closing = self._killing = True  # so that nothing below starts a worker
+        failure = WorkerDiedError(f"the process pool failed: {type(error).__name__}: {error}")
+        for worker in list(self._workers):
+            kill_tree(worker.pid)
             with contextlib.suppress(BaseException):
-                self._drain_backlog()  # closing: every job still waiting fails as not started
-            self._finalizer.detach()
-            if self._server is not None:
-                self._server.close()
-            for handle in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    handle.close()
+                self._forget(worker, failure)
+
+    def _wind_up(self) -> None:
+        """The manager's last act: fail every job it still holds or is given, release the server and the pipe."""
+        self._closing = True
+        with self._stop_lock:
+            self._stopped = True
+        self._take_requests()  # jobs that came with or after the shutdown: not started
+        for worker in list(self._workers):  # given up (only after a failure of this thread)
+            for entry in worker.jobs:
+                with contextlib.suppress(BaseException):
+                    self._finish(entry, JobResult(entry.job.task_id, error=WorkerDiedError(
+                        f"task {entry.job.name!r} was stopped because the process pool stopped")))
+            worker.jobs.clear()
+        with contextlib.suppress(BaseException):
+            self._drain_backlog()  # closing: every job still waiting fails as not started
+        self._finalizer.detach()
+        if self._server is not None:
+            self._server.close()
+        for handle in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                handle.close()
 
     def _take_requests(self) -> None:
         while True:
@@ -386,7 +324,7 @@ class ProcessPool(Executor):
         self._deadline = time.monotonic() + _KILL_GRACE_S
         for worker in list(self._workers):
             self._read_what_is_there(worker)  # a result already in the pipe is delivered, not lost
-            _kill_tree(worker.pid)
+            kill_tree(worker.pid)
 
     def _escalate(self) -> None:
         """A shutdown deadline passed: kill the workers, or after a kill,
@@ -399,26 +337,10 @@ class ProcessPool(Executor):
 
     def _on_ready(self, handle: Any) -> None:
         if handle is self._wake_r:
-            with contextlib.suppress(EOFError, OSError):
-                while self._wake_r.poll():
-                    self._wake_r.recv_bytes()
-            with self._wake_lock:
-                self._wake_pending = False  # requests posted from now on wake it again
-            self._take_requests()
+            self._on_wake()
             return
         if handle is self._server:
-            assert self._server is not None
-            for pid, exitcode in self._server.exits():
-                for worker in self._workers:
-                    if worker.pid == pid:
-                        worker.exitcode = exitcode
-                        self._on_death(worker)
-                        break
-            if self._server.gone:
-                # Its workers' exits will not be reported: a closed pipe is their end now.
-                for worker in list(self._workers):
-                    if worker.conn is None:
-                        self._on_death(worker)
+            self._on_server()
             return
         for worker in self._workers:
             if handle is worker.conn:
@@ -430,7 +352,30 @@ class ProcessPool(Executor):
                 self._on_death(worker)
                 return
 
-    def _on_readable(self, worker: _Worker) -> None:
+    def _on_wake(self) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
+        with self._wake_lock:
+            self._wake_pending = False  # requests posted from now on wake it again
+        self._take_requests()
+
+    def _on_server(self) -> None:
+        """The fork server reported workers' exits, or is gone."""
+        assert self._server is not None
+        for pid, exitcode in self._server.exits():
+            for worker in self._workers:
+                if worker.pid == pid:
+                    worker.exitcode = exitcode
+                    self._on_death(worker)
+                    break
+        if self._server.gone:
+            # Its workers' exits will not be reported: a closed pipe is their end now.
+            for worker in list(self._workers):
+                if worker.conn is None:
+                    self._on_death(worker)
+
+    def _on_readable(self, worker: Worker) -> None:
         assert worker.conn is not None
         try:
             data = worker.conn.recv_bytes()
@@ -439,13 +384,13 @@ class ProcessPool(Executor):
             return
         self._on_message(worker, data)
 
-    def _read_what_is_there(self, worker: _Worker) -> None:
+    def _read_what_is_there(self, worker: Worker) -> None:
         """Handle the messages already in a worker's pipe, without waiting."""
         with contextlib.suppress(EOFError, OSError):
             while worker.jobs and worker.conn is not None and worker.conn.poll():
                 self._on_message(worker, worker.conn.recv_bytes())
 
-    def _pipe_closed(self, worker: _Worker) -> None:
+    def _pipe_closed(self, worker: Worker) -> None:
         """The worker's end of its pipe closed: it has died, or is dying.
         Its exit status (from its sentinel or the fork server) completes it."""
         if worker.conn is not None:
@@ -457,7 +402,7 @@ class ProcessPool(Executor):
         if worker.process is None and (self._server is None or self._server.gone):
             self._on_death(worker)
 
-    def _on_message(self, worker: _Worker, data: bytes) -> None:
+    def _on_message(self, worker: Worker, data: bytes) -> None:
         tag, body = data[:1], data[1:]
         if tag == LOG:
             try:
@@ -489,40 +434,21 @@ class ProcessPool(Executor):
                 self._idle.append(worker)
 
     @staticmethod
-    def _finish(entry: _Entry, result: JobResult) -> None:
+    def _finish(entry: Entry, result: JobResult) -> None:
         """Hand a job's result to its ``done``: the one place that calls it
         (each entry leaves the pool's lists before it comes here, so once)."""
         entry.done(result)
 
-    def _on_death(self, worker: _Worker) -> None:
+    def _on_death(self, worker: Worker) -> None:
         self._read_what_is_there(worker)  # what it sent before it died: a result may be there
-        _kill_group(worker.pid)
+        kill_group(worker.pid)
         error = None
         if worker.jobs:
             job = worker.jobs[0].job
-            if self._killing:
-                error = _stopped(job)
-            else:
-                error = WorkerDiedError(
-                    f"the worker process (pid {worker.pid}) running task {job.name!r} died with "
-                    f"{describe_exit(worker.exitcode)} before the task returned." + self._death_hint(worker)
-                )
+            error = stopped(job) if self._killing else died(worker, job)
         self._forget(worker, error)
 
-    def _death_hint(self, worker: _Worker) -> str:
-        if worker.finished_jobs == 0 and worker.exitcode == 1 and worker.process is not None:
-            return (
-                " It died before finishing any task: a worker process could not start. With the "
-                "spawn start method each worker imports the main script, so the script's top-level "
-                "code must be under `if __name__ == '__main__':`; the worker's own error is printed "
-                "on stderr above."
-            )
-        return (
-            " If it ran out of memory, run fewer tasks at once (a smaller n_workers) or split the "
-            "task; partial targets are not recorded and the task runs again next time."
-        )
-
-    def _forget(self, worker: _Worker, error: BaseException | None) -> None:
+    def _forget(self, worker: Worker, error: BaseException | None) -> None:
         """Drop a worker that has ended; its job, if any, fails with ``error``."""
         with contextlib.suppress(ValueError):
             self._workers.remove(worker)
@@ -537,7 +463,7 @@ class ProcessPool(Executor):
         entries, worker.jobs = list(worker.jobs), collections.deque()
         if entries:
             first = entries.pop(0)
-            self._finish(first, JobResult(first.job.task_id, error=error or _stopped(first.job), worker=worker.name))
+            self._finish(first, JobResult(first.job.task_id, error=error or stopped(first.job), worker=worker.name))
         # Jobs that waited behind the one that died never started: they go to
         # another worker (or, when the pool is closing, fail as not started).
         for entry in reversed(entries):
@@ -548,7 +474,7 @@ class ProcessPool(Executor):
         if self._closing:
             # Shut down (after a failure or Ctrl-C) while the scheduler was still
             # dispatching: start nothing that nothing would stop.
-            done(JobResult(job.task_id, error=_not_started(job)))
+            done(JobResult(job.task_id, error=not_started(job)))
             return
         try:
             message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
@@ -557,7 +483,7 @@ class ProcessPool(Executor):
                 f"task {job.name!r} could not be sent to a worker process: {type(error).__name__}: {error}"
             )))
             return
-        self._backlog.append(_Entry(job, done, message))
+        self._backlog.append(Entry(job, done, message))
         self._drain_backlog()
 
     def _drain_backlog(self) -> None:
@@ -568,7 +494,7 @@ class ProcessPool(Executor):
             entry = self._backlog[0]
             if self._closing:
                 self._backlog.popleft()
-                self._finish(entry, JobResult(entry.job.task_id, error=_not_started(entry.job)))
+                self._finish(entry, JobResult(entry.job.task_id, error=not_started(entry.job)))
                 continue
             worker = self._idle.pop() if self._idle else None
             if worker is None and len(self._workers) < self.capacity:
@@ -576,12 +502,7 @@ class ProcessPool(Executor):
                     worker = self._start_worker()
                 except Exception as error:
                     self._backlog.popleft()
-                    self._finish(entry, JobResult(entry.job.task_id, error=WorkerStartError(
-                        f"task {entry.job.name!r} could not run: a worker process could not be started "
-                        f"({type(error).__name__}: {error}). If it says too many open files, raise the "
-                        "limit (ulimit -n) or use a smaller n_workers; if it says no memory, free some "
-                        "or use fewer workers."
-                    )))
+                    self._finish(entry, JobResult(entry.job.task_id, error=start_failed(entry.job, error)))
                     continue
             if worker is None and entry.job.short and len(entry.message) <= _QUEUE_MAX_BYTES:
                 # Only a small message: a busy worker reads its pipe between jobs, so a
@@ -592,7 +513,7 @@ class ProcessPool(Executor):
                 return  # it waits for the next worker to finish
             self._send(worker, self._backlog.popleft())
 
-    def _send(self, worker: _Worker, entry: _Entry) -> None:
+    def _send(self, worker: Worker, entry: Entry) -> None:
         worker.jobs.append(entry)
         assert worker.conn is not None
         try:
@@ -602,31 +523,14 @@ class ProcessPool(Executor):
             # next, fails the job with the cause.
             self._pipe_closed(worker)
 
-    def _start_worker(self) -> _Worker:
+    def _start_worker(self) -> Worker:
         index = self._next_index
         self._next_index += 1
         if self._levels is None:
-            self._levels = _log_levels()
+            self._levels = log_levels()
         cpu = self._free_cpus.pop(0) if self._free_cpus else None
         try:
-            if self._server is not None:
-                options = {"levels": self._levels, "nice": self._nice, "cpu": cpu, "name": f"taskgraph-worker-{index}"}
-                pid, conn = self._server.start_worker(options)
-                worker = _Worker(pid, conn, index, cpu)
-            else:
-                parent_conn, child_conn = self._context.Pipe(duplex=True)
-                try:
-                    process = self._context.Process(
-                        target=worker_main, args=(child_conn, self._levels, self._nice, cpu, None),
-                        name=f"taskgraph-worker-{index}", daemon=False,
-                    )
-                    process.start()
-                except BaseException:
-                    parent_conn.close()
-                    raise
-                finally:
-                    child_conn.close()
-                worker = _Worker(process.pid, parent_conn, index, cpu, process)
+            worker = start_worker(self._server, self._context, index, self._levels, self._nice, cpu)
         except BaseException:
             if cpu is not None and self._free_cpus is not None:
                 self._free_cpus.append(cpu)
