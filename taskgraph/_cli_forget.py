@@ -1,7 +1,7 @@
 """``taskgraph forget`` and ``taskgraph clean``: dropping records (so their tasks
 run again), the history, or every record and its targets.
 
-Imports ``_ledger`` (its read side, ``forget`` and ``forget_stale``),
+Imports ``_ledger`` (its read side), ``_ledger_forget``,
 ``_view`` (run status, times), ``_cli_common`` and ``_escape``. Each asks
 before it changes anything, unless given ``--yes``.
 """
@@ -17,7 +17,8 @@ from typing import TextIO
 
 from taskgraph._cli_common import CommandError, confirm, resolve
 from taskgraph._escape import terminal
-from taskgraph._ledger import LedgerReader, StaleRow, forget, forget_stale
+from taskgraph._ledger import LedgerReader, StaleRow
+from taskgraph._ledger_forget import forget, forget_stale
 from taskgraph._view import run_status, when
 
 

@@ -2,7 +2,7 @@
 
 Owns :class:`Ledger` (runs and what each considered, lookups and the
 snapshot, durations, stored results, the digest cache, the write buffer and
-``flush``), :class:`UntrustedResultError`, and ``forget`` / ``forget_stale``.
+``flush``) and :class:`UntrustedResultError`.
 May import the ledger's other rooms, ``_errors``, ``_fingerprint``,
 ``_version`` and sqlitedict (for the encoding of stored results).
 
@@ -12,7 +12,8 @@ migrations, opening a file, moving a bad one aside), ``_ledger_keys`` (the
 workspace's secret and the HMACs of stored results), ``_ledger_rows`` (how
 values are stored in rows and read back), ``_ledger_commit`` (the write
 statements, transactions and group commits; durability), ``_ledger_read``
-(the read side for the command line) and this writer. Names that other
+(the read side for the command line), ``_ledger_forget`` (forgetting records)
+and this writer. Names that other
 modules import from here are re-exported from the room that owns them.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
@@ -38,7 +39,6 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlitedict
@@ -55,6 +55,7 @@ from taskgraph._ledger_commit import (
     INSERT_DEP,
     INSERT_FILE,
     PRUNE_CONSIDERED,
+    SETTLE_SKIPS,
     UPSERT_RESULT,
     UPSERT_TASK,
     Rows,
@@ -80,7 +81,6 @@ from taskgraph._ledger_rows import (
     stored_text,
 )
 from taskgraph._ledger_schema import (
-    CONSIDERED_SINCE,
     LEDGER_FILENAME,
     SCHEMA_VERSION,
     open_ledger,
@@ -88,7 +88,7 @@ from taskgraph._ledger_schema import (
     stamp_clean_close,
 )
 
-# Ledger, UntrustedResultError, forget and forget_stale are defined here; the
+# Ledger and UntrustedResultError are defined here; the
 # others belong to the ledger's other rooms and are re-exported for the
 # modules that import them from here.
 __all__ = [
@@ -104,8 +104,6 @@ __all__ = [
     "TaskRecord",
     "TaskRow",
     "UntrustedResultError",
-    "forget",
-    "forget_stale",
 ]
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -175,7 +173,7 @@ class Ledger:
         self._members: dict[str, str] = {}
         self._members_changed: dict[str, str] = {}
         # Set by end_run: the statement that drops older runs' considered rows.
-        self._prune: tuple[str, tuple[Any, ...]] | None = None
+        self._prune: list[tuple[str, tuple[Any, ...]]] | None = None
         # Hashes of (record key, stored name) of the records whose last
         # decision is a plain skip (no reasons), read when the first skip is
         # recorded: the same decision is not written again (the run that made
@@ -240,8 +238,10 @@ class Ledger:
                     "SELECT run_id, pid, host FROM runs WHERE run_id < ? AND ended IS NULL", (self.run_id,))
                 if _process_may_run(pid, host)
             ]
-            sql = PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep)))
-            self._prune = (sql, (self.run_id, *keep))
+            marks = ",".join(f"?{2 + i}" for i in range(len(keep)))
+            params = (self.run_id, *keep)
+            self._prune = [(SETTLE_SKIPS.format(keep=marks), params),
+                           (PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep))), params)]
 
     # -- reading ----------------------------------------------------------------
 
@@ -547,60 +547,3 @@ class Ledger:
             self._conn.close()
         if not self.read_only:
             stamp_clean_close(self.path)
-
-
-def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int:
-    """Delete records with their files, dependencies, stored results,
-    decisions and run memberships; returns how many were recorded."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (key TEXT PRIMARY KEY) WITHOUT ROWID")
-    conn.execute("DELETE FROM temp.doomed")
-    conn.executemany("INSERT OR IGNORE INTO temp.doomed VALUES (?)", ((key,) for key in record_keys))
-    count = int(conn.execute("DELETE FROM tasks WHERE record_key IN (SELECT key FROM temp.doomed)").rowcount)
-    for table, column in (("files", "record_key"), ("deps", "record_key"), ("results", "key"),
-                          ("decisions", "record_key"), ("considered", "record_key")):
-        conn.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT key FROM temp.doomed)")
-    conn.execute("DELETE FROM temp.doomed")
-    return count
-
-
-def forget(workspace: str, record_keys: Sequence[str]) -> int:
-    """Delete the records of these tasks; returns how many were recorded."""
-    ledger = Ledger(workspace)
-    try:
-        with ledger._transaction() as conn:
-            return _delete_records(conn, record_keys)
-    finally:
-        ledger.close()
-
-
-def forget_stale(workspace: str, record_keys: Iterable[str], before: float | None = None) -> int:
-    """Delete those of ``record_keys`` that are still history, in one transaction.
-
-    A record is deleted only if, when the transaction starts, no run from the
-    current graph's on has considered it (and, with ``before``, it was last
-    seen before that time): a run that ended since the list was made keeps
-    what it used. Digest-cache rows of paths no remaining record names go too.
-    Returns how many records were deleted.
-    """
-    wanted = set(record_keys)
-    ledger = Ledger(workspace)
-    try:
-        with ledger._transaction() as conn:
-            row = conn.execute("SELECT max(run_id) FROM runs WHERE ended IS NOT NULL AND tasks > 0").fetchone()
-            if row[0] is None:
-                return 0  # no run has ended: nothing is history
-            current = int(row[0])
-            still = [
-                key for key, seen_at in conn.execute(
-                    "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"
-                    " LEFT JOIN decisions d ON d.record_key = t.record_key"
-                    f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})",
-                    (current,))
-                if key in wanted and (before is None or (seen_at or 0) < before)
-            ]
-            count = _delete_records(conn, still)
-            if count:
-                conn.execute("DELETE FROM digests WHERE path NOT IN (SELECT path FROM files)")
-            return count
-    finally:
-        ledger.close()

@@ -49,6 +49,19 @@ END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE ru
 # before it are history (the run ids of runs that may still be going on
 # elsewhere are kept; the statement is completed with their list).
 PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
+#: Before PRUNE_CONSIDERED: a record leaving the graph (considered by a run
+#: whose rows go, not by this run) keeps, in its plain skip decision (written
+#: once, see Ledger.record_decision), the last run that skipped it and when.
+SETTLE_SKIPS = (
+    "UPDATE decisions SET (run_id, decided_at) = ("
+    " SELECT c.run_id, r.started FROM considered c JOIN runs r USING (run_id)"
+    " WHERE c.record_key = decisions.record_key AND c.state = 'skipped'"
+    " AND c.run_id < ?1 AND c.run_id NOT IN ({keep}) ORDER BY c.run_id DESC LIMIT 1)"
+    " WHERE action = 'skip' AND reasons = '[]' AND record_key IN ("
+    " SELECT record_key FROM considered WHERE state = 'skipped' AND run_id < ?1 AND run_id NOT IN ({keep})"
+    " AND run_id > coalesce(decisions.run_id, -1))"
+    " AND record_key NOT IN (SELECT record_key FROM considered WHERE run_id = ?1)"
+)
 RECORD_STATEMENTS = (
     DELETE_FILES, DELETE_DEPS, DELETE_RESULT, UPSERT_TASK, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
 )
@@ -68,7 +81,7 @@ def commit(
     path: str,
     rows: Rows,
     digests: dict[tuple[str, str], CachedDigest],
-    prune: tuple[str, tuple[Any, ...]] | None,
+    prune: list[tuple[str, tuple[Any, ...]]] | None,
 ) -> None:
     """Commit a group of buffered rows (with digest-cache entries, and the
     statement that drops older runs' considered rows) in one transaction.
@@ -81,8 +94,8 @@ def commit(
     try:
         with transaction(conn, path):
             _write(conn, rows, digests)
-            if prune is not None:
-                conn.execute(*prune)
+            for statement in prune or ():
+                conn.execute(*statement)
     except LedgerError as error:
         # The group of finished tasks could not be committed (disk full,
         # a result too large): commit what fits, a task at a time in the

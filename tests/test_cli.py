@@ -145,6 +145,33 @@ def test_explain_names_the_latest_run_that_skipped_a_task(workspace):
     assert re.search(r"last decision \(.*, run 4\): it was skipped \(up to date\)", result.stdout), result.stdout
 
 
+def test_a_task_that_leaves_the_graph_was_last_seen_in_the_last_run_that_skipped_it(tmp_path):
+    # Its skip decision was written once, in run 2; runs 3 and 4 skipped it
+    # too; run 5 no longer has it: it is history, last seen in run 4.
+    from taskgraph._ledger import LedgerReader
+
+    ws = str(tmp_path)
+    target = os.path.join(ws, "b.txt")
+    for run in range(1, 6):
+        with taskgraph.TaskGraph(ws, -1) as graph:
+            graph.add_task(engine_funcs.write, args=(os.path.join(ws, "a.txt"), "a"),
+                           target_path_list=[os.path.join(ws, "a.txt")], task_name="a")
+            if run < 5:
+                b = graph.add_task(engine_funcs.write, args=(target, "b"), target_path_list=[target], task_name="b")
+        if run == 4:
+            run_4_started = time.time()
+    reader = LedgerReader(ws)
+    try:
+        run, when = reader.last_seen(b.key)
+        assert run == 4
+        stale = {row.record_key: row for row in reader.stale(5)}
+    finally:
+        reader.close()
+    assert when is not None and when < run_4_started + 1 and b.key in stale and stale[b.key].last_run == 4
+    result = tg("explain", ws, "b")
+    assert "run 4): it was skipped" in result.stdout, result.stdout
+
+
 def test_names_unknown_ambiguous_and_key_prefixes(workspace):
     result = tg("explain", workspace, "alpah")
     assert result.returncode == 1
