@@ -240,8 +240,8 @@ class Ledger:
             ]
             marks = ",".join(f"?{2 + i}" for i in range(len(keep)))
             params = (self.run_id, *keep)
-            self._prune = [(SETTLE_SKIPS.format(keep=marks), params),
-                           (PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep))), params)]
+            self._prune = [(sql.format(keep=marks), params if "?1" in sql else ()) for sql in SETTLE_SKIPS]
+            self._prune.append((PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep))), params))
 
     # -- reading ----------------------------------------------------------------
 

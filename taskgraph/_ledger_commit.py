@@ -49,18 +49,23 @@ END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE ru
 # before it are history (the run ids of runs that may still be going on
 # elsewhere are kept; the statement is completed with their list).
 PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
-#: Before PRUNE_CONSIDERED: a record leaving the graph (considered by a run
-#: whose rows go, not by this run) keeps, in its plain skip decision (written
-#: once, see Ledger.record_decision), the last run that skipped it and when.
+#: Before PRUNE_CONSIDERED: a record leaving the graph (skipped by a run
+#: whose rows go, not considered by this run ?1) keeps, in its plain skip
+#: decision (written once, see Ledger.record_decision), the last run that
+#: skipped it and when. Each statement is one pass over the rows that go,
+#: with a primary-key probe each; in a steady rerun nothing leaves.
 SETTLE_SKIPS = (
-    "UPDATE decisions SET (run_id, decided_at) = ("
-    " SELECT c.run_id, r.started FROM considered c JOIN runs r USING (run_id)"
-    " WHERE c.record_key = decisions.record_key AND c.state = 'skipped'"
-    " AND c.run_id < ?1 AND c.run_id NOT IN ({keep}) ORDER BY c.run_id DESC LIMIT 1)"
-    " WHERE action = 'skip' AND reasons = '[]' AND record_key IN ("
-    " SELECT record_key FROM considered WHERE state = 'skipped' AND run_id < ?1 AND run_id NOT IN ({keep})"
-    " AND run_id > coalesce(decisions.run_id, -1))"
-    " AND record_key NOT IN (SELECT record_key FROM considered WHERE run_id = ?1)"
+    "CREATE TEMP TABLE IF NOT EXISTS leaving (record_key TEXT PRIMARY KEY, run_id INTEGER) WITHOUT ROWID",
+    "DELETE FROM temp.leaving",
+    "INSERT INTO temp.leaving SELECT c.record_key, max(c.run_id) FROM considered c"
+    " WHERE c.run_id < ?1 AND c.run_id NOT IN ({keep}) AND c.state = 'skipped'"
+    " AND NOT EXISTS (SELECT 1 FROM considered n WHERE n.run_id = ?1 AND n.record_key = c.record_key)"
+    " GROUP BY c.record_key",
+    "UPDATE decisions SET (run_id, decided_at) = (SELECT l.run_id, r.started FROM temp.leaving l"
+    " JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"
+    " WHERE record_key IN (SELECT record_key FROM temp.leaving) AND action = 'skip' AND reasons = '[]'"
+    " AND coalesce(run_id, -1) < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)",
+    "DELETE FROM temp.leaving",
 )
 RECORD_STATEMENTS = (
     DELETE_FILES, DELETE_DEPS, DELETE_RESULT, UPSERT_TASK, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
