@@ -1,6 +1,6 @@
 """File fingerprints: what a file looked like, and whether it still does.
 
-Leaf module: imports only the standard library, xxhash and ``_errors``.
+Leaf module: imports only the standard library and xxhash.
 
 Three kinds of fingerprint, chosen per task by ``hash_algorithm``:
 
