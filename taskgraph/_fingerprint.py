@@ -134,7 +134,9 @@ def pickled_by_fields(cls: type[_T]) -> type[_T]:
     tuple of its fields: results cross a pipe per task, and a slotted
     dataclass's default state (a list built from ``fields()``, names and
     all) costs two and a half times as much, in time and bytes."""
-    get = operator.attrgetter(*(f.name for f in dataclasses.fields(cls)))  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    several = operator.attrgetter(*names)
+    get = several if len(names) > 1 else (lambda obj: (several(obj),))
 
     def __reduce__(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
         return cls, get(self)

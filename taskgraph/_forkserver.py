@@ -81,6 +81,7 @@ def start() -> ForkServer | None:
     server was made. None when neither is possible: the caller then starts
     its workers with ``spawn``.
     """
+    _threads.await_short_lived(0.1)
     if not _threads.running():
         server = ForkServer(_fork_here())
     else:

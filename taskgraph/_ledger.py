@@ -182,6 +182,10 @@ class Ledger:
         # pairs sharing a 64-bit hash would cost one decision row not being
         # rewritten, an explanation, never a record.)
         self._plain_skips: set[int] | None = None
+        # Once another connection has written the ledger, every decision is
+        # written (its decisions may differ from the set read before).
+        self._elsewhere_decides = False
+        self._checked_elsewhere = -1.0  # monotonic time of the last look (see _decided_elsewhere)
         # See written_elsewhere(); a dry run's copy in memory never knows.
         self._elsewhere = read_only
         # A dry run's copy in memory, or the file: checked (moved aside if it
@@ -494,22 +498,44 @@ class Ledger:
         elif self._members.get(record_key) not in ("ran", "failed", "restored"):
             self._member(record_key, "running")
         stored_name = stored_text(name)
-        plain = not run and not reasons
-        if plain or self._plain_skips is not None:
-            if self._plain_skips is None:
-                self._plain_skips = {hash(row) for row in self._conn.execute(
-                    "SELECT record_key, name FROM decisions WHERE action='skip' AND reasons='[]'")}
-            pair = hash((record_key, stored_name))
-            if plain and pair in self._plain_skips:
-                return  # up to date as last time: that row says so already
-            if plain:
-                self._plain_skips.add(pair)
-            else:
-                self._plain_skips.discard(pair)
+        if self._skips_written(record_key, stored_name, not run and not reasons):
+            return  # up to date as last time: that row says so already
         self._rows[DECISION].append((
             record_key, self.run_id, time.time(), stored_name, "run" if run else "skip",
             json.dumps(reasons, default=str) if reasons else "[]",
         ))
+
+    def _skips_written(self, record_key: str, stored_name: str | None, plain: bool) -> bool:
+        """Whether a plain skip (``plain``) of this record is its stored
+        decision already, so that it need not be written; keeps the set of
+        those up to date with the decision about to be written."""
+        if self._elsewhere_decides or not (plain or self._plain_skips is not None):
+            return False
+        if self._plain_skips is None:
+            self._plain_skips = {hash(row) for row in self._conn.execute(
+                "SELECT record_key, name FROM decisions WHERE action='skip' AND reasons='[]'")}
+        pair = hash((record_key, stored_name))
+        if plain and pair in self._plain_skips:
+            return not self._decided_elsewhere()
+        if plain:
+            self._plain_skips.add(pair)
+        else:
+            self._plain_skips.discard(pair)
+        return False
+
+    def _decided_elsewhere(self) -> bool:
+        """Whether another connection may have written decisions since the
+        plain skips were read: looked at most once a millisecond (a PRAGMA
+        costs more than leaving a row unwritten saves), and true for good
+        once it is. So a decision another process writes is never left
+        standing for a skip made more than a millisecond after its commit."""
+        now = time.monotonic()
+        if now - self._checked_elsewhere >= 0.001:
+            self._checked_elsewhere = now
+            if self.written_elsewhere():
+                self._elsewhere_decides = True
+                self._plain_skips = None
+        return self._elsewhere_decides
 
     def flush(self, force: bool = False) -> None:
         """Commit buffered writes in one transaction.
@@ -529,11 +555,22 @@ class Ledger:
         rows, self._rows = self._rows, empty_rows()
         self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
-        if self._members_changed:
-            rows[CONSIDER].extend((self.run_id, key, state) for key, state in self._members_changed.items())
-            self._members_changed = {}
+        changed, self._members_changed = self._members_changed, {}
+        rows[CONSIDER].extend((self.run_id, key, state) for key, state in changed.items())
         prune, self._prune = self._prune, None
-        commit(self._conn, self.path, rows, digests, prune)
+        try:
+            commit(self._conn, self.path, rows, digests, prune)
+        except LedgerError as error:
+            # What became of each task is kept for the next commit (the
+            # current graph must list the records committed one at a time);
+            # a task whose record did not go in ended failed.
+            for key in (row[0] for row in rows[UPSERT_TASK]):
+                if key not in error.committed:
+                    self._members[key] = changed[key] = "failed"
+            for key, state in changed.items():
+                self._members_changed.setdefault(key, state)
+            self._prune = prune
+            raise
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return transaction(self._conn, self.path)

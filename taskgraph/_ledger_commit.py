@@ -49,8 +49,9 @@ END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE ru
 # before it are history (the run ids of runs that may still be going on
 # elsewhere are kept; the statement is completed with their list).
 PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
-#: Before PRUNE_CONSIDERED: a record leaving the graph (skipped by a run
-#: whose rows go, not considered by this run ?1) keeps, in its plain skip
+#: Before PRUNE_CONSIDERED: a record whose last skip leaves with the rows
+#: that go (skipped by a run whose rows go, not skipped by this run ?1:
+#: absent from it, or cancelled in it) keeps, in its plain skip
 #: decision (written once, see Ledger.record_decision), the last run that
 #: skipped it and when. Each statement is one pass over the rows that go,
 #: with a primary-key probe each; in a steady rerun nothing leaves.
@@ -59,7 +60,8 @@ SETTLE_SKIPS = (
     "DELETE FROM temp.leaving",
     "INSERT INTO temp.leaving SELECT c.record_key, max(c.run_id) FROM considered c"
     " WHERE c.run_id < ?1 AND c.run_id NOT IN ({keep}) AND c.state = 'skipped'"
-    " AND NOT EXISTS (SELECT 1 FROM considered n WHERE n.run_id = ?1 AND n.record_key = c.record_key)"
+    " AND NOT EXISTS (SELECT 1 FROM considered n WHERE n.run_id = ?1 AND n.record_key = c.record_key"
+    " AND n.state = 'skipped')"
     " GROUP BY c.record_key",
     "UPDATE decisions SET (run_id, decided_at) = (SELECT l.run_id, r.started FROM temp.leaving l"
     " JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"

@@ -64,7 +64,8 @@ _ELSEWHERE_POLL_S = 0.25
 #: Group commit: the records of finished tasks are committed at once when the
 #: last commit is at least this old; otherwise they wait for the first of: a
 #: task finishing after that, a task that is not known to be short (see
-#: SHORT_S) about to start, the scheduler thread's timed wake-up, or
+#: SHORT_S) about to start, the scheduler thread's timed wake-up (inline: a
+#: short-lived committer thread), or
 #: ``close()``/``join()``. So commits come at most about 50 times a second
 #: however short the tasks, and a kill can cost only short tasks that
 #: finished within this window of the last commit: they run again, and no
@@ -122,6 +123,15 @@ class Scheduler(Deciding):
         # waiters are woken at once, and only its claim waits for the commit.
         self._threaded = threaded
         self._to_wake: list[Task] = []  # inline: finished in this call, woken before it returns
+        # Inline there is no scheduler thread to commit a group that is due
+        # after add_task returned: a short-lived committer thread does, under
+        # this lock, which every inline entry into the scheduler holds (so
+        # another graph or process never waits on a claim for long).
+        self._inline_lock = threading.RLock()
+        self._committer: threading.Thread | None = None
+        # Set when a commit failed: nothing finished after it is recorded (a
+        # dependent may have started before its dependency's record was committed).
+        self._commit_failed: LedgerError | None = None
         # Every task added whose waiters are not released yet, whatever its
         # state: what a failure of the scheduler itself must finish.
         self._unfinished: dict[int, Task] = {}
@@ -227,6 +237,29 @@ class Scheduler(Deciding):
             self._report()
 
     def _drive(self) -> None:
+        with self._inline_lock:
+            self._drive_locked()
+            if self._unnotified and self._committer is None and not self._stopped:
+                self._committer = _threads.start(self._commit_when_due, "taskgraph-commit", short_lived=True)
+
+    def _commit_when_due(self) -> None:
+        """Inline: commit the pending group when it is due, then end."""
+        while True:
+            with self._inline_lock:
+                if self._stopped or not self._unnotified:
+                    self._committer = None
+                    return
+                wait = self._last_commit + COMMIT_INTERVAL_S - time.monotonic()
+                if wait <= 0:
+                    try:
+                        self._commit_now()
+                    except BaseException as error:
+                        self._crash(error)
+                    self._committer = None
+                    return
+            time.sleep(wait)
+
+    def _drive_locked(self) -> None:
         while not self._stopped:
             try:
                 message = self._inbox.get_nowait()
@@ -337,6 +370,13 @@ class Scheduler(Deciding):
         if task is None:
             return  # finished already (cancelled when the scheduler failed): the result is ignored
         self._started_at.pop(result.task_id, None)
+        if self._commit_failed is not None:
+            # The ledger could not take earlier records, which this task may
+            # depend on: it is not recorded (it runs again next time).
+            task._state = "failed"
+            task._error = self._commit_failed
+            finished.append(task)
+            return
         if result.ended:
             task._started = result.started
             task._duration = result.ended - result.started
@@ -387,6 +427,7 @@ class Scheduler(Deciding):
             self._ledger.flush()
             return True
         except LedgerError as error:
+            self._commit_failed = error
             LOGGER.error("%s", error)
             committed = error.committed  # what fitted, a task at a time
             for task in finished:

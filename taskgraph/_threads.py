@@ -21,13 +21,30 @@ _THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 _LOCK = threading.Lock()
 
 
-def start(target: Callable[..., Any], name: str, *args: Any) -> threading.Thread:
-    """Start a daemon thread of the engine, named ``name``."""
+_SHORT_LIVED: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def start(target: Callable[..., Any], name: str, *args: Any, short_lived: bool = False) -> threading.Thread:
+    """Start a daemon thread of the engine, named ``name``; ``short_lived``:
+    it ends by itself within milliseconds (see :func:`await_short_lived`)."""
     thread = threading.Thread(target=target, name=name, args=args, daemon=True)
     with _LOCK:
         _THREADS.add(thread)
+        if short_lived:
+            _SHORT_LIVED.add(thread)
     thread.start()
     return thread
+
+
+def await_short_lived(timeout: float) -> None:
+    """Wait, at most ``timeout`` seconds, for the short-lived threads (an
+    inline graph's committer) to end, so that a process pool made just after
+    can still fork its server from this process."""
+    with _LOCK:
+        threads = list(_SHORT_LIVED)
+    for thread in threads:
+        if thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 def running() -> list[threading.Thread]:

@@ -172,6 +172,40 @@ def test_a_task_that_leaves_the_graph_was_last_seen_in_the_last_run_that_skipped
     assert "run 4): it was skipped" in result.stdout, result.stdout
 
 
+def test_a_skip_after_another_graph_ran_the_task_is_written(tmp_path):
+    # Graph A read which records' last decision is a plain skip; graph B (another
+    # connection) then runs X; A's later skip of X must replace B's decision.
+    ws = str(tmp_path)
+    source = os.path.join(ws, "x.in")
+
+    def add(graph, name):
+        src = os.path.join(ws, f"{name}.in")
+        return graph.add_task(engine_funcs.concat, args=(os.path.join(ws, f"{name}.out"), src),
+                              target_path_list=[os.path.join(ws, f"{name}.out")], task_name=name)
+
+    for name in ("x", "y"):
+        with open(os.path.join(ws, f"{name}.in"), "w") as stream:
+            stream.write("1")
+    for _ in range(2):
+        with taskgraph.TaskGraph(ws, -1) as graph:
+            add(graph, "x")
+            add(graph, "y")
+    b = taskgraph.TaskGraph(ws, -1)
+    a = taskgraph.TaskGraph(ws, -1)
+    assert add(a, "y").state == "skipped"  # A reads its plain skips
+    with open(source, "w") as stream:
+        stream.write("22")
+    assert add(b, "x").state == "ran"
+    b.close()
+    b.join()
+    time.sleep(0.01)
+    assert add(a, "x").state == "skipped"
+    a.close()
+    a.join()
+    result = tg("explain", ws, "x")
+    assert "it was skipped (up to date)" in result.stdout, result.stdout
+
+
 def test_names_unknown_ambiguous_and_key_prefixes(workspace):
     result = tg("explain", workspace, "alpah")
     assert result.returncode == 1

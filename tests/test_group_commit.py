@@ -171,3 +171,105 @@ def test_a_group_that_cannot_be_committed_commits_what_fits(tmp_path):
     assert "free disk space" in error[1]
     # Every task that finished before the one whose record does not fit is recorded.
     assert recorded(ws) == {"r0", "r1", "r2", "r3"}
+
+
+def run_script(tmp_path, body, *args, name="script.py"):
+    script = tmp_path / name
+    script.write_text(textwrap.dedent(f"""
+        import json, os, resource, signal, sqlite3, sys, time
+        sys.path.insert(0, {TESTS!r})
+        import reliability_funcs, taskgraph
+    """) + textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_two_inline_graphs_in_one_process_share_a_workspace_without_waiting_forever(tmp_path):
+    # Inline, a short task's record (and its claim) waits for the group
+    # commit after add_task returned; a committer thread makes it, so the
+    # second graph, waiting for that claim, goes on and finds it done.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = run_script(tmp_path, """
+        ws = sys.argv[1]
+        def add(graph, i):
+            target = os.path.join(ws, f"o{i}")
+            return graph.add_task(reliability_funcs.write_bytes, args=(target, i), target_path_list=[target],
+                                  task_name=f"w{i}")
+        a = taskgraph.TaskGraph(ws, -1)
+        add(a, 0)
+        add(a, 1)
+        b = taskgraph.TaskGraph(ws, -1)
+        print(add(b, 1).state)
+        a.close(); a.join(); b.close(); b.join()
+    """, ws)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["skipped"]
+
+
+def test_inline_records_are_committed_while_the_script_does_something_else(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = run_script(tmp_path, """
+        ws = sys.argv[1]
+        graph = taskgraph.TaskGraph(ws, -1)
+        for i in range(3):
+            target = os.path.join(ws, f"o{i}")
+            graph.add_task(reliability_funcs.write_bytes, args=(target, i), target_path_list=[target],
+                           task_name=f"w{i}")
+        time.sleep(0.5)  # the script's own work, well past the group commit's 20 ms
+        os._exit(9)  # killed there
+    """, ws)
+    assert proc.returncode == 9, proc.stderr
+    assert recorded(ws) == {"w0", "w1", "w2"}
+
+
+@pytest.mark.parametrize("n_workers", [0, 2])
+def test_after_a_failed_commit_no_dependent_is_recorded_without_its_dependency(tmp_path, n_workers):
+    # E (known short) starts before D's record is committed; D's record then
+    # does not fit in the ledger: E's result must not be recorded either.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = run_script(tmp_path, """
+        ws, n_workers = sys.argv[1], int(sys.argv[2])
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        graph = taskgraph.TaskGraph(ws, n_workers)
+        try:
+            for i in range(4):
+                graph.add_task(reliability_funcs.big_result, args=(10 + i,), store_result=True,
+                               task_name=f"a{i}").join()
+            time.sleep(0.05)
+            d = graph.add_task(reliability_funcs.big_result, args=(2 << 20,), store_result=True, task_name="D")
+            e = graph.add_task(reliability_funcs.big_result, args=(7,), store_result=True, task_name="E",
+                               dependent_task_list=[d])
+            graph.close()
+            graph.join(timeout=60)
+        except taskgraph.TaskGraphError:
+            pass
+        print(d.state, e.state)
+    """, ws, n_workers)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["failed", "failed"]
+    assert recorded(ws) == {"a0", "a1", "a2", "a3"}
+
+
+def test_a_group_committed_a_task_at_a_time_stays_in_the_current_graph(tmp_path):
+    script = tmp_path / "full.py"
+    script.write_text(FULL_LEDGER_SCRIPT.format(tests=TESTS))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(ws)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    con = sqlite3.connect(str(ws / taskgraph.LEDGER_FILENAME))
+    try:
+        considered = dict(con.execute(
+            "SELECT t.name, c.state FROM considered c JOIN tasks t USING (record_key)").fetchall())
+        ran, failed = con.execute("SELECT ran, failed FROM runs").fetchone()
+    finally:
+        con.close()
+    # The records committed one at a time are the current graph's, as ran;
+    # the one that did not fit ended failed.
+    assert {name: considered.get(name) for name in ("r0", "r1", "r2", "r3")} == dict.fromkeys(
+        ("r0", "r1", "r2", "r3"), "ran")
+    assert ran == 4 and failed >= 1
