@@ -111,12 +111,14 @@ class RunEnding:
         self._finish(cancelled)
 
 
-    def _crash(self, error: BaseException) -> None:
+    def _crash(self, error: BaseException, log: bool = True) -> None:
         """Something raised inside the scheduler itself (not a task): stop the
         graph and finish every task, whatever its state, so that no ``join()``
         waits for a task that nothing will finish. Results that arrive later
-        for tasks finished here are ignored."""
-        LOGGER.error("the taskgraph scheduler failed; stopping the graph", exc_info=error)
+        for tasks finished here are ignored. (``log``: say so; not for a
+        Ctrl-C, which the caller gets.)"""
+        if log:
+            LOGGER.error("the taskgraph scheduler failed; stopping the graph", exc_info=error)
         with contextlib.suppress(BaseException):
             self._fail_graph(error)
         self._ready.clear()

@@ -28,6 +28,7 @@ commit, and tasks another process is running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -276,6 +277,14 @@ class Scheduler(Deciding):
                 continue
             try:
                 self._batch(message)
+            except KeyboardInterrupt as interrupt:
+                # Ctrl-C inside an inline task: keep what finished, stop the
+                # graph, and give the caller the KeyboardInterrupt itself.
+                with contextlib.suppress(Exception):
+                    if self._unnotified:
+                        self._commit_now()
+                self._crash(interrupt, log=False)
+                raise
             except BaseException as error:
                 self._crash(error)
             self._wake_finished()
@@ -372,9 +381,10 @@ class Scheduler(Deciding):
         self._started_at.pop(result.task_id, None)
         if self._commit_failed is not None:
             # The ledger could not take earlier records, which this task may
-            # depend on: it is not recorded (it runs again next time).
+            # depend on: it is not recorded (it runs again next time). A task
+            # that failed by itself keeps its own exception.
             task._state = "failed"
-            task._error = self._commit_failed
+            task._error = result.error if result.error is not None else self._commit_failed
             finished.append(task)
             return
         if result.ended:

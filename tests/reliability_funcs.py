@@ -32,6 +32,12 @@ def write_journaled(out_path, journal_path, text, seconds=0.0, kill_pid=None):
     return text
 
 
+def interrupt_self():
+    """What Ctrl-C does to a task running in the caller's own process."""
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(10)
+
+
 def kill_process(pid):
     """SIGKILL process ``pid`` and wait for the signal to land."""
     os.kill(pid, signal.SIGKILL)

@@ -41,6 +41,38 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
 """)
 
 
+INLINE_INTERRUPT_SCRIPT = textwrap.dedent("""
+    import os, signal, sqlite3, sys
+    sys.path.insert(0, {tests!r})
+    import reliability_funcs, taskgraph
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ws = sys.argv[1]
+    graph = taskgraph.TaskGraph(ws, -1)
+    for i in range(5):
+        target = os.path.join(ws, f"quick{{i}}.txt")
+        graph.add_task(reliability_funcs.write_bytes, args=(target, i), target_path_list=[target],
+                       task_name=f"quick{{i}}")
+    try:
+        graph.add_task(reliability_funcs.interrupt_self, task_name="interrupted")
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt from add_task")
+    con = sqlite3.connect(os.path.join(ws, taskgraph.LEDGER_FILENAME))
+    print(sorted(row[0] for row in con.execute("SELECT name FROM tasks WHERE state='done'")))
+""")
+
+
+def test_ctrl_c_inside_an_inline_task_raises_keyboard_interrupt_and_keeps_what_finished(tmp_path):
+    script = tmp_path / "inline_interrupt.py"
+    script.write_text(INLINE_INTERRUPT_SCRIPT.format(tests=os.path.dirname(__file__)))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(ws)], capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "KeyboardInterrupt from add_task", (proc.stdout, proc.stderr)
+    assert lines[1] == str([f"quick{i}" for i in range(5)])
+    assert "scheduler failed" not in proc.stderr
+
+
 def test_ctrl_c_stops_workers_keeps_ledger_and_raises(tmp_path):
     script = tmp_path / "interrupt.py"
     script.write_text(INTERRUPT_SCRIPT.format(tests=os.path.dirname(__file__)))
