@@ -157,14 +157,19 @@ FULL_LEDGER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_group_that_cannot_be_committed_commits_what_fits(tmp_path):
+def run_full_ledger(tmp_path):
+    """Run FULL_LEDGER_SCRIPT in a new workspace; returns the workspace and what it printed."""
     script = tmp_path / "full.py"
     script.write_text(FULL_LEDGER_SCRIPT.format(tests=TESTS))
     ws = tmp_path / "ws"
     ws.mkdir()
     proc = subprocess.run([sys.executable, str(script), str(ws)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    error = json.loads(proc.stdout.strip().splitlines()[-1])
+    return ws, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_group_that_cannot_be_committed_commits_what_fits(tmp_path):
+    ws, error = run_full_ledger(tmp_path)
     # The LedgerError itself, from the add_task whose commit failed, or the
     # cancellation of the next task, which names it.
     assert error is not None and (error[0] == "LedgerError" or "LedgerError:" in error[1])
@@ -255,12 +260,7 @@ def test_after_a_failed_commit_no_dependent_is_recorded_without_its_dependency(t
 
 
 def test_a_group_committed_a_task_at_a_time_stays_in_the_current_graph(tmp_path):
-    script = tmp_path / "full.py"
-    script.write_text(FULL_LEDGER_SCRIPT.format(tests=TESTS))
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    proc = subprocess.run([sys.executable, str(script), str(ws)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    ws, _ = run_full_ledger(tmp_path)
     con = sqlite3.connect(str(ws / taskgraph.LEDGER_FILENAME))
     try:
         considered = dict(con.execute(
