@@ -253,17 +253,18 @@ def _open_problem(path: str, error: BaseException) -> LedgerError | None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (POSIX; a no-op elsewhere)."""
+def _file_lock(path: str) -> Iterator[int | None]:
+    """Hold an exclusive advisory lock on ``path``, giving its descriptor
+    (open for writing); POSIX only: elsewhere it locks nothing and gives None."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        yield
+        yield None
         return
     fd = private_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -465,15 +466,11 @@ def stamp_clean_close(path: str) -> None:
     (a read of the whole file) while nothing has touched it since. Any
     write, by SQLite or anything else, changes its ctime; a WAL left by
     another process's connection means no stamp."""
-    with contextlib.suppress(OSError), _file_lock(path + LOCK_SUFFIX):
+    with contextlib.suppress(OSError), _file_lock(path + LOCK_SUFFIX) as fd:
         stamp = _stamp(path)
-        if stamp is not None:
-            fd = private_file(path + LOCK_SUFFIX, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, 0)
-                os.write(fd, stamp)
-            finally:
-                os.close(fd)
+        if stamp is not None and fd is not None:  # (no lock, no stamp: always checked)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, stamp, 0)
 
 
 def _closed_clean(path: str) -> bool:
