@@ -39,6 +39,7 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlitedict
@@ -46,7 +47,6 @@ import sqlitedict
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest
 from taskgraph._ledger_commit import (
-    CONSIDER,
     DECISION,
     DELETE_DEPS,
     DELETE_FILES,
@@ -54,8 +54,6 @@ from taskgraph._ledger_commit import (
     END_RUN,
     INSERT_DEP,
     INSERT_FILE,
-    PRUNE_CONSIDERED,
-    SETTLE_SKIPS,
     UPSERT_RESULT,
     UPSERT_TASK,
     Rows,
@@ -63,6 +61,7 @@ from taskgraph._ledger_commit import (
     empty_rows,
     transaction,
 )
+from taskgraph._ledger_considered import RECORD_ID, Considered, end_of_run
 from taskgraph._ledger_keys import KEY_SUFFIX, result_mac, workspace_key
 from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, StaleRow, TaskRow
 from taskgraph._ledger_rows import (
@@ -167,13 +166,13 @@ class Ledger:
         self._written: set[str] = set()
         self._digest_lookups = 0
         self.run_id: int | None = None
-        # The records this run was given, and what became of each (its
-        # considered rows, and its counts when it ends); the changes not yet
-        # written are in _members_changed.
-        self._members: dict[str, str] = {}
-        self._members_changed: dict[str, str] = {}
-        # Set by end_run: the statement that drops older runs' considered rows.
-        self._prune: list[tuple[str, tuple[Any, ...]]] | None = None
+        # The records this run was given, and what became of each (what it
+        # considered, and its counts when it ends).
+        self._considered = Considered()
+        # The ids of the records read by _select (the snapshot's rows hold theirs).
+        self._ids: dict[str, int | None] = {}
+        # Set by end_run: what drops older runs' considered sets.
+        self._prune: Callable[[sqlite3.Connection], None] | None = None
         # Hashes of (record key, stored name) of the records whose last
         # decision is a plain skip (no reasons), read when the first skip is
         # recorded: the same decision is not written again (the run that made
@@ -211,41 +210,30 @@ class Ledger:
     def consider(self, record_key: str) -> None:
         """Note that this run was given the task (a lazy row): it is part of
         this run's graph whatever becomes of it."""
-        if record_key not in self._members:
+        if record_key not in self._considered.states:
             self._member(record_key, "pending")
 
     def _member(self, record_key: str, state: str) -> None:
-        self._members[record_key] = state
-        if self.run_id is not None:  # (a dry run records nothing)
-            self._members_changed[record_key] = state
+        self._considered.note(record_key, state, self.run_id is not None)  # (a dry run records nothing)
 
     def end_run(self) -> None:
         """Record the end of the run with its counts; the next commit makes
         it the workspace's current graph (if it was given any task)."""
         if self.run_id is None:
             return
-        for key, state in self._members.items():
-            if state in ("pending", "running"):
-                self._member(key, "cancelled")  # the graph stopped before it finished
-        counts = dict.fromkeys(("ran", "skipped", "failed"), 0)
-        for state in self._members.values():
-            if state == "restored":
-                counts["ran"] += 1  # (it ended as if it ran: its targets are there)
-            elif state in counts:
-                counts[state] += 1
-        self._rows[END_RUN].append((time.time(), len(self._members), counts["ran"], counts["skipped"],
-                                     counts["failed"], self.run_id))
+        run_id = self.run_id
+        tasks, ran, skipped, failed = self._considered.end()  # (what had not finished is cancelled)
+        self._rows[END_RUN].append((time.time(), tasks, ran, skipped, failed, run_id))
         self._durable = True
-        if self._members and not self.read_only:
+        if tasks and not self.read_only:
             keep = [
-                run_id for run_id, pid, host in self._conn.execute(
-                    "SELECT run_id, pid, host FROM runs WHERE run_id < ? AND ended IS NULL", (self.run_id,))
+                run for run, pid, host in self._conn.execute(
+                    "SELECT run_id, pid, host FROM runs WHERE run_id < ? AND ended IS NULL", (run_id,))
                 if _process_may_run(pid, host)
             ]
-            marks = ",".join(f"?{2 + i}" for i in range(len(keep)))
-            params = (self.run_id, *keep)
-            self._prune = [(sql.format(keep=marks), params if "?1" in sql else ()) for sql in SETTLE_SKIPS]
-            self._prune.append((PRUNE_CONSIDERED.format(keep=",".join("?" * len(keep))), params))
+            ids = self._considered.skipped_ids(self._record_id)
+            states = self._considered.states
+            self._prune = lambda conn: end_of_run(conn, run_id, keep, ids, states)
 
     # -- reading ----------------------------------------------------------------
 
@@ -291,18 +279,20 @@ class Ledger:
     def _select(self, record_key: str) -> TaskRecord | None:
         row = self._conn.execute(
             "SELECT name, state, hash_algorithm, store_result, ended, error,"
-            " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key)"
+            " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key),"
+            " (SELECT id FROM record_ids WHERE record_key=tasks.record_key)"
             " FROM tasks WHERE record_key=?",
             (record_key,),
         ).fetchone()
         if row is None:
             return None
+        self._ids[record_key] = row[7]
         inputs, targets = files_of(self._conn.execute(
             "SELECT role, path, mode, size, mtime_ns, digest, taken_at_ns FROM files"
             " WHERE record_key=?",
             (record_key,),
         ))
-        name, state, algorithm, store_result, ended, error, has_result = row
+        name, state, algorithm, store_result, ended, error, has_result, _ = row
         return TaskRecord(
             record_key, name, state, algorithm, bool(store_result), inputs, targets,
             bool(has_result), ended, error,
@@ -324,15 +314,23 @@ class Ledger:
             listed.append(row[1:])
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
         records: dict[str, TaskRecord | SnapshotRow | None] = {}
-        for key, name, state, algorithm, store_result, ended, error in self._conn.execute(
-            "SELECT record_key, name, state, hash_algorithm, store_result, ended, error FROM tasks"
+        for key, name, state, algorithm, store_result, ended, error, record_id in self._conn.execute(
+            "SELECT record_key, name, state, hash_algorithm, store_result, ended, error, i.id"
+            " FROM tasks LEFT JOIN record_ids i USING (record_key)"
         ):
             listed = files.get(key)
             records[key] = (
                 name, state, algorithm, bool(store_result), ended, error, key in with_result,
-                tuple(listed) if listed else (),
+                tuple(listed) if listed else (), record_id,
             )
         return records
+
+    def _record_id(self, record_key: str) -> int | None:
+        """The record's id, as read with its record (None if it has none)."""
+        entry = self._records.get(record_key) if self._records is not None else None
+        if type(entry) is tuple:
+            return entry[8]
+        return self._ids.get(record_key)
 
     def _load_digests(self) -> dict[tuple[str, str], CachedDigest | DigestRow]:
         # Plain tuples, for the garbage collector as in _load_records;
@@ -370,7 +368,7 @@ class Ledger:
             " ORDER BY ended DESC LIMIT 64",
             (stored_text(name),),
         ):
-            if row[0] not in self._members:
+            if row[0] not in self._considered.states:
                 return Previous(*row)
         return None
 
@@ -462,6 +460,7 @@ class Ledger:
         failure = outcome.failure or (None, None, None)
         rows = self._rows
         run_key = exec_key(key, outcome.inputs)
+        rows[RECORD_ID].append((key,))
         rows[UPSERT_TASK].append((
             key, outcome.task_key, run_key, stored_text(outcome.name), stored_text(outcome.func),
             outcome.source_hash, stored_text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
@@ -495,7 +494,7 @@ class Ledger:
             self._member(record_key, "restored")  # its targets came from the shared cache
         elif not run:
             self._member(record_key, "skipped")
-        elif self._members.get(record_key) not in ("ran", "failed", "restored"):
+        elif self._considered.states.get(record_key) not in ("ran", "failed", "restored"):
             self._member(record_key, "running")
         stored_name = stored_text(name)
         if self._skips_written(record_key, stored_name, not run and not reasons):
@@ -549,14 +548,13 @@ class Ledger:
         """
         if self.read_only:
             return
-        lazy = len(self._rows[DECISION]) + len(self._members_changed) + len(self._pending_digests)
+        lazy = len(self._rows[DECISION]) + self._considered.waiting() + len(self._pending_digests)
         if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
         rows, self._rows = self._rows, empty_rows()
         self._durable = False
         digests, self._pending_digests = self._pending_digests, {}
-        changed, self._members_changed = self._members_changed, {}
-        rows[CONSIDER].extend((self.run_id, key, state) for key, state in changed.items())
+        taken = self._considered.take(self.run_id, self._record_id, rows)
         prune, self._prune = self._prune, None
         try:
             commit(self._conn, self.path, rows, digests, prune)
@@ -564,13 +562,11 @@ class Ledger:
             # What became of each task is kept for the next commit (the
             # current graph must list the records committed one at a time);
             # a task whose record did not go in ended failed.
-            for key in (row[0] for row in rows[UPSERT_TASK]):
-                if key not in error.committed:
-                    self._members[key] = changed[key] = "failed"
-            for key, state in changed.items():
-                self._members_changed.setdefault(key, state)
+            self._considered.not_committed(
+                taken, [row[0] for row in rows[UPSERT_TASK] if row[0] not in error.committed])
             self._prune = prune
             raise
+        self._considered.committed(taken)
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return transaction(self._conn, self.path)

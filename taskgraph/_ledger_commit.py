@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest
+from taskgraph._ledger_considered import CONSIDER, PACK, RECORD_ID
 from taskgraph._ledger_rows import stored_path
 from taskgraph._ledger_schema import BUSY_TIMEOUT_S
 
@@ -43,36 +44,12 @@ INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
 DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
-CONSIDER = "INSERT OR REPLACE INTO considered VALUES (?,?,?)"
 END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE run_id=?"
-# A run that ends becomes the current graph: the rows of the finished runs
-# before it are history (the run ids of runs that may still be going on
-# elsewhere are kept; the statement is completed with their list).
-PRUNE_CONSIDERED = "DELETE FROM considered WHERE run_id < ? AND run_id NOT IN ({keep})"
-#: Before PRUNE_CONSIDERED: a record whose last skip leaves with the rows
-#: that go (skipped by a run whose rows go, not skipped by this run ?1:
-#: absent from it, or cancelled in it) keeps, in its plain skip
-#: decision (written once, see Ledger.record_decision), the last run that
-#: skipped it and when. Each statement is one pass over the rows that go,
-#: with a primary-key probe each; in a steady rerun nothing leaves.
-SETTLE_SKIPS = (
-    "CREATE TEMP TABLE IF NOT EXISTS leaving (record_key TEXT PRIMARY KEY, run_id INTEGER) WITHOUT ROWID",
-    "DELETE FROM temp.leaving",
-    "INSERT INTO temp.leaving SELECT c.record_key, max(c.run_id) FROM considered c"
-    " WHERE c.run_id < ?1 AND c.run_id NOT IN ({keep}) AND c.state = 'skipped'"
-    " AND NOT EXISTS (SELECT 1 FROM considered n WHERE n.run_id = ?1 AND n.record_key = c.record_key"
-    " AND n.state = 'skipped')"
-    " GROUP BY c.record_key",
-    "UPDATE decisions SET (run_id, decided_at) = (SELECT l.run_id, r.started FROM temp.leaving l"
-    " JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"
-    " WHERE record_key IN (SELECT record_key FROM temp.leaving) AND action = 'skip' AND reasons = '[]'"
-    " AND coalesce(run_id, -1) < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)",
-    "DELETE FROM temp.leaving",
-)
 RECORD_STATEMENTS = (
-    DELETE_FILES, DELETE_DEPS, DELETE_RESULT, UPSERT_TASK, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
+    DELETE_FILES, DELETE_DEPS, DELETE_RESULT, UPSERT_TASK, RECORD_ID, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
 )
-STATEMENTS = (*RECORD_STATEMENTS, DECISION, CONSIDER, END_RUN)
+# (what a run considered: see _ledger_considered)
+STATEMENTS = (*RECORD_STATEMENTS, DECISION, CONSIDER, PACK, END_RUN)
 
 #: Buffered rows: statement -> its rows, committed in STATEMENTS order.
 Rows = dict[str, list[tuple[Any, ...]]]
@@ -88,10 +65,10 @@ def commit(
     path: str,
     rows: Rows,
     digests: dict[tuple[str, str], CachedDigest],
-    prune: list[tuple[str, tuple[Any, ...]]] | None,
+    prune: Callable[[sqlite3.Connection], None] | None,
 ) -> None:
-    """Commit a group of buffered rows (with digest-cache entries, and the
-    statement that drops older runs' considered rows) in one transaction.
+    """Commit a group of buffered rows (with digest-cache entries, and what
+    drops older runs' considered sets, ``prune``) in one transaction.
 
     Raises:
         LedgerError: the group could not be committed; when it held several
@@ -101,8 +78,8 @@ def commit(
     try:
         with transaction(conn, path):
             _write(conn, rows, digests)
-            for statement in prune or ():
-                conn.execute(*statement)
+            if prune is not None:
+                prune(conn)
     except LedgerError as error:
         # The group of finished tasks could not be committed (disk full,
         # a result too large): commit what fits, a task at a time in the
@@ -117,7 +94,7 @@ def commit(
 def _commit_each(conn: sqlite3.Connection, path: str, rows: Rows) -> set[str]:
     """Commit each task of a failed batch in a transaction of its own, in
     order, until one fails; return the record keys committed. The lazy
-    rows of the batch (decisions, considered, digests) are left out."""
+    rows of the batch (decisions, considered sets, digests) are left out."""
     blocks: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
     for sql in RECORD_STATEMENTS:  # every row of these starts with its record key
         for row in rows[sql]:

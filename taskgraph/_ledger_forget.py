@@ -2,7 +2,7 @@
 (the history), each in one transaction, with their files, dependencies,
 stored results, decisions and run memberships.
 
-Imports ``_ledger`` (a writer's connection) and ``_ledger_schema``.
+Imports ``_ledger`` (a writer's connection) and ``_ledger_considered``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from taskgraph._ledger import Ledger
-from taskgraph._ledger_schema import CONSIDERED_SINCE
+from taskgraph._ledger_considered import CONSIDERED_SINCE, expand
 
 
 def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int:
@@ -21,8 +21,10 @@ def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int
     conn.execute("DELETE FROM temp.doomed")
     conn.executemany("INSERT OR IGNORE INTO temp.doomed VALUES (?)", ((key,) for key in record_keys))
     count = int(conn.execute("DELETE FROM tasks WHERE record_key IN (SELECT key FROM temp.doomed)").rowcount)
+    # (a pack may keep a forgotten record's id: without its row of
+    # record_ids it counts for nothing, and ids are never given again)
     for table, column in (("files", "record_key"), ("deps", "record_key"), ("results", "key"),
-                          ("decisions", "record_key"), ("considered", "record_key")):
+                          ("decisions", "record_key"), ("considered", "record_key"), ("record_ids", "record_key")):
         conn.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT key FROM temp.doomed)")
     conn.execute("DELETE FROM temp.doomed")
     return count
@@ -55,6 +57,7 @@ def forget_stale(workspace: str, record_keys: Iterable[str], before: float | Non
             if row[0] is None:
                 return 0  # no run has ended: nothing is history
             current = int(row[0])
+            expand(conn)
             still = [
                 key for key, seen_at in conn.execute(
                     "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"

@@ -3,8 +3,11 @@
 Owns ``LedgerReader`` (a read-only connection that never unpickles anything)
 and the rows it gives: ``TaskRow``, ``DecisionRow``, ``RunRow``, ``StaleRow``,
 ``OverviewRow``. Leaf module: the standard library, ``_ledger_schema`` (the
-read-only connection, the current graph's subquery), ``_ledger_rows``,
-``_errors`` and ``_fingerprint`` (types).
+read-only connection), ``_ledger_considered`` (what each run considered,
+expanded for SQL), ``_ledger_rows``, ``_errors`` and ``_fingerprint`` (types).
+
+What each run considered is read from one temporary table that
+``_ledger_considered.expand`` fills, once per reader, when a question needs it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, Fingerprint
+from taskgraph._ledger_considered import CONSIDERED_SINCE, EXPANDED, expand
 from taskgraph._ledger_rows import cached_digest, files_of, fingerprint, loaded_path, stored_path, stored_text
-from taskgraph._ledger_schema import CONSIDERED_SINCE, LEDGER_FILENAME, open_to_read
+from taskgraph._ledger_schema import LEDGER_FILENAME, open_to_read
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +151,13 @@ class LedgerReader:
         #: The schema of the file (the view is always of the current schema).
         self.schema = version
         self._wanted: set[str] | None = None  # the keys in the temporary table
+        self._expanded = False
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
+            if not self._expanded and EXPANDED in sql:
+                expand(self._conn)
+                self._expanded = True
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"cannot read {self.path}: {error}") from error
@@ -170,30 +178,30 @@ class LedgerReader:
 
     def considered(self, run_id: int) -> int:
         """How many tasks the ledger knows ``run_id`` was given (recorded or not)."""
-        return int(self._rows("SELECT count(*) FROM considered WHERE run_id=?", (run_id,))[0][0])
+        return int(self._rows(f"SELECT count(*) FROM {EXPANDED} WHERE run_id=?", (run_id,))[0][0])
 
     def run_states(self, run_id: int) -> dict[str, int]:
         """What became of the tasks ``run_id`` was given: state -> how many
         (as far as the ledger still holds its considered rows)."""
-        return dict(self._rows("SELECT state, count(*) FROM considered WHERE run_id=? GROUP BY state", (run_id,)))
+        return dict(self._rows(f"SELECT state, count(*) FROM {EXPANDED} WHERE run_id=? GROUP BY state", (run_id,)))
 
     def memberships(self, since: int = 0) -> list[tuple[str, int, str]]:
         """(record_key, run, state) of every record the runs from ``since``
         on considered (as far as the ledger still knows), by run."""
-        return self._rows("SELECT record_key, run_id, state FROM considered WHERE run_id >= ? ORDER BY run_id",
+        return self._rows(f"SELECT record_key, run_id, state FROM {EXPANDED} WHERE run_id >= ? ORDER BY run_id",
                           (since,))
 
     def _seen(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         """The latest run that considered each record (of ``keys``, or all)."""
         if keys is None:
-            rows = self._rows("SELECT record_key, max(run_id) FROM considered GROUP BY record_key")
+            rows = self._rows(f"SELECT record_key, max(run_id) FROM {EXPANDED} GROUP BY record_key")
         else:
             wanted = list(keys)
             rows = []
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
                 rows += self._rows(
-                    "SELECT record_key, max(run_id) FROM considered WHERE record_key IN"
+                    f"SELECT record_key, max(run_id) FROM {EXPANDED} WHERE record_key IN"
                     f" ({','.join('?' * len(chunk))}) GROUP BY record_key", chunk)
         return {key: run for key, run in rows}
 
@@ -223,16 +231,16 @@ class LedgerReader:
         target = "LEFT JOIN files f ON f.record_key = t.record_key AND f.role = 'target'"
         if since is not None:
             return _loaded_paths(self._rows(
-                f"SELECT c.record_key, c.run_id, c.state, {columns} FROM considered c"
+                f"SELECT c.record_key, c.run_id, c.state, {columns} FROM {EXPANDED} c"
                 f" JOIN tasks t ON t.record_key = c.record_key {target} WHERE c.run_id >= ?", (since,)), 10)
-        # (considered has no index by record: its runs are looked up in memberships().)
+        # (its runs are looked up in memberships().)
         return _loaded_paths(self._rows(f"SELECT t.record_key, NULL, NULL, {columns} FROM tasks t {target}"), 10)
 
     def unrecorded(self, since: int) -> list[tuple[str, int, str, str | None]]:
         """(record_key, run, state, name from its decision or NULL) of the
         tasks the runs from ``since`` on were given that have no record."""
         return self._rows(
-            "SELECT c.record_key, c.run_id, c.state, d.name FROM considered c"
+            f"SELECT c.record_key, c.run_id, c.state, d.name FROM {EXPANDED} c"
             " LEFT JOIN decisions d ON d.record_key = c.record_key"
             " WHERE c.run_id >= ? AND c.record_key NOT IN (SELECT record_key FROM tasks) ORDER BY c.run_id",
             (since,))
@@ -391,9 +399,9 @@ class LedgerReader:
         run_id, decided_at, action, reasons = rows[0]
         if action == "skip" and reasons == "[]":
             later = self._rows(
-                "SELECT considered.run_id, runs.started FROM considered JOIN runs USING (run_id)"
-                " WHERE considered.record_key=? AND considered.state='skipped' AND considered.run_id>?"
-                " ORDER BY considered.run_id DESC LIMIT 1",
+                f"SELECT c.run_id, runs.started FROM {EXPANDED} c JOIN runs USING (run_id)"
+                " WHERE c.record_key=? AND c.state='skipped' AND c.run_id>?"
+                " ORDER BY c.run_id DESC LIMIT 1",
                 (record_key, run_id if run_id is not None else -1),
             )
             if later:

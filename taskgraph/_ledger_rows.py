@@ -146,10 +146,10 @@ class Outcome:
 
 
 # A task in the ledger's snapshot: (name, state, hash_algorithm,
-# store_result, ended, error, has_result, files), each file (role, path, mode,
-# size, mtime_ns, digest, taken_at_ns).
+# store_result, ended, error, has_result, files, record id), each file (role,
+# path, mode, size, mtime_ns, digest, taken_at_ns).
 FileRow = tuple[str, str, str, int, int, "str | None", int]
-SnapshotRow = tuple[str, str, str, bool, "float | None", "str | None", bool, tuple[FileRow, ...]]
+SnapshotRow = tuple[str, str, str, bool, "float | None", "str | None", bool, tuple[FileRow, ...], "int | None"]
 # A digest cache row in the snapshot: (dev, ino, size, mtime_ns, ctime_ns,
 # is_dir, digest, hashed_at_ns).
 DigestRow = tuple[int, int, int, int, int, int, str, int]
@@ -157,7 +157,7 @@ DigestRow = tuple[int, int, int, int, int, int, str, int]
 
 def snapshot_record(record_key: str, row: SnapshotRow) -> TaskRecord:
     """The record of a task in the snapshot."""
-    name, state, algorithm, store_result, ended, error, has_result, files = row
+    name, state, algorithm, store_result, ended, error, has_result, files, _ = row
     if not files:
         return TaskRecord(record_key, name, state, algorithm, store_result, {}, {}, has_result, ended, error)
     inputs, targets = files_of(files)

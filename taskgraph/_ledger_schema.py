@@ -33,15 +33,21 @@ application_id`` = :data:`APPLICATION_ID`)::
                                                  each run was given, and what became of
                                                  each: 'ran', 'restored', 'skipped',
                                                  'failed', 'cancelled'; while it runs also
-                                                 'pending' and 'running' (schema 4)
+                                                 'pending' and 'running' (schema 4); but
+                                                 for plain skips, which are packed:
+    record_ids (id PK AUTOINCREMENT, record_key UNIQUE)
+                                                 each record's stable id (schema 5)
+    considered_skips (run_id, part, ids BLOB)    PK (run_id, part): per run and commit,
+                                                 the ids of the records it skipped,
+                                                 packed (schema 5, see _ledger_considered)
 
 Runs and the current graph: every task added to a run is *considered* by it
-(a row of ``considered``, whether it then ran, was skipped or was cancelled).
-The *current graph* is what the latest run that ended (and was given at least
-one task) considered; every other record is history. When a run ends, the
-``considered`` rows of the finished runs before it are dropped, so the table
-holds about one graph, not one per run; a record's last consideration stays
-in ``decisions`` and ``tasks``.
+(a row of ``considered`` or its id in a pack of ``considered_skips``, whether
+it then ran, was skipped or was cancelled). The *current graph* is what the
+latest run that ended (and was given at least one task) considered; every
+other record is history. When a run ends, what the finished runs before it
+considered is dropped, so the tables hold about one graph, not one per run;
+a record's last consideration stays in ``decisions`` and ``tasks``.
 
 A file that is not a taskgraph ledger (corrupt, foreign, or a schema this
 version cannot upgrade) is renamed aside, never deleted, with a warning saying
@@ -75,8 +81,9 @@ LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 #: 3: the ``mac`` of a result also covers the exec key of its run.
 #: 4: which records each run considered (``considered``, and counts in
 #: ``runs``), failures as raised and the arguments' tree in ``tasks``.
+#: 5: a run's plain skips packed per commit (``record_ids``, ``considered_skips``).
 #: Older ledgers are upgraded in place, see :data:`_MIGRATIONS`.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x54475248  # "TGRH"
 #: SQLite's files beside the ledger: the write-ahead log and its shared
 #: memory (WAL mode), and the rollback journal.
@@ -94,8 +101,6 @@ _SQLITE_MAX_PATH = 512
 #: How long a connection waits for another process's write lock.
 BUSY_TIMEOUT_S = 60.0
 _CHECKPOINT_PAGES = 8192  # 32 MiB of 4 KiB pages
-#: The records considered by the runs from a given one on (a subquery).
-CONSIDERED_SINCE = "SELECT record_key FROM considered WHERE run_id >= ?"
 #: The workspace's key when it has one (it is not made): what the upgrade
 #: from schema 2 signs results with again.
 Secret = Callable[[], "bytes | None"]
@@ -164,6 +169,9 @@ CREATE TABLE IF NOT EXISTS considered (
     record_key TEXT NOT NULL,
     state TEXT NOT NULL,
     PRIMARY KEY (run_id, record_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS record_ids (id INTEGER PRIMARY KEY AUTOINCREMENT, record_key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS considered_skips (
+    run_id INTEGER NOT NULL, part INTEGER NOT NULL, ids BLOB NOT NULL, PRIMARY KEY (run_id, part));
 """
 
 
@@ -227,10 +235,17 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection, Secret], None],
         " AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.record_key = t.record_key AND d.run_id IS NOT NULL)",
         "UPDATE runs SET tasks = (SELECT count(*) FROM considered c WHERE c.run_id = runs.run_id)"
         " WHERE ended IS NOT NULL"),
+    # Schema 4's considered rows stay as they are (a row says as much as a
+    # pack); each record gets its id, in the order the records were written.
+    4: ("CREATE TABLE record_ids (id INTEGER PRIMARY KEY AUTOINCREMENT, record_key TEXT NOT NULL UNIQUE)",
+        "INSERT INTO record_ids (record_key) SELECT record_key FROM tasks ORDER BY rowid",
+        "CREATE TABLE considered_skips (run_id INTEGER NOT NULL, part INTEGER NOT NULL, ids BLOB NOT NULL,"
+        " PRIMARY KEY (run_id, part))"),
 }
-_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "considered"}
+_EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "considered",
+                    "record_ids", "considered_skips"}
 #: Tables a migration creates: a ledger of an older schema does not have them yet.
-_TABLES_SINCE = {"considered": 4}
+_TABLES_SINCE = {"considered": 4, "record_ids": 5, "considered_skips": 5}
 
 
 def _open_problem(path: str, error: BaseException) -> LedgerError | None:

@@ -8,9 +8,24 @@ decisions and results stay; only the newer tables and columns go.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
-# From schema N + 1 back to N: what the migration from N added.
-_ADDED: dict[int, tuple[str, ...]] = {
+from taskgraph._ledger_considered import unpack
+
+
+def _skips_as_rows(con: sqlite3.Connection) -> None:
+    """Schema 4 wrote a row for every skip: the packs become rows again."""
+    for run_id, ids in con.execute("SELECT run_id, ids FROM considered_skips").fetchall():
+        for first, end in unpack(ids):
+            con.execute("INSERT OR IGNORE INTO considered SELECT ?, record_key, 'skipped' FROM record_ids"
+                        " WHERE id >= ? AND id < ?", (run_id, first, end))
+
+
+# From schema N + 1 back to N: what the migration from N added (SQL, or a
+# function of the connection).
+_ADDED: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
+    4: (_skips_as_rows, "DROP TABLE considered_skips", "DROP TABLE record_ids",
+        "DELETE FROM sqlite_sequence WHERE name = 'record_ids'"),
     3: ("DROP TABLE considered",
         "ALTER TABLE tasks DROP COLUMN error_type", "ALTER TABLE tasks DROP COLUMN error_message",
         "ALTER TABLE tasks DROP COLUMN error_frames", "ALTER TABLE tasks DROP COLUMN arguments",
@@ -32,7 +47,10 @@ def downgrade(path: str, version: int) -> None:
         con.execute("BEGIN")
         for step in range(current - 1, version - 1, -1):
             for statement in _ADDED[step]:
-                con.execute(statement)
+                if callable(statement):
+                    statement(con)
+                else:
+                    con.execute(statement)
         con.execute(f"PRAGMA user_version={version}")
         con.execute("COMMIT")
     finally:

@@ -1,0 +1,239 @@
+"""What each run considered: a row per record, but plain skips packed per commit.
+
+Owns the stored form of a run's *considered* set (``considered`` rows,
+``considered_skips`` packs of ``record_ids``), the writer's side of it
+(:class:`Considered`: what this run was given, what became of each, what is
+not committed yet), the end of a run (:func:`end_of_run`: the skips that leave
+settled into ``decisions``, older runs dropped) and the read side's expansion
+into one temporary table for SQL (:func:`expand`). Leaf module: the standard
+library only.
+
+Each record has a stable integer id (``record_ids``, AUTOINCREMENT: an id is
+never given again, not even after ``forget``). A run writes one
+``considered`` row for each record it was given in any state but a plain
+``'skipped'`` (``'pending'``, ``'running'``, ``'ran'``, ``'restored'``,
+``'failed'``, ``'cancelled'``, and a skip that follows a committed row), and,
+per group commit, one ``considered_skips`` row holding the ids of the
+records it skipped (:func:`pack`). A run's state of a record is its row's if
+it has one, else ``'skipped'`` if a pack of the run holds the record's id; an
+id no longer in ``record_ids`` (forgotten) counts for nothing. So a rerun that
+skips every task writes one row per commit, not one per task, and when it
+ends it drops the previous run's few packs rather than a row per task. Packs
+and rows ride in the commits of the records beside them: what a killed run
+considered is what it had committed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CONSIDER = "INSERT OR REPLACE INTO considered VALUES (?,?,?)"
+PACK = "INSERT OR REPLACE INTO considered_skips VALUES (?,?,?)"
+#: A recorded task gets its id the first time it is recorded.
+RECORD_ID = "INSERT OR IGNORE INTO record_ids (record_key) VALUES (?)"
+#: The expanded table (:func:`expand`): (run_id, record_key, state), every
+#: run's considered records.
+EXPANDED = "temp.considered_all"
+#: The records considered by the runs from a given one on (a subquery, after :func:`expand`).
+CONSIDERED_SINCE = f"SELECT record_key FROM {EXPANDED} WHERE run_id >= ?"
+
+#: Maps a record key to its id, None when it has none.
+IdOf = Callable[[str], "int | None"]
+
+
+def pack(ids: Iterable[int]) -> bytes:
+    """A set of record ids as stored: sorted, as runs of consecutive ids,
+    each run two unsigned LEB128 numbers (its first id less the end of the
+    run before it, and its length). A rerun skips records in about the
+    order they were first recorded in, so a pack is a few bytes."""
+    out = bytearray()
+    end = start = stop = 0
+    for value in sorted(set(ids)):
+        if value == stop and stop:
+            stop += 1
+            continue
+        if stop:
+            _put(out, start - end)
+            _put(out, stop - start)
+            end = stop
+        start, stop = value, value + 1
+    if stop:
+        _put(out, start - end)
+        _put(out, stop - start)
+    return bytes(out)
+
+
+def _put(out: bytearray, number: int) -> None:
+    while number >= 0x80:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+
+
+def unpack(blob: bytes) -> list[tuple[int, int]]:
+    """The runs of ids of a pack, each ``(first, end)`` (end excluded)."""
+    numbers: list[int] = []
+    number = shift = 0
+    for byte in blob:
+        number |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+        else:
+            numbers.append(number)
+            number = shift = 0
+    ranges: list[tuple[int, int]] = []
+    end = 0
+    for gap, length in zip(numbers[::2], numbers[1::2], strict=False):
+        ranges.append((end + gap, end + gap + length))
+        end += gap + length
+    return ranges
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What one commit writes of this run's considered set."""
+
+    changed: dict[str, str]
+    #: The records given a row by it.
+    rowed: frozenset[str]
+    packed: bool
+
+
+class Considered:
+    """What this run was given and what became of each record (the writer's
+    side): every record's state, and the changes not yet committed."""
+
+    def __init__(self) -> None:
+        #: record key -> its state in this run.
+        self.states: dict[str, str] = {}
+        self._changed: dict[str, str] = {}
+        # The records with a committed row in this run: a later skip of one
+        # is a row too (a row says more than a pack).
+        self._rowed: set[str] = set()
+        self._parts = 0  # packs committed
+
+    def note(self, record_key: str, state: str, recording: bool) -> None:
+        """Note the record's state in this run (to be written when ``recording``)."""
+        self.states[record_key] = state
+        if recording:
+            self._changed[record_key] = state
+
+    def waiting(self) -> int:
+        """How many changes are not committed yet."""
+        return len(self._changed)
+
+    def end(self) -> tuple[int, int, int, int]:
+        """At the end of the run: what had not finished is cancelled. Returns
+        the run's counts: tasks, ran (restored ones too), skipped, failed."""
+        for key, state in self.states.items():
+            if state in ("pending", "running"):
+                self.states[key] = self._changed[key] = "cancelled"
+        counts = dict.fromkeys(("ran", "skipped", "failed"), 0)
+        for state in self.states.values():
+            if state == "restored":
+                counts["ran"] += 1  # (it ended as if it ran: its targets are there)
+            elif state in counts:
+                counts[state] += 1
+        return len(self.states), counts["ran"], counts["skipped"], counts["failed"]
+
+    def take(self, run_id: int | None, id_of: IdOf, rows: dict[str, list[tuple[Any, ...]]]) -> Taken:
+        """Move the changes into the rows of a commit: the plain skips of
+        records with an id into one pack, the others as rows. (Without a
+        run, a dry run's, nothing changes.)"""
+        changed, self._changed = self._changed, {}
+        skipped: list[int] = []
+        rowed: list[str] = []
+        for key, state in changed.items():
+            if state == "skipped" and key not in self._rowed:
+                record_id = id_of(key)
+                if record_id is not None:
+                    skipped.append(record_id)
+                    continue
+            rows[CONSIDER].append((run_id, key, state))
+            rowed.append(key)
+        if skipped:
+            rows[PACK].append((run_id, self._parts, pack(skipped)))
+        return Taken(changed, frozenset(rowed), bool(skipped))
+
+    def committed(self, taken: Taken) -> None:
+        self._rowed |= taken.rowed
+        self._parts += taken.packed
+
+    def not_committed(self, taken: Taken, failed: Iterable[str]) -> None:
+        """The commit failed: its changes wait for the next one, the records
+        in ``failed`` (which did not go in) as failed."""
+        for key in failed:
+            self.states[key] = taken.changed[key] = "failed"
+        for key, state in taken.changed.items():
+            self._changed.setdefault(key, state)
+
+    def skipped_ids(self, id_of: IdOf) -> set[int]:
+        """The ids of the records this run skipped."""
+        return {record_id for key, state in self.states.items()
+                if state == "skipped" and (record_id := id_of(key)) is not None}
+
+
+def _marks(keep: Sequence[int]) -> str:
+    return ",".join("?" * len(keep))
+
+
+def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipped: set[int],
+               states: dict[str, str]) -> None:
+    """In the commit that ends run ``run_id``: drop what the runs before it
+    considered (but for the runs in ``keep``, which may still be going on).
+
+    First, a record whose last skip leaves with them (skipped by a run that
+    goes, not by this one: ``skipped`` holds the ids of those it skipped,
+    ``states`` what became of each record it was given) keeps, in its plain
+    skip decision (written once, see ``Ledger.record_decision``), the last run
+    that skipped it and when. In a steady rerun nothing leaves.
+    """
+    older = f"run_id < ? AND run_id NOT IN ({_marks(keep)})"
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS leaving (record_key TEXT PRIMARY KEY, run_id INTEGER)"
+                 " WITHOUT ROWID")
+    conn.execute("DELETE FROM temp.leaving")
+    upsert = " ON CONFLICT (record_key) DO UPDATE SET run_id = max(run_id, excluded.run_id)"
+    conn.executemany(
+        "INSERT INTO temp.leaving VALUES (?, ?)" + upsert,
+        [(key, run) for key, run in conn.execute(
+            f"SELECT record_key, max(run_id) FROM considered WHERE {older} AND state = 'skipped'"
+            " GROUP BY record_key", (run_id, *keep))
+         if states.get(key) != "skipped"])
+    packs = conn.execute(f"SELECT run_id, ids FROM considered_skips WHERE {older} ORDER BY run_id",
+                         (run_id, *keep)).fetchall()
+    conn.executemany(
+        # (not a record whose row in that run says something else)
+        "INSERT INTO temp.leaving SELECT i.record_key, ?1 FROM record_ids i WHERE i.id = ?2 AND NOT EXISTS"
+        " (SELECT 1 FROM considered c WHERE c.run_id = ?1 AND c.record_key = i.record_key)" + upsert,
+        [(run, record_id) for run, blob in packs for first, end in unpack(blob)
+         for record_id in range(first, end) if record_id not in skipped])
+    conn.execute(
+        "UPDATE decisions SET (run_id, decided_at) = (SELECT l.run_id, r.started FROM temp.leaving l"
+        " JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"
+        " WHERE record_key IN (SELECT record_key FROM temp.leaving) AND action = 'skip' AND reasons = '[]'"
+        " AND coalesce(run_id, -1) < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)")
+    conn.execute("DELETE FROM temp.leaving")
+    for table in ("considered", "considered_skips"):
+        conn.execute(f"DELETE FROM {table} WHERE {older}", (run_id, *keep))
+
+
+def expand(conn: sqlite3.Connection) -> None:
+    """Fill :data:`EXPANDED` with what every run considered, one row per run
+    and record (the packs expanded), for the queries that join it."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {EXPANDED[5:]} (run_id INTEGER NOT NULL,"
+                 " record_key TEXT NOT NULL, state TEXT NOT NULL, PRIMARY KEY (run_id, record_key)) WITHOUT ROWID")
+    conn.execute(f"CREATE INDEX IF NOT EXISTS temp.considered_by_record ON {EXPANDED[5:]} (record_key)")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS id_ranges (run_id INTEGER, first INTEGER, stop INTEGER)")
+    conn.execute(f"DELETE FROM {EXPANDED}")
+    conn.execute(f"INSERT INTO {EXPANDED} SELECT run_id, record_key, state FROM main.considered")
+    conn.execute("DELETE FROM temp.id_ranges")
+    packs = conn.execute("SELECT run_id, ids FROM considered_skips").fetchall()
+    conn.executemany("INSERT INTO temp.id_ranges VALUES (?,?,?)",
+                     [(run, first, end) for run, blob in packs for first, end in unpack(blob)])
+    # A row of the run says more than its pack (OR IGNORE keeps the row).
+    conn.execute(f"INSERT OR IGNORE INTO {EXPANDED} SELECT r.run_id, i.record_key, 'skipped'"
+                 " FROM temp.id_ranges r JOIN record_ids i ON i.id >= r.first AND i.id < r.stop")
+    conn.execute("DELETE FROM temp.id_ranges")
