@@ -44,37 +44,46 @@ CONSIDERED_SINCE = f"SELECT record_key FROM {EXPANDED} WHERE run_id >= ?"
 IdOf = Callable[[str], "int | None"]
 
 
+#: Runs of consecutive record ids, each ``(first, end)`` (end excluded), in order.
+Ranges = list[tuple[int, int]]
+
+
+def ranges(ids: Iterable[int]) -> Ranges:
+    """The ids as runs of consecutive ids, in order."""
+    found: Ranges = []
+    first = end = 0
+    for value in sorted(ids):
+        if value < end:
+            continue  # (a repeat)
+        if value != end or not end:
+            if end:
+                found.append((first, end))
+            first = value
+        end = value + 1
+    if end:
+        found.append((first, end))
+    return found
+
+
 def pack(ids: Iterable[int]) -> bytes:
-    """A set of record ids as stored: sorted, as runs of consecutive ids,
-    each run two unsigned LEB128 numbers (its first id less the end of the
-    run before it, and its length). A rerun skips records in about the
-    order they were first recorded in, so a pack is a few bytes."""
+    """A set of record ids as stored: its :func:`ranges`, each two unsigned
+    LEB128 numbers (its first id less the end of the range before it, and
+    its length). A rerun skips records in about the order they were first
+    recorded in, so a pack is a few bytes."""
     out = bytearray()
-    end = start = stop = 0
-    for value in sorted(set(ids)):
-        if value == stop and stop:
-            stop += 1
-            continue
-        if stop:
-            _put(out, start - end)
-            _put(out, stop - start)
-            end = stop
-        start, stop = value, value + 1
-    if stop:
-        _put(out, start - end)
-        _put(out, stop - start)
+    last = 0
+    for first, end in ranges(ids):
+        for number in (first - last, end - first):
+            while number >= 0x80:
+                out.append((number & 0x7F) | 0x80)
+                number >>= 7
+            out.append(number)
+        last = end
     return bytes(out)
 
 
-def _put(out: bytearray, number: int) -> None:
-    while number >= 0x80:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-
-
-def unpack(blob: bytes) -> list[tuple[int, int]]:
-    """The runs of ids of a pack, each ``(first, end)`` (end excluded)."""
+def unpack(blob: bytes) -> Ranges:
+    """The ids of a pack, as :func:`ranges`."""
     numbers: list[int] = []
     number = shift = 0
     for byte in blob:
@@ -84,12 +93,31 @@ def unpack(blob: bytes) -> list[tuple[int, int]]:
         else:
             numbers.append(number)
             number = shift = 0
-    ranges: list[tuple[int, int]] = []
+    found: Ranges = []
     end = 0
     for gap, length in zip(numbers[::2], numbers[1::2], strict=False):
-        ranges.append((end + gap, end + gap + length))
+        found.append((end + gap, end + gap + length))
         end += gap + length
-    return ranges
+    return found
+
+
+def without(some: Ranges, others: Ranges) -> Ranges:
+    """The ids of ``some`` that are not in ``others`` (both in order)."""
+    left: Ranges = []
+    at = 0
+    for first, end in some:
+        while at < len(others) and others[at][1] <= first:
+            at += 1
+        probe = at
+        while first < end:
+            if probe == len(others) or others[probe][0] >= end:
+                left.append((first, end))
+                break
+            if others[probe][0] > first:
+                left.append((first, others[probe][0]))
+            first = max(first, others[probe][1])
+            probe += 1
+    return left
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,17 +198,17 @@ class Considered:
         for key, state in taken.changed.items():
             self._changed.setdefault(key, state)
 
-    def skipped_ids(self, id_of: IdOf) -> set[int]:
+    def skipped_ids(self, id_of: IdOf) -> Ranges:
         """The ids of the records this run skipped."""
-        return {record_id for key, state in self.states.items()
-                if state == "skipped" and (record_id := id_of(key)) is not None}
+        return ranges(record_id for key, state in self.states.items()
+                      if state == "skipped" and (record_id := id_of(key)) is not None)
 
 
 def _marks(keep: Sequence[int]) -> str:
     return ",".join("?" * len(keep))
 
 
-def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipped: set[int],
+def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipped: Ranges,
                states: dict[str, str]) -> None:
     """In the commit that ends run ``run_id``: drop what the runs before it
     considered (but for the runs in ``keep``, which may still be going on).
@@ -206,10 +234,9 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
                          (run_id, *keep)).fetchall()
     conn.executemany(
         # (not a record whose row in that run says something else)
-        "INSERT INTO temp.leaving SELECT i.record_key, ?1 FROM record_ids i WHERE i.id = ?2 AND NOT EXISTS"
-        " (SELECT 1 FROM considered c WHERE c.run_id = ?1 AND c.record_key = i.record_key)" + upsert,
-        [(run, record_id) for run, blob in packs for first, end in unpack(blob)
-         for record_id in range(first, end) if record_id not in skipped])
+        "INSERT INTO temp.leaving SELECT i.record_key, ?1 FROM record_ids i WHERE i.id >= ?2 AND i.id < ?3"
+        " AND NOT EXISTS (SELECT 1 FROM considered c WHERE c.run_id = ?1 AND c.record_key = i.record_key)" + upsert,
+        [(run, first, end) for run, blob in packs for first, end in without(unpack(blob), skipped)])
     conn.execute(
         "UPDATE decisions SET (run_id, decided_at) = (SELECT l.run_id, r.started FROM temp.leaving l"
         " JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"

@@ -24,7 +24,7 @@ from ledgers import downgrade
 import taskgraph
 from taskgraph._cli import main
 from taskgraph._ledger import LedgerReader
-from taskgraph._ledger_considered import pack, unpack
+from taskgraph._ledger_considered import pack, unpack, without
 
 TESTS = os.path.dirname(__file__)
 
@@ -271,7 +271,15 @@ def test_a_forgotten_record_leaves_the_graph_it_was_skipped_in(tmp_path, capsys)
     assert {(row["name"], row["state"]) for row in rows} == {("a", "skipped"), ("b", "ran"), ("c", "skipped")}
 
 
-@given(st.sets(st.integers(min_value=1, max_value=2**40), max_size=300))
+def expanded(ranges):
+    return [value for first, end in ranges for value in range(first, end)]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=2**40), max_size=300))
 def test_a_pack_holds_exactly_its_ids(ids):
-    expanded = [value for first, end in unpack(pack(ids)) for value in range(first, end)]
-    assert expanded == sorted(ids)
+    assert expanded(unpack(pack(ids))) == sorted(set(ids))
+
+
+@given(st.sets(st.integers(min_value=1, max_value=200)), st.sets(st.integers(min_value=1, max_value=200)))
+def test_the_ids_of_one_pack_that_another_lacks(some, others):
+    assert expanded(without(unpack(pack(some)), unpack(pack(others)))) == sorted(some - others)
