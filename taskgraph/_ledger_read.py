@@ -156,11 +156,23 @@ class LedgerReader:
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             if not self._expanded and EXPANDED in sql:
-                expand(self._conn)
-                self._expanded = True
+                self._expand()
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"cannot read {self.path}: {error}") from error
+
+    def _expand(self) -> None:
+        """Fill the table of what each run considered (every question about
+        it names that table), from one snapshot of the file: a writer's
+        commit cannot fall between its rows and its packs."""
+        self._conn.execute("BEGIN")
+        try:
+            expand(self._conn)
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        self._expanded = True
 
     # -- runs ---------------------------------------------------------------------------
 
