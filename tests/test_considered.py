@@ -111,10 +111,15 @@ def writes(path):
         con.close()
 
 
+def run_twice(tmp_path, n):
+    """Run 1 records ``n`` tasks, run 2 skips them all: the current graph."""
+    assert run(tmp_path, n) == 0
+    assert run(tmp_path, n) == 0
+
+
 def test_a_rerun_that_skips_every_task_writes_a_row_per_commit_not_per_task(tmp_path, capsys):
     n = 10_000
-    assert run(tmp_path, n) == 0
-    assert run(tmp_path, n) == 0  # run 2: the first rerun
+    run_twice(tmp_path, n)
     count_writes(ledger(tmp_path))
     assert run(tmp_path, n) == 0  # run 3: steady
     # A pack per commit (a no-op rerun commits every 4,096 changes and at
@@ -134,8 +139,7 @@ def test_a_rerun_that_skips_every_task_writes_a_row_per_commit_not_per_task(tmp_
 
 def test_a_run_killed_in_a_rerun_keeps_what_it_committed_and_explain_names_it(tmp_path, capsys):
     n = 10_000
-    assert run(tmp_path, n) == 0
-    assert run(tmp_path, n) == 0  # run 2: the current graph
+    run_twice(tmp_path, n)
     assert run(tmp_path, n, kill_after=9_000) == -signal.SIGKILL  # run 3
     found = considered_by_run(tmp_path)
     # Its first packs were committed (a commit at most 20 ms after 4,096
@@ -172,8 +176,7 @@ def test_a_run_killed_in_a_rerun_keeps_what_it_committed_and_explain_names_it(tm
 
 def test_sigkill_at_random_moments_of_reruns_leaves_a_readable_ledger(tmp_path, capsys):
     n = 8_000
-    assert run(tmp_path, n) == 0
-    assert run(tmp_path, n) == 0  # run 2
+    run_twice(tmp_path, n)
     rng = random.Random(20261201)
     for _ in range(4):  # runs 3 to 6, each killed at a random moment
         def killer(proc):
