@@ -41,7 +41,6 @@ import sqlite3
 import time
 from typing import Any
 
-
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest
 from taskgraph._ledger_commit import (

@@ -16,12 +16,12 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import InvalidTaskError
 from taskgraph._fingerprint import validate_algorithm
+from taskgraph._frozen import frozen
 from taskgraph._identity import normalize_path
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _KNOWN_ALGORITHMS: set[str] = set()
 _NO_PATHS: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Call:
     """One ``add_task`` call, checked: what the Task is made of.
 
