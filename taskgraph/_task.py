@@ -31,6 +31,16 @@ class Task:
     arguments (target paths aside), as in natcap taskgraph.
     """
 
+    # Slots: a graph of 100,000 tasks keeps them all, and an instance
+    # dictionary of this many attributes costs about 1.5 kB a task.
+    __slots__ = (
+        "task_id", "task_name", "_func", "_args", "_kwargs", "_identity", "_target_path_list", "_ignore",
+        "_ignore_directories", "_hash_algorithm", "_target_mode", "_transient_run", "_store_result", "_priority",
+        "_memory", "_expected_time", "_dependencies", "_payload", "_state", "_result", "_error", "_reasons",
+        "_had_record", "_duration", "_started", "_cpu_time", "_peak_memory", "_worker", "_finished",
+        "_finished_condition", "__weakref__",
+    )
+
     def __init__(
         self,
         task_id: int,

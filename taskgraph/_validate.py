@@ -13,15 +13,15 @@ and says what to pass instead.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import InvalidTaskError
 from taskgraph._fingerprint import validate_algorithm
+from taskgraph._frozen import frozen
 from taskgraph._identity import normalize_path
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _KNOWN_ALGORITHMS: set[str] = set()
 _NO_PATHS: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Call:
     """One ``add_task`` call, checked: what the Task is made of.
 
@@ -200,8 +200,8 @@ def ignored(paths: Any, invalid: Invalid) -> frozenset[str]:
     return frozenset([normalize_path(path) for path in raw]) if raw else _NO_PATHS
 
 
-def dependencies(deps: Any, task_type: type[Task], graph_tasks: set[int], invalid: Invalid) -> tuple[Task, ...]:
-    """``dependent_task_list`` as a tuple of Tasks of this graph (whose ids are ``graph_tasks``)."""
+def dependencies(deps: Any, task_type: type[Task], graph_tasks: Sequence[Task], invalid: Invalid) -> tuple[Task, ...]:
+    """``dependent_task_list`` as a tuple of Tasks of this graph (``graph_tasks``, by ``task_id``)."""
     if deps is None:
         return ()
     if isinstance(deps, task_type):
@@ -220,7 +220,8 @@ def dependencies(deps: Any, task_type: type[Task], graph_tasks: set[int], invali
             f"Objects passed to dependent task list that are not tasks: {shown(bad)}. "
             "Pass the Task objects returned by add_task."
         )
-    foreign = [dep for dep in listed if id(dep) not in graph_tasks]
+    count = len(graph_tasks)
+    foreign = [dep for dep in listed if not (dep.task_id < count and graph_tasks[dep.task_id] is dep)]
     if foreign:
         raise invalid(
             f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "
@@ -276,7 +277,10 @@ def n_workers(value: Any) -> None:
 
 def not_importing_main() -> None:
     """Refuse a graph made while a spawn worker imports the main script."""
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
+    # A spawn worker has imported multiprocessing before the script; a
+    # process that has not is not one (and need not pay for its import).
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is not None and getattr(multiprocessing.current_process(), "_inheriting", False):
         # Left to go on, the graph would wait for its own workers forever.
         raise InvalidTaskError(
             "TaskGraph() was called while a worker process started with 'spawn' imported the "
