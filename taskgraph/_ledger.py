@@ -11,9 +11,10 @@ Its rooms, the only modules that speak SQL: ``_ledger_schema`` (the schema,
 migrations, opening a file, moving a bad one aside), ``_ledger_keys`` (the
 workspace's secret and the HMACs of stored results), ``_ledger_rows`` (how
 values are stored in rows and read back), ``_ledger_commit`` (the write
-statements, transactions and group commits; durability), ``_ledger_read``
-(the read side for the command line), ``_ledger_forget`` (forgetting records)
-and this writer. Names that other
+statements, transactions and group commits; durability), ``_ledger_considered``
+(what each run considered: rows, and plain skips packed per commit),
+``_ledger_read`` (the read side for the command line), ``_ledger_forget``
+(forgetting records) and this writer. Names that other
 modules import from here are re-exported from the room that owns them.
 
 Security: stored results are pickles, and unpickling runs code. Each result is

@@ -5,7 +5,8 @@ runs them), the transaction (``BEGIN IMMEDIATE``, the wait for another
 process's write lock, every failure a ``LedgerError``) and the commit of a
 group of finished tasks, retried a task at a time when it cannot be
 committed. Leaf module: the standard library, ``_ledger_rows``,
-``_ledger_schema`` (the busy timeout), ``_errors`` and ``_fingerprint`` (types).
+``_ledger_schema`` (the busy timeout), ``_ledger_considered`` (its
+statements), ``_errors`` and ``_fingerprint`` (types).
 
 Durability: WAL journal, ``synchronous=NORMAL``: a commit survives the process
 being killed at any moment (it may be lost only to a power cut, never

@@ -169,8 +169,8 @@ class Considered:
 
     def take(self, run_id: int | None, id_of: IdOf, rows: dict[str, list[tuple[Any, ...]]]) -> Taken:
         """Move the changes into the rows of a commit: the plain skips of
-        records with an id into one pack, the others as rows. (Without a
-        run, a dry run's, nothing changes.)"""
+        records with an id into one pack, the others as rows (``run_id`` is
+        None only in a dry run, which has no changes)."""
         changed, self._changed = self._changed, {}
         skipped: list[int] = []
         rowed: list[str] = []
