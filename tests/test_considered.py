@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from ledgers import downgrade
+from procs import wait_until
 
 import taskgraph
 from taskgraph._cli import main
@@ -286,3 +287,44 @@ def test_a_pack_holds_exactly_its_ids(ids):
 @given(st.sets(st.integers(min_value=1, max_value=200)), st.sets(st.integers(min_value=1, max_value=200)))
 def test_the_ids_of_one_pack_that_another_lacks(some, others):
     assert expanded(without(unpack(pack(some)), unpack(pack(others)))) == sorted(some - others)
+
+
+SLOW = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import history_funcs, taskgraph
+    ws, gate, second = sys.argv[1], sys.argv[2], sys.argv[3] == "second"
+    with taskgraph.TaskGraph(ws, 1) as graph:
+        quick = os.path.join(ws, "quick.txt")
+        graph.add_task(history_funcs.write, args=(quick, 1), target_path_list=[quick], task_name="quick")
+        if second:  # a task that runs: its commit carries the skip before it
+            fresh = os.path.join(ws, "fresh.txt")
+            graph.add_task(history_funcs.write, args=(fresh, 2), target_path_list=[fresh], task_name="fresh")
+            graph.add_task(history_funcs.wait_for, args=(gate, 60), task_name="waiting")
+""")
+
+
+def test_a_run_that_ends_keeps_the_skips_of_a_run_still_going(tmp_path, capsys):
+    ws, gate, script = tmp_path / "ws", tmp_path / "gate", tmp_path / "slow.py"
+    ws.mkdir()
+    script.write_text(SLOW.format(tests=TESTS))
+    subprocess.run([sys.executable, str(script), str(ws), str(gate), "first"], check=True, timeout=120)
+    proc = subprocess.Popen([sys.executable, str(script), str(ws), str(gate), "second"])  # run 2
+    try:
+        def committed():
+            try:
+                return considered_by_run(tmp_path).get(2)
+            except taskgraph.LedgerError:
+                return None
+        assert wait_until(lambda: committed() is not None and "ran" in committed(), timeout=60)
+        assert committed() in ({"skipped": 1, "ran": 1, "running": 1}, {"skipped": 1, "ran": 1, "pending": 1})
+        pipeline(ws, names=("a",))  # run 3 ends while run 2 is still going: it keeps run 2's pack
+        assert considered_by_run(tmp_path) == {2: committed(), 3: {"ran": 1}}
+        gate.write_text("")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert considered_by_run(tmp_path) == {2: {"skipped": 1, "ran": 2}, 3: {"ran": 1}}
+    head, rows = status(ws, capsys)
+    assert head["current_run"] == 3 and [row["name"] for row in rows] == ["a"]
