@@ -278,8 +278,7 @@ class Ledger:
     def _select(self, record_key: str) -> TaskRecord | None:
         row = self._conn.execute(
             "SELECT name, state, hash_algorithm, store_result, ended, error,"
-            " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key),"
-            " (SELECT id FROM record_ids WHERE record_key=tasks.record_key)"
+            " EXISTS(SELECT 1 FROM results WHERE key=tasks.record_key), record_id"
             " FROM tasks WHERE record_key=?",
             (record_key,),
         ).fetchone()
@@ -314,8 +313,7 @@ class Ledger:
         with_result = {row[0] for row in self._conn.execute("SELECT key FROM results")}
         records: dict[str, TaskRecord | SnapshotRow | None] = {}
         for key, name, state, algorithm, store_result, ended, error, record_id in self._conn.execute(
-            "SELECT record_key, name, state, hash_algorithm, store_result, ended, error, i.id"
-            " FROM tasks LEFT JOIN record_ids i USING (record_key)"
+            "SELECT record_key, name, state, hash_algorithm, store_result, ended, error, record_id FROM tasks"
         ):
             listed = files.get(key)
             records[key] = (

@@ -40,14 +40,16 @@ LOCK_RETRIES = 10
 DELETE_FILES = "DELETE FROM files WHERE record_key=?"
 DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
 DELETE_RESULT = "DELETE FROM results WHERE key=?"
-UPSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+# (the record's id from record_ids, written just before it)
+UPSERT_TASK = ("INSERT OR REPLACE INTO tasks VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,"
+               "?19,?20,?21,?22,(SELECT id FROM record_ids WHERE record_key=?1))")
 INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
 DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
 END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE run_id=?"
 RECORD_STATEMENTS = (
-    DELETE_FILES, DELETE_DEPS, DELETE_RESULT, UPSERT_TASK, RECORD_ID, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
+    DELETE_FILES, DELETE_DEPS, DELETE_RESULT, RECORD_ID, UPSERT_TASK, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
 )
 # (what a run considered: see _ledger_considered)
 STATEMENTS = (*RECORD_STATEMENTS, DECISION, CONSIDER, PACK, END_RUN)

@@ -17,7 +17,8 @@ application_id`` = :data:`APPLICATION_ID`)::
              started, ended, duration, worker, error,
              cpu_time, peak_memory,                  the run report (schema 2)
              error_type, error_message, error_frames,  the failure as raised (schema 4)
-             arguments)                              the arguments' tree, JSON (schema 4)
+             arguments,                              the arguments' tree, JSON (schema 4)
+             record_id)                              its id in record_ids (schema 5)
                                                  index tasks_by_name on name
     files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
              digest, taken_at_ns)                PK (record_key, role, path)
@@ -132,7 +133,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     error_type TEXT,
     error_message TEXT,
     error_frames TEXT,
-    arguments TEXT);
+    arguments TEXT,
+    record_id INTEGER);
 CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name);
 CREATE TABLE IF NOT EXISTS files (
     record_key TEXT NOT NULL,
@@ -235,10 +237,12 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection, Secret], None],
         " AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.record_key = t.record_key AND d.run_id IS NOT NULL)",
         "UPDATE runs SET tasks = (SELECT count(*) FROM considered c WHERE c.run_id = runs.run_id)"
         " WHERE ended IS NOT NULL"),
-    # Schema 4's considered rows stay as they are (a row says as much as a
-    # pack); each record gets its id, in the order the records were written.
+    # Schema 4's considered rows stay (a row says as much as a pack); each
+    # record gets its id (also in tasks), in the order records were written.
     4: ("CREATE TABLE record_ids (id INTEGER PRIMARY KEY AUTOINCREMENT, record_key TEXT NOT NULL UNIQUE)",
         "INSERT INTO record_ids (record_key) SELECT record_key FROM tasks ORDER BY rowid",
+        "ALTER TABLE tasks ADD COLUMN record_id INTEGER",
+        "UPDATE tasks SET record_id = (SELECT id FROM record_ids i WHERE i.record_key = tasks.record_key)",
         "CREATE TABLE considered_skips (run_id INTEGER NOT NULL, part INTEGER NOT NULL, ids BLOB NOT NULL,"
         " PRIMARY KEY (run_id, part))"),
 }

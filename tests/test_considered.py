@@ -246,9 +246,10 @@ def test_a_schema_4_ledger_reads_the_same_and_is_upgraded_keeping_every_record(t
     pipeline(ws, names=("a", "b"), value=2)  # run 5 upgrades it in place and skips everything
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA user_version").fetchone()[0] == taskgraph._ledger.SCHEMA_VERSION
-    assert con.execute("SELECT * FROM tasks ORDER BY record_key").fetchall() == records
-    ids = con.execute("SELECT record_key FROM record_ids ORDER BY id").fetchall()
-    assert sorted(ids) == sorted((row[0],) for row in records)  # every record has its id
+    upgraded = con.execute("SELECT * FROM tasks ORDER BY record_key").fetchall()
+    assert [row[:-1] for row in upgraded] == records  # and, at the end, its id:
+    ids = con.execute("SELECT id, record_key FROM record_ids").fetchall()
+    assert sorted((row[-1], row[0]) for row in upgraded) == sorted(ids) and len(ids) == len(records)
     con.close()
     head, rows = status(ws, capsys)
     assert head["current_run"] == 5 and {(row["name"], row["state"], row["run"]) for row in rows} == {
