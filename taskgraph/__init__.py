@@ -43,10 +43,11 @@ from taskgraph._version import __version__
 
 if TYPE_CHECKING:
     from taskgraph._decide import Reason
-    from taskgraph._graph import PlanEntry, Statistics, TaskGraph, TaskReport
+    from taskgraph._graph import TaskGraph
     from taskgraph._ledger import LEDGER_FILENAME
     from taskgraph._policy import LongestFirst, MemoryLimit, Policy, PriorityOrder
     from taskgraph._shared import SharedArray, SharedLock, SharedNumpyArray, shared_array
+    from taskgraph._snapshots import PlanEntry, Statistics, TaskReport
     from taskgraph._task import Task, TaskState
     from taskgraph.multitask import multitask
     from taskgraph.sequencer import TaskSequencer
@@ -59,10 +60,10 @@ if TYPE_CHECKING:
 # without the engine, the ledger (SQLite) and the layers it never uses.
 _LAZY = {
     "Reason": ("taskgraph._decide", "Reason"),
-    "PlanEntry": ("taskgraph._graph", "PlanEntry"),
-    "Statistics": ("taskgraph._graph", "Statistics"),
+    "PlanEntry": ("taskgraph._snapshots", "PlanEntry"),
+    "Statistics": ("taskgraph._snapshots", "Statistics"),
     "TaskGraph": ("taskgraph._graph", "TaskGraph"),
-    "TaskReport": ("taskgraph._graph", "TaskReport"),
+    "TaskReport": ("taskgraph._snapshots", "TaskReport"),
     "LEDGER_FILENAME": ("taskgraph._ledger", "LEDGER_FILENAME"),
     #: natcap taskgraph's name for the ledger file name, kept for old scripts.
     "_TASKGRAPH_DATABASE_FILENAME": ("taskgraph._ledger", "LEDGER_FILENAME"),

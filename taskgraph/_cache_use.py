@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from taskgraph._cache import CACHE_ENV, CACHE_KEY_ENV, Cache
 from taskgraph._cache_entry import CacheUnusable, read_team_key, who
-from taskgraph._cache_job import CacheJob
 from taskgraph._decide import Reason
 from taskgraph._fingerprint import CHECK_ALGORITHM, CachedDigest, DigestCache
 from taskgraph._identity import SelfReferenceError, portable_identity
 
 if TYPE_CHECKING:
+    from taskgraph._cache_job import CacheJob
     from taskgraph._decide import Decision
     from taskgraph._job import JobResult
     from taskgraph._task import Task
@@ -72,6 +72,8 @@ class CacheUse:
                 entry = digests.lookup_digest(path, CHECK_ALGORITHM)
                 if entry is not None:
                     known[(path, CHECK_ALGORITHM)] = entry
+        from taskgraph._cache_job import CacheJob  # a graph without a cache never imports it
+
         return CacheJob(self.cache.root, portable.template, portable.inputs, portable.labels, self.key_file,
                         share, task.task_name, task._identity.function.name)
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePath
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskgraph import _validate as validate
 from taskgraph._backends import make_executor
@@ -38,11 +38,13 @@ from taskgraph._ledger import KEY_SUFFIX, Ledger
 from taskgraph._policy import Policy, make_policy
 from taskgraph._progress import Progress, make_display, wanted
 from taskgraph._scheduler import Scheduler
-from taskgraph._snapshots import PlanEntry, Statistics, TaskReport, failures_error, reports, statistics
 from taskgraph._task import Task
 from taskgraph._validate import Call
 
-__all__ = ["PlanEntry", "Statistics", "TaskGraph", "TaskReport"]  # the snapshots are public here too
+if TYPE_CHECKING:
+    from taskgraph._snapshots import PlanEntry, Statistics, TaskReport
+
+__all__ = ["TaskGraph"]
 
 LOGGER = logging.getLogger("taskgraph.Task")
 # Files beside the ledger that belong to it (SQLite's, the lock, claims, key).
@@ -516,6 +518,8 @@ class TaskGraph:
         if self._closed:
             self._shutdown()
         if failed:
+            from taskgraph._snapshots import failures_error
+
             raise failures_error(failed, self._tasks, self._workspace)
         return True
 
@@ -529,6 +533,8 @@ class TaskGraph:
         Raises:
             TaskTimeoutError: if ``timeout`` passes before every task is decided.
         """
+        from taskgraph._snapshots import PlanEntry  # the snapshots are imported when first asked for
+
         deadline = None if timeout is None else time.monotonic() + timeout
         for task in list(self._tasks):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -546,6 +552,8 @@ class TaskGraph:
 
     def statistics(self) -> Statistics:
         """An immutable snapshot of where the graph stands."""
+        from taskgraph._snapshots import statistics
+
         restored_bytes = self._cache.restored_bytes if self._cache is not None else 0
         return statistics(self._tasks, time.monotonic() - self._created, restored_bytes)
 
@@ -557,6 +565,8 @@ class TaskGraph:
 
         The same figures are recorded in the ledger (``taskgraph status``).
         """
+        from taskgraph._snapshots import reports
+
         return reports(self._tasks, time.time())
 
     def terminate(self) -> None:
