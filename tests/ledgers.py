@@ -24,8 +24,8 @@ def _skips_as_rows(con: sqlite3.Connection) -> None:
 # From schema N + 1 back to N: what the migration from N added (SQL, or a
 # function of the connection).
 _ADDED: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
-    4: (_skips_as_rows, "DROP TABLE considered_skips", "DROP TABLE record_ids", "ALTER TABLE tasks DROP COLUMN record_id",
-        "DELETE FROM sqlite_sequence WHERE name = 'record_ids'"),
+    4: (_skips_as_rows, "DROP TABLE considered_skips", "DROP TABLE record_ids",
+        "DELETE FROM sqlite_sequence WHERE name = 'record_ids'", "ALTER TABLE tasks DROP COLUMN record_id"),
     3: ("DROP TABLE considered",
         "ALTER TABLE tasks DROP COLUMN error_type", "ALTER TABLE tasks DROP COLUMN error_message",
         "ALTER TABLE tasks DROP COLUMN error_frames", "ALTER TABLE tasks DROP COLUMN arguments",
