@@ -46,7 +46,7 @@ process dies. With ``bind_cpus`` each worker is pinned to a core of its own.
 This module decides when a worker starts, stops or is killed; how (its
 record, starting and killing it, the errors of its end) is
 :mod:`taskgraph._pool_workers`'. Imports ``_executor``, ``_forkserver``,
-``_pool_workers``, ``_worker``, ``_threads``, ``_job`` and ``_errors``.
+``_pool_workers``, ``_pool_wait``, ``_worker``, ``_threads``, ``_job`` and ``_errors``.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ import collections
 import contextlib
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
 import queue
+import socket
 import sys
 import threading
 import time
@@ -69,6 +69,7 @@ from taskgraph import _forkserver, _threads
 from taskgraph._errors import TaskExecutionError, WorkerDiedError
 from taskgraph._executor import DoneCallback, Executor
 from taskgraph._job import Job, JobResult, RemoteTraceback
+from taskgraph._pool_wait import Waiter
 from taskgraph._pool_workers import (
     Entry,
     Worker,
@@ -164,7 +165,14 @@ class ProcessPool(Executor):
                 self.start_method = "spawn"
         self._context: Any = multiprocessing.get_context("spawn")
         self._requests: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        # What the manager waits on: the wake-up socket, each worker's pipe (and
+        # its sentinel under spawn), the fork server's socket while it lives.
+        self._waiter = Waiter()
+        self._waiter.add(self._wake_r)
+        if self._server is not None:
+            self._waiter.add(self._server)
         # Set by the first request after the manager last looked: later ones
         # need not write to the pipe again (a write per job costs a system call).
         self._wake_lock = threading.Lock()
@@ -224,7 +232,7 @@ class ProcessPool(Executor):
                 return
             self._wake_pending = True
         with contextlib.suppress(OSError):
-            self._wake_w.send_bytes(b"w")
+            self._wake_w.send(b"w")
 
     # -- the manager thread ------------------------------------------------------------
 
@@ -247,24 +255,11 @@ class ProcessPool(Executor):
             if self._closing and not self._workers:
                 return
             timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
-            ready = multiprocessing.connection.wait(self._handles(), timeout)
+            ready = self._waiter.wait(timeout)
             if not ready and self._closing and time.monotonic() >= self._deadline:
                 self._escalate()
             for handle in ready:
                 self._on_ready(handle)
-
-    def _handles(self) -> list[Any]:
-        """What the manager waits on: the wake-up pipe, each worker's pipe and
-        sentinel (under spawn), and the fork server's socket while it lives."""
-        handles: list[Any] = [self._wake_r]
-        for worker in self._workers:
-            if worker.conn is not None:
-                handles.append(worker.conn)
-            if worker.process is not None:
-                handles.append(worker.process.sentinel)
-        if self._server is not None and not self._server.gone:
-            handles.append(self._server)
-        return handles
 
     def _fail_all(self, error: BaseException) -> None:
         """The manager thread failed: kill every worker and fail its jobs."""
@@ -291,6 +286,7 @@ class ProcessPool(Executor):
         with contextlib.suppress(BaseException):
             self._drain_backlog()  # closing: every job still waiting fails as not started
         self._finalizer.detach()
+        self._waiter.close()
         if self._server is not None:
             self._server.close()
         for handle in (self._wake_r, self._wake_w):
@@ -353,9 +349,9 @@ class ProcessPool(Executor):
                 return
 
     def _on_wake(self) -> None:
-        with contextlib.suppress(EOFError, OSError):
-            while self._wake_r.poll():
-                self._wake_r.recv_bytes()
+        with contextlib.suppress(OSError):  # BlockingIOError: drained already
+            while self._wake_r.recv(4096):
+                pass
         with self._wake_lock:
             self._wake_pending = False  # requests posted from now on wake it again
         self._take_requests()
@@ -370,6 +366,7 @@ class ProcessPool(Executor):
                     self._on_death(worker)
                     break
         if self._server.gone:
+            self._waiter.remove(self._server)
             # Its workers' exits will not be reported: a closed pipe is their end now.
             for worker in list(self._workers):
                 if worker.conn is None:
@@ -393,14 +390,18 @@ class ProcessPool(Executor):
     def _pipe_closed(self, worker: Worker) -> None:
         """The worker's end of its pipe closed: it has died, or is dying.
         Its exit status (from its sentinel or the fork server) completes it."""
-        if worker.conn is not None:
-            with contextlib.suppress(OSError):
-                worker.conn.close()
-            worker.conn = None
+        self._close_conn(worker)
         with contextlib.suppress(ValueError):
             self._idle.remove(worker)
         if worker.process is None and (self._server is None or self._server.gone):
             self._on_death(worker)
+
+    def _close_conn(self, worker: Worker) -> None:
+        if worker.conn is not None:
+            self._waiter.remove(worker.conn)  # before it is closed
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+            worker.conn = None
 
     def _on_message(self, worker: Worker, data: bytes) -> None:
         tag, body = data[:1], data[1:]
@@ -456,10 +457,9 @@ class ProcessPool(Executor):
             self._idle.remove(worker)
         if worker.cpu is not None and self._free_cpus is not None:
             self._free_cpus.append(worker.cpu)  # its replacement takes the core
-        if worker.conn is not None:
-            with contextlib.suppress(OSError):
-                worker.conn.close()
-            worker.conn = None
+        if worker.process is not None:
+            self._waiter.remove(worker.process.sentinel)
+        self._close_conn(worker)
         entries, worker.jobs = list(worker.jobs), collections.deque()
         if entries:
             first = entries.pop(0)
@@ -536,6 +536,9 @@ class ProcessPool(Executor):
                 self._free_cpus.append(cpu)
             raise
         self._workers.append(worker)
+        self._waiter.add(worker.conn)
+        if worker.process is not None:
+            self._waiter.add(worker.process.sentinel)
         return worker
 
 
