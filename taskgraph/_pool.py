@@ -375,17 +375,19 @@ class ProcessPool(Executor):
     def _on_readable(self, worker: Worker) -> None:
         assert worker.conn is not None
         try:
-            data = worker.conn.recv_bytes()
+            messages = worker.frames.read()
         except (EOFError, OSError):
             self._pipe_closed(worker)
             return
-        self._on_message(worker, data)
+        for data in messages:
+            self._on_message(worker, data)
 
     def _read_what_is_there(self, worker: Worker) -> None:
         """Handle the messages already in a worker's pipe, without waiting."""
         with contextlib.suppress(EOFError, OSError):
             while worker.jobs and worker.conn is not None and worker.conn.poll():
-                self._on_message(worker, worker.conn.recv_bytes())
+                for data in worker.frames.read():
+                    self._on_message(worker, data)
 
     def _pipe_closed(self, worker: Worker) -> None:
         """The worker's end of its pipe closed: it has died, or is dying.
