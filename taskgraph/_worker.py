@@ -15,6 +15,7 @@ thread while the job runs and completed by the kernel's exact high-water mark
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -27,7 +28,6 @@ import struct
 import sys
 import threading
 import time
-import collections
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -399,4 +399,5 @@ def _serve(conn: Connection, send_lock: threading.Lock, sampler: _PeakSampler) -
         del outcome, blob
 
 
-__all__ = ["LOG", "RESULT", "STOP", "Frames", "alive", "flush_std_streams", "low_priority", "wait_for_exit", "worker_main"]
+__all__ = ["LOG", "RESULT", "STOP", "Frames", "alive", "flush_std_streams", "low_priority", "wait_for_exit",
+           "worker_main"]

@@ -241,7 +241,7 @@ def test_log_records_and_results_of_every_size_arrive_whole_and_in_order(tmp_pat
         assert graph.join(timeout=120)
     finally:
         logger.handlers.clear()
-    for i, (task, size) in enumerate(zip(tasks, sizes)):
+    for i, (task, size) in enumerate(zip(tasks, sizes, strict=True)):
         assert task.get(timeout=10) == (str(i).encode() * size)[:size]
         mine = [text for text in records if text.startswith(f"task {i} ")]
         assert mine == [f"task {i} record {number}" for number in range(50)]
