@@ -177,7 +177,10 @@ class ProcessPool(Executor):
         # need not write to the pipe again (a write per job costs a system call).
         self._wake_lock = threading.Lock()
         self._wake_pending = False
-        # Owned by the manager thread alone from here on:
+        # Owned by the manager thread from here on, which holds this lock
+        # whenever it is not waiting; the thread that submits a job takes it
+        # to hand the job straight to a worker that can take it (_hand_over).
+        self._lock = threading.Lock()
         self._levels: dict[str, int] | None = None
         self._workers: list[Worker] = []
         self._idle: list[Worker] = []
@@ -209,6 +212,8 @@ class ProcessPool(Executor):
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         assert job.payload is not None
+        if self._hand_over(job, done):
+            return
         with self._stop_lock:
             if not self._stopped:
                 self._requests.put(("job", job, done))
@@ -216,6 +221,32 @@ class ProcessPool(Executor):
                 return
         # The manager has taken its last requests: the job fails here, at once.
         done(JobResult(job.task_id, error=not_started(job)))
+
+    def _hand_over(self, job: Job, done: DoneCallback) -> bool:
+        """Give a small job to a worker that can take it now (idle, or for a
+        short job, busy with a short one), here in the caller's thread, under
+        the manager's lock: it saves the round through the manager thread
+        (its wake-up, then its send), which is most of the cost of each link
+        of a chain. False when the manager must take it: a request is waiting
+        before it (so order is kept), a worker must be started, the pool is
+        closing, or the message is large or cannot be made."""
+        if not self._lock.acquire(blocking=False):
+            return False  # the manager is at work: it takes the job in its turn
+        try:
+            if self._closing or not self._requests.empty() or (
+                    not self._idle and len(self._workers) < self.capacity):
+                return False
+            try:
+                message = self._message(job)
+            except Exception:
+                return False  # the manager fails it, saying why
+            if len(message) > _QUEUE_MAX_BYTES:
+                return False
+            self._backlog.append(Entry(job, done, message))
+            self._drain_backlog()  # a job no worker can take yet stays for the manager's next event
+            return True
+        finally:
+            self._lock.release()
 
     def shutdown(self, kill: bool = False) -> None:
         self._requests.put(("shutdown", kill, None))
@@ -240,26 +271,32 @@ class ProcessPool(Executor):
         try:
             self._run()
         except BaseException as error:  # a bug here must not leave jobs waiting forever
-            self._fail_all(error)
+            with self._lock:
+                self._fail_all(error)
         finally:
-            self._wind_up()
+            with self._lock:
+                self._wind_up()
 
     def _run(self) -> None:
-        """Take requests and handle whatever is ready, until the pool is closing and no worker is left."""
+        """Take requests and handle whatever is ready, until the pool is closing
+        and no worker is left. Everything but the wait holds the lock (see
+        :meth:`_hand_over`)."""
         while True:
-            self._take_requests()
-            if self._server is not None and (self._server.pending or self._server.gone):
-                # Exits read while a worker was starting, or the server found gone
-                # then: settle what that tells about the workers.
-                self._on_ready(self._server)
-            if self._closing and not self._workers:
-                return
-            timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
+            with self._lock:
+                self._take_requests()
+                if self._server is not None and (self._server.pending or self._server.gone):
+                    # Exits read while a worker was starting, or the server found gone
+                    # then: settle what that tells about the workers.
+                    self._on_ready(self._server)
+                if self._closing and not self._workers:
+                    return
+                timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
             ready = self._waiter.wait(timeout)
-            if not ready and self._closing and time.monotonic() >= self._deadline:
-                self._escalate()
-            for handle in ready:
-                self._on_ready(handle)
+            with self._lock:
+                if not ready and self._closing and time.monotonic() >= self._deadline:
+                    self._escalate()
+                for handle in ready:
+                    self._on_ready(handle)
 
     def _fail_all(self, error: BaseException) -> None:
         """The manager thread failed: kill every worker and fail its jobs."""
@@ -479,7 +516,7 @@ class ProcessPool(Executor):
             done(JobResult(job.task_id, error=not_started(job)))
             return
         try:
-            message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
+            message = self._message(job)
         except Exception as error:
             done(JobResult(job.task_id, error=TaskExecutionError(
                 f"task {job.name!r} could not be sent to a worker process: {type(error).__name__}: {error}"
@@ -487,6 +524,10 @@ class ProcessPool(Executor):
             return
         self._backlog.append(Entry(job, done, message))
         self._drain_backlog()
+
+    @staticmethod
+    def _message(job: Job) -> bytes:
+        return pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
 
     def _drain_backlog(self) -> None:
         """Give waiting jobs to workers: an idle one, a new one while fewer than

@@ -43,7 +43,7 @@ LOG = b"L"
 STOP = b""
 _SIZE = struct.Struct("!i")  # multiprocessing's framing: a length, or -1 and a long one
 _LONG_SIZE = struct.Struct("!Q")
-_READ_BYTES = 64 * 1024  # below malloc's mmap threshold: a read of a small message stays cheap
+_READ_BYTES = 64 * 1024
 _MAX_READ_BYTES = 4 * 1024 * 1024
 _SAMPLE_S = 0.01
 _PARK_AFTER_S = 1.0
@@ -74,6 +74,9 @@ class Frames:
         self._buffer = bytearray()
         self._wanted = _SIZE.size  # bytes the next message needs at least
         self._messages: collections.deque[bytes] = collections.deque()
+        # Small reads land here: a new 64 KiB bytes object per read, shrunk to
+        # what came, cost more in page faults than the read itself.
+        self._chunk = bytearray(_READ_BYTES)
 
     def read(self) -> list[bytes]:
         """One read (blocking until something arrives): the messages it
@@ -85,13 +88,20 @@ class Frames:
         """
         if self._fd < 0:
             return [self._conn.recv_bytes()]
-        wanted = min(max(_READ_BYTES, self._wanted - len(self._buffer)), _MAX_READ_BYTES)
-        data = os.read(self._fd, wanted)
-        if not data:
+        missing = self._wanted - len(self._buffer)
+        if missing > _READ_BYTES:  # the rest of a large message
+            data = os.read(self._fd, min(missing, _MAX_READ_BYTES))
+            if not data:
+                raise EOFError
+            self._buffer += data
+            return self._split()
+        count = os.readv(self._fd, [self._chunk])
+        if not count:
             raise EOFError
-        if not self._buffer and len(data) >= _SIZE.size and _SIZE.unpack_from(data)[0] == len(data) - _SIZE.size:
-            return [data[_SIZE.size:]]  # exactly one message: the usual case
-        self._buffer += data
+        with memoryview(self._chunk) as view:
+            if not self._buffer and count >= _SIZE.size and _SIZE.unpack_from(view)[0] == count - _SIZE.size:
+                return [bytes(view[_SIZE.size:count])]  # exactly one message: the usual case
+            self._buffer += view[:count]
         return self._split()
 
     def _split(self) -> list[bytes]:
