@@ -1,11 +1,15 @@
 """The niced process pool (``n_workers > 0``): the calling process's side.
 
 One thread, the pool's manager, owns every worker and every job, as in
-CPython's ``concurrent.futures.process``. The scheduler's ``submit`` and
-``shutdown`` only post a request and wake it. Who writes and who reads what::
+CPython's ``concurrent.futures.process``. The scheduler's ``shutdown`` only
+posts a request and wakes it; so does ``submit``, unless the manager's lock is
+free and a worker can take the job now (see :meth:`ProcessPool._hand_over`).
+Who writes and who reads what::
 
-    scheduler ──submit(job, done)/shutdown()──> requests queue + wake-up pipe
-                                                      │
+    scheduler ──submit(job, done)/shutdown()──> requests queue + wake-up socket
+        │                                             │
+        └──(small job, a worker free for it: under the manager's lock)──┐
+                                                                        ▼
     manager thread ──job──> worker.conn ──> worker process (taskgraph._worker)
          ▲                                              │
          └── worker.conn ('R' result, 'L' log record) ──┘
