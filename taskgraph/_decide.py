@@ -8,13 +8,13 @@ when its stat cannot settle the question and the digest cache has no answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from taskgraph._arguments import changes, shorten, text_change
 from taskgraph._arguments import tree as argument_tree
 from taskgraph._failure import from_text
 from taskgraph._fingerprint import DigestCache, compare
+from taskgraph._frozen import frozen
 from taskgraph._identity import describe_arguments, input_files
 from taskgraph._ledger import TaskRecord
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from taskgraph._task import Task
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reason:
     """One reason a task runs.
 
@@ -60,7 +60,7 @@ class Reason:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision:
     """The outcome of the check."""
 

@@ -34,10 +34,11 @@ import operator
 import os
 import stat as stat_module
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import xxhash
+
+from taskgraph._frozen import frozen
 
 __all__ = [
     "CHECK_ALGORITHM",
@@ -146,7 +147,7 @@ def pickled_by_fields(cls: type[_T]) -> type[_T]:
 
 
 @pickled_by_fields
-@dataclass(frozen=True, slots=True)
+@frozen
 class FileStat:
     """The parts of ``os.stat`` that fingerprints use."""
 
@@ -188,7 +189,7 @@ def _is_racy(mtime_ns: int, taken_at_ns: int) -> bool:
 
 
 @pickled_by_fields
-@dataclass(frozen=True, slots=True)
+@frozen
 class CachedDigest:
     """A digest cache entry: the stat a digest was computed for, and when."""
 
@@ -240,7 +241,7 @@ def _digest(path: str, st: FileStat, algorithm: str, cache: DigestCache | None) 
 
 
 @pickled_by_fields
-@dataclass(frozen=True, slots=True)
+@frozen
 class Fingerprint:
     """What a file looked like when it was fingerprinted.
 
@@ -294,7 +295,7 @@ def take(path: str, mode: str, cache: DigestCache | None = None) -> Fingerprint 
     return Fingerprint(mode, st.size, st.mtime_ns, digest, taken_at_ns)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Change:
     """How a file differs from its recorded fingerprint.
 

@@ -36,7 +36,6 @@ from taskgraph._identity import Identity, SelfReferenceError, normalize_path, ta
 from taskgraph._job import first_unpicklable, noop
 from taskgraph._ledger import KEY_SUFFIX, Ledger
 from taskgraph._policy import Policy, make_policy
-from taskgraph._pool import check_start_method, usable_cpus
 from taskgraph._progress import Progress, make_display, wanted
 from taskgraph._scheduler import Scheduler
 from taskgraph._snapshots import PlanEntry, Statistics, TaskReport, failures_error, reports, statistics
@@ -74,6 +73,12 @@ def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) ->
     parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
     found = first_unpicklable(parts)
     return "the call" if found is None else f"{found[0]} ({found[1]})"
+
+
+def _usable_cpus() -> list[int] | None:
+    from taskgraph._pool import usable_cpus
+
+    return usable_cpus()
 
 
 def _option(make: Callable[..., _T], *given: Any) -> _T:
@@ -174,9 +179,13 @@ class TaskGraph:
         validate.not_importing_main()
         validate.start_method(start_method)
         if n_workers > 0 and executor is None and scheduler_address is None:
+            # The pool is imported only by a graph that has one (psutil and
+            # multiprocessing are a fifth of the engine's import time).
+            from taskgraph._pool import check_start_method
+
             start_method = _option(check_start_method, start_method)
         policy = _option(make_policy, scheduler, memory_limit)
-        validate.pinning(n_workers, bind_cpus, executor, scheduler_address, usable_cpus)
+        validate.pinning(n_workers, bind_cpus, executor, scheduler_address, _usable_cpus)
         validate.cache(cache, cache_key)
         show_progress = _option(wanted, progress, sys.stderr)
         validate.reporting_interval(reporting_interval)

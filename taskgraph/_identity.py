@@ -36,6 +36,7 @@ from typing import Any
 import xxhash
 
 from taskgraph._fingerprint import file_stat
+from taskgraph._frozen import frozen
 from taskgraph._function_info import FunctionInfo, function_info
 from taskgraph._function_info import marshalled as _marshal
 
@@ -393,7 +394,7 @@ _EXACT: dict[type, Callable[[_Canonical, Any], Any]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Identity:
     """A task's identity.
 

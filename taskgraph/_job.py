@@ -10,9 +10,9 @@ target fingerprints are taken right where the files were written.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -134,7 +134,10 @@ def worker_name() -> str:
     where = (os.getpid(), thread.ident or 0, thread.name)
     name = _WORKER_NAMES.get(where)
     if name is None:
-        name = f"{multiprocessing.current_process().name} (pid {where[0]})"
+        # Without multiprocessing imported, this is no worker of its: the main process.
+        multiprocessing = sys.modules.get("multiprocessing")
+        process = "MainProcess" if multiprocessing is None else multiprocessing.current_process().name
+        name = f"{process} (pid {where[0]})"
         if thread is not threading.main_thread():
             name = f"{name} {thread.name}"
         _WORKER_NAMES[where] = name

@@ -41,8 +41,6 @@ import sqlite3
 import time
 from typing import Any
 
-import sqlitedict
-
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest
 from taskgraph._ledger_commit import (
@@ -409,6 +407,8 @@ class Ledger:
                 "tool, or copied from another workspace, or the result is that of another run of "
                 "the task (computed from other input files) written back"
             )
+        import sqlitedict  # only a graph with stored results pays for its import
+
         return sqlitedict.decode(value)
 
     def _workspace_key(self, create: bool = True) -> bytes | None:
@@ -483,6 +483,8 @@ class Ledger:
                 for path, fp in files.items()
             )
         if outcome.store_result:
+            import sqlitedict  # only a graph with stored results pays for its import
+
             value = sqlitedict.encode(outcome.result)
             secret = self._workspace_key()
             assert secret is not None  # made when missing

@@ -13,15 +13,15 @@ and says what to pass instead.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import InvalidTaskError
 from taskgraph._fingerprint import validate_algorithm
+from taskgraph._frozen import frozen
 from taskgraph._identity import normalize_path
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _KNOWN_ALGORITHMS: set[str] = set()
 _NO_PATHS: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Call:
     """One ``add_task`` call, checked: what the Task is made of.
 
@@ -276,7 +276,10 @@ def n_workers(value: Any) -> None:
 
 def not_importing_main() -> None:
     """Refuse a graph made while a spawn worker imports the main script."""
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
+    # A spawn worker has imported multiprocessing before the script; a
+    # process that has not is not one (and need not pay for its import).
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is not None and getattr(multiprocessing.current_process(), "_inheriting", False):
         # Left to go on, the graph would wait for its own workers forever.
         raise InvalidTaskError(
             "TaskGraph() was called while a worker process started with 'spawn' imported the "

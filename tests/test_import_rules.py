@@ -139,12 +139,34 @@ def test_sql_outside_the_ledger_is_reported(tmp_path):
     assert sql_outside_the_ledger(str(copy)) == ["_view imports sqlite3: only the ledger speaks SQL"]
 
 
-@pytest.mark.parametrize("module", ["_fingerprint", "_claims", "_errors", "_threads", *LEDGER_ROOMS])
+@pytest.mark.parametrize("module", ["_fingerprint", "_frozen", "_claims", "_errors", "_threads", *LEDGER_ROOMS])
 def test_the_leaves_import_nothing_above_them(module):
     # design.md: the ledger and fingerprinting are leaves; the ledger's rooms import one another.
     with open(os.path.join(PACKAGE, f"{module}.py"), encoding="utf-8") as stream:
         used = imports_of(stream.read())
-    below = {"_errors", "_fingerprint", "_version"}
+    below = {"_errors", "_fingerprint", "_frozen", "_version"}
     if module in LEDGER_ROOMS:
         below |= set(LEDGER_ROOMS)
     assert used <= below, used
+
+
+def test_an_inline_graph_imports_no_process_machinery(tmp_path):
+    """A script that runs its tasks inline pays for no process pool (psutil,
+    multiprocessing) and, storing no results, no sqlitedict: a fifth of the
+    engine's import time, in every short run of such a script."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, taskgraph\n"
+        f"graph = taskgraph.TaskGraph({str(tmp_path / 'ws')!r}, -1)\n"
+        f"target = {str(tmp_path / 'out.txt')!r}\n"
+        "graph.add_task(open, args=(target, 'w'), target_path_list=[target], task_name='touch')\n"
+        "graph.close(); graph.join()\n"
+        "heavy = ('psutil', 'multiprocessing', 'sqlitedict', 'taskgraph._pool', 'taskgraph._forkserver')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "out.txt").exists()
