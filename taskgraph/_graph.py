@@ -218,7 +218,6 @@ class TaskGraph:
             raise
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
-        self._task_ids: set[int] = set()
         self._by_key: dict[str, Task] = {}
         self._closed = False
         self._shut_down = False
@@ -394,7 +393,7 @@ class TaskGraph:
         checked_func = noop if func is None else validate.function(func, invalid)
         call_args = validate.call_args(args, invalid)
         call_kwargs = validate.call_kwargs(kwargs, invalid)
-        dependencies = validate.dependencies(dependent_task_list, Task, self._task_ids, invalid)
+        dependencies = validate.dependencies(dependent_task_list, Task, self._tasks, invalid)
         raw_targets = validate.target_list(target_path_list, invalid)
         ignore = validate.ignored(ignore_path_list, invalid)
         algorithm = validate.hash_algorithm(hash_algorithm, invalid)
@@ -443,7 +442,6 @@ class TaskGraph:
             expected_time=call.expected_time,
         )
         self._tasks.append(task)
-        self._task_ids.add(id(task))
         self._by_key[identity.key] = task
         return task, True
 

@@ -2,7 +2,7 @@
 finished task as an outcome for the ledger.
 
 Pure translations: reads a ``Task`` and writes nothing of it. Imports
-``_arguments``, ``_identity`` (the readable arguments), ``_job``, ``_ledger``
+``_arguments`` (the tree and the readable arguments), ``_job``, ``_ledger``
 (``Outcome``), ``_failure`` and ``_task``/``_decide`` (types).
 """
 
@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from taskgraph._arguments import tree as argument_tree
+from taskgraph._arguments import tree_and_text
 from taskgraph._fingerprint import CachedDigest
-from taskgraph._identity import describe_arguments
 from taskgraph._job import Job, JobResult
 from taskgraph._ledger import Outcome
 
@@ -50,13 +49,14 @@ def job_for(
 def outcome_of(task: Task, result: JobResult, failure: Failure | None) -> Outcome:
     """What the ledger records of ``task``, finished with ``result`` (``failure``: how it failed)."""
     identity = task._identity
+    arguments, text = tree_and_text(task._args, task._kwargs)
     return Outcome(
         record_key=identity.record_key,
         task_key=identity.key,
         name=task.task_name,
         func=identity.function.name,
         source_hash=identity.function.source_hash,
-        args=describe_arguments(task._args, task._kwargs),
+        args=text,
         hash_algorithm=task._hash_algorithm,
         store_result=task._store_result,
         started=result.started or time.time(),
@@ -71,7 +71,7 @@ def outcome_of(task: Task, result: JobResult, failure: Failure | None) -> Outcom
         cpu_time=result.cpu_time,
         peak_memory=result.peak_memory,
         failure=(failure.type, failure.message, failure.frames_json()) if failure is not None else None,
-        arguments=argument_tree(task._args, task._kwargs),
+        arguments=arguments,
     )
 
 

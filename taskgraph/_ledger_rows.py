@@ -4,8 +4,8 @@ Owns the stored form of paths and text, what the writer takes in
 (``Outcome``) and hands out (``TaskRecord``, the plain tuples of its
 snapshot, ``Previous``), the one way a row
 becomes a ``Fingerprint`` and the one way a row becomes a ``CachedDigest``,
-and the re-execution key. Leaf module: the standard library, xxhash and
-``_fingerprint``; no SQL is run here.
+and the re-execution key. Leaf module: the standard library, xxhash,
+``_fingerprint`` and ``_frozen``; no SQL is run here.
 
 Paths (``files.path``, ``digests.path``) are TEXT, except a file name that is
 not valid UTF-8 (``os.listdir`` returns such names with surrogate escapes):
@@ -24,6 +24,7 @@ from typing import Any
 import xxhash
 
 from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
+from taskgraph._frozen import frozen
 
 
 def stored_path(path: str) -> str | bytes:
@@ -83,7 +84,7 @@ def cached_digest(row: Sequence[Any]) -> CachedDigest:
     return CachedDigest(FileStat(size, mtime_ns, ctime_ns, dev, ino, bool(is_dir)), digest, hashed_at_ns)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskRecord:
     """What the ledger holds about one task."""
 
@@ -99,7 +100,7 @@ class TaskRecord:
     error: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Previous:
     """The earlier record a new task is compared with (same name)."""
 

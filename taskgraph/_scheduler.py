@@ -262,9 +262,9 @@ class Scheduler(Deciding):
 
     def _drive_locked(self) -> None:
         while not self._stopped:
-            try:
-                message = self._inbox.get_nowait()
-            except queue.Empty:
+            # empty() before get_nowait(): this thread is the inbox's only
+            # reader, and a raised queue.Empty costs a microsecond per call.
+            if self._inbox.empty():
                 if not self._elsewhere or self._failure is not None:
                     return
                 # Inline: add_task returns only once its task is done, so wait
@@ -275,6 +275,7 @@ class Scheduler(Deciding):
                 self._wake_finished()
                 self._report()
                 continue
+            message = self._inbox.get_nowait()
             try:
                 self._batch(message)
             except KeyboardInterrupt as interrupt:
@@ -298,11 +299,9 @@ class Scheduler(Deciding):
 
     def _batch(self, first: tuple[str, Any]) -> None:
         messages = [first]
-        while True:
-            try:
-                messages.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+        inbox = self._inbox
+        while not inbox.empty():  # the only reader: see _drive_locked
+            messages.append(inbox.get_nowait())
         finished: list[Task] = []
         stop = False
         # close()/join(), Ctrl-C and the end commit what finished at once.

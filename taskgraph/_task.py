@@ -31,6 +31,42 @@ class Task:
     arguments (target paths aside), as in natcap taskgraph.
     """
 
+    # Slots: a graph of 100,000 tasks keeps them all, and an instance
+    # dictionary of this many attributes costs about 1.5 kB a task.
+    __slots__ = (
+        "__weakref__",
+        "_args",
+        "_cpu_time",
+        "_dependencies",
+        "_duration",
+        "_error",
+        "_expected_time",
+        "_finished",
+        "_finished_condition",
+        "_func",
+        "_had_record",
+        "_hash_algorithm",
+        "_identity",
+        "_ignore",
+        "_ignore_directories",
+        "_kwargs",
+        "_memory",
+        "_payload",
+        "_peak_memory",
+        "_priority",
+        "_reasons",
+        "_result",
+        "_started",
+        "_state",
+        "_store_result",
+        "_target_mode",
+        "_target_path_list",
+        "_transient_run",
+        "_worker",
+        "task_id",
+        "task_name",
+    )
+
     def __init__(
         self,
         task_id: int,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -200,8 +200,8 @@ def ignored(paths: Any, invalid: Invalid) -> frozenset[str]:
     return frozenset([normalize_path(path) for path in raw]) if raw else _NO_PATHS
 
 
-def dependencies(deps: Any, task_type: type[Task], graph_tasks: set[int], invalid: Invalid) -> tuple[Task, ...]:
-    """``dependent_task_list`` as a tuple of Tasks of this graph (whose ids are ``graph_tasks``)."""
+def dependencies(deps: Any, task_type: type[Task], graph_tasks: Sequence[Task], invalid: Invalid) -> tuple[Task, ...]:
+    """``dependent_task_list`` as a tuple of Tasks of this graph (``graph_tasks``, by ``task_id``)."""
     if deps is None:
         return ()
     if isinstance(deps, task_type):
@@ -220,7 +220,8 @@ def dependencies(deps: Any, task_type: type[Task], graph_tasks: set[int], invali
             f"Objects passed to dependent task list that are not tasks: {shown(bad)}. "
             "Pass the Task objects returned by add_task."
         )
-    foreign = [dep for dep in listed if id(dep) not in graph_tasks]
+    count = len(graph_tasks)
+    foreign = [dep for dep in listed if not (dep.task_id < count and graph_tasks[dep.task_id] is dep)]
     if foreign:
         raise invalid(
             f"dependent_task_list holds tasks of another TaskGraph: {foreign!r}. "

@@ -124,3 +124,24 @@ def test_a_function_is_the_same_whether_its_script_runs_or_is_imported(tmp_path,
     task = pipeline_module.build(ws, 2, dry_run=dry_run)
     assert [(reason.code, reason.argument) for reason in task.reasons] == [("arguments_changed", "args[1]")]
     assert task.reasons[0].detail == "its arguments changed: args[1]: 1 -> 2"
+
+
+# -- the tree and the readable text in one pass -------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from taskgraph._arguments import tree, tree_and_text  # noqa: E402
+from taskgraph._identity import describe_arguments  # noqa: E402
+
+_PLAIN = (st.text(max_size=260) | st.sampled_from(["/abs/path.tif", "rel/dir/file.txt", "a\\b", "x" * 198])
+          | st.integers(min_value=-10**45, max_value=10**45) | st.floats(allow_nan=True) | st.booleans() | st.none())
+_ANY = _PLAIN | st.lists(_PLAIN, max_size=3) | st.dictionaries(st.text(max_size=4), _PLAIN, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ANY, max_size=5), st.dictionaries(st.text(min_size=1, max_size=8), _ANY, max_size=4))
+def test_the_one_pass_rendering_is_the_tree_and_the_text(args, kwargs):
+    """What a record stores of its call does not depend on which way it was built."""
+    args = tuple(args)
+    assert tree_and_text(args, kwargs) == (tree(args, kwargs), describe_arguments(args, kwargs))

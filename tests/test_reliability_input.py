@@ -164,6 +164,16 @@ def test_a_self_referencing_argument_is_an_invalid_task(tmp_path):
         assert graph.add_task(r.identity, args=(1,), store_result=True).get() == 1  # still usable
 
 
+def test_a_dependency_from_another_graph_is_an_invalid_task(tmp_path):
+    # The other graph's task has the same position (task_id 0) as one of this graph's.
+    with taskgraph.TaskGraph(str(tmp_path / "a"), -1) as first, taskgraph.TaskGraph(str(tmp_path / "b"), -1) as second:
+        theirs = first.add_task(r.identity, args=(1,), task_name="theirs")
+        ours = second.add_task(r.identity, args=(2,), task_name="ours")
+        with pytest.raises(taskgraph.InvalidTaskError, match=r"'joined'.*another TaskGraph.*same graph"):
+            second.add_task(r.identity, args=(3,), dependent_task_list=[ours, theirs], task_name="joined")
+        assert second.add_task(r.identity, args=(4,), dependent_task_list=[ours], store_result=True).get() == 4
+
+
 def test_a_too_deeply_nested_argument_is_an_invalid_task(tmp_path):
     deep = []
     inner = deep
