@@ -220,14 +220,16 @@ class MemoryDigestCache:
         self.entries[(path, algorithm)] = entry
 
 
-def _digest(path: str, st: FileStat, algorithm: str, cache: DigestCache | None) -> str:
-    """Content digest of ``path`` whose current stat is ``st``, via the cache."""
+def _digest(path: str, st: FileStat, algorithm: str, cache: DigestCache | None, trust_racy: bool = False) -> str:
+    """Content digest of ``path`` whose current stat is ``st``, via the cache
+    (an entry hashed in the racy window of its mtime only with ``trust_racy``:
+    see :func:`take`)."""
     if cache is not None:
         entry = cache.lookup_digest(path, algorithm)
         if (
             entry is not None
             and entry.stat == st
-            and not _is_racy(st.mtime_ns, entry.hashed_at_ns)
+            and (trust_racy or not _is_racy(st.mtime_ns, entry.hashed_at_ns))
         ):
             return entry.digest
     hashed_at_ns = time.time_ns()
@@ -261,11 +263,21 @@ class Fingerprint:
     taken_at_ns: int
 
 
-def take(path: str, mode: str, cache: DigestCache | None = None) -> Fingerprint | None:
+def take(path: str, mode: str, cache: DigestCache | None = None, *, trust_racy: bool = False) -> Fingerprint | None:
     """Fingerprint ``path`` with ``mode``; None if it does not exist.
 
     Directories are fingerprinted by size and mtime whatever the mode, since
     their contents cannot be hashed as a stream.
+
+    ``trust_racy``: a racily clean ``'sizetimestamp'`` fingerprint may take
+    its check digest from a cache entry for this very stat even if that
+    digest was itself taken in the racy window (a dependency's target,
+    hashed as it was recorded a moment ago). Safe for a fingerprint that is
+    only recorded: had the file been rewritten within the same tick since,
+    the record holds the older content's digest, and the next check (which
+    trusts no racy digest) finds it changed and runs the task again; never
+    the reverse. Not for a digest that is used at once as the content's
+    (the shared cache's key).
 
     Raises:
         OSError: if a content mode cannot read the file.
@@ -291,7 +303,7 @@ def take(path: str, mode: str, cache: DigestCache | None = None) -> Fingerprint 
         return Fingerprint(mode, st.size, st.mtime_ns, _digest(path, st, mode, cache), taken_at_ns)
     digest = None
     if _is_racy(st.mtime_ns, taken_at_ns):
-        digest = _digest(path, st, CHECK_ALGORITHM, cache)
+        digest = _digest(path, st, CHECK_ALGORITHM, cache, trust_racy)
     return Fingerprint(mode, st.size, st.mtime_ns, digest, taken_at_ns)
 
 

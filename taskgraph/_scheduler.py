@@ -49,7 +49,7 @@ from taskgraph._errors import (
 )
 from taskgraph._executor import Executor
 from taskgraph._failure import describe as describe_failure
-from taskgraph._fingerprint import is_content_algorithm
+from taskgraph._fingerprint import CHECK_ALGORITHM, is_content_algorithm
 from taskgraph._handoff import job_for, outcome_of
 from taskgraph._history import History
 from taskgraph._job import JobResult, check_storable
@@ -580,11 +580,16 @@ class Scheduler(Deciding):
         if LOGGER.isEnabledFor(logging.DEBUG):
             LOGGER.debug("task %r runs: %s", task.task_name, "; ".join(map(str, decision.reasons)))
         known = {}
-        if is_content_algorithm(task._hash_algorithm):
+        # The inputs' digests the ledger holds: a content mode's, or the check
+        # digest a racily clean 'sizetimestamp' input needs (most often a
+        # dependency's target, just hashed): the job need not read them again.
+        algorithm = task._hash_algorithm if is_content_algorithm(task._hash_algorithm) else (
+            CHECK_ALGORITHM if task._hash_algorithm == "sizetimestamp" else None)
+        if algorithm is not None:
             for path in decision.inputs:
-                entry = self._ledger.lookup_digest(path, task._hash_algorithm)
+                entry = self._ledger.lookup_digest(path, algorithm)
                 if entry is not None:
-                    known[(path, task._hash_algorithm)] = entry
+                    known[(path, algorithm)] = entry
         cache = None if self._cache is None else self._cache.job_for(task, decision, known, self._ledger)
         job = job_for(task, decision, known, cache)
         if self._overlap:

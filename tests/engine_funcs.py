@@ -100,3 +100,11 @@ def copy_bytes(out_path, in_path):
 def slow_write(path, text, seconds):
     time.sleep(seconds)
     write(path, text)
+
+
+def write_racy(path, size):
+    """Write ``size`` random bytes with an mtime in the future: any fingerprint of it is racily clean."""
+    with open(path, "wb") as stream:
+        stream.write(os.urandom(size))
+    future = time.time_ns() + 60_000_000_000
+    os.utime(path, ns=(future, future))

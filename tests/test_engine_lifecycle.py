@@ -161,6 +161,33 @@ def test_unchanged_content_hashed_input_is_not_read_again(tmp_path):
     assert task.state == "ran" and [r.code for r in task.reasons] == ["input_changed"]
 
 
+def test_a_dependencys_racy_target_is_not_read_again_as_its_dependents_input(tmp_path):
+    """The digest taken as a racily clean target was recorded serves the
+    dependent's record of the same file as an input; the next check, which
+    trusts no racy digest, still reads it and finds it unchanged."""
+    shared, out = str(tmp_path / "shared.bin"), str(tmp_path / "out.txt")
+    workspace = str(tmp_path / "ws")
+
+    def run():
+        with taskgraph.TaskGraph(workspace, -1) as graph:
+            first = graph.add_task(f.write_racy, args=(shared, 4 << 20), target_path_list=[shared])
+            read_before = psutil.Process().io_counters().read_chars
+            # write() names the file in its arguments (an input) but does not read it.
+            second = graph.add_task(f.write, args=(out, shared), target_path_list=[out], dependent_task_list=[first])
+            return first, second, psutil.Process().io_counters().read_chars - read_before
+
+    first, second, read = run()
+    assert (first.state, second.state) == ("ran", "ran")
+    assert read < 1 << 20  # the 4 MiB input was not hashed again
+    con = sqlite3.connect(os.path.join(workspace, taskgraph.LEDGER_FILENAME))
+    digests = {role: digest for role, digest in con.execute("SELECT role, digest FROM files WHERE path=?", (shared,))}
+    con.close()
+    assert digests["input"] is not None and digests["input"] == digests["target"]
+    first, second, read = run()
+    assert (first.state, second.state) == ("skipped", "skipped")
+    assert read >= 4 << 20  # still racy: checked by reading it
+
+
 @pytest.mark.parametrize("func,phrase", [
     (f.unpicklable_result, "cannot be pickled"),
     (f.raise_unpicklable, "cannot travel"),
