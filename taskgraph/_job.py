@@ -124,6 +124,30 @@ def flatten_record(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
+def _thread_cpu_clock() -> Callable[[], float]:
+    """This thread's CPU seconds (user and system), read as cheaply as the platform allows.
+
+    Linux: ``getrusage(RUSAGE_THREAD)``. ``time.thread_time()`` reads the same
+    clock through ``CLOCK_THREAD_CPUTIME_ID``, which a virtual machine may
+    serve slowly: here 0.4 µs in a tight loop but 230 µs right after the
+    thread wrote a file, against 2 µs for ``getrusage`` (two reads per job).
+    """
+    try:
+        import resource
+
+        who = resource.RUSAGE_THREAD
+    except (ImportError, AttributeError):  # Windows, macOS
+        return time.thread_time
+
+    def thread_cpu() -> float:
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+
+    return thread_cpu
+
+
+thread_cpu = _thread_cpu_clock()
+
 _WORKER_NAMES: dict[tuple[int, int, str], str] = {}
 
 
@@ -202,7 +226,7 @@ def run_job(
     ``JobResult.error``.
     """
     outcome = JobResult(task_id, started=time.time(), worker=worker_name())
-    cpu_started = time.thread_time()
+    cpu_started = thread_cpu()
     func, args, kwargs = call
     cache = MemoryDigestCache()
     if known_digests:
@@ -261,7 +285,7 @@ def run_job(
             session.close()  # another process waiting for this key may go on
             outcome.cache = session.outcome
     outcome.ended = time.time()
-    outcome.cpu_time = time.thread_time() - cpu_started
+    outcome.cpu_time = thread_cpu() - cpu_started
     return outcome
 
 

@@ -1,11 +1,15 @@
 """The niced process pool (``n_workers > 0``): the calling process's side.
 
 One thread, the pool's manager, owns every worker and every job, as in
-CPython's ``concurrent.futures.process``. The scheduler's ``submit`` and
-``shutdown`` only post a request and wake it. Who writes and who reads what::
+CPython's ``concurrent.futures.process``. The scheduler's ``shutdown`` only
+posts a request and wakes it; so does ``submit``, unless the manager's lock is
+free and a worker can take the job now (see :meth:`ProcessPool._hand_over`).
+Who writes and who reads what::
 
-    scheduler ──submit(job, done)/shutdown()──> requests queue + wake-up pipe
-                                                      │
+    scheduler ──submit(job, done)/shutdown()──> requests queue + wake-up socket
+        │                                             │
+        └──(small job, a worker free for it: under the manager's lock)──┐
+                                                                        ▼
     manager thread ──job──> worker.conn ──> worker process (taskgraph._worker)
          ▲                                              │
          └── worker.conn ('R' result, 'L' log record) ──┘
@@ -46,7 +50,7 @@ process dies. With ``bind_cpus`` each worker is pinned to a core of its own.
 This module decides when a worker starts, stops or is killed; how (its
 record, starting and killing it, the errors of its end) is
 :mod:`taskgraph._pool_workers`'. Imports ``_executor``, ``_forkserver``,
-``_pool_workers``, ``_worker``, ``_threads``, ``_job`` and ``_errors``.
+``_pool_workers``, ``_pool_wait``, ``_worker``, ``_threads``, ``_job`` and ``_errors``.
 """
 
 from __future__ import annotations
@@ -55,10 +59,10 @@ import collections
 import contextlib
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
 import queue
+import socket
 import sys
 import threading
 import time
@@ -69,6 +73,7 @@ from taskgraph import _forkserver, _threads
 from taskgraph._errors import TaskExecutionError, WorkerDiedError
 from taskgraph._executor import DoneCallback, Executor
 from taskgraph._job import Job, JobResult, RemoteTraceback
+from taskgraph._pool_wait import Waiter
 from taskgraph._pool_workers import (
     Entry,
     Worker,
@@ -164,12 +169,22 @@ class ProcessPool(Executor):
                 self.start_method = "spawn"
         self._context: Any = multiprocessing.get_context("spawn")
         self._requests: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        # What the manager waits on: the wake-up socket, each worker's pipe (and
+        # its sentinel under spawn), the fork server's socket while it lives.
+        self._waiter = Waiter()
+        self._waiter.add(self._wake_r)
+        if self._server is not None:
+            self._waiter.add(self._server)
         # Set by the first request after the manager last looked: later ones
         # need not write to the pipe again (a write per job costs a system call).
         self._wake_lock = threading.Lock()
         self._wake_pending = False
-        # Owned by the manager thread alone from here on:
+        # Owned by the manager thread from here on, which holds this lock
+        # whenever it is not waiting; the thread that submits a job takes it
+        # to hand the job straight to a worker that can take it (_hand_over).
+        self._lock = threading.Lock()
         self._levels: dict[str, int] | None = None
         self._workers: list[Worker] = []
         self._idle: list[Worker] = []
@@ -201,6 +216,8 @@ class ProcessPool(Executor):
 
     def submit(self, job: Job, done: DoneCallback) -> None:
         assert job.payload is not None
+        if self._hand_over(job, done):
+            return
         with self._stop_lock:
             if not self._stopped:
                 self._requests.put(("job", job, done))
@@ -208,6 +225,32 @@ class ProcessPool(Executor):
                 return
         # The manager has taken its last requests: the job fails here, at once.
         done(JobResult(job.task_id, error=not_started(job)))
+
+    def _hand_over(self, job: Job, done: DoneCallback) -> bool:
+        """Give a small job to a worker that can take it now (idle, or for a
+        short job, busy with a short one), here in the caller's thread, under
+        the manager's lock: it saves the round through the manager thread
+        (its wake-up, then its send), which is most of the cost of each link
+        of a chain. False when the manager must take it: a request is waiting
+        before it (so order is kept), a worker must be started, the pool is
+        closing, or the message is large or cannot be made."""
+        if not self._lock.acquire(blocking=False):
+            return False  # the manager is at work: it takes the job in its turn
+        try:
+            if self._closing or not self._requests.empty() or (
+                    not self._idle and len(self._workers) < self.capacity):
+                return False
+            try:
+                message = self._message(job)
+            except Exception:
+                return False  # the manager fails it, saying why
+            if len(message) > _QUEUE_MAX_BYTES:
+                return False
+            self._backlog.append(Entry(job, done, message))
+            self._drain_backlog()  # a job no worker can take yet stays for the manager's next event
+            return True
+        finally:
+            self._lock.release()
 
     def shutdown(self, kill: bool = False) -> None:
         self._requests.put(("shutdown", kill, None))
@@ -224,7 +267,7 @@ class ProcessPool(Executor):
                 return
             self._wake_pending = True
         with contextlib.suppress(OSError):
-            self._wake_w.send_bytes(b"w")
+            self._wake_w.send(b"w")
 
     # -- the manager thread ------------------------------------------------------------
 
@@ -232,39 +275,32 @@ class ProcessPool(Executor):
         try:
             self._run()
         except BaseException as error:  # a bug here must not leave jobs waiting forever
-            self._fail_all(error)
+            with self._lock:
+                self._fail_all(error)
         finally:
-            self._wind_up()
+            with self._lock:
+                self._wind_up()
 
     def _run(self) -> None:
-        """Take requests and handle whatever is ready, until the pool is closing and no worker is left."""
+        """Take requests and handle whatever is ready, until the pool is closing
+        and no worker is left. Everything but the wait holds the lock (see
+        :meth:`_hand_over`)."""
         while True:
-            self._take_requests()
-            if self._server is not None and (self._server.pending or self._server.gone):
-                # Exits read while a worker was starting, or the server found gone
-                # then: settle what that tells about the workers.
-                self._on_ready(self._server)
-            if self._closing and not self._workers:
-                return
-            timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
-            ready = multiprocessing.connection.wait(self._handles(), timeout)
-            if not ready and self._closing and time.monotonic() >= self._deadline:
-                self._escalate()
-            for handle in ready:
-                self._on_ready(handle)
-
-    def _handles(self) -> list[Any]:
-        """What the manager waits on: the wake-up pipe, each worker's pipe and
-        sentinel (under spawn), and the fork server's socket while it lives."""
-        handles: list[Any] = [self._wake_r]
-        for worker in self._workers:
-            if worker.conn is not None:
-                handles.append(worker.conn)
-            if worker.process is not None:
-                handles.append(worker.process.sentinel)
-        if self._server is not None and not self._server.gone:
-            handles.append(self._server)
-        return handles
+            with self._lock:
+                self._take_requests()
+                if self._server is not None and (self._server.pending or self._server.gone):
+                    # Exits read while a worker was starting, or the server found gone
+                    # then: settle what that tells about the workers.
+                    self._on_ready(self._server)
+                if self._closing and not self._workers:
+                    return
+                timeout = max(0.0, self._deadline - time.monotonic()) if self._closing else None
+            ready = self._waiter.wait(timeout)
+            with self._lock:
+                if not ready and self._closing and time.monotonic() >= self._deadline:
+                    self._escalate()
+                for handle in ready:
+                    self._on_ready(handle)
 
     def _fail_all(self, error: BaseException) -> None:
         """The manager thread failed: kill every worker and fail its jobs."""
@@ -291,6 +327,7 @@ class ProcessPool(Executor):
         with contextlib.suppress(BaseException):
             self._drain_backlog()  # closing: every job still waiting fails as not started
         self._finalizer.detach()
+        self._waiter.close()
         if self._server is not None:
             self._server.close()
         for handle in (self._wake_r, self._wake_w):
@@ -353,9 +390,9 @@ class ProcessPool(Executor):
                 return
 
     def _on_wake(self) -> None:
-        with contextlib.suppress(EOFError, OSError):
-            while self._wake_r.poll():
-                self._wake_r.recv_bytes()
+        with contextlib.suppress(OSError):  # BlockingIOError: drained already
+            while self._wake_r.recv(4096):
+                pass
         with self._wake_lock:
             self._wake_pending = False  # requests posted from now on wake it again
         self._take_requests()
@@ -370,6 +407,7 @@ class ProcessPool(Executor):
                     self._on_death(worker)
                     break
         if self._server.gone:
+            self._waiter.remove(self._server)
             # Its workers' exits will not be reported: a closed pipe is their end now.
             for worker in list(self._workers):
                 if worker.conn is None:
@@ -378,29 +416,35 @@ class ProcessPool(Executor):
     def _on_readable(self, worker: Worker) -> None:
         assert worker.conn is not None
         try:
-            data = worker.conn.recv_bytes()
+            messages = worker.frames.read()
         except (EOFError, OSError):
             self._pipe_closed(worker)
             return
-        self._on_message(worker, data)
+        for data in messages:
+            self._on_message(worker, data)
 
     def _read_what_is_there(self, worker: Worker) -> None:
         """Handle the messages already in a worker's pipe, without waiting."""
         with contextlib.suppress(EOFError, OSError):
             while worker.jobs and worker.conn is not None and worker.conn.poll():
-                self._on_message(worker, worker.conn.recv_bytes())
+                for data in worker.frames.read():
+                    self._on_message(worker, data)
 
     def _pipe_closed(self, worker: Worker) -> None:
         """The worker's end of its pipe closed: it has died, or is dying.
         Its exit status (from its sentinel or the fork server) completes it."""
-        if worker.conn is not None:
-            with contextlib.suppress(OSError):
-                worker.conn.close()
-            worker.conn = None
+        self._close_conn(worker)
         with contextlib.suppress(ValueError):
             self._idle.remove(worker)
         if worker.process is None and (self._server is None or self._server.gone):
             self._on_death(worker)
+
+    def _close_conn(self, worker: Worker) -> None:
+        if worker.conn is not None:
+            self._waiter.remove(worker.conn)  # before it is closed
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+            worker.conn = None
 
     def _on_message(self, worker: Worker, data: bytes) -> None:
         tag, body = data[:1], data[1:]
@@ -456,10 +500,9 @@ class ProcessPool(Executor):
             self._idle.remove(worker)
         if worker.cpu is not None and self._free_cpus is not None:
             self._free_cpus.append(worker.cpu)  # its replacement takes the core
-        if worker.conn is not None:
-            with contextlib.suppress(OSError):
-                worker.conn.close()
-            worker.conn = None
+        if worker.process is not None:
+            self._waiter.remove(worker.process.sentinel)
+        self._close_conn(worker)
         entries, worker.jobs = list(worker.jobs), collections.deque()
         if entries:
             first = entries.pop(0)
@@ -477,7 +520,7 @@ class ProcessPool(Executor):
             done(JobResult(job.task_id, error=not_started(job)))
             return
         try:
-            message = pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
+            message = self._message(job)
         except Exception as error:
             done(JobResult(job.task_id, error=TaskExecutionError(
                 f"task {job.name!r} could not be sent to a worker process: {type(error).__name__}: {error}"
@@ -485,6 +528,10 @@ class ProcessPool(Executor):
             return
         self._backlog.append(Entry(job, done, message))
         self._drain_backlog()
+
+    @staticmethod
+    def _message(job: Job) -> bytes:
+        return pickle.dumps((job.payload, job.spec()), protocol=pickle.HIGHEST_PROTOCOL)
 
     def _drain_backlog(self) -> None:
         """Give waiting jobs to workers: an idle one, a new one while fewer than
@@ -536,6 +583,9 @@ class ProcessPool(Executor):
                 self._free_cpus.append(cpu)
             raise
         self._workers.append(worker)
+        self._waiter.add(worker.conn)
+        if worker.process is not None:
+            self._waiter.add(worker.process.sentinel)
         return worker
 
 

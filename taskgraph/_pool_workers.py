@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from taskgraph._errors import WorkerDiedError, WorkerStartError
-from taskgraph._worker import worker_main
+from taskgraph._worker import Frames, worker_main
 
 if TYPE_CHECKING:
     from taskgraph._executor import DoneCallback
@@ -44,11 +44,12 @@ class Entry:
 class Worker:
     """The manager thread's record of one worker process."""
 
-    __slots__ = ("conn", "cpu", "exitcode", "finished_jobs", "index", "jobs", "name", "pid", "process")
+    __slots__ = ("conn", "cpu", "exitcode", "finished_jobs", "frames", "index", "jobs", "name", "pid", "process")
 
     def __init__(self, pid: int, conn: Connection, index: int, cpu: int | None, process: Any = None) -> None:
         self.pid = pid
         self.conn: Connection | None = conn
+        self.frames = Frames(conn)  # what it sends, read from conn
         self.index = index
         self.name = f"taskgraph-worker-{index}"
         self.cpu = cpu

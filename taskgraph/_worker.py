@@ -15,6 +15,7 @@ thread while the job runs and completed by the kernel's exact high-water mark
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -23,6 +24,7 @@ import os
 import pickle
 import select
 import signal
+import struct
 import sys
 import threading
 import time
@@ -39,6 +41,10 @@ from taskgraph._job import JobResult, encode_result, flatten_record, run_job
 RESULT = b"R"
 LOG = b"L"
 STOP = b""
+_SIZE = struct.Struct("!i")  # multiprocessing's framing: a length, or -1 and a long one
+_LONG_SIZE = struct.Struct("!Q")
+_READ_BYTES = 64 * 1024
+_MAX_READ_BYTES = 4 * 1024 * 1024
 _SAMPLE_S = 0.01
 _PARK_AFTER_S = 1.0
 _PARENT_POLL_S = 1.0
@@ -49,6 +55,85 @@ def low_priority() -> int:
     if psutil.WINDOWS:
         return int(psutil.BELOW_NORMAL_PRIORITY_CLASS)  # type: ignore[attr-defined,unused-ignore]
     return 10
+
+
+class Frames:
+    """The messages arriving on one end of a pipe, written by
+    ``Connection.send_bytes`` on the other.
+
+    ``Connection.recv_bytes`` makes two system calls per message (its length,
+    then its body); here one read takes whatever has arrived, which may be
+    several messages (a job's log records and its result) or part of one
+    (kept until the rest comes). Where a pipe has no descriptor (Windows),
+    each read is one ``recv_bytes``.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._fd = conn.fileno() if os.name == "posix" else -1
+        self._buffer = bytearray()
+        self._wanted = _SIZE.size  # bytes the next message needs at least
+        self._messages: collections.deque[bytes] = collections.deque()
+        # Small reads land here: a new 64 KiB bytes object per read, shrunk to
+        # what came, cost more in page faults than the read itself.
+        self._chunk = bytearray(_READ_BYTES)
+
+    def read(self) -> list[bytes]:
+        """One read (blocking until something arrives): the messages it
+        completed, maybe none.
+
+        Raises:
+            EOFError: the other end is closed.
+            OSError: the pipe broke.
+        """
+        if self._fd < 0:
+            return [self._conn.recv_bytes()]
+        missing = self._wanted - len(self._buffer)
+        if missing > _READ_BYTES:  # the rest of a large message
+            data = os.read(self._fd, min(missing, _MAX_READ_BYTES))
+            if not data:
+                raise EOFError
+            self._buffer += data
+            return self._split()
+        count = os.readv(self._fd, [self._chunk])
+        if not count:
+            raise EOFError
+        with memoryview(self._chunk) as view:
+            if not self._buffer and count >= _SIZE.size and _SIZE.unpack_from(view)[0] == count - _SIZE.size:
+                return [bytes(view[_SIZE.size:count])]  # exactly one message: the usual case
+            self._buffer += view[:count]
+        return self._split()
+
+    def _split(self) -> list[bytes]:
+        messages = []
+        buffer, start, wanted = self._buffer, 0, _SIZE.size
+        with memoryview(buffer) as view:
+            while len(buffer) - start >= _SIZE.size:
+                size, header = _SIZE.unpack_from(buffer, start)[0], _SIZE.size
+                if size == -1:
+                    if len(buffer) - start < _SIZE.size + _LONG_SIZE.size:
+                        wanted = _SIZE.size + _LONG_SIZE.size
+                        break
+                    size, header = _LONG_SIZE.unpack_from(buffer, start + _SIZE.size)[0], _SIZE.size + _LONG_SIZE.size
+                if len(buffer) - start < header + size:
+                    wanted = header + size
+                    break
+                messages.append(bytes(view[start + header:start + header + size]))
+                start += header + size
+        del buffer[:start]
+        self._wanted = wanted
+        return messages
+
+    def next(self) -> bytes:
+        """The next message, waiting for it (the worker's side).
+
+        Raises:
+            EOFError: the other end is closed.
+            OSError: the pipe broke.
+        """
+        while not self._messages:
+            self._messages.extend(self.read())
+        return self._messages.popleft()
 
 
 class _PipeLogHandler(logging.Handler):
@@ -296,9 +381,10 @@ def worker_main(
 
 
 def _serve(conn: Connection, send_lock: threading.Lock, sampler: _PeakSampler) -> None:
+    frames = Frames(conn)
     while True:
         try:
-            data = conn.recv_bytes()
+            data = frames.next()
         except (EOFError, OSError):
             return
         if data == STOP:
@@ -323,4 +409,5 @@ def _serve(conn: Connection, send_lock: threading.Lock, sampler: _PeakSampler) -
         del outcome, blob
 
 
-__all__ = ["LOG", "RESULT", "STOP", "alive", "flush_std_streams", "low_priority", "wait_for_exit", "worker_main"]
+__all__ = ["LOG", "RESULT", "STOP", "Frames", "alive", "flush_std_streams", "low_priority", "wait_for_exit",
+           "worker_main"]

@@ -53,3 +53,13 @@ def _rebuild(made_in):
 
 def make_worker_only_value():
     return WorkerOnlyValue()
+
+
+def chatty(logger_name, index, records, size):
+    """Log ``records`` numbered records, then return ``size`` bytes that name ``index``."""
+    import logging
+
+    logger = logging.getLogger(logger_name)
+    for number in range(records):
+        logger.warning("task %d record %d", index, number)
+    return (str(index).encode() * size)[:size]

@@ -103,3 +103,12 @@ def recorder(label, log, gate=None):
 
 def slice_sum(array, start, stop):
     return float(array[start:stop].sum())
+
+
+def burn_cpu(seconds):
+    """Spin until this thread has used ``seconds`` of CPU time, however loaded the machine (and niced the worker)."""
+    end = time.thread_time() + seconds
+    count = 0
+    while time.thread_time() < end:
+        count += 1
+    return count

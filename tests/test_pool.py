@@ -8,6 +8,7 @@ pipelines), with a timeout: a hang fails the test instead of the suite.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -215,6 +216,61 @@ def test_terminate_while_a_large_result_is_in_transfer(tmp_path):
         graph.join(timeout=30)
     assert task._finished
     assert no_new_children(before)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"] if hasattr(os, "fork") else ["spawn"])
+def test_log_records_and_results_of_every_size_arrive_whole_and_in_order(tmp_path, start_method):
+    """Small and large results (a few bytes to several MiB, read in many
+    pieces) and bursts of log records, from tasks that run one after another
+    in the same workers: each task's records arrive, in the order it logged
+    them, and every result is whole."""
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("pool.test.chatty")
+    logger.addHandler(Keep())
+    sizes = [1, 3 * 2**20, 10, 70_000, 0, 9 * 2**20 + 5, 2, 4]
+    try:
+        graph = taskgraph.TaskGraph(str(tmp_path), 2, start_method=start_method)
+        tasks = [graph.add_task(pf.chatty, args=("pool.test.chatty", i, 50, size), store_result=True,
+                                task_name=f"chatty{i}") for i, size in enumerate(sizes)]
+        graph.close()
+        assert graph.join(timeout=120)
+    finally:
+        logger.handlers.clear()
+    for i, (task, size) in enumerate(zip(tasks, sizes, strict=True)):
+        assert task.get(timeout=10) == (str(i).encode() * size)[:size]
+        mine = [text for text in records if text.startswith(f"task {i} ")]
+        assert mine == [f"task {i} record {number}" for number in range(50)]
+
+
+def test_messages_are_read_whole_however_they_arrive():
+    """The framing ``Connection.send_bytes`` writes, read back through
+    ``Frames`` however the bytes are cut (a length split from its body,
+    several messages in one read, the long form of a length)."""
+    import socket
+    import struct
+    from multiprocessing.connection import Connection
+
+    from taskgraph._worker import Frames
+
+    ours, theirs = socket.socketpair()
+    reader = Frames(Connection(ours.detach()))
+    stream = b"".join([struct.pack("!i", 3), b"abc", struct.pack("!i", 0), struct.pack("!i", -1),
+                       struct.pack("!Q", 5), b"hello", struct.pack("!i", 2), b"xy"])
+    got = []
+    for start, end in ((0, 2), (2, 7), (7, 15), (15, 22), (22, len(stream))):
+        theirs.sendall(stream[start:end])  # a local socket: the next read takes all of it
+        got.extend(reader.read())
+    assert got == [b"abc", b"", b"hello", b"xy"]
+    theirs.sendall(struct.pack("!i", 4) + b"last")
+    assert reader.next() == b"last"
+    theirs.close()
+    with pytest.raises(EOFError):
+        reader.read()
 
 
 def test_a_pool_made_and_dropped_leaves_no_process():
