@@ -60,7 +60,7 @@ from taskgraph._ledger_commit import (
     empty_rows,
     transaction,
 )
-from taskgraph._ledger_considered import RECORD_ID, Considered, end_of_run
+from taskgraph._ledger_considered import Considered, end_of_run
 from taskgraph._ledger_keys import KEY_SUFFIX, result_mac, workspace_key
 from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, StaleRow, TaskRow
 from taskgraph._ledger_rows import (
@@ -459,7 +459,6 @@ class Ledger:
         failure = outcome.failure or (None, None, None)
         rows = self._rows
         run_key = exec_key(key, outcome.inputs)
-        rows[RECORD_ID].append((key,))
         rows[UPSERT_TASK].append((
             key, outcome.task_key, run_key, stored_text(outcome.name), stored_text(outcome.func),
             outcome.source_hash, stored_text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,

@@ -27,7 +27,7 @@ from typing import Any
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest
-from taskgraph._ledger_considered import CONSIDER, PACK, RECORD_ID
+from taskgraph._ledger_considered import CONSIDER, PACK, give_ids
 from taskgraph._ledger_rows import stored_path
 from taskgraph._ledger_schema import BUSY_TIMEOUT_S
 
@@ -40,16 +40,16 @@ LOCK_RETRIES = 10
 DELETE_FILES = "DELETE FROM files WHERE record_key=?"
 DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
 DELETE_RESULT = "DELETE FROM results WHERE key=?"
-# (the record's id from record_ids, written just before it)
+# (a record keeps its id; a new one gets it from give_ids, after its rows)
 UPSERT_TASK = ("INSERT OR REPLACE INTO tasks VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,"
-               "?19,?20,?21,?22,(SELECT id FROM record_ids WHERE record_key=?1))")
+               "?19,?20,?21,?22,(SELECT record_id FROM tasks WHERE record_key=?1))")
 INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
 DECISION = "INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?)"
 END_RUN = "UPDATE runs SET ended=?, tasks=?, ran=?, skipped=?, failed=? WHERE run_id=?"
 RECORD_STATEMENTS = (
-    DELETE_FILES, DELETE_DEPS, DELETE_RESULT, RECORD_ID, UPSERT_TASK, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
+    DELETE_FILES, DELETE_DEPS, DELETE_RESULT, UPSERT_TASK, INSERT_FILE, INSERT_DEP, UPSERT_RESULT,
 )
 # (what a run considered: see _ledger_considered)
 STATEMENTS = (*RECORD_STATEMENTS, DECISION, CONSIDER, PACK, END_RUN)
@@ -110,6 +110,7 @@ def _commit_each(conn: sqlite3.Connection, path: str, rows: Rows) -> set[str]:
                 for sql in RECORD_STATEMENTS:
                     if sql in block:
                         conn.executemany(sql, block[sql])
+                give_ids(conn)
         except LedgerError:
             break
         committed.add(row[0])
@@ -120,6 +121,8 @@ def _write(conn: sqlite3.Connection, rows: Rows, digests: dict[tuple[str, str], 
     for sql in STATEMENTS:
         if rows[sql]:
             conn.executemany(sql, rows[sql])
+    if rows[UPSERT_TASK]:
+        give_ids(conn)
     if digests:
         conn.executemany(
             "INSERT OR REPLACE INTO digests VALUES (?,?,?,?,?,?,?,?,?,?)",

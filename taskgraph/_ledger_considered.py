@@ -1,22 +1,24 @@
 """What each run considered: a row per record, but plain skips packed per commit.
 
 Owns the stored form of a run's *considered* set (``considered`` rows,
-``considered_skips`` packs of ``record_ids``), the writer's side of it
+``considered_skips`` packs of record ids), the records' ids, the writer's side of it
 (:class:`Considered`: what this run was given, what became of each, what is
 not committed yet), the end of a run (:func:`end_of_run`: the skips that leave
 settled into ``decisions``, older runs dropped) and the read side's expansion
 into one temporary table for SQL (:func:`expand`). Leaf module: the standard
 library only.
 
-Each record has a stable integer id (``record_ids``, AUTOINCREMENT: an id is
-never given again, not even after ``forget``). A run writes one
+Each record has a stable integer id (``tasks.record_id``, kept when its row
+is replaced, given in the commit that first records it from a counter in
+``meta`` that only grows: an id is never given again, not even after
+``forget``). A run writes one
 ``considered`` row for each record it was given in any state but a plain
 ``'skipped'`` (``'pending'``, ``'running'``, ``'ran'``, ``'restored'``,
 ``'failed'``, ``'cancelled'``, and a skip that follows a committed row), and,
 per group commit, one ``considered_skips`` row holding the ids of the
 records it skipped (:func:`pack`). A run's state of a record is its row's if
 it has one, else ``'skipped'`` if a pack of the run holds the record's id; an
-id no longer in ``record_ids`` (forgotten) counts for nothing. So a rerun that
+id no record has any more (forgotten) counts for nothing. So a rerun that
 skips every task writes one row per commit, not one per task, and when it
 ends it drops the previous run's few packs rather than a row per task. Packs
 and rows ride in the commits of the records beside them: what a killed run
@@ -32,8 +34,6 @@ from typing import Any
 
 CONSIDER = "INSERT OR REPLACE INTO considered VALUES (?,?,?)"
 PACK = "INSERT OR REPLACE INTO considered_skips VALUES (?,?,?)"
-#: A recorded task gets its id the first time it is recorded.
-RECORD_ID = "INSERT OR IGNORE INTO record_ids (record_key) VALUES (?)"
 #: The expanded table (:func:`expand`): (run_id, record_key, state), every
 #: run's considered records.
 EXPANDED = "temp.considered_all"
@@ -204,6 +204,21 @@ class Considered:
                       if state == "skipped" and (record_id := id_of(key)) is not None)
 
 
+def give_ids(conn: sqlite3.Connection) -> None:
+    """In a commit, after its records: give each record that has no id yet
+    the next ones, in the order they were written (those of one commit are
+    consecutive, so their skips pack into one range)."""
+    new = conn.execute("SELECT rowid FROM tasks WHERE record_id IS NULL ORDER BY rowid").fetchall()
+    if not new:
+        return
+    # (the counter, or the highest id, if a tool lost the counter)
+    last = conn.execute("SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_record_id'),"
+                        " 0), coalesce((SELECT max(record_id) FROM tasks), 0))").fetchone()[0]
+    conn.executemany("UPDATE tasks SET record_id = ? WHERE rowid = ?",
+                     [(last + number, rowid) for number, (rowid,) in enumerate(new, 1)])
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_record_id', ?)", (str(last + len(new)),))
+
+
 def _marks(keep: Sequence[int]) -> str:
     return ",".join("?" * len(keep))
 
@@ -234,8 +249,8 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
                          (run_id, *keep)).fetchall()
     conn.executemany(
         # (not a record whose row in that run says something else)
-        "INSERT INTO temp.leaving SELECT i.record_key, ?1 FROM record_ids i WHERE i.id >= ?2 AND i.id < ?3"
-        " AND NOT EXISTS (SELECT 1 FROM considered c WHERE c.run_id = ?1 AND c.record_key = i.record_key)" + upsert,
+        "INSERT INTO temp.leaving SELECT t.record_key, ?1 FROM tasks t WHERE t.record_id >= ?2 AND t.record_id < ?3"
+        " AND NOT EXISTS (SELECT 1 FROM considered c WHERE c.run_id = ?1 AND c.record_key = t.record_key)" + upsert,
         [(run, first, end) for run, blob in packs for first, end in without(unpack(blob), skipped)])
     conn.execute(
         "UPDATE decisions SET (run_id, decided_at) = (SELECT l.run_id, r.started FROM temp.leaving l"
@@ -278,7 +293,7 @@ def expand(conn: sqlite3.Connection) -> None:
     conn.executemany("INSERT INTO temp.id_ranges VALUES (?,?,?)",
                      [(run_id, first, end) for run_id, some in by_run.items() for first, end in merged(some)])
     # A row of the run says more than its pack.
-    conn.execute(f"INSERT INTO {EXPANDED} SELECT r.run_id, i.record_key, 'skipped' FROM temp.id_ranges r"
-                 " JOIN record_ids i ON i.id >= r.first AND i.id < r.stop WHERE NOT EXISTS"
-                 " (SELECT 1 FROM main.considered c WHERE c.run_id = r.run_id AND c.record_key = i.record_key)")
+    conn.execute(f"INSERT INTO {EXPANDED} SELECT r.run_id, t.record_key, 'skipped' FROM temp.id_ranges r"
+                 " JOIN tasks t ON t.record_id >= r.first AND t.record_id < r.stop WHERE NOT EXISTS"
+                 " (SELECT 1 FROM main.considered c WHERE c.run_id = r.run_id AND c.record_key = t.record_key)")
     conn.execute("DELETE FROM temp.id_ranges")

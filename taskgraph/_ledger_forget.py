@@ -21,10 +21,10 @@ def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int
     conn.execute("DELETE FROM temp.doomed")
     conn.executemany("INSERT OR IGNORE INTO temp.doomed VALUES (?)", ((key,) for key in record_keys))
     count = int(conn.execute("DELETE FROM tasks WHERE record_key IN (SELECT key FROM temp.doomed)").rowcount)
-    # (a pack may keep a forgotten record's id: without its row of
-    # record_ids it counts for nothing, and ids are never given again)
+    # (a pack may keep a forgotten record's id: with no record that has it,
+    # it counts for nothing, and ids are never given again)
     for table, column in (("files", "record_key"), ("deps", "record_key"), ("results", "key"),
-                          ("decisions", "record_key"), ("considered", "record_key"), ("record_ids", "record_key")):
+                          ("decisions", "record_key"), ("considered", "record_key")):
         conn.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT key FROM temp.doomed)")
     conn.execute("DELETE FROM temp.doomed")
     return count

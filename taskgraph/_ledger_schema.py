@@ -18,7 +18,8 @@ application_id`` = :data:`APPLICATION_ID`)::
              cpu_time, peak_memory,                  the run report (schema 2)
              error_type, error_message, error_frames,  the failure as raised (schema 4)
              arguments,                              the arguments' tree, JSON (schema 4)
-             record_id)                              its id in record_ids (schema 5)
+             record_id)                              its stable id (schema 5), never given
+                                                 again: meta's last_record_id is the last
                                                  index tasks_by_name on name
     files   (record_key, role 'input'|'target', path, mode, size, mtime_ns,
              digest, taken_at_ns)                PK (record_key, role, path)
@@ -36,8 +37,6 @@ application_id`` = :data:`APPLICATION_ID`)::
                                                  'failed', 'cancelled'; while it runs also
                                                  'pending' and 'running' (schema 4); but
                                                  for plain skips, which are packed:
-    record_ids (id PK AUTOINCREMENT, record_key UNIQUE)
-                                                 each record's stable id (schema 5)
     considered_skips (run_id, part, ids BLOB)    PK (run_id, part): per run and commit,
                                                  the ids of the records it skipped,
                                                  packed (schema 5, see _ledger_considered)
@@ -82,7 +81,7 @@ LEDGER_FILENAME = "taskgraph_ledger.sqlite"
 #: 3: the ``mac`` of a result also covers the exec key of its run.
 #: 4: which records each run considered (``considered``, and counts in
 #: ``runs``), failures as raised and the arguments' tree in ``tasks``.
-#: 5: a run's plain skips packed per commit (``record_ids``, ``considered_skips``).
+#: 5: a run's plain skips packed per commit (``tasks.record_id``, ``considered_skips``).
 #: Older ledgers are upgraded in place, see :data:`_MIGRATIONS`.
 SCHEMA_VERSION = 5
 APPLICATION_ID = 0x54475248  # "TGRH"
@@ -136,6 +135,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     arguments TEXT,
     record_id INTEGER);
 CREATE INDEX IF NOT EXISTS tasks_by_name ON tasks(name);
+CREATE INDEX IF NOT EXISTS tasks_by_id ON tasks(record_id);
 CREATE TABLE IF NOT EXISTS files (
     record_key TEXT NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('input', 'target')),
@@ -171,7 +171,6 @@ CREATE TABLE IF NOT EXISTS considered (
     record_key TEXT NOT NULL,
     state TEXT NOT NULL,
     PRIMARY KEY (run_id, record_key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS record_ids (id INTEGER PRIMARY KEY AUTOINCREMENT, record_key TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS considered_skips (
     run_id INTEGER NOT NULL, part INTEGER NOT NULL, ids BLOB NOT NULL, PRIMARY KEY (run_id, part));
 """
@@ -238,18 +237,18 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection, Secret], None],
         "UPDATE runs SET tasks = (SELECT count(*) FROM considered c WHERE c.run_id = runs.run_id)"
         " WHERE ended IS NOT NULL"),
     # Schema 4's considered rows stay (a row says as much as a pack); each
-    # record gets its id (also in tasks), in the order records were written.
-    4: ("CREATE TABLE record_ids (id INTEGER PRIMARY KEY AUTOINCREMENT, record_key TEXT NOT NULL UNIQUE)",
-        "INSERT INTO record_ids (record_key) SELECT record_key FROM tasks ORDER BY rowid",
-        "ALTER TABLE tasks ADD COLUMN record_id INTEGER",
-        "UPDATE tasks SET record_id = (SELECT id FROM record_ids i WHERE i.record_key = tasks.record_key)",
+    # record gets its id, in the order the records were written.
+    4: ("ALTER TABLE tasks ADD COLUMN record_id INTEGER",
+        "UPDATE tasks SET record_id = rowid",
+        "CREATE INDEX tasks_by_id ON tasks(record_id)",
+        "INSERT OR REPLACE INTO meta VALUES ('last_record_id', (SELECT coalesce(max(record_id), 0) FROM tasks))",
         "CREATE TABLE considered_skips (run_id INTEGER NOT NULL, part INTEGER NOT NULL, ids BLOB NOT NULL,"
         " PRIMARY KEY (run_id, part))"),
 }
 _EXPECTED_TABLES = {"meta", "runs", "tasks", "files", "deps", "digests", "results", "decisions", "considered",
-                    "record_ids", "considered_skips"}
+                    "considered_skips"}
 #: Tables a migration creates: a ledger of an older schema does not have them yet.
-_TABLES_SINCE = {"considered": 4, "record_ids": 5, "considered_skips": 5}
+_TABLES_SINCE = {"considered": 4, "considered_skips": 5}
 
 
 def _open_problem(path: str, error: BaseException) -> LedgerError | None:

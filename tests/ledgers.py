@@ -17,15 +17,15 @@ def _skips_as_rows(con: sqlite3.Connection) -> None:
     """Schema 4 wrote a row for every skip: the packs become rows again."""
     for run_id, ids in con.execute("SELECT run_id, ids FROM considered_skips").fetchall():
         for first, end in unpack(ids):
-            con.execute("INSERT OR IGNORE INTO considered SELECT ?, record_key, 'skipped' FROM record_ids"
-                        " WHERE id >= ? AND id < ?", (run_id, first, end))
+            con.execute("INSERT OR IGNORE INTO considered SELECT ?, record_key, 'skipped' FROM tasks"
+                        " WHERE record_id >= ? AND record_id < ?", (run_id, first, end))
 
 
 # From schema N + 1 back to N: what the migration from N added (SQL, or a
 # function of the connection).
 _ADDED: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
-    4: (_skips_as_rows, "DROP TABLE considered_skips", "DROP TABLE record_ids",
-        "DELETE FROM sqlite_sequence WHERE name = 'record_ids'", "ALTER TABLE tasks DROP COLUMN record_id"),
+    4: (_skips_as_rows, "DROP TABLE considered_skips", "DROP INDEX tasks_by_id",
+        "ALTER TABLE tasks DROP COLUMN record_id", "DELETE FROM meta WHERE key = 'last_record_id'"),
     3: ("DROP TABLE considered",
         "ALTER TABLE tasks DROP COLUMN error_type", "ALTER TABLE tasks DROP COLUMN error_message",
         "ALTER TABLE tasks DROP COLUMN error_frames", "ALTER TABLE tasks DROP COLUMN arguments",
