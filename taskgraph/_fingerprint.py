@@ -294,11 +294,14 @@ def take(path: str, mode: str, cache: DigestCache | None = None, *, trust_racy: 
         return None
     if mode == "exists":
         return Fingerprint(mode, -1, 0, None, taken_at_ns)
-    if st.size >= _SETTLE_BYTES and not st.is_dir and _is_racy(st.mtime_ns, taken_at_ns):
+    wait_ns = st.mtime_ns + racy_window_ns(st.mtime_ns) - taken_at_ns
+    if st.size >= _SETTLE_BYTES and not st.is_dir and 0 < wait_ns <= racy_window_ns(st.mtime_ns):
         # Just written and large: wait until its timestamp tick has passed, so
         # the fingerprint (and any digest) is trustworthy on its own and the
-        # file is not read again on the next run.
-        time.sleep((st.mtime_ns + racy_window_ns(st.mtime_ns) - taken_at_ns) / 1e9)
+        # file is not read again on the next run. (Not for an mtime in the
+        # future, from another machine's clock or an archive: it may be hours
+        # away, and the file is hashed instead.)
+        time.sleep(wait_ns / 1e9)
         taken_at_ns = time.time_ns()
         st = file_stat(path)
         if st is None:

@@ -206,6 +206,21 @@ def test_a_racy_digest_is_reused_for_a_record_only_within_the_racy_window(tmp_pa
     assert recorded(10_000_000_000) == real  # hashed long before (the window is 2 s): read again
 
 
+@pytest.mark.timeout(30)
+def test_a_large_file_from_the_future_is_hashed_not_waited_for(tmp_path):
+    # A large racy file is fingerprinted once its timestamp tick has passed, but an mtime an hour
+    # ahead (another machine's clock, an unpacked archive) is not waited for.
+    from taskgraph._fingerprint import take
+
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as stream:
+        stream.truncate(64 << 20)
+    ahead = time.time_ns() + 3600 * 1_000_000_000
+    os.utime(path, ns=(ahead, ahead))
+    fingerprint = take(str(path), "sizetimestamp")
+    assert fingerprint is not None and fingerprint.digest is not None and fingerprint.size == 64 << 20
+
+
 @pytest.mark.parametrize("func,phrase", [
     (f.unpicklable_result, "cannot be pickled"),
     (f.raise_unpicklable, "cannot travel"),
