@@ -161,7 +161,7 @@ def tree_and_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, s
 
     Built in one pass when every argument is a short string or a plain number
     (most calls): each value's ``repr`` is its readable text, and a number's
-    its node. The same as the two functions give, at a third of the cost.
+    its node. The same as the two functions give, in about half the time.
     """
     builder = _Builder()
     nodes: list[Node] = []
