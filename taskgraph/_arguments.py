@@ -23,7 +23,6 @@ import json
 import marshal
 import pickle
 import re
-import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -32,14 +31,14 @@ from typing import Any
 import xxhash
 
 from taskgraph._function_info import function_info
-from taskgraph._identity import describe_arguments, normalize_path
+from taskgraph._identity import ArgumentRepr, big_int_text, describe_arguments, normalize_path
 
 _LEAF_MAX = 1000
 _ITEMS_MAX = 200
 _DEPTH_MAX = 8
 _NODES_MAX = 2000
 _CHANGES_MAX = 20
-_SHORT = reprlib.Repr()
+_SHORT = ArgumentRepr()
 _SHORT.maxstring = 60
 _SHORT.maxother = 60
 _SHORT.maxlist = 4
@@ -79,7 +78,10 @@ class _Builder:
         if kind is str or isinstance(value, PurePath):
             return self._text(value)
         if kind in _NUMBERS:
-            return repr(value)
+            try:
+                return repr(value)
+            except ValueError:  # an int with more digits than str() makes
+                return {"r": big_int_text(value), "h": _digest(value), "n": value.bit_length()}
         if kind is bytes:
             return self._long(repr(value[:_LEAF_MAX]), value) if len(value) > _LEAF_MAX else repr(value)
         tag = _CONTAINER_TAGS.get(kind)
@@ -159,7 +161,7 @@ def tree_and_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, s
 
     Built in one pass when every argument is a short string or a plain number
     (most calls): each value's ``repr`` is its readable text, and a number's
-    its node. The same as the two functions give, at a third of the cost.
+    its node. The same as the two functions give, in about half the time.
     """
     builder = _Builder()
     nodes: list[Node] = []
@@ -187,7 +189,10 @@ def _plain(builder: _Builder, value: Any, nodes: list[Node]) -> str | None:
     limit = _PLAIN_REPR_MAX.get(type(value))
     if limit is None:
         return None
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except ValueError:  # an int with more digits than str() makes: the general rendering
+        return None
     if len(shown) > limit:
         return None
     builder.nodes += 1

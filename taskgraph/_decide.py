@@ -8,6 +8,7 @@ when its stat cannot settle the question and the digest cache has no answer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from taskgraph._arguments import changes, shorten, text_change
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from taskgraph._task import Task
 
 
-@frozen
+@dataclass(frozen=True, slots=True)  # public: immutable at run time too
 class Reason:
     """One reason a task runs.
 

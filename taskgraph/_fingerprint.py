@@ -220,16 +220,19 @@ class MemoryDigestCache:
         self.entries[(path, algorithm)] = entry
 
 
-def _digest(path: str, st: FileStat, algorithm: str, cache: DigestCache | None, trust_racy: bool = False) -> str:
+def _digest(
+    path: str, st: FileStat, algorithm: str, cache: DigestCache | None, racy_since_ns: int | None = None
+) -> str:
     """Content digest of ``path`` whose current stat is ``st``, via the cache
-    (an entry hashed in the racy window of its mtime only with ``trust_racy``:
-    see :func:`take`)."""
+    (an entry hashed in the racy window of its mtime only if hashed at or
+    after ``racy_since_ns``: see :func:`take`)."""
     if cache is not None:
         entry = cache.lookup_digest(path, algorithm)
         if (
             entry is not None
             and entry.stat == st
-            and (trust_racy or not _is_racy(st.mtime_ns, entry.hashed_at_ns))
+            and (not _is_racy(st.mtime_ns, entry.hashed_at_ns)
+                 or (racy_since_ns is not None and entry.hashed_at_ns >= racy_since_ns))
         ):
             return entry.digest
     hashed_at_ns = time.time_ns()
@@ -271,12 +274,15 @@ def take(path: str, mode: str, cache: DigestCache | None = None, *, trust_racy: 
 
     ``trust_racy``: a racily clean ``'sizetimestamp'`` fingerprint may take
     its check digest from a cache entry for this very stat even if that
-    digest was itself taken in the racy window (a dependency's target,
-    hashed as it was recorded a moment ago). Safe for a fingerprint that is
-    only recorded: had the file been rewritten within the same tick since,
-    the record holds the older content's digest, and the next check (which
-    trusts no racy digest) finds it changed and runs the task again; never
-    the reverse. Not for a digest that is used at once as the content's
+    digest was itself taken in the racy window, provided it was taken at
+    most that window ago (:func:`racy_window_ns`; a dependency's target,
+    hashed as it was recorded a moment before). Only for a fingerprint that is recorded: had
+    the file been rewritten within the same tick since, the record holds the
+    older content's digest, and the next check (which trusts no racy digest)
+    finds it changed and runs the task again. A rewrite that puts the old
+    bytes back within the tick would go unseen, as it would between any
+    digest and the call that reads the file: the reuse widens that moment by
+    at most the racy window. Not for a digest used at once as the content's
     (the shared cache's key).
 
     Raises:
@@ -288,11 +294,14 @@ def take(path: str, mode: str, cache: DigestCache | None = None, *, trust_racy: 
         return None
     if mode == "exists":
         return Fingerprint(mode, -1, 0, None, taken_at_ns)
-    if st.size >= _SETTLE_BYTES and not st.is_dir and _is_racy(st.mtime_ns, taken_at_ns):
+    wait_ns = st.mtime_ns + racy_window_ns(st.mtime_ns) - taken_at_ns
+    if st.size >= _SETTLE_BYTES and not st.is_dir and 0 < wait_ns <= racy_window_ns(st.mtime_ns):
         # Just written and large: wait until its timestamp tick has passed, so
         # the fingerprint (and any digest) is trustworthy on its own and the
-        # file is not read again on the next run.
-        time.sleep((st.mtime_ns + racy_window_ns(st.mtime_ns) - taken_at_ns) / 1e9)
+        # file is not read again on the next run. (Not for an mtime in the
+        # future, from another machine's clock or an archive: it may be hours
+        # away, and the file is hashed instead.)
+        time.sleep(wait_ns / 1e9)
         taken_at_ns = time.time_ns()
         st = file_stat(path)
         if st is None:
@@ -303,7 +312,9 @@ def take(path: str, mode: str, cache: DigestCache | None = None, *, trust_racy: 
         return Fingerprint(mode, st.size, st.mtime_ns, _digest(path, st, mode, cache), taken_at_ns)
     digest = None
     if _is_racy(st.mtime_ns, taken_at_ns):
-        digest = _digest(path, st, CHECK_ALGORITHM, cache, trust_racy)
+        # A racy digest is reused only if taken within the racy window before now (see above).
+        since = taken_at_ns - racy_window_ns(st.mtime_ns) if trust_racy else None
+        digest = _digest(path, st, CHECK_ALGORITHM, cache, since)
     return Fingerprint(mode, st.size, st.mtime_ns, digest, taken_at_ns)
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import PurePath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,10 +29,9 @@ from taskgraph._errors import (
     TaskGraphClosedError,
     TaskGraphTerminatedError,
     TaskTimeoutError,
-    UnpicklableTaskError,
 )
 from taskgraph._identity import Identity, SelfReferenceError, normalize_path, task_identity
-from taskgraph._job import first_unpicklable, noop
+from taskgraph._job import noop
 from taskgraph._ledger import KEY_SUFFIX, Ledger
 from taskgraph._policy import Policy, make_policy
 from taskgraph._progress import Progress, make_display, wanted
@@ -66,15 +64,6 @@ def _same_targets(call: Call, existing: Task) -> bool:
             f"{sorted(old & new)}. Give the tasks the same target list or disjoint ones."
         )
     return False
-
-
-def _unpicklable_part(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
-    """Name the first part of a call that cannot be pickled."""
-    parts: list[tuple[str, Any]] = [("the function", func)]
-    parts += [(f"argument {index}", value) for index, value in enumerate(args)]
-    parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
-    found = first_unpicklable(parts)
-    return "the call" if found is None else f"{found[0]} ({found[1]})"
 
 
 def _usable_cpus() -> list[int] | None:
@@ -463,16 +452,7 @@ class TaskGraph:
         """The pickled call, for a graph that runs tasks in other processes."""
         if not (self._n_workers > 0 or self._remote) or self._dry_run:
             return None
-        try:
-            return pickle.dumps((call.func, call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as error:
-            raise UnpicklableTaskError(
-                f"task {call.name!r}: {_unpicklable_part(call.func, call.args, call.kwargs)} cannot be "
-                "pickled, and this graph sends every task to another process to run. Define "
-                "the function at module level (not a lambda, nested function or method of an "
-                "unpicklable object), pass picklable arguments, or use n_workers=0 to run "
-                "tasks in a thread."
-            ) from error
+        return validate.pickled_call(call)
 
     # -- finishing ------------------------------------------------------------------------
 

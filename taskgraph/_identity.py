@@ -42,10 +42,12 @@ from taskgraph._function_info import marshalled as _marshal
 
 # FunctionInfo and function_info live in _function_info and are reached here too.
 __all__ = [
+    "ArgumentRepr",
     "FunctionInfo",
     "Identity",
     "PortableIdentity",
     "SelfReferenceError",
+    "big_int_text",
     "describe_arguments",
     "function_info",
     "input_files",
@@ -57,7 +59,26 @@ __all__ = [
 LOGGER = logging.getLogger("taskgraph.Task")
 
 _MAX_PATH_LENGTH = 4096
-_ARG_REPR = reprlib.Repr()
+
+
+class ArgumentRepr(reprlib.Repr):
+    """``reprlib``'s short rendering of arguments, which shows an int too
+    large for ``str()`` (Python's limit on its digits) by its size, instead
+    of raising ValueError."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:
+            return big_int_text(x)
+
+
+def big_int_text(value: int) -> str:
+    """How an int too large for ``str()`` is shown."""
+    return f"<int of {value.bit_length()} bits>"
+
+
+_ARG_REPR = ArgumentRepr()
 _ARG_REPR.maxstring = 200
 _ARG_REPR.maxother = 200
 _ARG_REPR.maxlist = 12

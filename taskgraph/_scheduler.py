@@ -23,12 +23,12 @@ critical path (``_ready``), and go to the executor only while it has a free
 slot, so the order is honoured at every dispatch. A policy may also hold a
 ready task back (memory admission) while others start. The scheduler thread
 waits with a timeout only for what needs the clock: progress, a due group
-commit, and tasks another process is running.
+commit, and tasks another process is running (that loop, and the inline
+one, are in ``_driving``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -40,7 +40,7 @@ from taskgraph import _threads
 from taskgraph._cache_use import CacheUse, restored_bytes
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision
-from taskgraph._deciding import Deciding
+from taskgraph._driving import COMMIT_INTERVAL_S, Driving
 from taskgraph._errors import (
     LedgerError,
     TaskGraphError,
@@ -61,23 +61,12 @@ from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
-_ELSEWHERE_POLL_S = 0.25
-#: Group commit: the records of finished tasks are committed at once when the
-#: last commit is at least this old; otherwise they wait for the first of: a
-#: task finishing after that, a task that is not known to be short (see
-#: SHORT_S) about to start, the scheduler thread's timed wake-up (inline: a
-#: short-lived committer thread), or
-#: ``close()``/``join()``. So commits come at most about 50 times a second
-#: however short the tasks, and a kill can cost only short tasks that
-#: finished within this window of the last commit: they run again, and no
-#: committed record is touched.
-COMMIT_INTERVAL_S = 0.02
 # How many ready tasks a dispatch looks past when the policy holds the first
 # ones back: bounds the work per dispatch when many tasks wait for memory.
 _HELD_SCAN = 32
 
 
-class Scheduler(Deciding):
+class Scheduler(Driving):
     """Decides, dispatches and records tasks; see the module docstring."""
 
     def __init__(
@@ -202,100 +191,6 @@ class Scheduler(Deciding):
     def failed_tasks(self) -> list[Task]:
         """With ``keep_going``: the tasks that failed so far, in order."""
         return list(self._failed_tasks)
-
-    # -- the scheduler's own thread ---------------------------------------------------
-
-    def _loop(self) -> None:
-        while not self._stopped:
-            timeout = None
-            if self._reporting_interval:
-                timeout = max(0.0, self._next_report - time.monotonic())
-            if self._progress is not None:
-                timeout = 1.0 if timeout is None else min(timeout, 1.0)  # tick the clock
-            if self._elsewhere:
-                # Another process holds some task: the ledger is the only way
-                # to hear that it finished, so look again soon.
-                timeout = _ELSEWHERE_POLL_S if timeout is None else min(timeout, _ELSEWHERE_POLL_S)
-            if self._unnotified:
-                # Finished tasks wait for the group commit: wake up when it is due.
-                due = max(0.0, self._last_commit + COMMIT_INTERVAL_S - time.monotonic())
-                timeout = due if timeout is None else min(timeout, due)
-            try:
-                message = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                try:
-                    if self._elsewhere:
-                        self._recheck_elsewhere()
-                    self._dispatch()
-                except BaseException as error:
-                    self._crash(error)
-                self._report()
-                continue
-            try:
-                self._batch(message)
-            except BaseException as error:
-                self._crash(error)
-            self._report()
-
-    def _drive(self) -> None:
-        with self._inline_lock:
-            self._drive_locked()
-            if self._unnotified and self._committer is None and not self._stopped:
-                self._committer = _threads.start(self._commit_when_due, "taskgraph-commit", short_lived=True)
-
-    def _commit_when_due(self) -> None:
-        """Inline: commit the pending group when it is due, then end."""
-        while True:
-            with self._inline_lock:
-                if self._stopped or not self._unnotified:
-                    self._committer = None
-                    return
-                wait = self._last_commit + COMMIT_INTERVAL_S - time.monotonic()
-                if wait <= 0:
-                    try:
-                        self._commit_now()
-                    except BaseException as error:
-                        self._crash(error)
-                    self._committer = None
-                    return
-            time.sleep(wait)
-
-    def _drive_locked(self) -> None:
-        while not self._stopped:
-            # empty() before get_nowait(): this thread is the inbox's only
-            # reader, and a raised queue.Empty costs a microsecond per call.
-            if self._inbox.empty():
-                if not self._elsewhere or self._failure is not None:
-                    return
-                # Inline: add_task returns only once its task is done, so wait
-                # here for the other process that is running it.
-                time.sleep(_ELSEWHERE_POLL_S)
-                self._recheck_elsewhere()
-                self._dispatch()
-                self._wake_finished()
-                self._report()
-                continue
-            message = self._inbox.get_nowait()
-            try:
-                self._batch(message)
-            except KeyboardInterrupt as interrupt:
-                # Ctrl-C inside an inline task: keep what finished, stop the
-                # graph, and give the caller the KeyboardInterrupt itself.
-                with contextlib.suppress(Exception):
-                    if self._unnotified:
-                        self._commit_now()
-                self._crash(interrupt, log=False)
-                raise
-            except BaseException as error:
-                self._crash(error)
-            self._wake_finished()
-            self._report()
-
-    def _wake_finished(self) -> None:
-        """Inline: wake the waiters of what finished in this call, once for all."""
-        if self._to_wake:
-            woken, self._to_wake = self._to_wake, []
-            self._wake(woken)
 
     def _batch(self, first: tuple[str, Any]) -> None:
         messages = [first]

@@ -32,8 +32,11 @@ class Task:
     """
 
     # Slots: a graph of 100,000 tasks keeps them all, and an instance
-    # dictionary of this many attributes costs about 1.5 kB a task.
+    # dictionary of this many attributes costs about 1.5 kB a task. A
+    # __dict__ slot still takes attributes a script sets on its tasks (as
+    # natcap's Task did), made only when one is set.
     __slots__ = (
+        "__dict__",
         "__weakref__",
         "_args",
         "_cpu_time",

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
-from taskgraph._errors import InvalidTaskError
+from taskgraph._errors import InvalidTaskError, UnpicklableTaskError
 from taskgraph._fingerprint import validate_algorithm
 from taskgraph._frozen import frozen
 from taskgraph._identity import normalize_path
+from taskgraph._job import first_unpicklable
 
 if TYPE_CHECKING:
     from taskgraph._task import Task
@@ -64,6 +66,28 @@ class Call:
     priority: float
     memory: float | None
     expected_time: float | None
+
+
+def pickled_call(call: Call) -> bytes:
+    """The call pickled, for a graph that sends every task to another process.
+
+    Raises:
+        UnpicklableTaskError: naming the first part of the call that cannot be pickled.
+    """
+    try:
+        return pickle.dumps((call.func, call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        parts: list[tuple[str, Any]] = [("the function", call.func)]
+        parts += [(f"argument {index}", value) for index, value in enumerate(call.args)]
+        parts += [(f"keyword argument {name!r}", value) for name, value in call.kwargs.items()]
+        found = first_unpicklable(parts)
+        part = "the call" if found is None else f"{found[0]} ({found[1]})"
+        raise UnpicklableTaskError(
+            f"task {call.name!r}: {part} cannot be pickled, and this graph sends every task to another "
+            "process to run. Define the function at module level (not a lambda, nested function or "
+            "method of an unpicklable object), pass picklable arguments, or use n_workers=0 to run "
+            "tasks in a thread."
+        ) from error
 
 
 def shown(value: Any) -> str:

@@ -103,8 +103,9 @@ def slow_write(path, text, seconds):
 
 
 def write_racy(path, size):
-    """Write ``size`` random bytes with an mtime in the future: any fingerprint of it is racily clean."""
+    """Write ``size`` random bytes with an mtime a whole second in the future: any fingerprint of
+    it is racily clean, with the coarse file systems' window of two seconds."""
     with open(path, "wb") as stream:
         stream.write(os.urandom(size))
-    future = time.time_ns() + 60_000_000_000
+    future = (time.time_ns() // 1_000_000_000 + 60) * 1_000_000_000
     os.utime(path, ns=(future, future))

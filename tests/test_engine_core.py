@@ -572,3 +572,22 @@ def test_two_graphs_of_one_process_do_not_run_one_task_at_once(tmp_path):
             graph.close()
             graph.join(timeout=60)
     assert executions(tmp_path) == ["slow.txt"]
+
+
+def test_a_tasks_reasons_pickle_with_every_protocol_and_stay_immutable(tmp_path):
+    """What a script may keep of a run (a task's reasons, the fingerprints inside them) survives
+    pickling with any protocol, and a reason cannot be changed by mistake."""
+    import dataclasses
+
+    from taskgraph._fingerprint import file_stat, take
+
+    target = str(tmp_path / "out.txt")
+    with taskgraph.TaskGraph(str(tmp_path / "ws"), -1) as graph:
+        task = graph.add_task(f.write, args=(target, "x"), target_path_list=[target])
+    values = [*task.reasons, take(target, "sizetimestamp"), file_stat(target)]
+    for value in values:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            copy = pickle.loads(pickle.dumps(value, protocol))
+            assert copy == value and hash(copy) == hash(value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.reasons[0].code = "changed"

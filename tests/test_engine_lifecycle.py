@@ -188,6 +188,39 @@ def test_a_dependencys_racy_target_is_not_read_again_as_its_dependents_input(tmp
     assert read >= 4 << 20  # still racy: checked by reading it
 
 
+def test_a_racy_digest_is_reused_for_a_record_only_within_the_racy_window(tmp_path):
+    from taskgraph._fingerprint import CHECK_ALGORITHM, CachedDigest, MemoryDigestCache, file_stat, take
+
+    path = str(tmp_path / "racy.bin")
+    f.write_racy(path, 64)
+    real = take(path, "sizetimestamp").digest  # a future mtime: racy, so hashed
+
+    def recorded(hashed_ago_ns, trust_racy=True):
+        cache = MemoryDigestCache()
+        entry = CachedDigest(file_stat(path), "0" * 32, time.time_ns() - hashed_ago_ns)
+        cache.store_digest(path, CHECK_ALGORITHM, entry)
+        return take(path, "sizetimestamp", cache, trust_racy=trust_racy).digest
+
+    assert recorded(0) == "0" * 32  # just hashed, same stat: taken as it is
+    assert recorded(0, trust_racy=False) == real  # a check never takes a racy digest
+    assert recorded(10_000_000_000) == real  # hashed long before (the window is 2 s): read again
+
+
+@pytest.mark.timeout(30)
+def test_a_large_file_from_the_future_is_hashed_not_waited_for(tmp_path):
+    # A large racy file is fingerprinted once its timestamp tick has passed, but an mtime an hour
+    # ahead (another machine's clock, an unpacked archive) is not waited for.
+    from taskgraph._fingerprint import take
+
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as stream:
+        stream.truncate(64 << 20)
+    ahead = time.time_ns() + 3600 * 1_000_000_000
+    os.utime(path, ns=(ahead, ahead))
+    fingerprint = take(str(path), "sizetimestamp")
+    assert fingerprint is not None and fingerprint.digest is not None and fingerprint.size == 64 << 20
+
+
 @pytest.mark.parametrize("func,phrase", [
     (f.unpicklable_result, "cannot be pickled"),
     (f.raise_unpicklable, "cannot travel"),

@@ -253,6 +253,14 @@ def test_a_task_without_function_is_recorded_and_skipped_next_time(tmp_path):
     assert again.state == "skipped"
 
 
+def test_a_script_may_keep_its_own_attributes_on_a_task(tmp_path):
+    # natcap's Task is a plain class: pipelines hang their own notes on the tasks.
+    with taskgraph.TaskGraph(tmp_path, -1) as graph:
+        task = graph.add_task(task_name="join")
+        task.output_raster = "dem.tif"
+        assert task.output_raster == "dem.tif" and vars(task) == {"output_raster": "dem.tif"}
+
+
 def test_a_chain_with_one_duplicate_leaves_one_record_per_distinct_task(tmp_path):
     a, b, ab, aab = (str(tmp_path / name) for name in ("a.txt", "b.txt", "ab.txt", "aab.txt"))
     with taskgraph.TaskGraph(tmp_path, -1) as graph:

@@ -164,6 +164,18 @@ def test_a_self_referencing_argument_is_an_invalid_task(tmp_path):
         assert graph.add_task(r.identity, args=(1,), store_result=True).get() == 1  # still usable
 
 
+def test_an_int_too_large_for_str_is_an_argument_like_any_other(tmp_path):
+    # Python refuses str() of an int of more than 4,300 digits; the record shows its size instead.
+    big = 10**5000
+    ws = str(tmp_path / "ws")
+    for value, state in ((big, "ran"), (big, "skipped"), (big + 1, "ran")):
+        with taskgraph.TaskGraph(ws, -1) as graph:
+            task = graph.add_task(r.identity, args=(value,), store_result=True, task_name="big")
+        assert (task.state, task.get()) == (state, value)
+    assert [reason.code for reason in task.reasons] == ["arguments_changed"]
+    assert "bits>" in task.reasons[0].detail
+
+
 def test_a_dependency_from_another_graph_is_an_invalid_task(tmp_path):
     # The other graph's task has the same position (task_id 0) as one of this graph's.
     with taskgraph.TaskGraph(str(tmp_path / "a"), -1) as first, taskgraph.TaskGraph(str(tmp_path / "b"), -1) as second:
