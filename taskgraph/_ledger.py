@@ -465,6 +465,7 @@ class Ledger:
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
             stored_text(outcome.worker), stored_text(outcome.error), outcome.cpu_time, outcome.peak_memory,
             stored_text(failure[0]), stored_text(failure[1]), stored_text(failure[2]), stored_text(outcome.arguments),
+            outcome.fresh,  # (its id, when it is new: see _ledger_considered.with_ids)
         ))
         if not outcome.fresh:
             rows[DELETE_DEPS].append((key,))

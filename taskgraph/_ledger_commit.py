@@ -27,7 +27,7 @@ from typing import Any
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest
-from taskgraph._ledger_considered import CONSIDER, PACK, give_ids
+from taskgraph._ledger_considered import CONSIDER, PACK, give_ids, with_ids
 from taskgraph._ledger_rows import stored_path
 from taskgraph._ledger_schema import BUSY_TIMEOUT_S
 
@@ -40,9 +40,9 @@ LOCK_RETRIES = 10
 DELETE_FILES = "DELETE FROM files WHERE record_key=?"
 DELETE_DEPS = "DELETE FROM deps WHERE record_key=?"
 DELETE_RESULT = "DELETE FROM results WHERE key=?"
-# (a record keeps its id; a new one gets it from give_ids, after its rows)
+# A record keeps its id; a new one is given the next (?23, see with_ids).
 UPSERT_TASK = ("INSERT OR REPLACE INTO tasks VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,"
-               "?19,?20,?21,?22,(SELECT record_id FROM tasks WHERE record_key=?1))")
+               "?19,?20,?21,?22,coalesce((SELECT record_id FROM tasks WHERE record_key=?1),?23))")
 INSERT_FILE = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)"
 INSERT_DEP = "INSERT OR REPLACE INTO deps VALUES (?,?)"
 UPSERT_RESULT = "INSERT OR REPLACE INTO results (key, value, mac) VALUES (?,?,?)"
@@ -109,7 +109,7 @@ def _commit_each(conn: sqlite3.Connection, path: str, rows: Rows) -> set[str]:
             with transaction(conn, path):
                 for sql in RECORD_STATEMENTS:
                     if sql in block:
-                        conn.executemany(sql, block[sql])
+                        conn.executemany(sql, with_ids(conn, block[sql]) if sql == UPSERT_TASK else block[sql])
                 give_ids(conn)
         except LedgerError:
             break
@@ -120,7 +120,7 @@ def _commit_each(conn: sqlite3.Connection, path: str, rows: Rows) -> set[str]:
 def _write(conn: sqlite3.Connection, rows: Rows, digests: dict[tuple[str, str], CachedDigest]) -> None:
     for sql in STATEMENTS:
         if rows[sql]:
-            conn.executemany(sql, rows[sql])
+            conn.executemany(sql, with_ids(conn, rows[sql]) if sql == UPSERT_TASK else rows[sql])
     if rows[UPSERT_TASK]:
         give_ids(conn)
     if digests:

@@ -204,19 +204,37 @@ class Considered:
                       if state == "skipped" and (record_id := id_of(key)) is not None)
 
 
+def _last_id(conn: sqlite3.Connection) -> int:
+    """The last id given: the counter (or the highest id, if a tool lost it)."""
+    return int(conn.execute(
+        "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_record_id'), 0),"
+        " coalesce((SELECT max(record_id) FROM tasks), 0))").fetchone()[0])
+
+
+def with_ids(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """In a commit, the rows of ``tasks`` to write, each ending in whether
+    its record is new: a new one ends in the next id instead (those of one
+    commit are consecutive, so their skips pack into one range), another
+    in None (it keeps its own; see ``_ledger_commit.UPSERT_TASK``)."""
+    last = _last_id(conn)
+    given = []
+    for row in rows:
+        if row[-1]:
+            last += 1
+        given.append((*row[:-1], last if row[-1] else None))
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_record_id', ?)", (str(last),))
+    return given
+
+
 def give_ids(conn: sqlite3.Connection) -> None:
-    """In a commit, after its records: give each record that has no id yet
-    the next ones, in the order they were written (those of one commit are
-    consecutive, so their skips pack into one range)."""
+    """After a commit's records: the next ids to any that has none (a
+    record written as known to the ledger, but forgotten meanwhile)."""
     new = conn.execute("SELECT rowid FROM tasks WHERE record_id IS NULL ORDER BY rowid").fetchall()
-    if not new:
-        return
-    # (the counter, or the highest id, if a tool lost the counter)
-    last = conn.execute("SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_record_id'),"
-                        " 0), coalesce((SELECT max(record_id) FROM tasks), 0))").fetchone()[0]
-    conn.executemany("UPDATE tasks SET record_id = ? WHERE rowid = ?",
-                     [(last + number, rowid) for number, (rowid,) in enumerate(new, 1)])
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_record_id', ?)", (str(last + len(new)),))
+    if new:
+        last = _last_id(conn)
+        conn.executemany("UPDATE tasks SET record_id = ? WHERE rowid = ?",
+                         [(last + number, rowid) for number, (rowid,) in enumerate(new, 1)])
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('last_record_id', ?)", (str(last + len(new)),))
 
 
 def _marks(keep: Sequence[int]) -> str:
