@@ -93,8 +93,10 @@ def test_a_kill_costs_only_uncommitted_short_tasks_and_they_run_again(tmp_path, 
     ws, finished = run_killed(tmp_path, n_workers, "short")
     assert finished == {f"s{i:02d}" for i in range(40)}
     done = recorded(ws)
-    # Committed in order: what is recorded finished, and the first commit is immediate.
-    assert "s00" in done and done <= finished
+    # Committed in order: what is recorded finished, and the first commit is immediate (inline
+    # that is s00's; with two workers s01 may finish first).
+    assert done and done <= finished
+    assert n_workers > 0 or "s00" in done
     journal = str(ws / "journal.txt")
     os.remove(journal)
     with taskgraph.TaskGraph(str(ws), -1) as graph:
