@@ -28,13 +28,11 @@ it was hashed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import operator
 import os
 import stat as stat_module
 import time
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 import xxhash
 
@@ -127,26 +125,6 @@ def hash_file(path: str, algorithm: str, size: int | None = None) -> str:
     return str(hasher.hexdigest())
 
 
-_T = TypeVar("_T")
-
-
-def pickled_by_fields(cls: type[_T]) -> type[_T]:
-    """Pickle instances of the dataclass ``cls`` as its constructor and the
-    tuple of its fields: results cross a pipe per task, and a slotted
-    dataclass's default state (a list built from ``fields()``, names and
-    all) costs two and a half times as much, in time and bytes."""
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    several = operator.attrgetter(*names)
-    get = several if len(names) > 1 else (lambda obj: (several(obj),))
-
-    def __reduce__(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
-        return cls, get(self)
-
-    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
-    return cls
-
-
-@pickled_by_fields
 @frozen
 class FileStat:
     """The parts of ``os.stat`` that fingerprints use."""
@@ -188,7 +166,6 @@ def _is_racy(mtime_ns: int, taken_at_ns: int) -> bool:
     return mtime_ns >= taken_at_ns - racy_window_ns(mtime_ns)
 
 
-@pickled_by_fields
 @frozen
 class CachedDigest:
     """A digest cache entry: the stat a digest was computed for, and when."""
@@ -245,7 +222,6 @@ def _digest(
     return digest
 
 
-@pickled_by_fields
 @frozen
 class Fingerprint:
     """What a file looked like when it was fingerprinted.

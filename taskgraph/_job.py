@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
 from taskgraph._failure import Frame, user_frames
-from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, pickled_by_fields, take
+from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
+from taskgraph._frozen import pickled_by_fields
 
 if TYPE_CHECKING:
     from taskgraph._cache_job import CacheJob, CacheOutcome
