@@ -31,7 +31,7 @@ from typing import Any
 import xxhash
 
 from taskgraph._function_info import function_info
-from taskgraph._identity import ArgumentRepr, big_int_text, describe_arguments, normalize_path
+from taskgraph._identity import ArgumentRepr, arguments_text, big_int_text, describe_arguments, normalize_path
 
 _LEAF_MAX = 1000
 _ITEMS_MAX = 200
@@ -167,25 +167,23 @@ def tree_and_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, s
     nodes: list[Node] = []
     parts: list[str] = []
     for value in args:
-        shown = _plain(builder, value, nodes)
-        if shown is None:
+        plain = _plain(builder, value)
+        if plain is None:
             return tree(args, kwargs), describe_arguments(args, kwargs)
-        parts.append(shown)
+        parts.append(plain[0])
+        nodes.append(plain[1])
     named: dict[str, Node] = {}
     for name, value in sorted(kwargs.items()):
-        listed: list[Node] = []
-        shown = _plain(builder, value, listed)
-        if shown is None:
+        plain = _plain(builder, value)
+        if plain is None:
             return tree(args, kwargs), describe_arguments(args, kwargs)
-        named[str(name)] = listed[0]
-        parts.append(f"{name}={shown}")
-    text = ", ".join(parts)
-    return (json.dumps({"args": nodes, "kwargs": named}, separators=(",", ":")),
-            text if len(text) <= 2000 else text[:1997] + "...")
+        parts.append(f"{name}={plain[0]}")
+        named[str(name)] = plain[1]
+    return json.dumps({"args": nodes, "kwargs": named}, separators=(",", ":")), arguments_text(parts)
 
 
-def _plain(builder: _Builder, value: Any, nodes: list[Node]) -> str | None:
-    """The readable text of a plain value, its node appended to ``nodes``; None for any other value."""
+def _plain(builder: _Builder, value: Any) -> tuple[str, Node] | None:
+    """A plain value's readable text and its node; None for any other value."""
     limit = _PLAIN_REPR_MAX.get(type(value))
     if limit is None:
         return None
@@ -196,8 +194,7 @@ def _plain(builder: _Builder, value: Any, nodes: list[Node]) -> str | None:
     if len(shown) > limit:
         return None
     builder.nodes += 1
-    nodes.append(builder._text(value) if type(value) is str else shown)
-    return shown
+    return shown, builder._text(value) if type(value) is str else shown
 
 
 @dataclass(frozen=True, slots=True)

@@ -270,8 +270,9 @@ def take(path: str, mode: str, cache: DigestCache | None = None, *, trust_racy: 
         return None
     if mode == "exists":
         return Fingerprint(mode, -1, 0, None, taken_at_ns)
-    wait_ns = st.mtime_ns + racy_window_ns(st.mtime_ns) - taken_at_ns
-    if st.size >= _SETTLE_BYTES and not st.is_dir and 0 < wait_ns <= racy_window_ns(st.mtime_ns):
+    window = racy_window_ns(st.mtime_ns)
+    wait_ns = st.mtime_ns + window - taken_at_ns
+    if st.size >= _SETTLE_BYTES and not st.is_dir and 0 < wait_ns <= window:
         # Just written and large: wait until its timestamp tick has passed, so
         # the fingerprint (and any digest) is trustworthy on its own and the
         # file is not read again on the next run. (Not for an mtime in the

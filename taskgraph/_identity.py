@@ -467,6 +467,11 @@ def describe_arguments(args: Iterable[Any], kwargs: dict[str, Any]) -> str:
     """A short readable rendering of a call's arguments, for the ledger."""
     parts = [_ARG_REPR.repr(arg) for arg in args]
     parts.extend(f"{name}={_ARG_REPR.repr(value)}" for name, value in sorted(kwargs.items()))
+    return arguments_text(parts)
+
+
+def arguments_text(parts: list[str]) -> str:
+    """The readable arguments from each argument's rendering (``name=value`` for a keyword), cut to 2,000 characters."""
     text = ", ".join(parts)
     return text if len(text) <= 2000 else text[:1997] + "..."
 
