@@ -32,13 +32,17 @@ def affinity(index):
     return os.getpid(), sorted(psutil.Process().cpu_affinity())
 
 
-def busy(seconds):
-    """Spin the CPU for about ``seconds`` of wall time."""
-    end = time.perf_counter() + seconds
+def _spin(clock, seconds):
+    end = clock() + seconds
     count = 0
-    while time.perf_counter() < end:
+    while clock() < end:
         count += 1
     return count
+
+
+def busy(seconds):
+    """Spin the CPU for about ``seconds`` of wall time."""
+    return _spin(time.perf_counter, seconds)
 
 
 def allocate(mebibytes):
@@ -107,8 +111,4 @@ def slice_sum(array, start, stop):
 
 def burn_cpu(seconds):
     """Spin until this thread has used ``seconds`` of CPU time, however loaded the machine (and niced the worker)."""
-    end = time.thread_time() + seconds
-    count = 0
-    while time.thread_time() < end:
-        count += 1
-    return count
+    return _spin(time.thread_time, seconds)
