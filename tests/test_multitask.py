@@ -302,9 +302,11 @@ class ListHandler(logging.Handler):
     def __init__(self):
         super().__init__()
         self.lines = []
+        self.on_line = lambda line: None
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+        self.on_line(record.getMessage())
 
 
 @pytest.fixture
@@ -330,12 +332,28 @@ def test_logs_are_grouped_per_item_in_item_order_with_a_logger(tmp_path, test_lo
     assert test_log.lines == IN_ITEM_ORDER
 
 
+def waits_for_its_first_record(args, i):
+    """Item 1 goes on only once this process's handler has its first record."""
+    log = logging.getLogger("multitask_test")
+    log.info("%d begins", i)
+    if i == 1 and not wait_until(lambda: os.path.exists(os.path.join(args, "parent-has-1-begins")), timeout=30):
+        raise TimeoutError("item 1's first record did not reach the handler while item 1 ran")
+    log.info("%d ends", i)
+    return i
+
+
 @pytest.mark.parametrize("force_threading", [False, True], ids=["processes", "threads"])
 def test_logs_arrive_live_without_a_logger(tmp_path, test_log, force_threading):
-    multitask(chatty, range(4), str(tmp_path), None, jobs=2, force_threading=force_threading)
+    # The handler marks when it has item 1's first record, and item 1 waits for
+    # that mark: records held back until an item ends would time item 1 out.
+    # (The order of records from two worker processes, each on its own pipe, is
+    # the order the parent reads them in, so the test does not assert one.)
+    test_log.on_line = lambda line: line == "1 begins" and open(tmp_path / "parent-has-1-begins", "w").close()
+    got = multitask(waits_for_its_first_record, range(4), str(tmp_path), None, jobs=2,
+                    force_threading=force_threading)
+    assert got == [0, 1, 2, 3]
     assert sorted(test_log.lines) == sorted(IN_ITEM_ORDER)
-    # Item 0 waited for item 1's first record: as they happened, not regrouped.
-    assert test_log.lines.index("1 begins") < test_log.lines.index("0 ends")
+    assert test_log.lines.index("1 begins") < test_log.lines.index("1 ends")
 
 
 def test_documented_example_runs_as_a_script(tmp_path):
