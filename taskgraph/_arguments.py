@@ -25,13 +25,22 @@ import pickle
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from taskgraph._function_info import function_info
-from taskgraph._identity import ArgumentRepr, arguments_text, big_int_text, describe_arguments, normalize_path
+from taskgraph._identity import (
+    ArgumentRepr,
+    arguments_text,
+    big_int_text,
+    describe_arguments,
+    is_pure_path,
+    normalize_path,
+)
+
+if TYPE_CHECKING:
+    from pathlib import PurePath
 
 _LEAF_MAX = 1000
 _ITEMS_MAX = 200
@@ -75,7 +84,7 @@ class _Builder:
     def node(self, value: Any, depth: int) -> Node:
         self.nodes += 1
         kind = type(value)
-        if kind is str or isinstance(value, PurePath):
+        if kind is str or is_pure_path(value):
             return self._text(value)
         if kind in _NUMBERS:
             try:
@@ -97,7 +106,7 @@ class _Builder:
     def _text(self, value: str | PurePath) -> Node:
         """A string or a path; one that looks like a path is normalised, as the identity sees it."""
         text = str(value)
-        if isinstance(value, PurePath) or "/" in text or "\\" in text:
+        if "/" in text or "\\" in text or is_pure_path(value):
             try:
                 text = normalize_path(text)
             except (ValueError, OSError):

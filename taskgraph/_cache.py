@@ -79,9 +79,6 @@ _LOCKS = fcntl is not None
 LOGGER = logging.getLogger("taskgraph.Task")
 
 MARKER = "taskgraph-cache.json"
-#: Environment variables that set ``TaskGraph(cache=..., cache_key=...)``.
-CACHE_ENV = "TASKGRAPH_CACHE"
-CACHE_KEY_ENV = "TASKGRAPH_CACHE_KEY"
 _SUBDIRS = ("objects", "entries", "tmp", "quarantine", "runs")
 _MAX_MANIFEST_BYTES = 1 << 20
 
@@ -457,4 +454,4 @@ class Cache:
             os.replace(temporary, final)
 
 
-__all__ = ["CACHE_ENV", "CACHE_KEY_ENV", "MARKER", "Cache"]
+__all__ = ["MARKER", "Cache"]

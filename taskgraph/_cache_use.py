@@ -1,7 +1,9 @@
 """The scheduler's side of the shared cache: which tasks it serves, what a
 job is told about it, and what a hit records.
 
-Imports ``_cache``, ``_cache_job``, ``_identity``, ``_fingerprint`` and ``Reason`` from
+Imports ``_cache``, ``_cache_entry`` and ``_cache_job`` only once a cache is
+configured (a graph without one never loads them, nor their ``socket``,
+``secrets`` and ``hmac``), ``_identity``, ``_fingerprint`` and ``Reason`` from
 ``_decide``. The scheduler calls it only for a task that must run (after the
 up-to-date check said so), so up-to-date tasks never cost the cache anything;
 the job (``_job.run_job``) does the cache's work where the task runs.
@@ -14,19 +16,22 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from taskgraph._cache import CACHE_ENV, CACHE_KEY_ENV, Cache
-from taskgraph._cache_entry import CacheUnusable, read_team_key, who
 from taskgraph._decide import Reason
 from taskgraph._fingerprint import CHECK_ALGORITHM, CachedDigest, DigestCache
 from taskgraph._identity import SelfReferenceError, portable_identity
 
 if TYPE_CHECKING:
+    from taskgraph._cache import Cache
     from taskgraph._cache_job import CacheJob
     from taskgraph._decide import Decision
     from taskgraph._job import JobResult
     from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
+
+#: Environment variables that set ``TaskGraph(cache=..., cache_key=...)``.
+CACHE_ENV = "TASKGRAPH_CACHE"
+CACHE_KEY_ENV = "TASKGRAPH_CACHE_KEY"
 
 
 class CacheUse:
@@ -106,6 +111,8 @@ class CacheUse:
         """Write this run's summary into the cache (``taskgraph cache stats``)."""
         if not (self.hits or self.misses or self.put_failures or self.problems):
             return
+        from taskgraph._cache_entry import who
+
         host, user = who()
         summary = {
             "host": host, "user": user, "pid": os.getpid(), "started": self.started, "ended": time.time(),
@@ -145,6 +152,9 @@ def open_cache(cache: Any, cache_key: Any, workspace: str) -> CacheUse | None:
     for name, value in (("cache", cache), ("cache_key", cache_key)):
         if value is not None and value is not False and not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"{name} must be a path, None or False, got {value!r}")
+    from taskgraph._cache import Cache
+    from taskgraph._cache_entry import CacheUnusable, read_team_key
+
     try:
         opened = Cache.open(os.fspath(cache))
     except CacheUnusable as error:
@@ -162,4 +172,4 @@ def open_cache(cache: Any, cache_key: Any, workspace: str) -> CacheUse | None:
     return CacheUse(opened, key_file, workspace)
 
 
-__all__ = ["CacheUse", "open_cache", "restored_bytes"]
+__all__ = ["CACHE_ENV", "CACHE_KEY_ENV", "CacheUse", "open_cache", "restored_bytes"]

@@ -17,9 +17,10 @@ import os
 import time
 from typing import Any, TextIO
 
-from taskgraph._cache import CACHE_KEY_ENV, Cache
+from taskgraph._cache import Cache
 from taskgraph._cache_admin import VerifyReport, parse_size, prune, recent_runs, scan, verify
 from taskgraph._cache_entry import CacheUnusable, read_team_key
+from taskgraph._cache_use import CACHE_KEY_ENV
 from taskgraph._cli_common import CommandError
 
 

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from taskgraph._arguments import shorten, shorten_pair
 from taskgraph._errors import TaskGraphError
-from taskgraph._ledger import LedgerReader, TaskRow
+from taskgraph._ledger_read import LedgerReader, TaskRow
 from taskgraph._view import when
 
 _KEY_CHARS = frozenset("0123456789abcdef")

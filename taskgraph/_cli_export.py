@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from taskgraph._cli_common import CommandError
 from taskgraph._escape import dot_id, dot_label, mermaid_id, mermaid_label
-from taskgraph._ledger import LedgerReader, RunRow, TaskRow
+from taskgraph._ledger_read import LedgerReader, RunRow, TaskRow
 from taskgraph._view import View, build, executed, executed_in, seconds
 
 _STATE_COLOURS = {"ran": "#a5d6a7", "restored": "#c8e6c9", "skipped": "#e8f5e9", "failed": "#ef9a9a",

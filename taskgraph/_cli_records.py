@@ -18,7 +18,7 @@ from taskgraph._cli_common import in_graph, last_seen, listing, resolve_one
 from taskgraph._escape import terminal
 from taskgraph._failure import format_frames
 from taskgraph._fingerprint import Fingerprint
-from taskgraph._ledger import DecisionRow, LedgerReader, RunRow, TaskRow
+from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, TaskRow
 from taskgraph._view import (
     Entry,
     View,

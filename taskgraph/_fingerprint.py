@@ -28,15 +28,17 @@ it was hashed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat as stat_module
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import xxhash
 
 from taskgraph._frozen import frozen
+
+if TYPE_CHECKING:
+    import hashlib
 
 __all__ = [
     "CHECK_ALGORITHM",
@@ -77,6 +79,8 @@ def validate_algorithm(algorithm: object) -> str | None:
         return f"hash_algorithm must be a string, got {type(algorithm).__name__}"
     if algorithm in ("sizetimestamp", "exists") or algorithm in _XXHASH_ALGORITHMS:
         return None
+    import hashlib
+
     if algorithm in hashlib.algorithms_available:
         try:
             hashlib.new(algorithm).hexdigest()
@@ -96,6 +100,12 @@ def is_content_algorithm(algorithm: str) -> bool:
     return algorithm not in ("sizetimestamp", "exists")
 
 
+def _hashlib_new(algorithm: str) -> hashlib._Hash:
+    import hashlib  # only for hashlib's algorithms: OpenSSL's is a slow import
+
+    return hashlib.new(algorithm)
+
+
 def hash_file(path: str, algorithm: str, size: int | None = None) -> str:
     """Return the hex digest of the file at ``path``.
 
@@ -107,7 +117,7 @@ def hash_file(path: str, algorithm: str, size: int | None = None) -> str:
         OSError: if the file cannot be read.
     """
     factory = _XXHASH_ALGORITHMS.get(algorithm)
-    hasher = factory() if factory is not None else hashlib.new(algorithm)
+    hasher = factory() if factory is not None else _hashlib_new(algorithm)
     with open(path, "rb", buffering=0) as stream:
         if size is not None and size < _BUFFER_SIZE:
             # One more byte than expected tells a file that grew meanwhile.

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import PurePath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +39,8 @@ from taskgraph._task import Task
 from taskgraph._validate import Call
 
 if TYPE_CHECKING:
+    from pathlib import PurePath
+
     from taskgraph._snapshots import PlanEntry, Statistics, TaskReport
 
 __all__ = ["TaskGraph"]

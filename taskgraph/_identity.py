@@ -27,11 +27,11 @@ import os
 import pickle
 import re
 import reprlib
+import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -39,6 +39,9 @@ from taskgraph._fingerprint import file_stat
 from taskgraph._frozen import frozen
 from taskgraph._function_info import FunctionInfo, function_info
 from taskgraph._function_info import marshalled as _marshal
+
+if TYPE_CHECKING:
+    from pathlib import PurePath
 
 # FunctionInfo and function_info live in _function_info and are reached here too.
 __all__ = [
@@ -92,6 +95,14 @@ _ARG_REPR.maxlevel = 4
 # spellings are kept, since a relative one depends on the working directory.
 _NORMALIZED: dict[str, str] = {}
 _NORMALIZED_MAX = 1 << 17
+
+
+def is_pure_path(value: object) -> bool:
+    """``isinstance(value, pathlib.PurePath)`` without importing ``pathlib``
+    (with ``urllib.parse`` and ``ipaddress``, a fifth of the engine's
+    imports): no object is a pathlib path unless something imported it."""
+    pathlib = sys.modules.get("pathlib")
+    return pathlib is not None and isinstance(value, pathlib.PurePath)
 
 
 def normalize_path(path: str | PurePath) -> str:
@@ -229,7 +240,7 @@ class _Canonical:
     # -- the other types, in this order ----------------------------------------------------
 
     def _inexact(self, value: Any, kind: type) -> Any:
-        if isinstance(value, PurePath):
+        if is_pure_path(value):
             if self._literal:
                 return (_OBJ, _qualified(kind), os.fspath(value))
             return self._path(normalize_path(value))

@@ -14,8 +14,9 @@ values are stored in rows and read back), ``_ledger_commit`` (the write
 statements, transactions and group commits; durability), ``_ledger_considered``
 (what each run considered: rows, and plain skips packed per commit),
 ``_ledger_read`` (the read side for the command line), ``_ledger_forget``
-(forgetting records) and this writer. Names that other
-modules import from here are re-exported from the room that owns them.
+(forgetting records) and this writer. Names that the engine imports from here
+are re-exported from the room that owns them; the read side is imported from
+``_ledger_read`` itself, so that a run never loads it.
 
 Security: stored results are pickles, and unpickling runs code. Each result is
 stored with an HMAC-SHA256 of its record key, the exec key of the run that
@@ -33,11 +34,9 @@ every file taskgraph creates in the workspace are readable by their owner only.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -62,7 +61,6 @@ from taskgraph._ledger_commit import (
 )
 from taskgraph._ledger_considered import Considered, end_of_run
 from taskgraph._ledger_keys import KEY_SUFFIX, result_mac, workspace_key
-from taskgraph._ledger_read import DecisionRow, LedgerReader, RunRow, StaleRow, TaskRow
 from taskgraph._ledger_rows import (
     DigestRow,
     FileRow,
@@ -93,14 +91,9 @@ __all__ = [
     "KEY_SUFFIX",
     "LEDGER_FILENAME",
     "SCHEMA_VERSION",
-    "DecisionRow",
     "Ledger",
-    "LedgerReader",
     "Outcome",
-    "RunRow",
-    "StaleRow",
     "TaskRecord",
-    "TaskRow",
     "UntrustedResultError",
 ]
 
@@ -121,10 +114,20 @@ class UntrustedResultError(LedgerError):
     """
 
 
+def _host() -> str:
+    """This host's name, as ``socket.gethostname()`` gives it (on POSIX the
+    same ``uname`` node name, without importing ``socket`` at every start)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def _process_may_run(pid: int | None, host: str | None) -> bool:
     """Whether the process of a run that has not ended may still be running
     (it may, on another host or where that cannot be checked)."""
-    if pid is None or host != socket.gethostname() or os.name != "posix":
+    if pid is None or host != _host() or os.name != "posix":
         return True
     try:
         os.kill(pid, 0)
@@ -202,7 +205,7 @@ class Ledger:
         with self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO runs (started, pid, host, n_workers, version) VALUES (?,?,?,?,?)",
-                (time.time(), os.getpid(), socket.gethostname(), n_workers, __version__),
+                (time.time(), os.getpid(), _host(), n_workers, __version__),
             )
             self.run_id = cursor.lastrowid
 
@@ -386,6 +389,8 @@ class Ledger:
         # just found unchanged on disk.
         record = self.lookup(record_key)
         run_key = exec_key(record_key, record.inputs if record is not None else {})
+        import hmac  # only a stored result needs it
+
         if mac is None or key is None or not hmac.compare_digest(
             bytes(mac), result_mac(key, record_key, run_key, value)
         ):

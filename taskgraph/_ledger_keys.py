@@ -3,7 +3,9 @@
 Owns the key file beside the ledger (``taskgraph_ledger.sqlite.key``: 32
 random bytes, mode 0600, created atomically on first use), the HMAC-SHA256 of
 a stored result and schema 2's older HMAC, and the private files taskgraph
-creates in a workspace. Leaf module: the standard library and ``_errors``.
+creates in a workspace. Leaf module: the standard library and ``_errors``;
+``hashlib`` and ``hmac`` are imported by the functions that use them, so a
+graph that stores no result never loads them.
 
 Stored results are pickles, and unpickling runs code: a result is unpickled
 only when its HMAC, keyed by this secret, verifies (see ``_ledger``).
@@ -12,11 +14,8 @@ only when its HMAC, keyed by this secret, verifies (see ``_ledger``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import time
 
 from taskgraph._errors import LedgerError
@@ -59,7 +58,7 @@ def _read_key(path: str) -> bytes | None:
                 "then be computed again.", path,
             )
         return key
-    aside = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}.{secrets.token_hex(3)}.bad"
+    aside = f"{path}.{time.strftime('%Y%m%dT%H%M%S')}.{os.urandom(3).hex()}.bad"
     os.rename(path, aside)
     LOGGER.warning(
         "the taskgraph key %s cannot be used because %s; it was moved to %s and a new key "
@@ -85,10 +84,10 @@ def workspace_key(path: str, create: bool = True) -> bytes | None:
             return key
         if not create:
             return None
-        temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        temporary = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         fd = private_file(temporary, os.O_WRONLY | os.O_EXCL)
         try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
+            os.write(fd, os.urandom(_KEY_BYTES))  # what secrets.token_bytes() reads
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -112,10 +111,16 @@ def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes
     and to the exec key of the run that computed it (``run_key``: the input
     fingerprints of that run), so that the result of one run cannot stand in
     for another's."""
+    import hashlib
+    import hmac
+
     message = _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value)
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
 def schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
+    import hashlib
+    import hmac
+
     message = _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value)
     return hmac.new(key, message, hashlib.sha256).digest()

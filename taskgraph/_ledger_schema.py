@@ -59,13 +59,10 @@ ledger from a newer taskgraph is left alone and refused.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
-import pathlib
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -191,6 +188,8 @@ def _bind_results_to_inputs(conn: sqlite3.Connection, read_secret: Secret) -> No
         "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
     ):
         inputs.setdefault(row[0], {})[loaded_path(row[1])] = fingerprint(row[2:])
+    import hmac  # (an upgrade from schema 2 only)
+
     signed = []
     for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
         if hmac.compare_digest(bytes(mac), schema_2_mac(secret, key, value)):
@@ -395,6 +394,8 @@ def open_to_read(path: str) -> tuple[sqlite3.Connection, int]:
             taskgraph, or is older than any upgrade; the message is one line
             and says what the path is instead.
     """
+    import urllib.parse  # the command line's reads only
+
     try:
         uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path))) + "?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -459,6 +460,8 @@ def _read_only_uri(path: str) -> str:
     file, every commit is in the database file: ``immutable`` reads it
     with no -shm or -wal made. A WAL file means a writer may be active:
     ``mode=ro`` then reads through it (its -shm exists already)."""
+    import pathlib  # (read-only opens: the command line)
+
     uri = pathlib.Path(path).resolve().as_uri()
     return f"{uri}?mode=ro" if os.path.exists(path + WAL_SUFFIX) else f"{uri}?immutable=1"
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from taskgraph._failure import format_frames
-from taskgraph._ledger import LedgerReader, RunRow, TaskRow
+from taskgraph._ledger_read import LedgerReader, RunRow, TaskRow
 from taskgraph._version import __version__
 from taskgraph._view import (
     Entry,

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
-import unicodedata
 from typing import Any, TextIO
 
 
@@ -47,6 +45,8 @@ def cells(text: str) -> int:
     """Terminal columns ``text`` takes (East Asian wide characters take two)."""
     if text.isascii():
         return len(text)
+    import unicodedata  # (most text is ASCII: not loaded at every start)
+
     return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
@@ -119,6 +119,8 @@ class StatusLine:
         try:
             return os.get_terminal_size(self._stream.fileno()).columns or 80
         except (AttributeError, OSError, ValueError):
+            import shutil  # (it brings bz2 and lzma: not loaded at every start)
+
             return shutil.get_terminal_size((80, 24)).columns
 
     # -- the line ---------------------------------------------------------------------

@@ -17,16 +17,17 @@ import os
 import pickle
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import InvalidTaskError, UnpicklableTaskError
 from taskgraph._fingerprint import validate_algorithm
 from taskgraph._frozen import frozen
-from taskgraph._identity import normalize_path
+from taskgraph._identity import is_pure_path, normalize_path
 from taskgraph._job import first_unpicklable
 
 if TYPE_CHECKING:
+    from pathlib import PurePath
+
     from taskgraph._task import Task
 
 Invalid = Callable[[str], InvalidTaskError]
@@ -164,14 +165,14 @@ def path_list(paths: Any, argument: str, invalid: Invalid) -> list[str | PurePat
     str or pathlib paths."""
     if paths is None:
         return []
-    if isinstance(paths, (str, bytes, PurePath)) or not _iterable(paths):
+    if isinstance(paths, (str, bytes)) or is_pure_path(paths) or not _iterable(paths):
         raise invalid(
             f"{argument} must be a list of str or pathlib paths, got {type(paths).__name__} "
-            f"{shown(paths)}" + ("; for one path pass [path]" if isinstance(paths, (str, PurePath)) else "")
+            f"{shown(paths)}" + ("; for one path pass [path]" if isinstance(paths, str) or is_pure_path(paths) else "")
         )
     listed: list[Any] = list(paths)
     for path in listed:
-        if type(path) is not str and not isinstance(path, (str, PurePath)):
+        if type(path) is not str and not (isinstance(path, str) or is_pure_path(path)):
             what = "Values passed to target_path_list are not strings" if argument == "target_path_list" else (
                 f"{argument} holds a value that is not a path")
             raise invalid(

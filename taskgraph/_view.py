@@ -25,7 +25,7 @@ import psutil
 
 from taskgraph._failure import Frame, from_text, load_frames
 from taskgraph._fingerprint import Fingerprint, compare, file_stat, is_content_algorithm
-from taskgraph._ledger import LedgerReader, RunRow, TaskRow
+from taskgraph._ledger_read import LedgerReader, RunRow, TaskRow
 
 #: Every state a record can be shown in.
 STATES = ("ran", "restored", "skipped", "failed", "cancelled", "running", "pending", "interrupted", "stale")

@@ -148,7 +148,7 @@ def test_explain_names_the_latest_run_that_skipped_a_task(workspace):
 def test_a_task_that_leaves_the_graph_was_last_seen_in_the_last_run_that_skipped_it(tmp_path):
     # Its skip decision was written once, in run 2; runs 3 and 4 skipped it
     # too; run 5 no longer has it: it is history, last seen in run 4.
-    from taskgraph._ledger import LedgerReader
+    from taskgraph._ledger_read import LedgerReader
 
     ws = str(tmp_path)
     target = os.path.join(ws, "b.txt")

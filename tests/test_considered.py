@@ -24,7 +24,7 @@ from procs import wait_until
 
 import taskgraph
 from taskgraph._cli import main
-from taskgraph._ledger import LedgerReader
+from taskgraph._ledger_read import LedgerReader
 from taskgraph._ledger_considered import pack, unpack, without
 
 TESTS = os.path.dirname(__file__)

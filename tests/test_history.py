@@ -19,7 +19,7 @@ from procs import wait_until
 import taskgraph
 from taskgraph._cli import main
 from taskgraph._errors import LedgerError
-from taskgraph._ledger import LedgerReader
+from taskgraph._ledger_read import LedgerReader
 
 pytestmark = pytest.mark.skipif(sqlite3.sqlite_version_info < (3, 35), reason="DROP COLUMN needs SQLite 3.35")
 
