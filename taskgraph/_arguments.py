@@ -24,11 +24,11 @@ import marshal
 import pickle
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+from taskgraph._frozen import frozen
 from taskgraph._function_info import function_info
 from taskgraph._identity import (
     ArgumentRepr,
@@ -206,7 +206,7 @@ def _plain(builder: _Builder, value: Any) -> tuple[str, Node] | None:
     return shown, builder._text(value) if type(value) is str else shown
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Change:
     """One difference between two calls' arguments.
 

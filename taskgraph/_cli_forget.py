@@ -17,8 +17,8 @@ from typing import TextIO
 
 from taskgraph._cli_common import CommandError, confirm, resolve
 from taskgraph._escape import terminal
-from taskgraph._ledger_read import LedgerReader, StaleRow
 from taskgraph._ledger_forget import forget, forget_stale
+from taskgraph._ledger_read import LedgerReader, StaleRow
 from taskgraph._view import run_status, when
 
 

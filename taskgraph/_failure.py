@@ -19,8 +19,9 @@ import os
 import re
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
+
+from taskgraph._frozen import frozen
 
 #: (file, line, function, source line) of one frame.
 Frame = tuple[str, int, str, str]
@@ -33,7 +34,7 @@ _FRAME_LINE = re.compile(r'^  File "(?P<file>.*)", line (?P<line>\d+), in (?P<fu
 _NOTE_PREFIX = "raised by taskgraph task "
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Failure:
     """One failed run of a task.
 

@@ -1,17 +1,29 @@
-"""``@frozen``: the engine's small immutable value classes, as cheap to build as plain ones.
+"""``@frozen`` and ``@record``: the engine's small value classes, cheap to build and to define.
 
-A ``dataclass(frozen=True)`` assigns each field in ``__init__`` through
-``object.__setattr__``, which makes it about four times as slow to build as
-the same class unfrozen (2 µs against 0.4 µs for eight fields). The engine
-builds several such values per task on its hottest paths (a file's stat, a
-cached digest, a fingerprint, a record read from the ledger, a decision), so
-those classes are declared ``@frozen``: immutable to the type checker (mypy
-reports any assignment to a field, as for ``frozen=True``), hashable and
-compared by value as a frozen dataclass is, pickled (with every protocol)
-as its class and the tuple of its fields, and built like an unfrozen
-slotted one. What is given up is the run-time guard on assignment, which
-the type check gives the engine's own code; so a class the user's code
-handles (``Reason``) stays a ``frozen=True`` dataclass.
+Each is a slotted class of annotated fields (with defaults, or
+``field(default_factory=...)``) given an ``__init__``, ``__repr__`` and
+``__eq__`` as a dataclass would be, and pickled (with every protocol) as its
+class and the tuple of its fields: results cross a pipe per task, and a
+slotted dataclass's default state (a list built from ``fields()``, names and
+all) costs two and a half times as much, in time and bytes, and cannot be
+pickled at all with protocols 0 and 1.
+
+- ``@frozen``: immutable to the type checker (mypy reports any assignment
+  to a field, as for ``dataclass(frozen=True)``), hashed by its fields. A
+  frozen dataclass assigns each field in ``__init__`` through
+  ``object.__setattr__``, which makes it about four times as slow to build
+  (2 µs against 0.4 µs for eight fields); the engine builds several such
+  values per task on its hottest paths (a file's stat, a cached digest, a
+  fingerprint, a record read from the ledger, a decision). What is given up
+  is the run-time guard on assignment, which the type check gives the
+  engine's own code; so a class the user's code handles (``Reason``) stays a
+  ``frozen=True`` dataclass.
+- ``@record``: mutable, compared by its fields, unhashable (a job, its result).
+
+Neither is a dataclass: making one takes about a millisecond here (five
+generated methods compiled one by one, and the class made twice for its
+slots), and some twenty of them made at every start were a fifth of a run's
+start-up. Here one ``exec`` makes a class's methods.
 
 Leaf module: imports only the standard library.
 """
@@ -19,42 +31,108 @@ Leaf module: imports only the standard library.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, fields
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 _T = TypeVar("_T")
 
-def pickled_by_fields(cls: type[_T]) -> type[_T]:
-    """Pickle instances of the dataclass ``cls`` as its constructor and the
-    tuple of its fields: results cross a pipe per task, and a slotted
-    dataclass's default state (a list built from ``fields()``, names and
-    all) costs two and a half times as much, in time and bytes; and a
-    slotted class without ``__getstate__`` cannot be pickled at all with
-    protocols 0 and 1."""
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    several = operator.attrgetter(*names)
-    get = several if len(names) > 1 else (lambda obj: (several(obj),))
 
-    def __reduce__(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
-        return cls, get(self)
+class _Factory:
+    """A field's default made anew for each instance (``field(default_factory=...)``)."""
 
-    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
-    return cls
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+_NOTHING = object()  # no default, or (for a factory's field) no value given
+
+
+def _build(cls: type, hashable: bool) -> type:
+    if cls.__bases__ != (object,):
+        raise TypeError(f"{cls.__qualname__}: a value class derives from no other class")
+    names = [name for name, kind in cls.__annotations__.items()
+             if not str(kind).startswith("ClassVar")]
+    namespace: dict[str, Any] = {"_NOTHING": _NOTHING}
+    params, body = [], []
+    for name in names:
+        default = cls.__dict__.get(name, _NOTHING)
+        if isinstance(default, _Factory):
+            namespace[f"_make_{name}"] = default.make
+            params.append(f"{name}=_NOTHING")
+            body.append(f"    self.{name} = _make_{name}() if {name} is _NOTHING else {name}")
+            continue
+        if default is not _NOTHING:
+            namespace[f"_default_{name}"] = default
+            params.append(f"{name}=_default_{name}")
+        elif params and "=" in params[-1]:
+            raise TypeError(f"{cls.__qualname__}: field {name!r} without a default follows one with a default")
+        else:
+            params.append(name)
+        body.append(f"    self.{name} = {name}")
+    fields = "".join(f"self.{name}," for name in names)
+    others = "".join(f"other.{name}," for name in names)
+    shown = ", ".join(f"{name}={{self.{name}!r}}" for name in names)
+    source = "\n".join([
+        f"def __init__(self, {', '.join(params)}):",
+        *(body or ["    pass"]),
+        "def __repr__(self):",
+        f"    return f'{{self.__class__.__qualname__}}({shown})'",
+        "def __eq__(self, other):",
+        f"    if other.__class__ is self.__class__:\n        return ({fields}) == ({others})",
+        "    return NotImplemented",
+        "def __hash__(self):",
+        f"    return hash(({fields}))",
+    ])
+    exec(source, namespace)
+    body_of_class = {key: value for key, value in cls.__dict__.items()
+                     if key not in names and key not in ("__dict__", "__weakref__")}
+    for method in ("__init__", "__repr__", "__eq__"):
+        namespace[method].__qualname__ = f"{cls.__qualname__}.{method}"
+        body_of_class[method] = namespace[method]
+    body_of_class["__hash__"] = namespace["__hash__"] if hashable else None
+    body_of_class["__slots__"] = tuple(names)
+    body_of_class["__match_args__"] = tuple(names)
+    body_of_class["__qualname__"] = cls.__qualname__
+    built = type(cls)(cls.__name__, cls.__bases__, body_of_class)
+    several = operator.attrgetter(*names) if names else (lambda obj: ())
+    get = several if len(names) != 1 else (lambda obj: (several(obj),))
+
+    def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:
+        return built, get(self)
+
+    built.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    return built
 
 
 if TYPE_CHECKING:
     from typing_extensions import dataclass_transform
 
-    @dataclass_transform(frozen_default=True, eq_default=True)
+    def field(*, default_factory: Callable[[], _T]) -> _T:
+        """A field whose default is made anew for each instance."""
+
+    @dataclass_transform(frozen_default=True, eq_default=True, field_specifiers=(field,))
     def frozen(cls: type[_T]) -> type[_T]:
-        """A slotted dataclass that the type checker treats as frozen."""
+        """A slotted value class that the type checker treats as frozen, hashed by its fields."""
+
+    @dataclass_transform(eq_default=True, field_specifiers=(field,))
+    def record(cls: type[_T]) -> type[_T]:
+        """A slotted mutable value class, compared by its fields."""
 
 else:
 
+    def field(*, default_factory):
+        """A field whose default is made anew for each instance."""
+        return _Factory(default_factory)
+
     def frozen(cls):
-        """A slotted dataclass that the type checker treats as frozen, pickled by its fields."""
-        # unsafe_hash: hashed by its fields, as a frozen dataclass is.
-        return pickled_by_fields(dataclass(slots=True, unsafe_hash=True)(cls))
+        """A slotted value class that the type checker treats as frozen, hashed by its fields."""
+        return _build(cls, hashable=True)
+
+    def record(cls):
+        """A slotted mutable value class, compared by its fields."""
+        return _build(cls, hashable=False)
 
 
-__all__ = ["frozen", "pickled_by_fields"]
+__all__ = ["field", "frozen", "record"]

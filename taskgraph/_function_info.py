@@ -19,10 +19,11 @@ import textwrap
 import types
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import xxhash
+
+from taskgraph._frozen import frozen
 
 __all__ = ["FunctionInfo", "function_info", "marshalled"]
 
@@ -34,7 +35,7 @@ def marshalled(value: Any) -> bytes:
     return marshal.dumps(value, 2)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FunctionInfo:
     """How a function counts in a task's identity.
 

@@ -30,7 +30,6 @@ import reprlib
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -537,7 +536,7 @@ class _Portable(_Canonical):
         return (_PLACED, _relative(norm, self.root))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PortableIdentity:
     """A task's identity without its workspace's location: the first half of
     its cache key, made before its input files are read.

@@ -17,19 +17,18 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from taskgraph._errors import MissingTargetError, TaskExecutionError
 from taskgraph._failure import Frame, user_frames
 from taskgraph._fingerprint import CachedDigest, Fingerprint, MemoryDigestCache, take
-from taskgraph._frozen import pickled_by_fields
+from taskgraph._frozen import field, record
 
 if TYPE_CHECKING:
     from taskgraph._cache_job import CacheJob, CacheOutcome
 
 
-@dataclass(slots=True)
+@record
 class Job:
     """What an executor is asked to run.
 
@@ -74,8 +73,7 @@ class Job:
                 self.target_mode, self.want_result, self.known_digests, self.cache)
 
 
-@pickled_by_fields
-@dataclass(slots=True)
+@record
 class JobResult:
     """What comes back from running a :class:`Job`."""
 

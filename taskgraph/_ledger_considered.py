@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from taskgraph._frozen import frozen
 
 CONSIDER = "INSERT OR REPLACE INTO considered VALUES (?,?,?)"
 PACK = "INSERT OR REPLACE INTO considered_skips VALUES (?,?,?)"
@@ -120,7 +121,7 @@ def without(some: Ranges, others: Ranges) -> Ranges:
     return left
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Taken:
     """What one commit writes of this run's considered set."""
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
 
 from taskgraph._fingerprint import CachedDigest, FileStat, Fingerprint
-from taskgraph._frozen import frozen
+from taskgraph._frozen import field, frozen, record
 
 
 def stored_path(path: str) -> str | bytes:
@@ -113,7 +112,7 @@ class Previous:
     arguments: str | None
 
 
-@dataclass(slots=True)
+@record
 class Outcome:
     """A finished task as the scheduler hands it to the ledger."""
 

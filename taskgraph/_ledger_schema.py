@@ -64,10 +64,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import Fingerprint
+from taskgraph._frozen import frozen
 from taskgraph._ledger_keys import private_file, result_mac, schema_2_mac
 from taskgraph._ledger_rows import exec_key, fingerprint, loaded_path
 
@@ -314,7 +314,7 @@ def _upgrade(conn: sqlite3.Connection, secret: Secret | None) -> int:
     return int(start)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Opened:
     """A connection to a ledger of the current schema, and what opening it found."""
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Protocol, TextIO
 
+from taskgraph._frozen import frozen
 from taskgraph._terminal import StatusLine, cells, clip, printable
 
 # The bar is redrawn at most this often; log output is printed at once.
@@ -66,7 +66,7 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Snapshot:
     """Where a run stands, as a display shows it."""
 
