@@ -6,7 +6,8 @@ Each measurement runs in a fresh interpreter (``_driver.py``) and a fresh
 workspace; repetitions are interleaved (ours, natcap, ours, natcap, ...) so both
 sides see the same load, and the table gives medians. Ours runs from
 ~/.cache/taskgraph-bench/ours-venv, into which this tree is installed (not
-editable) at the start of every run. The natcap venv (with numpy) is created under
+editable) at the start of every run, unless --ours-python names another
+interpreter. The natcap venv (with numpy) is created under
 ~/.cache/taskgraph-bench/natcap-venv unless --natcap-python names an interpreter
 that imports natcap's taskgraph. See docs/performance.md for what each workload
 measures.
@@ -465,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--natcap-max-n", type=int, default=10_000,
                         help="natcap runs at most this many tasks per measurement (its N is shown when smaller)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one measurement")
-    parser.add_argument("--natcap-python", default=None)
+    parser.add_argument("--ours-python", default=None, metavar="PATH",
+                        help="measure the taskgraph this interpreter imports (e.g. a dev venv's) instead of "
+                             f"installing this tree into {OURS_VENV} (regular install, redone every run)")
+    parser.add_argument("--natcap-python", default=None, metavar="PATH",
+                        help=f"an interpreter that imports natcap's taskgraph (default: {NATCAP_VENV})")
     parser.add_argument("--json", default=None, help="write every raw figure to this file")
     parser.add_argument("--table-from", default=None, metavar="PATH",
                         help="measure nothing: print the table of a file written by --json (same options)")
@@ -479,13 +484,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tiles {args.tiles} is not a square number: the mosaic is square")
 
     theirs = args.natcap_python or ("natcap" if args.table_from else natcap_python())
-    ours = "ours" if args.table_from else ours_python()
+    ours = args.ours_python or ("ours" if args.table_from else ours_python())
     if not args.table_from:
-        # pip compiled ours-venv's taskgraph and natcap's as it installed them. The driver's helper modules
-        # (its imports from this folder) it did not: they are compiled here, so that no measurement does.
+        # pip compiled ours-venv's taskgraph and natcap's as it installed them. What it did not compile is
+        # compiled here, so that no measurement does: the driver's helper modules (its imports from this
+        # folder) and, for an --ours-python that imports our sources from a tree (an editable install),
+        # those sources.
         import compileall
 
         compileall.compile_dir(HERE, quiet=1)
+        if args.ours_python:
+            subprocess.run([ours, "-c", "import compileall, os, taskgraph; "
+                            "compileall.compile_dir(os.path.dirname(taskgraph.__file__), quiet=1)"],
+                           cwd=tempfile.gettempdir(), env=_ENV, check=True)
     rows = _peer_rows(args, ours, theirs) if args.peers else build_rows(args, ours, theirs)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.reps} interleaved runs; "
           f"ratio = side / baseline (below 1 is faster)\n")
