@@ -4,10 +4,13 @@
 
 Each measurement runs in a fresh interpreter (``_driver.py``) and a fresh
 workspace; repetitions are interleaved (ours, natcap, ours, natcap, ...) so both
-sides see the same load, and the table gives medians. The natcap venv (with
-numpy) is created under ~/.cache/taskgraph-bench/natcap-venv unless
---natcap-python names an interpreter that imports natcap's taskgraph.
-See docs/performance.md for what each workload measures.
+sides see the same load, and the table gives medians. Ours runs from
+~/.cache/taskgraph-bench/ours-venv, into which this tree is installed (not
+editable) at the start of every run, unless --ours-python names another
+interpreter. The natcap venv (with numpy) is created under
+~/.cache/taskgraph-bench/natcap-venv unless --natcap-python names an interpreter
+that imports natcap's taskgraph. See docs/performance.md for what each workload
+measures.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -31,6 +35,8 @@ sys.path.insert(0, HERE)
 import _data  # noqa: E402
 
 DRIVER = os.path.join(HERE, "_driver.py")
+ROOT = os.path.dirname(HERE)
+OURS_VENV = os.path.join(_data.CACHE, "ours-venv")
 NATCAP_VENV = os.path.join(_data.CACHE, "natcap-venv")
 WORKLOADS = ("overhead", "noop", "chain", "big", "tiles", "scale", "slow_import", "uneven")
 
@@ -47,6 +53,76 @@ def natcap_python() -> str:
     return python
 
 
+# Each interpreter imports its own taskgraph (no PYTHONPATH), and caches bytecode as a user's would.
+_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": ""}
+
+# pyproject.toml's [build-system] requires, installed once in ours-venv so that each reinstall builds
+# there (--no-build-isolation, about 1.5 s) instead of in a new isolated environment (about 3.5 s).
+_SETUPTOOLS = 68
+BUILD_REQUIRES = [f"setuptools>={_SETUPTOOLS}", "wheel"]
+_HAS_BACKEND = ("import sys, setuptools.build_meta, wheel; "
+                f"sys.exit(int(setuptools.__version__.split('.')[0]) < {_SETUPTOOLS})")
+
+# Prints the requirements ours-venv lacks, one a line: the installed package's runtime dependencies, and
+# numpy from its ``examples`` extra (the tiles need it; the extra's rasterio no benchmark uses). Presence
+# only: the versions are pip's to choose when it installs them.
+_MISSING = """
+import importlib.metadata as metadata, re
+for requirement in metadata.requires("taskgraph") or []:
+    requirement, _, marker = requirement.partition(";")
+    name = re.match(r"[A-Za-z0-9._-]+", requirement).group()
+    if "extra" in marker and not (name == "numpy" and '"examples"' in marker):
+        continue
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        print(requirement.strip())
+"""
+
+
+def ours_python() -> str:
+    """The interpreter of ours-venv, with the tree being benchmarked (``ROOT``) freshly installed in it.
+
+    A regular install, as a user's: an editable one (``pip install -e``) adds a ``.pth`` whose finder
+    imports pathlib, re, urllib.parse and more at every interpreter start, some 20 ms a process that
+    no user pays and that would hide any import-time saving of ours. The tree is reinstalled at every
+    run (``--force-reinstall --no-deps``), so the figures are always of the current sources; the build
+    backend, the runtime dependencies and numpy are installed only when missing. pip compiles the
+    modules as it installs them, so no measurement compiles them.
+    """
+    python = os.path.join(OURS_VENV, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", OURS_VENV], check=True)
+
+    def run(*command: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python, *command], cwd=tempfile.gettempdir(), env=_ENV, text=True, **kwargs)
+
+    if run("-c", _HAS_BACKEND, capture_output=True).returncode:
+        run("-m", "pip", "install", "-q", *BUILD_REQUIRES, check=True)
+    with tempfile.TemporaryDirectory(prefix="taskgraph-src-") as source:
+        _copy_sources(source)
+        run("-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", "--no-build-isolation", source,
+            check=True)
+    # After the reinstall, so that a dependency the tree has just gained is installed in the same run.
+    missing = run("-c", _MISSING, capture_output=True, check=True).stdout.split("\n")
+    if any(missing):
+        run("-m", "pip", "install", "-q", *filter(None, missing), check=True)
+    return python
+
+
+def _copy_sources(folder: str) -> None:
+    """Copy what the build reads (the top-level files and the package) from ``ROOT`` into ``folder``.
+
+    Built in the tree itself, setuptools would leave ``build/`` and ``taskgraph.egg-info`` there, and
+    put into the wheel every module ``build/lib`` still holds, deleted ones included.
+    """
+    for name in os.listdir(ROOT):
+        if os.path.isfile(os.path.join(ROOT, name)):
+            shutil.copy2(os.path.join(ROOT, name), folder)
+    shutil.copytree(os.path.join(ROOT, "taskgraph"), os.path.join(folder, "taskgraph"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+
 PEERS = {"doit": ["doit==0.37.0"], "joblib": ["joblib"]}
 
 
@@ -61,10 +137,6 @@ def peer_python(name: str) -> str:
     if probe.returncode:
         subprocess.run([python, "-m", "pip", "install", "-q", *PEERS[name]], check=True)
     return python
-
-
-# Each interpreter imports its own taskgraph (no PYTHONPATH), and caches bytecode as a user's would.
-_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": ""}
 
 
 @dataclasses.dataclass
@@ -394,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--natcap-max-n", type=int, default=10_000,
                         help="natcap runs at most this many tasks per measurement (its N is shown when smaller)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one measurement")
-    parser.add_argument("--natcap-python", default=None)
+    parser.add_argument("--ours-python", default=None, metavar="PATH",
+                        help="measure the taskgraph this interpreter imports (e.g. a dev venv's) instead of "
+                             f"installing this tree into {OURS_VENV} (regular install, redone every run)")
+    parser.add_argument("--natcap-python", default=None, metavar="PATH",
+                        help=f"an interpreter that imports natcap's taskgraph (default: {NATCAP_VENV})")
     parser.add_argument("--json", default=None, help="write every raw figure to this file")
     parser.add_argument("--table-from", default=None, metavar="PATH",
                         help="measure nothing: print the table of a file written by --json (same options)")
@@ -408,17 +484,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tiles {args.tiles} is not a square number: the mosaic is square")
 
     theirs = args.natcap_python or ("natcap" if args.table_from else natcap_python())
-    ours = sys.executable
+    ours = args.ours_python or ("ours" if args.table_from else ours_python())
     if not args.table_from:
-        # pip compiles natcap's modules when it installs them; an editable install of ours is compiled on
-        # first import, unless PYTHONDONTWRITEBYTECODE is set: then every measurement would compile our
-        # sources again. Compile them once here, as an installed wheel would be.
+        # pip compiled ours-venv's taskgraph and natcap's as it installed them. What it did not compile is
+        # compiled here, so that no measurement does: the driver's helper modules (its imports from this
+        # folder) and, for an --ours-python that imports our sources from a tree (an editable install),
+        # those sources.
         import compileall
 
-        import taskgraph
-
-        for folder in (os.path.dirname(taskgraph.__file__), os.path.dirname(os.path.abspath(__file__))):
-            compileall.compile_dir(folder, quiet=1)
+        compileall.compile_dir(HERE, quiet=1)
+        if args.ours_python:
+            subprocess.run([ours, "-c", "import compileall, os, taskgraph; "
+                            "compileall.compile_dir(os.path.dirname(taskgraph.__file__), quiet=1)"],
+                           cwd=tempfile.gettempdir(), env=_ENV, check=True)
     rows = _peer_rows(args, ours, theirs) if args.peers else build_rows(args, ours, theirs)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.reps} interleaved runs; "
           f"ratio = side / baseline (below 1 is faster)\n")
