@@ -542,6 +542,14 @@ class Ledger:
                 self._plain_skips = None
         return self._elsewhere_decides
 
+    def _lazy_rows(self) -> int:
+        return len(self._rows[DECISION]) + self._considered.waiting() + len(self._pending_digests)
+
+    def lazy_rows_full(self) -> bool:
+        """Whether the lazy rows waiting are many enough to be committed
+        now, not only with the next finished task's record."""
+        return self._lazy_rows() >= _LAZY_LIMIT
+
     def flush(self, force: bool = False) -> None:
         """Commit buffered writes in one transaction.
 
@@ -554,7 +562,7 @@ class Ledger:
         """
         if self.read_only:
             return
-        lazy = len(self._rows[DECISION]) + self._considered.waiting() + len(self._pending_digests)
+        lazy = self._lazy_rows()
         if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
         rows, self._rows = self._rows, empty_rows()

@@ -40,7 +40,7 @@ from taskgraph import _threads
 from taskgraph._cache_use import CacheUse, restored_bytes
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision
-from taskgraph._driving import COMMIT_INTERVAL_S, Driving
+from taskgraph._driving import COMMIT_INTERVAL_S, INLINE_COMMIT_INTERVAL_S, Driving
 from taskgraph._errors import (
     LedgerError,
     TaskGraphError,
@@ -108,7 +108,8 @@ class Scheduler(Driving):
         # Finished tasks whose records are not committed yet (group commit:
         # see COMMIT_INTERVAL_S), and when the ledger was last committed.
         self._unnotified: list[Task] = []
-        self._last_commit = -COMMIT_INTERVAL_S
+        self._commit_interval = COMMIT_INTERVAL_S if threaded else INLINE_COMMIT_INTERVAL_S
+        self._last_commit = -self._commit_interval
         # Inline, the caller's own thread is the scheduler: a finished task's
         # waiters are woken at once, and only its claim waits for the commit.
         self._threaded = threaded
@@ -396,7 +397,8 @@ class Scheduler(Driving):
         """Start what can start, then, when the group commit is due (or
         ``force``), commit and release every task settled on the way."""
         self._start_ready()
-        if self._unnotified and (force or time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S):
+        if self._unnotified and (force or time.monotonic() - self._last_commit >= self._commit_interval
+                                 or self._ledger.lazy_rows_full()):
             self._commit_now()
 
     def _commit_now(self) -> bool:

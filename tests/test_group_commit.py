@@ -224,7 +224,7 @@ def test_inline_records_are_committed_while_the_script_does_something_else(tmp_p
             target = os.path.join(ws, f"o{i}")
             graph.add_task(reliability_funcs.write_bytes, args=(target, i), target_path_list=[target],
                            task_name=f"w{i}")
-        time.sleep(0.5)  # the script's own work, well past the group commit's 20 ms
+        time.sleep(1.0)  # the script's own work, well past the inline group commit's 250 ms
         os._exit(9)  # killed there
     """, ws)
     assert proc.returncode == 9, proc.stderr
