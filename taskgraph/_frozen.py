@@ -88,10 +88,13 @@ def _build(cls: type, hashable: bool) -> type:
     exec(source, namespace)
     body_of_class = {key: value for key, value in cls.__dict__.items()
                      if key not in names and key not in ("__dict__", "__weakref__")}
-    for method in ("__init__", "__repr__", "__eq__"):
+    # A method the class defines itself is kept, as a dataclass keeps it.
+    made = {"__init__", "__repr__", "__eq__", "__reduce__"} - set(cls.__dict__)
+    for method in made & {"__init__", "__repr__", "__eq__"}:
         namespace[method].__qualname__ = f"{cls.__qualname__}.{method}"
         body_of_class[method] = namespace[method]
-    body_of_class["__hash__"] = namespace["__hash__"] if hashable else None
+    if cls.__dict__.get("__hash__") is None:  # (None too where the class defines __eq__ alone)
+        body_of_class["__hash__"] = namespace["__hash__"] if hashable else None
     body_of_class["__slots__"] = tuple(names)
     body_of_class["__match_args__"] = tuple(names)
     body_of_class["__qualname__"] = cls.__qualname__
@@ -102,7 +105,8 @@ def _build(cls: type, hashable: bool) -> type:
     def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:
         return built, get(self)
 
-    built.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    if "__reduce__" in made:
+        built.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
     return built
 
 

@@ -51,6 +51,17 @@ def test_records_are_mutable_unhashable_and_get_a_fresh_default_each():
         hash(first)
 
 
+def test_methods_a_class_defines_are_kept():
+    @frozen
+    class Shown:
+        a: int
+
+        def __repr__(self):
+            return f"<{self.a}>"
+
+    assert repr(Shown(1)) == "<1>" and Shown(1) == Shown(1) and hash(Shown(1)) == hash(Shown(1))
+
+
 def test_a_field_without_a_default_after_one_with_is_refused():
     with pytest.raises(TypeError, match="without a default follows"):
         @frozen
