@@ -25,6 +25,9 @@ generated methods compiled one by one, and the class made twice for its
 slots), and some twenty of them made at every start were a fifth of a run's
 start-up. Here one ``exec`` makes a class's methods.
 
+The class is made anew with its slots (as ``dataclass(slots=True)`` does), so
+a method of it cannot use ``super()`` without arguments: none here does.
+
 Leaf module: imports only the standard library.
 """
 
@@ -52,8 +55,10 @@ _NOTHING = object()  # no default, or (for a factory's field) no value given
 def _build(cls: type, hashable: bool) -> type:
     if cls.__bases__ != (object,):
         raise TypeError(f"{cls.__qualname__}: a value class derives from no other class")
+    # ("ClassVar[...]" as a string, or typing.ClassVar itself in a module
+    # without ``from __future__ import annotations``.)
     names = [name for name, kind in cls.__annotations__.items()
-             if not str(kind).startswith("ClassVar")]
+             if not str(kind).removeprefix("typing.").startswith("ClassVar")]
     namespace: dict[str, Any] = {"_NOTHING": _NOTHING}
     params, body = [], []
     for name in names:

@@ -40,7 +40,7 @@ from taskgraph import _threads
 from taskgraph._cache_use import CacheUse, restored_bytes
 from taskgraph._claims import Claims
 from taskgraph._decide import Decision
-from taskgraph._driving import COMMIT_INTERVAL_S, INLINE_COMMIT_INTERVAL_S, Driving
+from taskgraph._driving import COMMIT_INTERVAL_S, GROUP_MAX_TASKS, INLINE_COMMIT_INTERVAL_S, Driving
 from taskgraph._errors import (
     LedgerError,
     TaskGraphError,
@@ -117,7 +117,8 @@ class Scheduler(Driving):
         # Inline there is no scheduler thread to commit a group that is due
         # after add_task returned: a short-lived committer thread does, under
         # this lock, which every inline entry into the scheduler holds (so
-        # another graph or process never waits on a claim for long).
+        # another graph or process waits on a claim at most about the
+        # group commit's window, INLINE_COMMIT_INTERVAL_S).
         self._inline_lock = threading.RLock()
         self._committer: threading.Thread | None = None
         # Set when a commit failed: nothing finished after it is recorded (a
@@ -397,8 +398,9 @@ class Scheduler(Driving):
         """Start what can start, then, when the group commit is due (or
         ``force``), commit and release every task settled on the way."""
         self._start_ready()
-        if self._unnotified and (force or time.monotonic() - self._last_commit >= self._commit_interval
-                                 or self._ledger.lazy_rows_full()):
+        unnotified = self._unnotified
+        if unnotified and (force or time.monotonic() - self._last_commit >= self._commit_interval
+                           or len(unnotified) >= GROUP_MAX_TASKS or self._ledger.lazy_rows_full()):
             self._commit_now()
 
     def _commit_now(self) -> bool:

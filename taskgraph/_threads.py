@@ -22,11 +22,14 @@ _LOCK = threading.Lock()
 
 
 _SHORT_LIVED: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+# Set while await_short_lived waits: a short-lived thread's pause() ends at once.
+_HURRY = threading.Event()
 
 
 def start(target: Callable[..., Any], name: str, *args: Any, short_lived: bool = False) -> threading.Thread:
     """Start a daemon thread of the engine, named ``name``; ``short_lived``:
-    it ends by itself within milliseconds (see :func:`await_short_lived`)."""
+    it ends by itself soon, waits only through :func:`pause`, and finishes
+    its work at once when :func:`await_short_lived` asks."""
     thread = threading.Thread(target=target, name=name, args=args, daemon=True)
     with _LOCK:
         _THREADS.add(thread)
@@ -36,15 +39,26 @@ def start(target: Callable[..., Any], name: str, *args: Any, short_lived: bool =
     return thread
 
 
+def pause(seconds: float) -> bool:
+    """A short-lived thread's wait: ``seconds``, or less; True when it was
+    asked to finish its work now (:func:`await_short_lived`)."""
+    return _HURRY.wait(seconds)
+
+
 def await_short_lived(timeout: float) -> None:
-    """Wait, at most ``timeout`` seconds, for the short-lived threads (an
-    inline graph's committer) to end, so that a process pool made just after
-    can still fork its server from this process."""
+    """Ask the short-lived threads (an inline graph's committer, which may
+    otherwise wait up to its group commit's 250 ms) to finish now, and wait
+    for them, at most ``timeout`` seconds, so that a process pool made just
+    after can still fork its server from this process."""
     with _LOCK:
         threads = list(_SHORT_LIVED)
-    for thread in threads:
-        if thread is not threading.current_thread():
-            thread.join(timeout)
+    _HURRY.set()
+    try:
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+    finally:
+        _HURRY.clear()
 
 
 def running() -> list[threading.Thread]:
@@ -53,4 +67,4 @@ def running() -> list[threading.Thread]:
         return [thread for thread in _THREADS if thread.is_alive()]
 
 
-__all__ = ["running", "start"]
+__all__ = ["await_short_lived", "pause", "running", "start"]

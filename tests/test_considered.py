@@ -24,8 +24,8 @@ from procs import wait_until
 
 import taskgraph
 from taskgraph._cli import main
-from taskgraph._ledger_read import LedgerReader
 from taskgraph._ledger_considered import pack, unpack, without
+from taskgraph._ledger_read import LedgerReader
 
 TESTS = os.path.dirname(__file__)
 
@@ -143,8 +143,8 @@ def test_a_run_killed_in_a_rerun_keeps_what_it_committed_and_explain_names_it(tm
     run_twice(tmp_path, n)
     assert run(tmp_path, n, kill_after=9_000) == -signal.SIGKILL  # run 3
     found = considered_by_run(tmp_path)
-    # Its first packs were committed (a commit at most 20 ms after 4,096
-    # skips), its last ones were not.
+    # Its first packs were committed (at the first dispatch once 4,096 lazy
+    # rows wait), its last ones were not.
     assert found[2] == {"skipped": n} and 4_096 <= found[3]["skipped"] < 9_000 and set(found[3]) == {"skipped"}
     head, rows = status(tmp_path / "ws", capsys)
     assert head["current_run"] == 2 and len(rows) == n

@@ -65,6 +65,39 @@ def test_a_script_without_the_main_guard_runs_as_under_natcap(tmp_path):
     assert [(tmp_path / f"out{i}.txt").read_text() for i in range(6)] == [str(i) for i in range(6)]
 
 
+@pytest.mark.parametrize("inline_graph", ["closed", "open"])
+def test_an_unguarded_script_forks_its_pool_just_after_an_inline_graph(tmp_path, inline_graph):
+    # The inline graph's records wait for its group commit (up to 250 ms) in a
+    # short-lived committer thread; a pool made at once must still fork its
+    # server from this process (no engine thread may be alive), not spawn.
+    done = run_script(tmp_path, """
+        import taskgraph
+
+        def write(path, text):
+            with open(path, "w") as stream:
+                stream.write(text)
+
+        first = taskgraph.TaskGraph("inline-workspace", n_workers=-1)
+        for i in range(3):
+            first.add_task(write, args=(f"in{i}.txt", str(i)), target_path_list=[f"in{i}.txt"], task_name=f"i{i}")
+        if CLOSE:
+            first.close()
+            first.join()
+        graph = taskgraph.TaskGraph("workspace", n_workers=2)
+        for i in range(4):
+            graph.add_task(write, args=(f"out{i}.txt", str(i)), target_path_list=[f"out{i}.txt"], task_name=f"t{i}")
+        graph.close()
+        graph.join()
+        if not CLOSE:
+            first.close()
+            first.join()
+        print("the last line")
+    """.replace("CLOSE", str(inline_graph == "closed")))
+    assert done.returncode == 0, done.stderr
+    assert "spawn" not in done.stderr and done.stdout.count("the last line") == 1
+    assert sorted(p.name for p in tmp_path.glob("out*.txt")) == [f"out{i}.txt" for i in range(4)]
+
+
 def test_under_spawn_the_unguarded_script_fails_at_once_saying_why(tmp_path):
     done = run_script(tmp_path, UNGUARDED, start_method="spawn")
     assert done.returncode != 0

@@ -14,6 +14,7 @@ from ledgers import downgrade
 from procs import child_pids, no_new_children
 
 import taskgraph
+from taskgraph._ledger_read import LedgerReader
 
 MiB = 2**20
 
@@ -189,7 +190,7 @@ def test_report_has_cpu_time_and_peak_memory_from_the_worker(tmp_path):
     assert "peak" in str(hog) and "MiB" in str(hog)
 
     # Recorded in the ledger and shown by `taskgraph status`.
-    rows = {row.name: row for row in taskgraph._ledger_read.LedgerReader(ws).tasks()}
+    rows = {row.name: row for row in LedgerReader(ws).tasks()}
     assert rows["spin"].cpu_time == pytest.approx(spin.cpu_time)
     assert rows["hog"].peak_memory == hog.peak_memory
     shown = subprocess.run([sys.executable, "-m", "taskgraph", "status", ws],
@@ -241,7 +242,7 @@ def test_a_ledger_of_the_previous_schema_is_upgraded_keeping_its_records(tmp_pat
     con = sqlite3.connect(path)
     assert [row[1] for row in con.execute("PRAGMA table_info(tasks)")][-1] == "error"
     con.close()
-    old_rows = taskgraph._ledger_read.LedgerReader(ws).tasks()  # readable before the upgrade
+    old_rows = LedgerReader(ws).tasks()  # readable before the upgrade
     assert [(row.name, row.cpu_time) for row in old_rows] == [("old", None)]
 
     with taskgraph.TaskGraph(ws, -1) as graph:
