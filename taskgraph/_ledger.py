@@ -106,6 +106,20 @@ _BULK_AFTER = 64
 _LAZY_LIMIT = 4096
 
 
+def _append_all(rows: Rows, mine: Rows) -> None:
+    """Add one task's rows to the buffer, all or (interrupted) none."""
+    added: list[tuple[list[Any], int]] = []
+    try:
+        for sql, new in mine.items():
+            buffered = rows[sql]
+            added.append((buffered, len(buffered)))
+            buffered.extend(new)
+    except BaseException:
+        for buffered, length in added:
+            del buffered[length:]
+        raise
+
+
 class UntrustedResultError(LedgerError):
     """A stored result failed its authentication check and was not unpickled.
 
@@ -455,44 +469,49 @@ class Ledger:
     # -- writing ----------------------------------------------------------------
 
     def record(self, outcome: Outcome) -> None:
-        """Buffer a finished task (done when ``outcome.error`` is None)."""
+        """Buffer a finished task (done when ``outcome.error`` is None).
+
+        Its rows go into the buffer together, after everything that can take
+        time (the stored result's encoding and code, which may import
+        sqlitedict and make the workspace's key): a Ctrl-C inside this call
+        must not leave the task's row in the buffer without its result,
+        since what is buffered is committed on the way out.
+        """
         key = outcome.record_key
         state = "done" if outcome.error is None else "failed"
-        self._written.add(key)  # from now on served by SQL, not the snapshot
-        self._durable = True
-        self._member(key, "ran" if outcome.error is None else "failed")
         failure = outcome.failure or (None, None, None)
-        rows = self._rows
         run_key = exec_key(key, outcome.inputs)
-        rows[UPSERT_TASK].append((
+        mine: Rows = {UPSERT_TASK: [(
             key, outcome.task_key, run_key, stored_text(outcome.name), stored_text(outcome.func),
             outcome.source_hash, stored_text(outcome.args), outcome.hash_algorithm, int(outcome.store_result), state,
             self.run_id, outcome.started, outcome.ended, outcome.ended - outcome.started,
             stored_text(outcome.worker), stored_text(outcome.error), outcome.cpu_time, outcome.peak_memory,
             stored_text(failure[0]), stored_text(failure[1]), stored_text(failure[2]), stored_text(outcome.arguments),
             outcome.fresh,  # (its id, when it is new: see _ledger_considered.with_ids)
-        ))
+        )]}
         if not outcome.fresh:
-            rows[DELETE_DEPS].append((key,))
-        rows[INSERT_DEP].extend((key, dep) for dep in dict.fromkeys(outcome.deps))
-        if outcome.error is not None:
-            return  # keep the last success's files for explaining what changed
-        if not outcome.fresh:
-            rows[DELETE_FILES].append((key,))
-            rows[DELETE_RESULT].append((key,))
-        for role, files in (("input", outcome.inputs), ("target", outcome.targets)):
-            rows[INSERT_FILE].extend(
+            mine[DELETE_DEPS] = [(key,)]
+        mine[INSERT_DEP] = [(key, dep) for dep in dict.fromkeys(outcome.deps)]
+        if outcome.error is None:  # a failure keeps the last success's files, for explaining what changed
+            if not outcome.fresh:
+                mine[DELETE_FILES] = [(key,)]
+                mine[DELETE_RESULT] = [(key,)]
+            mine[INSERT_FILE] = [
                 (key, role, stored_path(path), fp.mode, fp.size, fp.mtime_ns, fp.digest, fp.taken_at_ns)
+                for role, files in (("input", outcome.inputs), ("target", outcome.targets))
                 for path, fp in files.items()
-            )
-        if outcome.store_result:
-            import sqlitedict  # only a graph with stored results pays for its import
+            ]
+            if outcome.store_result:
+                import sqlitedict  # only a graph with stored results pays for its import
 
-            value = sqlitedict.encode(outcome.result)
-            secret = self._workspace_key()
-            assert secret is not None  # made when missing
-            mac = result_mac(secret, key, run_key, value)
-            rows[UPSERT_RESULT].append((key, value, mac))
+                value = sqlitedict.encode(outcome.result)
+                secret = self._workspace_key()
+                assert secret is not None  # made when missing
+                mine[UPSERT_RESULT] = [(key, value, result_mac(secret, key, run_key, value))]
+        _append_all(self._rows, mine)
+        self._written.add(key)  # from now on served by SQL, not the snapshot
+        self._durable = True
+        self._member(key, "ran" if outcome.error is None else "failed")
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""

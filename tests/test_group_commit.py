@@ -275,3 +275,54 @@ def test_a_group_committed_a_task_at_a_time_stays_in_the_current_graph(tmp_path)
     assert {name: considered.get(name) for name in ("r0", "r1", "r2", "r3")} == dict.fromkeys(
         ("r0", "r1", "r2", "r3"), "ran")
     assert ran == 4 and failed >= 1
+
+
+def test_a_ctrl_c_while_a_result_is_stored_never_commits_the_record_without_it(tmp_path):
+    # Ctrl-C may land while a finished task's record is buffered: during the
+    # stored result's encoding (here its second pickling raises
+    # KeyboardInterrupt, as a real Ctrl-C at that moment would), the first import of
+    # sqlitedict, or the making of the workspace's key. What is buffered is
+    # committed on the way out: the task's row must never go in without its
+    # result, or the next run would run a task recorded as done again.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    proc = run_script(tmp_path, """
+        class Interrupting:
+            # Pickled twice: to check that it can be, then to store it.
+            pickled = 0
+
+            def __reduce__(self):
+                Interrupting.pickled += 1
+                if Interrupting.pickled == 2:
+                    raise KeyboardInterrupt
+                return (int, (2,))
+
+        def first(path):
+            with open(path, "w") as stream:
+                stream.write("1")
+            return 1
+
+        def second(path):
+            with open(path, "w") as stream:
+                stream.write("2")
+            return Interrupting()
+
+        ws = sys.argv[1]
+        graph = taskgraph.TaskGraph(ws, -1)
+        try:
+            for name, func in (("first", first), ("second", second)):
+                target = os.path.join(ws, name)
+                graph.add_task(func, args=(target,), target_path_list=[target], store_result=True, task_name=name)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """, ws)
+    assert proc.stdout.split() == ["interrupted"], proc.stderr
+    con = sqlite3.connect(str(ws / taskgraph.LEDGER_FILENAME))
+    try:
+        done = {name for (name,) in con.execute(
+            "SELECT name FROM tasks WHERE state='done' AND record_key NOT IN (SELECT key FROM results)")}
+        recorded = {name for (name,) in con.execute("SELECT name FROM tasks WHERE state='done'")}
+    finally:
+        con.close()
+    assert done == set()  # no record without its result
+    assert recorded == {"first"}  # what finished before is kept
