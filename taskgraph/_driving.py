@@ -38,8 +38,9 @@ COMMIT_INTERVAL_S = 0.02
 #: record: ``add_task`` returns once its task has run, and ``Task.get()`` has
 #: the result at once. Each commit writes every page its rows touched, and in
 #: a ledger of many records the keys of one group are spread over as many
-#: pages, so a group of a quarter of a second costs about a third per task of
-#: one of 20 ms (20,000 tasks of a DAG: 11% less CPU in all).
+#: pages, so a group of a quarter of a second (or GROUP_MAX_TASKS) costs
+#: about a third per task of one of 20 ms (20,000 tasks of a DAG: 11% less
+#: CPU in all).
 INLINE_COMMIT_INTERVAL_S = 0.25
 #: A group is committed once this many finished tasks wait, whatever the
 #: window: each holds its claim (a POSIX lock) until then, and taking or
