@@ -52,14 +52,17 @@ class _Factory:
 _NOTHING = object()  # no default, or (for a factory's field) no value given
 
 
-def _build(cls: type, hashable: bool) -> type:
+def _field_names(cls: type) -> list[str]:
     if cls.__bases__ != (object,):
         raise TypeError(f"{cls.__qualname__}: a value class derives from no other class")
     # ("ClassVar[...]" as a string, or typing.ClassVar itself in a module
     # without ``from __future__ import annotations``.)
-    names = [name for name, kind in cls.__annotations__.items()
-             if not str(kind).removeprefix("typing.").startswith("ClassVar")]
-    namespace: dict[str, Any] = {"_NOTHING": _NOTHING}
+    return [name for name, kind in cls.__annotations__.items()
+            if not str(kind).removeprefix("typing.").startswith("ClassVar")]
+
+
+def _init_source(cls: type, names: list[str], namespace: dict[str, Any]) -> list[str]:
+    """The source of ``__init__``, its defaults and factories put in ``namespace``."""
     params, body = [], []
     for name in names:
         default = cls.__dict__.get(name, _NOTHING)
@@ -76,12 +79,18 @@ def _build(cls: type, hashable: bool) -> type:
         else:
             params.append(name)
         body.append(f"    self.{name} = {name}")
+    return [f"def __init__(self, {', '.join(params)}):", *(body or ["    pass"])]
+
+
+def _build(cls: type, hashable: bool) -> type:
+    names = _field_names(cls)
+    namespace: dict[str, Any] = {"_NOTHING": _NOTHING}
+    init = _init_source(cls, names, namespace)
     fields = "".join(f"self.{name}," for name in names)
     others = "".join(f"other.{name}," for name in names)
     shown = ", ".join(f"{name}={{self.{name}!r}}" for name in names)
     source = "\n".join([
-        f"def __init__(self, {', '.join(params)}):",
-        *(body or ["    pass"]),
+        *init,
         "def __repr__(self):",
         f"    return f'{{self.__class__.__qualname__}}({shown})'",
         "def __eq__(self, other):",

@@ -55,12 +55,13 @@ from taskgraph._ledger_commit import (
     UPSERT_RESULT,
     UPSERT_TASK,
     Rows,
+    append_all,
     commit,
     empty_rows,
     transaction,
 )
 from taskgraph._ledger_considered import Considered, end_of_run
-from taskgraph._ledger_keys import KEY_SUFFIX, result_mac, workspace_key
+from taskgraph._ledger_keys import KEY_SUFFIX, macs_equal, result_mac, workspace_key
 from taskgraph._ledger_rows import (
     DigestRow,
     FileRow,
@@ -104,20 +105,6 @@ _BULK_AFTER = 64
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
-
-
-def _append_all(rows: Rows, mine: Rows) -> None:
-    """Add one task's rows to the buffer, all or (interrupted) none."""
-    added: list[tuple[list[Any], int]] = []
-    try:
-        for sql, new in mine.items():
-            buffered = rows[sql]
-            added.append((buffered, len(buffered)))
-            buffered.extend(new)
-    except BaseException:
-        for buffered, length in added:
-            del buffered[length:]
-        raise
 
 
 class UntrustedResultError(LedgerError):
@@ -403,11 +390,7 @@ class Ledger:
         # just found unchanged on disk.
         record = self.lookup(record_key)
         run_key = exec_key(record_key, record.inputs if record is not None else {})
-        import hmac  # only a stored result needs it
-
-        if mac is None or key is None or not hmac.compare_digest(
-            bytes(mac), result_mac(key, record_key, run_key, value)
-        ):
+        if mac is None or key is None or not macs_equal(bytes(mac), result_mac(key, record_key, run_key, value)):
             if mac is None:
                 # Results recorded before results were authenticated (a
                 # schema-1 ledger, upgraded in place) have no code: expected,
@@ -508,7 +491,7 @@ class Ledger:
                 secret = self._workspace_key()
                 assert secret is not None  # made when missing
                 mine[UPSERT_RESULT] = [(key, value, result_mac(secret, key, run_key, value))]
-        _append_all(self._rows, mine)
+        append_all(self._rows, mine)
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._durable = True
         self._member(key, "ran" if outcome.error is None else "failed")

@@ -63,6 +63,20 @@ def empty_rows() -> Rows:
     return {sql: [] for sql in STATEMENTS}
 
 
+def append_all(rows: Rows, mine: Rows) -> None:
+    """Add one task's rows to the buffer ``rows``, all or (interrupted) none."""
+    added: list[tuple[list[tuple[Any, ...]], int]] = []
+    try:
+        for sql, new in mine.items():
+            buffered = rows[sql]
+            added.append((buffered, len(buffered)))
+            buffered.extend(new)
+    except BaseException:
+        for buffered, length in added:
+            del buffered[length:]
+        raise
+
+
 def commit(
     conn: sqlite3.Connection,
     path: str,

@@ -118,6 +118,13 @@ def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
+def macs_equal(one: bytes, other: bytes) -> bool:
+    """Whether two authentication codes are equal, in constant time."""
+    import hmac
+
+    return hmac.compare_digest(one, other)
+
+
 def schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
     import hashlib
     import hmac

@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterator
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import Fingerprint
 from taskgraph._frozen import frozen
-from taskgraph._ledger_keys import private_file, result_mac, schema_2_mac
+from taskgraph._ledger_keys import macs_equal, private_file, result_mac, schema_2_mac
 from taskgraph._ledger_rows import exec_key, fingerprint, loaded_path
 
 LOGGER = logging.getLogger("taskgraph.Task")
@@ -188,11 +188,9 @@ def _bind_results_to_inputs(conn: sqlite3.Connection, read_secret: Secret) -> No
         "SELECT record_key, path, mode, size, mtime_ns, digest, taken_at_ns FROM files WHERE role='input'"
     ):
         inputs.setdefault(row[0], {})[loaded_path(row[1])] = fingerprint(row[2:])
-    import hmac  # (an upgrade from schema 2 only)
-
     signed = []
     for key, value, mac in conn.execute("SELECT key, value, mac FROM results WHERE mac IS NOT NULL"):
-        if hmac.compare_digest(bytes(mac), schema_2_mac(secret, key, value)):
+        if macs_equal(bytes(mac), schema_2_mac(secret, key, value)):
             signed.append((result_mac(secret, key, exec_key(key, inputs.get(key, {})), value), key))
     conn.executemany("UPDATE results SET mac=? WHERE key=?", signed)
 
