@@ -111,11 +111,7 @@ def result_mac(key: bytes, record_key: str, run_key: str, value: bytes) -> bytes
     and to the exec key of the run that computed it (``run_key``: the input
     fingerprints of that run), so that the result of one run cannot stand in
     for another's."""
-    import hashlib
-    import hmac
-
-    message = _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value)
-    return hmac.new(key, message, hashlib.sha256).digest()
+    return _sha256_mac(key, _MAC_CONTEXT + record_key.encode() + b"\0" + run_key.encode() + b"\0" + bytes(value))
 
 
 def macs_equal(one: bytes, other: bytes) -> bool:
@@ -126,8 +122,11 @@ def macs_equal(one: bytes, other: bytes) -> bool:
 
 
 def schema_2_mac(key: bytes, record_key: str, value: bytes) -> bytes:
+    return _sha256_mac(key, _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value))
+
+
+def _sha256_mac(key: bytes, message: bytes) -> bytes:
     import hashlib
     import hmac
 
-    message = _MAC_CONTEXT_V1 + record_key.encode() + b"\0" + bytes(value)
     return hmac.new(key, message, hashlib.sha256).digest()
