@@ -176,10 +176,10 @@ class Ledger:
         self._ids: dict[str, int | None] = {}
         # Set by end_run: what drops older runs' considered sets.
         self._prune: Callable[[sqlite3.Connection], None] | None = None
-        # Hashes of (record key, stored name) of the records whose last
-        # decision is a plain skip (no reasons), read when the first skip is
-        # recorded: the same decision is not written again (the run that made
-        # it is in `considered`; LedgerReader.decision() reports the latest).
+        # Hashes of (record key, stored name) of the records with a stored
+        # decision, read when the first skip is recorded: a plain skip (no
+        # reasons) of one is not written (the run that made it is in
+        # `considered`; LedgerReader.decision() reports the latest).
         # Hashes, not the strings: 100,000 records cost 4 MB, not 25. (Two
         # pairs sharing a 64-bit hash would cost one decision row not being
         # rewritten, an explanation, never a record.)
@@ -513,14 +513,17 @@ class Ledger:
         ))
 
     def _skips_written(self, record_key: str, stored_name: str | None, plain: bool) -> bool:
-        """Whether a plain skip (``plain``) of this record is its stored
-        decision already, so that it need not be written; keeps the set of
-        those up to date with the decision about to be written."""
+        """Whether a plain skip (``plain``) of this record need not be
+        written: a run before this one stored a decision about it under the
+        same name (whatever that decision was), and the reader reports a
+        later run's plain skip from what that run considered. Keeps the set
+        of those up to date with the decision about to be written: one
+        written in this run must be written again, since this run's skip
+        would not be later than it."""
         if self._elsewhere_decides or not (plain or self._plain_skips is not None):
             return False
         if self._plain_skips is None:
-            self._plain_skips = {hash(row) for row in self._conn.execute(
-                "SELECT record_key, name FROM decisions WHERE action='skip' AND reasons='[]'")}
+            self._plain_skips = {hash(row) for row in self._conn.execute("SELECT record_key, name FROM decisions")}
         pair = hash((record_key, stored_name))
         if plain and pair in self._plain_skips:
             return not self._decided_elsewhere()

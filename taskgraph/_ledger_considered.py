@@ -249,9 +249,11 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
 
     First, a record whose last skip leaves with them (skipped by a run that
     goes, not by this one: ``skipped`` holds the ids of those it skipped,
-    ``states`` what became of each record it was given) keeps, in its plain
-    skip decision (written once, see ``Ledger.record_decision``), the last run
-    that skipped it and when. In a steady rerun nothing leaves.
+    ``states`` what became of each record it was given) gets, in its
+    decision, a plain skip by the last run that skipped it, at that run's
+    start, unless its decision is that run's or later (a plain skip is not
+    written after an earlier run's decision, see ``Ledger.record_decision``).
+    In a steady rerun nothing leaves.
     """
     older = f"run_id < ? AND run_id NOT IN ({_marks(keep)})"
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS leaving (record_key TEXT PRIMARY KEY, run_id INTEGER)"
@@ -272,9 +274,9 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
         " AND NOT EXISTS (SELECT 1 FROM considered c WHERE c.run_id = ?1 AND c.record_key = t.record_key)" + upsert,
         [(run, first, end) for run, blob in packs for first, end in without(unpack(blob), skipped)])
     conn.execute(
-        "UPDATE decisions SET (run_id, decided_at) = (SELECT l.run_id, r.started FROM temp.leaving l"
-        " JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"
-        " WHERE record_key IN (SELECT record_key FROM temp.leaving) AND action = 'skip' AND reasons = '[]'"
+        "UPDATE decisions SET (run_id, decided_at, action, reasons) = (SELECT l.run_id, r.started, 'skip', '[]'"
+        " FROM temp.leaving l JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"
+        " WHERE record_key IN (SELECT record_key FROM temp.leaving)"
         " AND coalesce(run_id, -1) < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)")
     conn.execute("DELETE FROM temp.leaving")
     for table in ("considered", "considered_skips"):

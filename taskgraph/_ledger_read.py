@@ -401,23 +401,24 @@ class LedgerReader:
             f"SELECT record_key, dep_key FROM deps WHERE record_key IN ({CONSIDERED_SINCE})", (since,))]
 
     def decision(self, record_key: str) -> DecisionRow | None:
-        """A record's last decision. A plain skip (no reasons) is written once
-        and not again while each later run skips the record the same way: its
-        run and time are then those of the latest run that skipped it."""
+        """A record's last decision. A plain skip (up to date, no reasons) is
+        not written when the record has a decision from an earlier run under
+        the same name: a run that skipped the record after its stored
+        decision's run makes the last decision a plain skip, in the latest
+        such run, at that run's start."""
         rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
                           (record_key,))
         if not rows:
             return None
         run_id, decided_at, action, reasons = rows[0]
-        if action == "skip" and reasons == "[]":
-            later = self._rows(
-                f"SELECT c.run_id, runs.started FROM {EXPANDED} c JOIN runs USING (run_id)"
-                " WHERE c.record_key=? AND c.state='skipped' AND c.run_id>?"
-                " ORDER BY c.run_id DESC LIMIT 1",
-                (record_key, run_id if run_id is not None else -1),
-            )
-            if later:
-                run_id, decided_at = later[0]
+        later = self._rows(
+            f"SELECT c.run_id, runs.started FROM {EXPANDED} c JOIN runs USING (run_id)"
+            " WHERE c.record_key=? AND c.state='skipped' AND c.run_id>?"
+            " ORDER BY c.run_id DESC LIMIT 1",
+            (record_key, run_id if run_id is not None else -1),
+        )
+        if later:
+            (run_id, decided_at), action, reasons = later[0], "skip", "[]"
         return DecisionRow(record_key, run_id, decided_at, action, json.loads(reasons))
 
     def lookup_digest(self, path: str, algorithm: str) -> CachedDigest | None:

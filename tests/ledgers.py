@@ -21,10 +21,21 @@ def _skips_as_rows(con: sqlite3.Connection) -> None:
                         " WHERE record_id >= ? AND record_id < ?", (run_id, first, end))
 
 
+def _skips_as_decisions(con: sqlite3.Connection) -> None:
+    """Schema 4 wrote every decision: a record skipped by a run after its
+    decision's run gets that skip (of the latest such run) as its decision."""
+    con.execute(
+        "UPDATE decisions SET (run_id, decided_at, action, reasons) = (SELECT c.run_id, r.started, 'skip', '[]'"
+        " FROM considered c JOIN runs r USING (run_id) WHERE c.record_key = decisions.record_key"
+        " AND c.state = 'skipped' ORDER BY c.run_id DESC LIMIT 1)"
+        " WHERE coalesce(run_id, -1) < (SELECT max(c.run_id) FROM considered c"
+        " WHERE c.record_key = decisions.record_key AND c.state = 'skipped')")
+
+
 # From schema N + 1 back to N: what the migration from N added (SQL, or a
 # function of the connection).
 _ADDED: dict[int, tuple[str | Callable[[sqlite3.Connection], None], ...]] = {
-    4: (_skips_as_rows, "DROP TABLE considered_skips", "DROP INDEX tasks_by_id",
+    4: (_skips_as_rows, _skips_as_decisions, "DROP TABLE considered_skips", "DROP INDEX tasks_by_id",
         "ALTER TABLE tasks DROP COLUMN record_id", "DELETE FROM meta WHERE key = 'last_record_id'"),
     3: ("DROP TABLE considered",
         "ALTER TABLE tasks DROP COLUMN error_type", "ALTER TABLE tasks DROP COLUMN error_message",

@@ -123,8 +123,9 @@ def test_explain_says_why_and_what_now(workspace):
 
 
 def test_explain_names_the_latest_run_that_skipped_a_task(workspace):
-    # A skip decision is written once; later runs that skip the task the same
-    # way do not write it again, and explain still names the latest of them.
+    # A plain skip after a decision of an earlier run is not written: the
+    # first run's decision to run beta stays, runs 2 to 4 skip it, and explain
+    # names the latest of them.
     db = str(workspace / taskgraph.LEDGER_FILENAME)
 
     def beta_decision():
@@ -135,19 +136,26 @@ def test_explain_names_the_latest_run_that_skipped_a_task(workspace):
         finally:
             con.close()
 
-    assert workspace.run() == 0  # run 2: beta skipped
     written = beta_decision()
-    assert written[1:] == ("skip", "[]")
+    assert written[:2] == (1, "run") and "new_task" in written[2]
+    result = tg("explain", workspace, "beta")
+    assert re.search(r"last decision \(.*, run 1\): it ran", result.stdout), result.stdout
+    assert workspace.run() == 0  # run 2: beta skipped
+    assert beta_decision() == written  # not written
+    result = tg("explain", workspace, "beta")
+    assert re.search(r"last decision \(.*, run 2\): it was skipped \(up to date\)", result.stdout), result.stdout
+    assert "new task" not in result.stdout
     assert workspace.run() == 0 and workspace.run() == 0  # runs 3 and 4 skip it again
-    assert beta_decision() == written  # not written again
+    assert beta_decision() == written  # still not written
     result = tg("explain", workspace, "beta")
     assert result.returncode == 0, result.stderr
     assert re.search(r"last decision \(.*, run 4\): it was skipped \(up to date\)", result.stdout), result.stdout
 
 
 def test_a_task_that_leaves_the_graph_was_last_seen_in_the_last_run_that_skipped_it(tmp_path):
-    # Its skip decision was written once, in run 2; runs 3 and 4 skipped it
-    # too; run 5 no longer has it: it is history, last seen in run 4.
+    # Its decision was written once, in run 1 (it ran); runs 2 to 4 skipped
+    # it without writing one; run 5 no longer has it: it is history, last seen
+    # in run 4, and its decision became run 4's skip when run 4's set left.
     from taskgraph._ledger_read import LedgerReader
 
     ws = str(tmp_path)
