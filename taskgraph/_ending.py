@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from taskgraph._errors import LedgerError, TaskCancelledError, TaskGraphTerminatedError
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from taskgraph._ledger import Ledger
     from taskgraph._ready import ReadyQueue
     from taskgraph._task import Task
+    from taskgraph._threads import Finished
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
@@ -44,7 +44,7 @@ class RunEnding:
     _elsewhere: dict[int, Task]
     _unnotified: list[Task]
     _unfinished: dict[int, Task]
-    _finished_condition: threading.Condition
+    _finished_condition: Finished
     _failure: BaseException | None
     _keep_going: bool
     _failed_tasks: list[Task]
@@ -143,8 +143,7 @@ class RunEnding:
                     self._claims.release(task._identity.record_key)
         self._unfinished.clear()
         self._finished_count = self._known
-        with self._finished_condition:
-            self._finished_condition.notify_all()
+        self._finished_condition.notify_all()
         if self._stop_requested and not self._stopped:
             with contextlib.suppress(BaseException):
                 self._stop_now()  # the batch held the stop message: never leave join() waiting

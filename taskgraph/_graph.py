@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskgraph import _threads
 from taskgraph import _validate as validate
 from taskgraph._backends import make_executor
 from taskgraph._cache_use import open_cache
@@ -232,7 +233,7 @@ class TaskGraph:
         self._ledger_path = normalize_path(self._ledger.path)
         if not dry_run:
             self._ledger.begin_run(n_workers)
-        self._finished_condition = threading.Condition(threading.Lock())
+        self._finished_condition = _threads.Finished()
         # A dry run decides only: it neither reads nor writes the cache.
         self._cache = None if dry_run else open_cache(cache, cache_key, normalize_path(self._workspace))
         self._scheduler = Scheduler(

@@ -105,6 +105,7 @@ _BULK_AFTER = 64
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
+_REASONS = json.JSONEncoder(default=str)  # json.dumps(reasons, default=str), one encoder for all
 
 
 class UntrustedResultError(LedgerError):
@@ -509,17 +510,14 @@ class Ledger:
             return  # up to date as last time: that row says so already
         self._rows[DECISION].append((
             record_key, self.run_id, time.time(), stored_name, "run" if run else "skip",
-            json.dumps(reasons, default=str) if reasons else "[]",
+            _REASONS.encode(reasons) if reasons else "[]",
         ))
 
     def _skips_written(self, record_key: str, stored_name: str | None, plain: bool) -> bool:
-        """Whether a plain skip (``plain``) of this record need not be
-        written: a run before this one stored a decision about it under the
-        same name (whatever that decision was), and the reader reports a
-        later run's plain skip from what that run considered. Keeps the set
-        of those up to date with the decision about to be written: one
-        written in this run must be written again, since this run's skip
-        would not be later than it."""
+        """Whether a plain skip (``plain``) of this record need not be written:
+        an earlier run stored a decision of it under this name (whatever it
+        was; the reader tells a later run's plain skip from what it
+        considered). One written by this run is not earlier: keeps the set so."""
         if self._elsewhere_decides or not (plain or self._plain_skips is not None):
             return False
         if self._plain_skips is None:

@@ -73,7 +73,7 @@ class Scheduler(Driving):
         self,
         ledger: Ledger,
         executor: Executor,
-        finished: threading.Condition,
+        finished: _threads.Finished,
         *,
         threaded: bool,
         reporting_interval: float | None,
@@ -366,8 +366,7 @@ class Scheduler(Driving):
                 task._finished = woken = True
                 self._unfinished.pop(task.task_id, None)
         if woken:
-            with self._finished_condition:
-                self._finished_condition.notify_all()
+            self._finished_condition.notify_all()
 
     def _release(self, finished: list[Task]) -> None:
         for task in finished:

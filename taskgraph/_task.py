@@ -9,12 +9,12 @@ and the read-only properties.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from taskgraph._errors import TaskTimeoutError
 from taskgraph._identity import Identity
+from taskgraph._threads import Finished
 
 if TYPE_CHECKING:  # _decide imports this module (for its own types)
     from taskgraph._decide import Reason
@@ -88,7 +88,7 @@ class Task:
         priority: float,
         dependencies: tuple[Task, ...],
         payload: bytes | None,
-        finished: threading.Condition,
+        finished: Finished,
         memory: float | None = None,
         expected_time: float | None = None,
     ) -> None:
@@ -191,8 +191,7 @@ class Task:
     def _wait(self, timeout: float | None) -> bool:
         if self._finished:
             return True
-        with self._finished_condition:
-            return self._finished_condition.wait_for(lambda: self._finished, timeout)
+        return self._finished_condition.wait_for(lambda: self._finished, timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the function's result, waiting for it if needed.
