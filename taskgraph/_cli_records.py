@@ -94,9 +94,9 @@ def _failure_lines(task: TaskRow) -> list[str]:
     return (task.error or "").rstrip().splitlines()[-6:]
 
 
-def _restored(decision: DecisionRow) -> dict[str, Any] | None:
-    """The ``restored_from_cache`` reason of a decision, if the task was restored."""
-    for reason in decision.reasons:
+def _restored(reasons: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``restored_from_cache`` reason of a decision's reasons, if the task was restored."""
+    for reason in reasons:
         if reason.get("code") == "restored_from_cache":
             return reason
     return None
@@ -106,10 +106,10 @@ def _summary(reader: LedgerReader, entries: list[Entry]) -> dict[str, Any]:
     """How many tasks, of each state, and the bytes restored from the cache."""
     summary: dict[str, Any] = {"tasks": len(entries), **counts(entry.state for entry in entries)}
     if "restored" in summary:
-        decisions = [reader.decision(entry.key) for entry in entries if entry.state == "restored"]
+        # (one query: a restore is a decision to run, always written)
+        reasons = reader.stored_reasons({entry.key for entry in entries if entry.state == "restored"})
         summary["restored_bytes"] = sum(
-            int((_restored(decision) or {}).get("new", {}).get("bytes", 0))
-            for decision in decisions if decision is not None
+            int((_restored(listed) or {}).get("new", {}).get("bytes", 0)) for listed in reasons.values()
         )
     return summary
 
@@ -208,7 +208,7 @@ def _where(reader: LedgerReader, task: TaskRow, current: int | None) -> str:
 def _decision_lines(decision: DecisionRow) -> str:
     """The last decision about a record, with its reasons."""
     verb = "ran" if decision.action == "run" else "was skipped (up to date)"
-    if decision.action == "run" and _restored(decision) is not None:
+    if decision.action == "run" and _restored(decision.reasons) is not None:
         verb = "was restored from the shared cache (its function did not run)"
     text = f"last decision ({when(decision.decided_at)}, run {decision.run_id}): it {verb}"
     text += ":\n" if decision.reasons else "\n"

@@ -177,14 +177,12 @@ class Ledger:
         self._ids: dict[str, int | None] = {}
         # Set by end_run: what drops older runs' considered sets.
         self._prune: Callable[[sqlite3.Connection], None] | None = None
-        # Hashes of (record key, stored name) of the records with a stored
-        # decision, read when the first skip is recorded: a plain skip (no
-        # reasons) of one is not written (the run that made it is in
-        # `considered`; LedgerReader.decision() reports the latest).
-        # Hashes, not the strings: 100,000 records cost 4 MB, not 25. (Two
-        # pairs sharing a 64-bit hash would cost one decision row not being
-        # rewritten, an explanation, never a record.)
-        self._plain_skips: set[int] | None = None
+        # Hashes of (record key, stored name) of the records with a decision
+        # from an earlier run, read at the first skip: a plain skip of one is
+        # not written (see _skips_written). Hashes, not the strings: 100,000
+        # records cost 4 MB, not 25. (Two pairs sharing a 64-bit hash would
+        # cost one decision row not being rewritten, an explanation, never a record.)
+        self._decided_pairs: set[int] | None = None
         # Once another connection has written the ledger, every decision is
         # written (its decisions may differ from the set read before).
         self._elsewhere_decides = False
@@ -517,18 +515,20 @@ class Ledger:
         """Whether a plain skip (``plain``) of this record need not be written:
         an earlier run stored a decision of it under this name (whatever it
         was; the reader tells a later run's plain skip from what it
-        considered). One written by this run is not earlier: keeps the set so."""
-        if self._elsewhere_decides or not (plain or self._plain_skips is not None):
+        considered). One by this run is not earlier: it is not read, and
+        one written since the read takes its pair out."""
+        if self._elsewhere_decides or not (plain or self._decided_pairs is not None):
             return False
-        if self._plain_skips is None:
-            self._plain_skips = {hash(row) for row in self._conn.execute("SELECT record_key, name FROM decisions")}
+        if self._decided_pairs is None:  # (not this run's own: see the docstring)
+            self._decided_pairs = {hash(row) for row in self._conn.execute(
+                "SELECT record_key, name FROM decisions WHERE coalesce(run_id, -1) < ?", (self.run_id or 0,))}
         pair = hash((record_key, stored_name))
-        if plain and pair in self._plain_skips:
+        if plain and pair in self._decided_pairs:
             return not self._decided_elsewhere()
         if plain:
-            self._plain_skips.add(pair)
+            self._decided_pairs.add(pair)
         else:
-            self._plain_skips.discard(pair)
+            self._decided_pairs.discard(pair)
         return False
 
     def _decided_elsewhere(self) -> bool:
@@ -542,7 +542,7 @@ class Ledger:
             self._checked_elsewhere = now
             if self.written_elsewhere():
                 self._elsewhere_decides = True
-                self._plain_skips = None
+                self._decided_pairs = None
         return self._elsewhere_decides
 
     def _lazy_rows(self) -> int:

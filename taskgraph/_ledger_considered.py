@@ -40,6 +40,12 @@ PACK = "INSERT OR REPLACE INTO considered_skips VALUES (?,?,?)"
 EXPANDED = "temp.considered_all"
 #: The records considered by the runs from a given one on (a subquery, after :func:`expand`).
 CONSIDERED_SINCE = f"SELECT record_key FROM {EXPANDED} WHERE run_id >= ?"
+#: Each record's latest run that considered it, and that run's start (a
+#: subquery, after :func:`expand`): a plain skip is not always a decision row.
+LATEST_CONSIDERED = (f"SELECT e.record_key, e.run_id, r.started FROM (SELECT record_key, max(run_id) AS run_id"
+                     f" FROM {EXPANDED} GROUP BY record_key) e JOIN runs r ON r.run_id = e.run_id")
+#: When a record was last seen, from tasks ``t``, decisions ``d`` and ``LATEST_CONSIDERED`` ``c``.
+SEEN_AT = "max(coalesce(d.decided_at, 0), coalesce(t.ended, 0), coalesce(c.started, 0))"
 
 #: Maps a record key to its id, None when it has none.
 IdOf = Callable[[str], "int | None"]
@@ -251,7 +257,8 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
     goes, not by this one: ``skipped`` holds the ids of those it skipped,
     ``states`` what became of each record it was given) gets, in its
     decision, a plain skip by the last run that skipped it, at that run's
-    start, unless its decision is that run's or later (a plain skip is not
+    start, unless its decision is that run's or was made after that run
+    started, or the record ran in that run or later (a plain skip is not
     written after an earlier run's decision, see ``Ledger.record_decision``).
     In a steady rerun nothing leaves.
     """
@@ -277,7 +284,13 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
         "UPDATE decisions SET (run_id, decided_at, action, reasons) = (SELECT l.run_id, r.started, 'skip', '[]'"
         " FROM temp.leaving l JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"
         " WHERE record_key IN (SELECT record_key FROM temp.leaving)"
-        " AND coalesce(run_id, -1) < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)")
+        " AND coalesce(run_id, -1) < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)"
+        # (a decision made after that run started, by a run that overlapped it, stays)
+        " AND coalesce(decided_at, 0) <= (SELECT r.started FROM temp.leaving l JOIN runs r ON r.run_id = l.run_id"
+        " WHERE l.record_key = decisions.record_key)"
+        # (nor is a record that ran in that run or later given that skip, should its row have been lost)
+        " AND coalesce((SELECT t.run_id FROM tasks t WHERE t.record_key = decisions.record_key), -1)"
+        " < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)")
     conn.execute("DELETE FROM temp.leaving")
     for table in ("considered", "considered_skips"):
         conn.execute(f"DELETE FROM {table} WHERE {older}", (run_id, *keep))

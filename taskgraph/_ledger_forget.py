@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from taskgraph._ledger import Ledger
-from taskgraph._ledger_considered import CONSIDERED_SINCE, expand
+from taskgraph._ledger_considered import CONSIDERED_SINCE, LATEST_CONSIDERED, SEEN_AT, expand
 
 
 def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int:
@@ -60,8 +60,9 @@ def forget_stale(workspace: str, record_keys: Iterable[str], before: float | Non
             expand(conn)
             still = [
                 key for key, seen_at in conn.execute(
-                    "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"
+                    f"SELECT t.record_key, {SEEN_AT} FROM tasks t"
                     " LEFT JOIN decisions d ON d.record_key = t.record_key"
+                    f" LEFT JOIN ({LATEST_CONSIDERED}) c ON c.record_key = t.record_key"
                     f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})",
                     (current,))
                 if key in wanted and (before is None or (seen_at or 0) < before)

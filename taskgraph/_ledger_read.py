@@ -22,7 +22,7 @@ from typing import Any
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, Fingerprint
-from taskgraph._ledger_considered import CONSIDERED_SINCE, EXPANDED, expand
+from taskgraph._ledger_considered import CONSIDERED_SINCE, EXPANDED, LATEST_CONSIDERED, SEEN_AT, expand
 from taskgraph._ledger_rows import cached_digest, files_of, fingerprint, loaded_path, stored_path, stored_text
 from taskgraph._ledger_schema import LEDGER_FILENAME, open_to_read
 
@@ -264,6 +264,12 @@ class LedgerReader:
         columns = "record_key, name, state, run_id, started, ended, duration, worker, cpu_time, peak_memory"
         return self._some(f"SELECT {columns} FROM tasks", keys)
 
+    def stored_reasons(self, keys: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The reasons of the stored decisions of ``keys`` (a decision to run,
+        such as a restore from the shared cache, is always written)."""
+        return {key: json.loads(reasons) for key, reasons in self._some(
+            "SELECT record_key, reasons FROM decisions", keys)}
+
     def decided_names(self, keys: set[str]) -> list[tuple[str, str]]:
         """(record_key, name) of those of ``keys`` that were decided: a task a
         run decided to run is named there before it has a record."""
@@ -339,11 +345,14 @@ class LedgerReader:
 
     def last_seen(self, record_key: str) -> tuple[int | None, float | None]:
         """The last run that considered a record, and when, as far as its
-        decision and its last execution tell."""
+        decision, its last execution and what the runs considered tell (a
+        plain skip is not always written: see :meth:`decision`)."""
         rows = self._rows(
-            "SELECT max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)), max(coalesce(d.decided_at, 0),"
-            " coalesce(t.ended, 0)) FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            " WHERE t.record_key = ?", (record_key,))
+            f"SELECT max(coalesce(d.run_id, 0), coalesce(t.run_id, 0), coalesce(c.run_id, 0)),"
+            f" max(coalesce(d.decided_at, 0), coalesce(t.ended, 0), coalesce(c.started, 0))"
+            f" FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            f" LEFT JOIN ({LATEST_CONSIDERED}) c ON c.record_key = t.record_key"
+            f" WHERE t.record_key = ?", (record_key,))
         if not rows:
             return None, None
         run, when = rows[0]
@@ -353,9 +362,9 @@ class LedgerReader:
         """Records no run from ``since`` on considered (history), oldest first;
         with ``before``, only those last seen before that time."""
         rows = self._rows(
-            "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
-            " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) AS seen_at"
-            " FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0), coalesce(c.run_id, 0)),"
+            f" {SEEN_AT} AS seen_at FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            f" LEFT JOIN ({LATEST_CONSIDERED}) c ON c.record_key = t.record_key"
             f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE}) ORDER BY seen_at, t.name", (since,))
         return [StaleRow(key, name, run or None, when or None) for key, name, run, when in rows
                 if before is None or (when or 0) < before]
@@ -403,9 +412,11 @@ class LedgerReader:
     def decision(self, record_key: str) -> DecisionRow | None:
         """A record's last decision. A plain skip (up to date, no reasons) is
         not written when the record has a decision from an earlier run under
-        the same name: a run that skipped the record after its stored
-        decision's run makes the last decision a plain skip, in the latest
-        such run, at that run's start."""
+        the same name: a run that skipped the record and started after its
+        stored decision was made makes the last decision a plain skip, by
+        the latest such run, at that run's start. (Runs that overlap write
+        every decision once one has written the ledger: see
+        ``Ledger._decided_elsewhere``.)"""
         rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
                           (record_key,))
         if not rows:
@@ -413,9 +424,9 @@ class LedgerReader:
         run_id, decided_at, action, reasons = rows[0]
         later = self._rows(
             f"SELECT c.run_id, runs.started FROM {EXPANDED} c JOIN runs USING (run_id)"
-            " WHERE c.record_key=? AND c.state='skipped' AND c.run_id>?"
+            " WHERE c.record_key=? AND c.state='skipped' AND c.run_id>? AND runs.started>=?"
             " ORDER BY c.run_id DESC LIMIT 1",
-            (record_key, run_id if run_id is not None else -1),
+            (record_key, run_id if run_id is not None else -1, decided_at or 0),
         )
         if later:
             (run_id, decided_at), action, reasons = later[0], "skip", "[]"

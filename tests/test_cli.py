@@ -181,8 +181,10 @@ def test_a_task_that_leaves_the_graph_was_last_seen_in_the_last_run_that_skipped
 
 
 def test_a_skip_after_another_graph_ran_the_task_is_written(tmp_path):
-    # Graph A read which records' last decision is a plain skip; graph B (another
-    # connection) then runs X; A's later skip of X must replace B's decision.
+    # Graph A read which records have a decision (so that their plain skips
+    # need not be written); graph B (another connection) then runs X; A's later
+    # skip of X must replace B's decision: A's run started before it, so the
+    # reader would not take A's unwritten skip over B's row.
     ws = str(tmp_path)
     source = os.path.join(ws, "x.in")
 
