@@ -40,12 +40,7 @@ PACK = "INSERT OR REPLACE INTO considered_skips VALUES (?,?,?)"
 EXPANDED = "temp.considered_all"
 #: The records considered by the runs from a given one on (a subquery, after :func:`expand`).
 CONSIDERED_SINCE = f"SELECT record_key FROM {EXPANDED} WHERE run_id >= ?"
-#: Each record's latest run that considered it, and that run's start (a
-#: subquery, after :func:`expand`): a plain skip is not always a decision row.
-LATEST_CONSIDERED = (f"SELECT e.record_key, e.run_id, r.started FROM (SELECT record_key, max(run_id) AS run_id"
-                     f" FROM {EXPANDED} GROUP BY record_key) e JOIN runs r ON r.run_id = e.run_id")
-#: When a record was last seen, from tasks ``t``, decisions ``d`` and ``LATEST_CONSIDERED`` ``c``.
-SEEN_AT = "max(coalesce(d.decided_at, 0), coalesce(t.ended, 0), coalesce(c.started, 0))"
+
 
 #: Maps a record key to its id, None when it has none.
 IdOf = Callable[[str], "int | None"]
@@ -294,6 +289,21 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
     conn.execute("DELETE FROM temp.leaving")
     for table in ("considered", "considered_skips"):
         conn.execute(f"DELETE FROM {table} WHERE {older}", (run_id, *keep))
+
+
+#: Each record's latest run that considered it, and that run's start, after
+#: :func:`expand` (a plain skip is not always a decision row). Read whole:
+#: SQLite joined it, as a grouped subquery, to 100,000 records a row at a time.
+LATEST_CONSIDERED = (f"SELECT e.record_key, e.run_id, r.started FROM (SELECT record_key, max(run_id) AS run_id"
+                     f" FROM {EXPANDED} GROUP BY record_key) e JOIN runs r ON r.run_id = e.run_id")
+
+
+def seen(run: int | None, when: float | None, latest: tuple[int, float] | None) -> tuple[int | None, float | None]:
+    """A record's last run and time, from its decision and record (``run``,
+    ``when``) and its run and that run's start in :data:`LATEST_CONSIDERED`."""
+    if latest is not None:
+        run, when = max(run or 0, latest[0]), max(when or 0, latest[1])
+    return run or None, when or None
 
 
 def merged(some: Iterable[tuple[int, int]]) -> Ranges:

@@ -22,7 +22,7 @@ from typing import Any
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, Fingerprint
-from taskgraph._ledger_considered import CONSIDERED_SINCE, EXPANDED, LATEST_CONSIDERED, SEEN_AT, expand
+from taskgraph._ledger_considered import CONSIDERED_SINCE, EXPANDED, LATEST_CONSIDERED, expand, seen
 from taskgraph._ledger_rows import cached_digest, files_of, fingerprint, loaded_path, stored_path, stored_text
 from taskgraph._ledger_schema import LEDGER_FILENAME, open_to_read
 
@@ -348,26 +348,27 @@ class LedgerReader:
         decision, its last execution and what the runs considered tell (a
         plain skip is not always written: see :meth:`decision`)."""
         rows = self._rows(
-            f"SELECT max(coalesce(d.run_id, 0), coalesce(t.run_id, 0), coalesce(c.run_id, 0)),"
-            f" max(coalesce(d.decided_at, 0), coalesce(t.ended, 0), coalesce(c.started, 0))"
-            f" FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            f" LEFT JOIN ({LATEST_CONSIDERED}) c ON c.record_key = t.record_key"
-            f" WHERE t.record_key = ?", (record_key,))
+            "SELECT max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)), max(coalesce(d.decided_at, 0),"
+            " coalesce(t.ended, 0)) FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            " WHERE t.record_key = ?", (record_key,))
         if not rows:
             return None, None
-        run, when = rows[0]
-        return (run or None), (when or None)
+        latest = self._rows(f"SELECT c.run_id, r.started FROM {EXPANDED} c JOIN runs r USING (run_id)"
+                            " WHERE c.record_key = ? ORDER BY c.run_id DESC LIMIT 1", (record_key,))
+        return seen(rows[0][0], rows[0][1], latest[0] if latest else None)
 
     def stale(self, since: int, before: float | None = None) -> list[StaleRow]:
         """Records no run from ``since`` on considered (history), oldest first;
         with ``before``, only those last seen before that time."""
         rows = self._rows(
-            "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0), coalesce(c.run_id, 0)),"
-            f" {SEEN_AT} AS seen_at FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            f" LEFT JOIN ({LATEST_CONSIDERED}) c ON c.record_key = t.record_key"
-            f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE}) ORDER BY seen_at, t.name", (since,))
-        return [StaleRow(key, name, run or None, when or None) for key, name, run, when in rows
-                if before is None or (when or 0) < before]
+            "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
+            " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0))"
+            " FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+            f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})", (since,))
+        latest = {key: (run, started) for key, run, started in self._rows(LATEST_CONSIDERED)}
+        found = [StaleRow(key, name, *seen(run, when, latest.get(key))) for key, name, run, when in rows]
+        found.sort(key=lambda row: (row.last_seen or 0, row.name))
+        return [row for row in found if before is None or (row.last_seen or 0) < before]
 
     def files(
         self, since: int | None = None, role: str | None = None

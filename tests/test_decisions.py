@@ -15,6 +15,7 @@ from procs import wait_until
 import taskgraph
 from taskgraph._cli import main
 from taskgraph._ledger import Ledger
+from taskgraph._ledger_forget import forget_stale
 from taskgraph._ledger_read import LedgerReader
 
 
@@ -148,6 +149,8 @@ def test_a_record_last_skipped_by_a_run_still_going_was_seen_by_that_run(tmp_pat
     # sets (it may still be going): 'a' is history, last seen in run 2.
     ws = str(tmp_path)
     (a,) = run_graph(ws, "a")
+    time.sleep(0.01)
+    before_two = time.time()
     two = taskgraph.TaskGraph(ws, -1)
     assert add(two, ws, "a").state == "skipped"
     assert add(two, ws, "b").state == "ran"  # its group commit carries the skip
@@ -169,8 +172,11 @@ def test_a_record_last_skipped_by_a_run_still_going_was_seen_by_that_run(tmp_pat
             stale = {row.record_key: row for row in reader.stale(3)}
         finally:
             reader.close()
-        assert run == 2 and when is not None and when <= two_started
+        assert run == 2 and when is not None and before_two <= when <= two_started
         assert stale[a.key].last_run == 2
+        # Seen by run 2, so not "last seen before run 2 started": forget keeps it.
+        assert forget_stale(ws, [a.key], before=before_two) == 0
+        assert forget_stale(ws, [a.key], before=time.time()) == 1
     finally:
         two.close()
         two.join()
