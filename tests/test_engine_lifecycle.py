@@ -245,6 +245,35 @@ def test_join_timeout_returns_false_then_completes(tmp_path):
     assert graph.join(timeout=30) is True
 
 
+@pytest.mark.timeout(60)
+def test_joins_from_many_threads_all_wake_as_their_tasks_finish(tmp_path):
+    # Task.join() waits on one condition for the graph, notified only when
+    # someone waits: every waiter, on whichever thread, wakes when its task
+    # finishes (and a timed-out one leaves no waiter counted behind).
+    import threading
+
+    import history_funcs
+
+    graph = taskgraph.TaskGraph(str(tmp_path), 0)
+    gate = tmp_path / "gate"
+    tasks = [graph.add_task(history_funcs.wait_for, args=(str(gate), 30 + i), task_name=f"w{i}")
+             for i in range(4)]
+    assert all(task.join(timeout=0.01) is False for task in tasks)
+    assert graph._finished_condition._waiting == 0
+    woken = []
+    threads = [threading.Thread(target=lambda task=task: woken.append(task.join(timeout=30))) for task in tasks]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    gate.write_text("")
+    for thread in threads:
+        thread.join(timeout=40)
+    assert woken == [True] * 4
+    graph.close()
+    assert graph.join(timeout=30) is True
+    assert graph._finished_condition._waiting == 0
+
+
 @pytest.mark.parametrize("n_workers", [-1, 0])
 def test_a_stored_result_that_cannot_be_pickled_fails_its_task_in_process(tmp_path, n_workers):
     # In this process the value never crosses a pickle until the ledger stores
