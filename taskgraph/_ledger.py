@@ -34,7 +34,6 @@ every file taskgraph creates in the workspace are readable by their owner only.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -61,6 +60,7 @@ from taskgraph._ledger_commit import (
     transaction,
 )
 from taskgraph._ledger_considered import Considered, end_of_run
+from taskgraph._ledger_decisions import Decisions
 from taskgraph._ledger_keys import KEY_SUFFIX, macs_equal, result_mac, workspace_key
 from taskgraph._ledger_rows import (
     DigestRow,
@@ -105,7 +105,6 @@ _BULK_AFTER = 64
 # Rows whose loss costs nothing but a little work (a decision's explanation, a
 # cached digest) ride along with the next commit instead of forcing one.
 _LAZY_LIMIT = 4096
-_REASONS = json.JSONEncoder(default=str)  # json.dumps(reasons, default=str), one encoder for all
 
 
 class UntrustedResultError(LedgerError):
@@ -177,22 +176,13 @@ class Ledger:
         self._ids: dict[str, int | None] = {}
         # Set by end_run: what drops older runs' considered sets.
         self._prune: Callable[[sqlite3.Connection], None] | None = None
-        # Hashes of (record key, stored name) of the records with a decision
-        # from an earlier run, read at the first skip: a plain skip of one is
-        # not written (see _skips_written). Hashes, not the strings: 100,000
-        # records cost 4 MB, not 25. (Two pairs sharing a 64-bit hash would
-        # cost one decision row not being rewritten, an explanation, never a record.)
-        self._decided_pairs: set[int] | None = None
-        # Once another connection has written the ledger, every decision is
-        # written (its decisions may differ from the set read before).
-        self._elsewhere_decides = False
-        self._checked_elsewhere = -1.0  # monotonic time of the last look (see _decided_elsewhere)
         # See written_elsewhere(); a dry run's copy in memory never knows.
         self._elsewhere = read_only
         # A dry run's copy in memory, or the file: checked (moved aside if it
         # cannot be used), created or upgraded (see _ledger_schema).
         opened = (open_snapshot if read_only else open_ledger)(self.path, lambda: self._workspace_key(create=False))
         self._conn = opened.conn
+        self._decisions = Decisions(self._conn, self.written_elsewhere)
         self._had_tasks = opened.had_tasks
         self._data_version = opened.data_version
 
@@ -491,6 +481,7 @@ class Ledger:
                 assert secret is not None  # made when missing
                 mine[UPSERT_RESULT] = [(key, value, result_mac(secret, key, run_key, value))]
         append_all(self._rows, mine)
+        self._decisions.recorded(key)  # (it was decided "new task": the record says so)
         self._written.add(key)  # from now on served by SQL, not the snapshot
         self._durable = True
         self._member(key, "ran" if outcome.error is None else "failed")
@@ -503,50 +494,11 @@ class Ledger:
             self._member(record_key, "skipped")
         elif self._considered.states.get(record_key) not in ("ran", "failed", "restored"):
             self._member(record_key, "running")
-        stored_name = stored_text(name)
-        if self._skips_written(record_key, stored_name, not run and not reasons):
-            return  # up to date as last time: that row says so already
-        self._rows[DECISION].append((
-            record_key, self.run_id, time.time(), stored_name, "run" if run else "skip",
-            _REASONS.encode(reasons) if reasons else "[]",
-        ))
-
-    def _skips_written(self, record_key: str, stored_name: str | None, plain: bool) -> bool:
-        """Whether a plain skip (``plain``) of this record need not be written:
-        an earlier run stored a decision of it under this name (whatever it
-        was; the reader tells a later run's plain skip from what it
-        considered). One by this run is not earlier: it is not read, and
-        one written since the read takes its pair out."""
-        if self._elsewhere_decides or not (plain or self._decided_pairs is not None):
-            return False
-        if self._decided_pairs is None:  # (not this run's own: see the docstring)
-            self._decided_pairs = {hash(row) for row in self._conn.execute(
-                "SELECT record_key, name FROM decisions WHERE coalesce(run_id, -1) < ?", (self.run_id or 0,))}
-        pair = hash((record_key, stored_name))
-        if plain and pair in self._decided_pairs:
-            return not self._decided_elsewhere()
-        if plain:
-            self._decided_pairs.add(pair)
-        else:
-            self._decided_pairs.discard(pair)
-        return False
-
-    def _decided_elsewhere(self) -> bool:
-        """Whether another connection may have written decisions since the
-        plain skips were read: looked at most once a millisecond (a PRAGMA
-        costs more than leaving a row unwritten saves), and true for good
-        once it is. So a decision another process writes is never left
-        standing for a skip made more than a millisecond after its commit."""
-        now = time.monotonic()
-        if now - self._checked_elsewhere >= 0.001:
-            self._checked_elsewhere = now
-            if self.written_elsewhere():
-                self._elsewhere_decides = True
-                self._decided_pairs = None
-        return self._elsewhere_decides
+        self._decisions.add(self._rows[DECISION], self.run_id, record_key, stored_text(name), run, reasons)
 
     def _lazy_rows(self) -> int:
-        return len(self._rows[DECISION]) + self._considered.waiting() + len(self._pending_digests)
+        return (len(self._rows[DECISION]) + len(self._decisions.waiting) + self._considered.waiting()
+                + len(self._pending_digests))
 
     def lazy_rows_full(self) -> bool:
         """Whether the lazy rows waiting are many enough to be committed
@@ -568,6 +520,7 @@ class Ledger:
         lazy = self._lazy_rows()
         if not (self._durable or lazy >= _LAZY_LIMIT or (force and lazy)):
             return
+        self._decisions.flush_into(self._rows[DECISION])
         rows, self._rows = self._rows, empty_rows()
         self._durable = False
         digests, self._pending_digests = self._pending_digests, {}

@@ -276,16 +276,18 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
         " AND NOT EXISTS (SELECT 1 FROM considered c WHERE c.run_id = ?1 AND c.record_key = t.record_key)" + upsert,
         [(run, first, end) for run, blob in packs for first, end in without(unpack(blob), skipped)])
     conn.execute(
-        "UPDATE decisions SET (run_id, decided_at, action, reasons) = (SELECT l.run_id, r.started, 'skip', '[]'"
-        " FROM temp.leaving l JOIN runs r ON r.run_id = l.run_id WHERE l.record_key = decisions.record_key)"
-        " WHERE record_key IN (SELECT record_key FROM temp.leaving)"
-        " AND coalesce(run_id, -1) < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)"
-        # (a decision made after that run started, by a run that overlapped it, stays)
-        " AND coalesce(decided_at, 0) <= (SELECT r.started FROM temp.leaving l JOIN runs r ON r.run_id = l.run_id"
-        " WHERE l.record_key = decisions.record_key)"
-        # (nor is a record that ran in that run or later given that skip, should its row have been lost)
-        " AND coalesce((SELECT t.run_id FROM tasks t WHERE t.record_key = decisions.record_key), -1)"
-        " < (SELECT l.run_id FROM temp.leaving l WHERE l.record_key = decisions.record_key)")
+        "INSERT INTO decisions (record_key, run_id, decided_at, name, action, reasons)"
+        " SELECT l.record_key, l.run_id, r.started, t.name, 'skip', '[]' FROM temp.leaving l"
+        " JOIN runs r ON r.run_id = l.run_id JOIN tasks t ON t.record_key = l.record_key"
+        " LEFT JOIN decisions d ON d.record_key = l.record_key"
+        # Not a record that ran in that run or later (its row may have been
+        # lost with a commit), nor one decided after that run started (by a
+        # run that overlapped it); a record with no row was decided as it
+        # was recorded (see _ledger_decisions).
+        " WHERE coalesce(t.run_id, -1) < l.run_id AND coalesce(t.started, 0) <= r.started"
+        " AND (d.record_key IS NULL OR (coalesce(d.run_id, -1) < l.run_id AND coalesce(d.decided_at, 0) <= r.started))"
+        " ON CONFLICT (record_key) DO UPDATE SET run_id = excluded.run_id, decided_at = excluded.decided_at,"
+        " action = 'skip', reasons = '[]'")
     conn.execute("DELETE FROM temp.leaving")
     for table in ("considered", "considered_skips"):
         conn.execute(f"DELETE FROM {table} WHERE {older}", (run_id, *keep))

@@ -23,6 +23,7 @@ from typing import Any
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, Fingerprint
 from taskgraph._ledger_considered import CONSIDERED_SINCE, EXPANDED, LATEST_CONSIDERED, expand, seen
+from taskgraph._ledger_decisions import NEW_TASK_TEXT
 from taskgraph._ledger_rows import cached_digest, files_of, fingerprint, loaded_path, stored_path, stored_text
 from taskgraph._ledger_schema import LEDGER_FILENAME, open_to_read
 
@@ -411,15 +412,22 @@ class LedgerReader:
             f"SELECT record_key, dep_key FROM deps WHERE record_key IN ({CONSIDERED_SINCE})", (since,))]
 
     def decision(self, record_key: str) -> DecisionRow | None:
-        """A record's last decision. A plain skip (up to date, no reasons) is
-        not written when the record has a decision from an earlier run under
-        the same name: a run that skipped the record and started after its
-        stored decision was made makes the last decision a plain skip, by
-        the latest such run, at that run's start. (Runs that overlap write
-        every decision once one has written the ledger: see
-        ``Ledger._decided_elsewhere``.)"""
+        """A record's last decision. Two are not written (see
+        ``_ledger_decisions``): a new task's, committed with its record, is
+        told by a record from a later run than its decision row (or with
+        none); a plain skip (up to date, no reasons) after an earlier run's
+        decision: a run that skipped the record and started after its
+        decision was made makes the last decision a plain skip, by the
+        latest such run, at that run's start. (Runs that overlap write every
+        decision once one has written the ledger.)"""
         rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
                           (record_key,))
+        record = self._rows("SELECT run_id, started FROM tasks WHERE record_key=? AND run_id IS NOT NULL",
+                            (record_key,))
+        if record and (not rows or rows[0][0] is None or rows[0][0] < record[0][0]):
+            # Recorded by a later run than its decision's (or with none): that
+            # run decided it as a new task, and left the decision to the record.
+            rows = [(*record[0], "run", NEW_TASK_TEXT)]
         if not rows:
             return None
         run_id, decided_at, action, reasons = rows[0]

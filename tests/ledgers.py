@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable
 
 from taskgraph._ledger_considered import unpack
+from taskgraph._ledger_decisions import NEW_TASK_TEXT
 
 
 def _skips_as_rows(con: sqlite3.Connection) -> None:
@@ -22,8 +23,16 @@ def _skips_as_rows(con: sqlite3.Connection) -> None:
 
 
 def _skips_as_decisions(con: sqlite3.Connection) -> None:
-    """Schema 4 wrote every decision: a record skipped by a run after its
-    decision's run gets that skip (of the latest such run) as its decision."""
+    """Schema 4 wrote every decision: a record recorded by a later run than
+    its decision's (or with none) gets that run's new task decision, then a
+    record skipped by a run after its decision's run gets that skip (of the
+    latest such run) as its decision."""
+    con.execute(
+        "INSERT INTO decisions SELECT t.record_key, t.run_id, t.started, t.name, 'run', ? FROM tasks t"
+        " LEFT JOIN decisions d ON d.record_key = t.record_key WHERE t.run_id IS NOT NULL"
+        " AND (d.record_key IS NULL OR coalesce(d.run_id, -1) < t.run_id)"
+        " ON CONFLICT (record_key) DO UPDATE SET run_id = excluded.run_id, decided_at = excluded.decided_at,"
+        " action = 'run', reasons = excluded.reasons", (NEW_TASK_TEXT,))
     con.execute(
         "UPDATE decisions SET (run_id, decided_at, action, reasons) = (SELECT c.run_id, r.started, 'skip', '[]'"
         " FROM considered c JOIN runs r USING (run_id) WHERE c.record_key = decisions.record_key"

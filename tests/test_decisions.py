@@ -52,17 +52,39 @@ def explain(ws, name, capsys):
     return capsys.readouterr().out
 
 
-def test_no_rerun_writes_a_plain_skip_and_the_reader_names_the_latest(tmp_path):
+def test_neither_a_new_task_nor_a_rerun_writes_a_decision_and_the_reader_tells_both(tmp_path):
+    from taskgraph._decide import Reason
+    from taskgraph._ledger_decisions import NEW_TASK_REASONS
+
     ws = str(tmp_path)
     (a,) = run_graph(ws, "a")
-    first = stored(ws, a.key)
-    assert first[0] == 1 and first[2] == "run"
+    assert [reason.as_dict() for reason in a.reasons] == NEW_TASK_REASONS  # what the reader gives back
+    assert [Reason("new_task", "no record of this task (it never ran)").as_dict()] == NEW_TASK_REASONS
+    assert stored(ws, a.key) is None  # committed with its record, which says it
+    first = decision(ws, a.key)
+    assert (first.run_id, first.action, first.reasons) == (1, "run", NEW_TASK_REASONS)
     for _ in range(3):  # runs 2 to 4
         (again,) = run_graph(ws, "a")
         assert again.state == "skipped"
-    assert stored(ws, a.key) == first  # not one decision row written
+    assert stored(ws, a.key) is None  # not one decision row written
     last = decision(ws, a.key)
     assert (last.run_id, last.action, last.reasons) == (4, "skip", [])
+
+
+def test_a_new_task_decided_but_not_recorded_has_its_decision_written(tmp_path):
+    # A new task's decision waits for its record only until a commit: one
+    # that never gets a record (cancelled, or running at the commit) is
+    # written, so that the run's unrecorded tasks keep their names.
+    ws = str(tmp_path)
+    ledger = Ledger(ws)
+    ledger.begin_run(-1)
+    ledger.consider("0" * 32)
+    from taskgraph._ledger_decisions import NEW_TASK_REASONS
+
+    ledger.record_decision("0" * 32, "never recorded", True, NEW_TASK_REASONS)
+    ledger.end_run()
+    ledger.close()
+    assert stored(ws, "0" * 32)[1:3] == ("never recorded", "run")
 
 
 def test_a_task_that_runs_again_after_skips_has_that_run_as_its_decision(tmp_path, capsys):
@@ -141,7 +163,7 @@ def test_a_record_decided_again_within_its_run_has_its_skip_written(tmp_path):
     ledger.close()
     last = decision(ws, a.key)
     assert (last.run_id, last.action, last.reasons) == (2, "skip", [])
-    assert stored(ws, b.key)[0] == 1  # b's skip, after run 1's decision, is not written
+    assert stored(ws, b.key) is None  # b's skip, after run 1's decision, is not written
 
 
 def test_a_record_last_skipped_by_a_run_still_going_was_seen_by_that_run(tmp_path):
