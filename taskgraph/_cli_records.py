@@ -106,7 +106,7 @@ def _summary(reader: LedgerReader, entries: list[Entry]) -> dict[str, Any]:
     """How many tasks, of each state, and the bytes restored from the cache."""
     summary: dict[str, Any] = {"tasks": len(entries), **counts(entry.state for entry in entries)}
     if "restored" in summary:
-        # (one query: a restore is a decision to run, always written)
+        # (one query: a restore's decision is always written)
         reasons = reader.stored_reasons({entry.key for entry in entries if entry.state == "restored"})
         summary["restored_bytes"] = sum(
             int((_restored(listed) or {}).get("new", {}).get("bytes", 0)) for listed in reasons.values()

@@ -110,10 +110,12 @@ def commit(
 
 def _commit_each(conn: sqlite3.Connection, path: str, rows: Rows) -> set[str]:
     """Commit each task of a failed batch in a transaction of its own, in
-    order, until one fails; return the record keys committed. The lazy
-    rows of the batch (decisions, considered sets, digests) are left out."""
+    order, until one fails; return the record keys committed. Each goes
+    with its own decisions (the reader takes a record without a decision of
+    its run for a new task's); the other lazy rows of the batch (other
+    decisions, considered sets, digests) are left out."""
     blocks: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
-    for sql in RECORD_STATEMENTS:  # every row of these starts with its record key
+    for sql in (*RECORD_STATEMENTS, DECISION):  # every row of these starts with its record key
         for row in rows[sql]:
             blocks.setdefault(row[0], {}).setdefault(sql, []).append(row)
     committed: set[str] = set()
@@ -121,7 +123,7 @@ def _commit_each(conn: sqlite3.Connection, path: str, rows: Rows) -> set[str]:
         block = blocks[row[0]]
         try:
             with transaction(conn, path):
-                for sql in RECORD_STATEMENTS:
+                for sql in (*RECORD_STATEMENTS, DECISION):
                     if sql in block:
                         conn.executemany(sql, with_ids(conn, block[sql]) if sql == UPSERT_TASK else block[sql])
                 give_ids(conn)

@@ -250,12 +250,14 @@ def end_of_run(conn: sqlite3.Connection, run_id: int, keep: Sequence[int], skipp
 
     First, a record whose last skip leaves with them (skipped by a run that
     goes, not by this one: ``skipped`` holds the ids of those it skipped,
-    ``states`` what became of each record it was given) gets, in its
-    decision, a plain skip by the last run that skipped it, at that run's
-    start, unless its decision is that run's or was made after that run
-    started, or the record ran in that run or later (a plain skip is not
-    written after an earlier run's decision, see ``Ledger.record_decision``).
-    In a steady rerun nothing leaves.
+    ``states`` what became of each record it was given) gets, as its
+    decision (a row is made for a record that has none: its new task
+    decision went with it), a plain skip by the last run that skipped it, at
+    that run's start, unless its decision is that run's or was made after
+    that run started, or the record ran in that run or later, or its task
+    started after that run did (a plain skip is not written after an earlier
+    run's decision: see ``_ledger_decisions``). In a steady rerun nothing
+    leaves.
     """
     older = f"run_id < ? AND run_id NOT IN ({_marks(keep)})"
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS leaving (record_key TEXT PRIMARY KEY, run_id INTEGER)"

@@ -16,7 +16,13 @@ ledger holds says them:
   ``LedgerReader.decision()``). It is written all the same for a renamed task
   (the pair of record key and name is new), for a record this run decided
   before (a skip of the same run is not later than its row), and once another
-  connection has written the ledger (runs that overlap).
+  connection has written the ledger (runs that overlap; a new task's decision
+  still waits for its record, and the reader does not take a decision made
+  after the record's task started for an earlier one).
+
+With workers (``n_workers >= 0``), a task still running at a group commit
+(every 20 ms) has its new task decision written then: the saving is the
+inline graph's, and that of short tasks recorded within one window.
 
 Leaf module: the standard library only.
 """
@@ -68,8 +74,10 @@ class Decisions:
             run: bool, reasons: list[dict[str, Any]]) -> None:
         """A decision of this run: into ``buffer`` (the rows of the next
         commit), left to its record, or, a plain skip, not written."""
-        self.waiting.pop(record_key, None)  # a later decision of the record says more
-        if self._skip_unwritten(run_id, record_key, stored_name, not run and not reasons):
+        # A later decision of the record says more; a skip after this run's
+        # own decision is not later than it, so it is written.
+        superseded = self.waiting.pop(record_key, None) is not None
+        if self._skip_unwritten(run_id, record_key, stored_name, not run and not reasons) and not superseded:
             return
         row = (record_key, run_id, time.time(), stored_name, "run" if run else "skip",
                _REASONS.encode(reasons) if reasons else "[]")

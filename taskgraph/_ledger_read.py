@@ -266,8 +266,8 @@ class LedgerReader:
         return self._some(f"SELECT {columns} FROM tasks", keys)
 
     def stored_reasons(self, keys: set[str]) -> dict[str, list[dict[str, Any]]]:
-        """The reasons of the stored decisions of ``keys`` (a decision to run,
-        such as a restore from the shared cache, is always written)."""
+        """The reasons of the stored decisions of ``keys`` (a restore from the
+        shared cache is always written: it has reasons of its own)."""
         return {key: json.loads(reasons) for key, reasons in self._some(
             "SELECT record_key, reasons FROM decisions", keys)}
 
@@ -419,14 +419,17 @@ class LedgerReader:
         decision: a run that skipped the record and started after its
         decision was made makes the last decision a plain skip, by the
         latest such run, at that run's start. (Runs that overlap write every
-        decision once one has written the ledger.)"""
+        plain skip once one has written the ledger; a decision made after the
+        record's task started is not taken for an earlier one.)"""
         rows = self._rows("SELECT run_id, decided_at, action, reasons FROM decisions WHERE record_key=?",
                           (record_key,))
         record = self._rows("SELECT run_id, started FROM tasks WHERE record_key=? AND run_id IS NOT NULL",
                             (record_key,))
-        if record and (not rows or rows[0][0] is None or rows[0][0] < record[0][0]):
-            # Recorded by a later run than its decision's (or with none): that
-            # run decided it as a new task, and left the decision to the record.
+        if record and (not rows or rows[0][0] is None
+                       or (rows[0][0] < record[0][0] and (rows[0][1] or 0) <= (record[0][1] or 0))):
+            # Recorded by a later run than its decision's, after that decision
+            # was made (or with none): that run decided it as a new task, and
+            # left the decision to the record.
             rows = [(*record[0], "run", NEW_TASK_TEXT)]
         if not rows:
             return None

@@ -30,7 +30,7 @@ def _skips_as_decisions(con: sqlite3.Connection) -> None:
     con.execute(
         "INSERT INTO decisions SELECT t.record_key, t.run_id, t.started, t.name, 'run', ? FROM tasks t"
         " LEFT JOIN decisions d ON d.record_key = t.record_key WHERE t.run_id IS NOT NULL"
-        " AND (d.record_key IS NULL OR coalesce(d.run_id, -1) < t.run_id)"
+        " AND (d.record_key IS NULL OR (coalesce(d.run_id, -1) < t.run_id AND coalesce(d.decided_at, 0) <= t.started))"
         " ON CONFLICT (record_key) DO UPDATE SET run_id = excluded.run_id, decided_at = excluded.decided_at,"
         " action = 'run', reasons = excluded.reasons", (NEW_TASK_TEXT,))
     con.execute(

@@ -202,3 +202,23 @@ def test_a_record_last_skipped_by_a_run_still_going_was_seen_by_that_run(tmp_pat
     finally:
         two.close()
         two.join()
+
+
+def test_a_new_task_then_a_skip_by_an_overlapping_run_that_started_first_is_the_skip(tmp_path, capsys):
+    # Run 2 opens, then run 3; run 3 runs the new task 'x' (its decision goes
+    # with its record); then run 2 skips 'x' and, since run 3 wrote the
+    # ledger, writes that skip: the skip came last, so it is the last decision.
+    ws = str(tmp_path)
+    run_graph(ws, "other")  # run 1
+    two, three = taskgraph.TaskGraph(ws, -1), taskgraph.TaskGraph(ws, -1)
+    x = add(three, ws, "x")
+    assert x.state == "ran"
+    three.close()
+    three.join()
+    time.sleep(0.02)
+    assert add(two, ws, "x").state == "skipped"
+    two.close()
+    two.join()
+    last = decision(ws, x.key)
+    assert (last.run_id, last.action, last.reasons) == (2, "skip", []), last
+    assert "run 2): it was skipped" in explain(ws, "x", capsys)
