@@ -30,9 +30,7 @@ application_id`` = :data:`APPLICATION_ID`)::
                                                  SqliteDict(path, tablename='results', journal_mode='WAL')
                                                  mac: HMAC-SHA256 of key, exec key and value
     decisions (record_key PK, run_id, decided_at, name, action 'run'|'skip', reasons)
-                                                 each record's last decision written, reasons
-                                                 as JSON (with `tasks` and `considered`, its last
-                                                 decision: see _ledger_decisions)
+                                                 the last decision written (see _ledger_decisions)
     considered (run_id, record_key, state)       PK (run_id, record_key): the records
                                                  each run was given, and what became of
                                                  each: 'ran', 'restored', 'skipped',

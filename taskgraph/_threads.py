@@ -69,7 +69,8 @@ class Finished:
     and an inline graph finishes every task with no one waiting. A waiter
     counts itself, under the lock, before it tests its predicate; the
     notifier changes what the predicate reads before it reads the count. So
-    either the waiter sees the change, or the notifier sees the waiter.
+    either the waiter sees the change, or the notifier sees the waiter (the
+    GIL orders the two; a build without it would need the lock here).
     """
 
     def __init__(self) -> None:
