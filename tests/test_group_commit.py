@@ -326,3 +326,55 @@ def test_a_ctrl_c_while_a_result_is_stored_never_commits_the_record_without_it(t
         con.close()
     assert done == set()  # no record without its result
     assert recorded == {"first"}  # what finished before is kept
+
+
+RERUN_SCRIPT = textwrap.dedent("""
+    import json, resource, signal, sys
+    sys.path.insert(0, {tests!r})
+    import reliability_funcs, taskgraph
+    ws, limited = sys.argv[1], sys.argv[2] == "limited"
+    if limited:  # the ledger may not grow past 1 MiB: the group with a 2 MiB result fails
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    graph = taskgraph.TaskGraph(ws, -1)
+    try:
+        for i in range(4):  # they run every time: their decisions are not a new task's
+            graph.add_task(reliability_funcs.big_result, args=(10 + i,), store_result=True, transient_run=True,
+                           task_name=f"r{{i}}")
+        if limited:
+            graph.add_task(reliability_funcs.big_result, args=(2 << 20,), store_result=True, task_name="big")
+        graph.add_task(reliability_funcs.sleep_then, args=(0.01,), task_name="unknown")
+        graph.close()
+        graph.join(timeout=60)
+    except taskgraph.TaskGraphError:
+        pass
+""")
+
+
+def test_records_committed_a_task_at_a_time_keep_their_own_decisions(tmp_path):
+    # A record with no decision of its run is read as a new task's: so when
+    # a group is committed a task at a time, each record goes with its own
+    # decision (here: run 2 ran them for transient_run, not as new tasks).
+    from taskgraph._ledger_read import LedgerReader
+
+    script = tmp_path / "rerun.py"
+    script.write_text(RERUN_SCRIPT.format(tests=TESTS))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for mode in ("plain", "limited"):
+        proc = subprocess.run([sys.executable, str(script), str(ws), mode], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    con = sqlite3.connect(str(ws / taskgraph.LEDGER_FILENAME))
+    try:
+        keys = dict(con.execute("SELECT name, record_key FROM tasks WHERE run_id = 2"))
+    finally:
+        con.close()
+    assert {"r0", "r1", "r2", "r3"} <= set(keys)  # committed one at a time
+    reader = LedgerReader(str(ws))
+    try:
+        for name in ("r0", "r1", "r2", "r3"):
+            decision = reader.decision(keys[name])
+            assert decision.run_id == 2 and [reason["code"] for reason in decision.reasons] == ["transient_run"]
+    finally:
+        reader.close()
