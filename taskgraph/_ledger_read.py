@@ -425,8 +425,8 @@ class LedgerReader:
                           (record_key,))
         record = self._rows("SELECT run_id, started FROM tasks WHERE record_key=? AND run_id IS NOT NULL",
                             (record_key,))
-        if record and (not rows or rows[0][0] is None
-                       or (rows[0][0] < record[0][0] and (rows[0][1] or 0) <= (record[0][1] or 0))):
+        if record and (not rows or ((rows[0][0] is None or rows[0][0] < record[0][0])
+                                    and (rows[0][1] or 0) <= (record[0][1] or 0))):
             # Recorded by a later run than its decision's, after that decision
             # was made (or with none): that run decided it as a new task, and
             # left the decision to the record.
