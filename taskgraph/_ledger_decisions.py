@@ -9,8 +9,9 @@ ledger holds says them:
   waits here instead of in the write buffer; when the task's record goes into
   the buffer it is dropped, since the record (its run, its start) says it:
   ``LedgerReader.decision()`` gives a record with no decision row, or with
-  one from a run before the record's, that decision. One still waiting at a
-  commit (the task is running, or was cancelled) is written with it.
+  one from a run before the record's made before its task started, that
+  decision. One still waiting at a commit (the task is running, or was
+  cancelled) is written with it.
 - **A plain skip after an earlier run's decision** (up to date, no reasons):
   the reader tells it from what the runs considered (see
   ``LedgerReader.decision()``). It is written all the same for a renamed task

@@ -414,8 +414,8 @@ class LedgerReader:
     def decision(self, record_key: str) -> DecisionRow | None:
         """A record's last decision. Two are not written (see
         ``_ledger_decisions``): a new task's, committed with its record, is
-        told by a record from a later run than its decision row (or with
-        none); a plain skip (up to date, no reasons) after an earlier run's
+        told by a record from a later run than its decision row, made before
+        the record's task started (or with none); a plain skip (up to date, no reasons) after an earlier run's
         decision: a run that skipped the record and started after its
         decision was made makes the last decision a plain skip, by the
         latest such run, at that run's start. (Runs that overlap write every
