@@ -80,12 +80,11 @@ class Decisions:
         superseded = self.waiting.pop(record_key, None) is not None
         if self._skip_unwritten(run_id, record_key, stored_name, not run and not reasons) and not superseded:
             return
-        row = (record_key, run_id, time.time(), stored_name, "run" if run else "skip",
-               _REASONS.encode(reasons) if reasons else "[]")
-        if run and len(reasons) == 1 and reasons == NEW_TASK_REASONS:
-            self.waiting[record_key] = row
-        else:
-            buffer.append(row)
+        if run and reasons == NEW_TASK_REASONS:  # (most often dropped by recorded(): its text is made once)
+            self.waiting[record_key] = (record_key, run_id, time.time(), stored_name, "run", NEW_TASK_TEXT)
+            return
+        buffer.append((record_key, run_id, time.time(), stored_name, "run" if run else "skip",
+                       _REASONS.encode(reasons) if reasons else "[]"))
 
     def recorded(self, record_key: str) -> None:
         """The record's row is going into the buffer: its new task's decision goes without saying."""
