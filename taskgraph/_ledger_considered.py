@@ -41,7 +41,6 @@ EXPANDED = "temp.considered_all"
 #: The records considered by the runs from a given one on (a subquery, after :func:`expand`).
 CONSIDERED_SINCE = f"SELECT record_key FROM {EXPANDED} WHERE run_id >= ?"
 
-
 #: Maps a record key to its id, None when it has none.
 IdOf = Callable[[str], "int | None"]
 
