@@ -60,7 +60,7 @@ class Deciding(RunEnding):
         task._had_record = decision.record is not None
         self._ledger.record_decision(
             task._identity.record_key, task.task_name, decision.run,
-            [reason.as_dict() for reason in decision.reasons],
+            [reason.as_dict() for reason in decision.reasons] if decision.reasons else [],
         )
         if decision.run:
             return decision

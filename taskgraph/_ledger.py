@@ -488,7 +488,7 @@ class Ledger:
 
     def record_decision(self, record_key: str, name: str, run: bool, reasons: list[dict[str, Any]]) -> None:
         """Buffer the outcome of an up-to-date check (a lazy row)."""
-        if any(reason.get("code") == "restored_from_cache" for reason in reasons):
+        if reasons and any(reason.get("code") == "restored_from_cache" for reason in reasons):
             self._member(record_key, "restored")  # its targets came from the shared cache
         elif not run:
             self._member(record_key, "skipped")

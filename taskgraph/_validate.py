@@ -34,7 +34,8 @@ Invalid = Callable[[str], InvalidTaskError]
 
 # Hash algorithms that passed validate_algorithm (hashlib's need a trial digest).
 _KNOWN_ALGORITHMS: set[str] = set()
-_NO_PATHS: frozenset[str] = frozenset()
+#: ``ignore_path_list`` left out.
+NO_PATHS: frozenset[str] = frozenset()
 
 
 @frozen
@@ -222,7 +223,7 @@ def targets(raw: list[str | PurePath], ledger_path: str, ledger_files: Iterable[
 def ignored(paths: Any, invalid: Invalid) -> frozenset[str]:
     """``ignore_path_list`` as normalised paths."""
     raw = path_list(paths, "ignore_path_list", invalid)
-    return frozenset([normalize_path(path) for path in raw]) if raw else _NO_PATHS
+    return frozenset([normalize_path(path) for path in raw]) if raw else NO_PATHS
 
 
 def dependencies(deps: Any, task_type: type[Task], graph_tasks: Sequence[Task], invalid: Invalid) -> tuple[Task, ...]:
@@ -239,13 +240,18 @@ def dependencies(deps: Any, task_type: type[Task], graph_tasks: Sequence[Task], 
             f"dependent_task_list must be a list of Tasks, got {type(deps).__name__} {shown(deps)}"
         )
     listed = tuple(deps)
+    count = len(graph_tasks)
+    for dep in listed:  # one pass for the common list of this graph's tasks
+        if type(dep) is not task_type or not (dep.task_id < count and graph_tasks[dep.task_id] is dep):
+            break
+    else:
+        return listed
     bad = [dep for dep in listed if not isinstance(dep, task_type)]
     if bad:
         raise invalid(
             f"Objects passed to dependent task list that are not tasks: {shown(bad)}. "
             "Pass the Task objects returned by add_task."
         )
-    count = len(graph_tasks)
     foreign = [dep for dep in listed if not (dep.task_id < count and graph_tasks[dep.task_id] is dep)]
     if foreign:
         raise invalid(
