@@ -108,9 +108,9 @@ class Driving(Deciding):
                 self._crash(error)
             self._report()
 
-    def _drive(self) -> None:
+    def _drive(self, first: tuple[str, Any] | None = None) -> None:
         with self._inline_lock:
-            self._drive_locked()
+            self._drive_locked(first)
             if self._unnotified and self._committer is None and not self._stopped:
                 self._committer = _threads.start(self._commit_when_due, "taskgraph-commit", short_lived=True)
 
@@ -136,11 +136,14 @@ class Driving(Deciding):
             # by another path lets this thread end within them.
             hurried = _threads.pause(min(wait, COMMIT_INTERVAL_S))
 
-    def _drive_locked(self) -> None:
+    def _drive_locked(self, first: tuple[str, Any] | None = None) -> None:
+        """Handle the inbox's messages (``first`` before them) until it is empty."""
         while not self._stopped:
             # empty() before get_nowait(): this thread is the inbox's only
             # reader, and a raised queue.Empty costs a microsecond per call.
-            if self._inbox.empty():
+            if first is not None:
+                message, first = first, None
+            elif self._inbox.empty():
                 if not self._elsewhere or self._failure is not None:
                     return
                 # Inline: add_task returns only once its task is done, so wait
@@ -151,7 +154,8 @@ class Driving(Deciding):
                 self._wake_finished()
                 self._report()
                 continue
-            message = self._inbox.get_nowait()
+            else:
+                message = self._inbox.get_nowait()
             try:
                 self._batch(message)
             except KeyboardInterrupt as interrupt:

@@ -61,6 +61,9 @@ from taskgraph._task import Task
 
 LOGGER = logging.getLogger("taskgraph.Task")
 
+# The states in which a task's dependents may go ahead.
+_DONE = frozenset(("ran", "restored", "skipped", "would-run"))
+
 # How many ready tasks a dispatch looks past when the policy holds the first
 # ones back: bounds the work per dispatch when many tasks wait for memory.
 _HELD_SCAN = 32
@@ -149,6 +152,9 @@ class Scheduler(Driving):
         self._stop_requested = False
         self._reporting_interval = reporting_interval or None
         self._next_report = time.monotonic() + (self._reporting_interval or 0)
+        # Inline, with no display to tell and no dry run, a task added with its
+        # dependencies done and nothing else ready is decided at once (see _batch).
+        self._at_once = not threaded and progress is None and not dry_run
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = _threads.start(self._loop, "taskgraph-scheduler")
@@ -156,6 +162,9 @@ class Scheduler(Driving):
     # -- called from other threads (messages only) -----------------------------------
 
     def add(self, task: Task) -> None:
+        if self._thread is None and self._inbox.empty():
+            self._drive(("add", task))  # inline: the message need not wait in the inbox
+            return
         self._inbox.put(("add", task))
         if self._thread is None:
             self._drive()
@@ -195,6 +204,12 @@ class Scheduler(Driving):
         return list(self._failed_tasks)
 
     def _batch(self, first: tuple[str, Any]) -> None:
+        if (first[0] == "add" and self._at_once and self._failure is None and not self._killing
+                and not self._ready and self._ready.policy is None and not self._running and self._inbox.empty()):
+            task: Task = first[1]
+            if task._memory is None and all(dep._state in _DONE for dep in task._dependencies):
+                self._add_ready(task)
+                return
         messages = [first]
         inbox = self._inbox
         while not inbox.empty():  # the only reader: see _drive_locked
@@ -242,6 +257,20 @@ class Scheduler(Driving):
         if stop:
             self._stop_now()
 
+    def _add_ready(self, task: Task) -> None:
+        """The batch of one added task whose dependencies are all done, with
+        nothing else ready or running: what ``_on_add`` and ``_dispatch``
+        do, without the ready queue (inline, most tasks; see ``_batch``)."""
+        self._known += 1
+        self._ledger.consider(task._identity.record_key)
+        self._unfinished[task.task_id] = task
+        decision = self._decide(task)
+        if decision is not None:
+            self._start_picked([(task, decision)])
+        if self._ready:
+            self._start_ready()
+        self._commit_if_due()
+
     def _on_add(self, task: Task, finished: list[Task]) -> None:
         self._known += 1
         self._ledger.consider(task._identity.record_key)  # part of this run's graph, whatever happens to it
@@ -261,7 +290,7 @@ class Scheduler(Driving):
             return
         waiting = 0
         for dep in task._dependencies:
-            if dep._state not in ("ran", "restored", "skipped", "would-run"):
+            if dep._state not in _DONE:
                 waiting += 1
                 self._dependents.setdefault(dep.task_id, []).append(task)
         if waiting:
@@ -397,6 +426,9 @@ class Scheduler(Driving):
         """Start what can start, then, when the group commit is due (or
         ``force``), commit and release every task settled on the way."""
         self._start_ready()
+        self._commit_if_due(force)
+
+    def _commit_if_due(self, force: bool = False) -> None:
         unnotified = self._unnotified
         if unnotified and (force or time.monotonic() - self._last_commit >= self._commit_interval
                            or len(unnotified) >= GROUP_MAX_TASKS or self._ledger.lazy_rows_full()):
@@ -414,25 +446,30 @@ class Scheduler(Driving):
         # start nothing more in the meantime.
         while self._failure is None and not self._killing:
             starting = self._pick()
-            if not starting:
+            if not starting or not self._start_picked(starting):
                 return
-            # Finished tasks wait for the group commit only while what starts
-            # is known to be short: a task that may take long (or fill the
-            # disk) starts only once the records before it are committed, so
-            # it never holds them back. (A dependent may start before its
-            # dependencies' records are committed: commits are in order, so
-            # its own record can never be committed without theirs.)
-            if self._unnotified and not all(self._ready.is_short(task) for task, _ in starting):
-                if not self._commit_now():
-                    for task, _ in starting:
-                        self._cancel(task)
-                    self._finish([task for task, _ in starting])
-                    return
-            if self._claims is None:
-                for task, decision in starting:
-                    self._start(task, decision)
-            else:
-                self._claim_and_start(starting)
+
+    def _start_picked(self, starting: list[tuple[Task, Decision]]) -> bool:
+        """Start the tasks ``_pick`` decided must run; False if the commit
+        before them failed (they are cancelled)."""
+        # Finished tasks wait for the group commit only while what starts
+        # is known to be short: a task that may take long (or fill the
+        # disk) starts only once the records before it are committed, so
+        # it never holds them back. (A dependent may start before its
+        # dependencies' records are committed: commits are in order, so
+        # its own record can never be committed without theirs.)
+        if self._unnotified and not all(self._ready.is_short(task) for task, _ in starting):
+            if not self._commit_now():
+                for task, _ in starting:
+                    self._cancel(task)
+                self._finish([task for task, _ in starting])
+                return False
+        if self._claims is None:
+            for task, decision in starting:
+                self._start(task, decision)
+        else:
+            self._claim_and_start(starting)
+        return True
 
     def _pick(self) -> list[tuple[Task, Decision]]:
         """Take the ready tasks that start now, in order, and decide each: the
