@@ -28,21 +28,10 @@ def job_for(
 ) -> Job:
     """The job that runs ``task`` as ``decision`` found it (its inputs), with
     the input digests the scheduler already holds (``known``)."""
-    return Job(
-        task_id=task.task_id,
-        name=task.task_name,
-        func=task._func,
-        args=task._args,
-        kwargs=task._kwargs,
-        payload=task._payload,
-        inputs=decision.inputs,
-        input_mode=task._hash_algorithm,
-        targets=task._target_path_list,
-        target_mode=task._target_mode,
-        want_result=task._store_result,
-        known_digests=known,
-        priority=task._priority,
-        cache=cache,
+    return Job(  # (its fields in order: positional arguments cost less than keywords)
+        task.task_id, task.task_name, task._func, task._args, task._kwargs, task._payload, decision.inputs,
+        task._hash_algorithm, task._target_path_list, task._target_mode, task._store_result, known,
+        task._priority, False, cache,
     )
 
 
@@ -50,28 +39,13 @@ def outcome_of(task: Task, result: JobResult, failure: Failure | None) -> Outcom
     """What the ledger records of ``task``, finished with ``result`` (``failure``: how it failed)."""
     identity = task._identity
     arguments, text = tree_and_text(task._args, task._kwargs)
-    return Outcome(
-        record_key=identity.record_key,
-        task_key=identity.key,
-        name=task.task_name,
-        func=identity.function.name,
-        source_hash=identity.function.source_hash,
-        args=text,
-        hash_algorithm=task._hash_algorithm,
-        store_result=task._store_result,
-        started=result.started or time.time(),
-        ended=result.ended or time.time(),
-        worker=result.worker,
-        inputs=result.inputs,
-        targets=result.targets,
-        deps=[dep._identity.record_key for dep in task._dependencies],
-        result=result.result,
-        error=failure.text if failure is not None else None,
-        fresh=not task._had_record,
-        cpu_time=result.cpu_time,
-        peak_memory=result.peak_memory,
-        failure=(failure.type, failure.message, failure.frames_json()) if failure is not None else None,
-        arguments=arguments,
+    return Outcome(  # (its fields in order: positional arguments cost less than keywords)
+        identity.record_key, identity.key, task.task_name, identity.function.name, identity.function.source_hash,
+        text, task._hash_algorithm, task._store_result, result.started or time.time(),
+        result.ended or time.time(), result.worker, result.inputs, result.targets,
+        [dep._identity.record_key for dep in task._dependencies], result.result,
+        failure.text if failure is not None else None, not task._had_record, result.cpu_time, result.peak_memory,
+        (failure.type, failure.message, failure.frames_json()) if failure is not None else None, arguments,
     )
 
 
