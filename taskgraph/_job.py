@@ -147,23 +147,32 @@ def _thread_cpu_clock() -> Callable[[], float]:
 
 thread_cpu = _thread_cpu_clock()
 
-_WORKER_NAMES: dict[tuple[int, int, str], str] = {}
+# Where a job runs, remembered per thread (os.getpid() is a system call, and
+# every job asks); forgotten in a forked child, whose pid differs.
+_HERE = threading.local()
+
+
+def _forget_where() -> None:
+    global _HERE
+    _HERE = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_where)
 
 
 def worker_name() -> str:
-    """Where a job ran: the process (and thread, if not the main one);
-    remembered per process and thread, since every job asks."""
-    thread = threading.current_thread()
-    where = (os.getpid(), thread.ident or 0, thread.name)
-    name = _WORKER_NAMES.get(where)
+    """Where a job ran: the process (and thread, if not the main one)."""
+    name: str | None = getattr(_HERE, "name", None)
     if name is None:
+        thread = threading.current_thread()
         # Without multiprocessing imported, this is no worker of its: the main process.
         multiprocessing = sys.modules.get("multiprocessing")
         process = "MainProcess" if multiprocessing is None else multiprocessing.current_process().name
-        name = f"{process} (pid {where[0]})"
+        name = f"{process} (pid {os.getpid()})"
         if thread is not threading.main_thread():
             name = f"{name} {thread.name}"
-        _WORKER_NAMES[where] = name
+        _HERE.name = name
     return name
 
 
