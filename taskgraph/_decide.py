@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from taskgraph._arguments import changes, shorten, text_change
 from taskgraph._arguments import tree as argument_tree
 from taskgraph._failure import from_text
-from taskgraph._fingerprint import DigestCache, compare
+from taskgraph._fingerprint import DigestCache, FileStat, compare
 from taskgraph._frozen import frozen
 from taskgraph._identity import describe_arguments, input_files
 from taskgraph._ledger import TaskRecord
@@ -129,7 +129,8 @@ def _arguments_reason(task: Task, old_text: str, old_tree: str | None) -> Reason
 def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
     """Decide whether ``task`` must run, looking at its record and the disk."""
     candidates = task._identity.candidate_paths
-    inputs = tuple(input_files(candidates, task._ignore, task._ignore_directories)) if candidates else ()
+    found = input_files(candidates, task._ignore, task._ignore_directories) if candidates else {}
+    inputs = tuple(found)
     record = ledger.lookup(task._identity.record_key)
     reasons: list[Reason] = []
     if task._transient_run:
@@ -145,7 +146,7 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
     if task._target_path_list:
         reasons.extend(_target_reasons(task, record, cache))
     if inputs or record.inputs:
-        reasons.extend(_input_reasons(inputs, record, task._hash_algorithm, cache))
+        reasons.extend(_input_reasons(found, record, task._hash_algorithm, cache))
     return Decision(bool(reasons), tuple(reasons), inputs, record)
 
 
@@ -185,22 +186,23 @@ def _target_reasons(task: Task, record: TaskRecord, cache: DigestCache) -> list[
     return reasons
 
 
-def _input_reasons(inputs: tuple[str, ...], record: TaskRecord, algorithm: str,
+def _input_reasons(inputs: dict[str, FileStat], record: TaskRecord, algorithm: str,
                    cache: DigestCache) -> list[Reason]:
-    """Each input file added since the record, gone, changed or unreadable."""
+    """Each input file added since the record, gone, changed or unreadable
+    (``inputs``: each with its stat, just taken)."""
     reasons: list[Reason] = []
     if not inputs and not record.inputs:  # the common task without input files
         return reasons
-    current = set(inputs)
     for path in inputs:
         if path not in record.inputs:
             reasons.append(Reason("input_added", f"new input file {path}", path))
     for path, recorded in record.inputs.items():
-        if path not in current:
+        st = inputs.get(path)
+        if st is None:
             reasons.append(Reason("input_removed", f"input file {path} is gone or no longer an input", path))
             continue
         try:
-            change = compare(path, recorded, algorithm, cache)
+            change = compare(path, recorded, algorithm, cache, st)
         except OSError as error:
             reasons.append(Reason("input_changed", f"input {path} cannot be read ({error})", path))
             continue

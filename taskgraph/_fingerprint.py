@@ -338,14 +338,16 @@ def _format_ns(ns: int) -> str:
 
 
 def compare(
-    path: str, recorded: Fingerprint, mode: str, cache: DigestCache | None = None
+    path: str, recorded: Fingerprint, mode: str, cache: DigestCache | None = None, st: FileStat | None = None,
 ) -> Change | None:
-    """Return how ``path`` differs from ``recorded`` under ``mode``, or None.
+    """Return how ``path`` differs from ``recorded`` under ``mode``, or None
+    (``st``: its stat if just taken, else it is stat'ed here).
 
     Raises:
         OSError: if a content digest is needed and the file cannot be read.
     """
-    st = file_stat(path)
+    if st is None:
+        st = file_stat(path)
     if st is None:
         return Change(path, "missing", "exists", None)
     if recorded.mode != mode:

@@ -29,12 +29,12 @@ import re
 import reprlib
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from taskgraph._fingerprint import file_stat
+from taskgraph._fingerprint import FileStat, file_stat
 from taskgraph._frozen import frozen
 from taskgraph._function_info import FunctionInfo, function_info
 from taskgraph._function_info import marshalled as _marshal
@@ -488,15 +488,17 @@ def arguments_text(parts: list[str]) -> str:
 
 def input_files(
     candidate_paths: Iterable[str], ignore: frozenset[str], ignore_directories: bool
-) -> Iterator[str]:
-    """The candidate paths that exist now and count as inputs."""
+) -> dict[str, FileStat]:
+    """The candidate paths that exist now and count as inputs, in order, with their stats."""
+    found: dict[str, FileStat] = {}
     for path in candidate_paths:
         if path in ignore:
             continue
         st = file_stat(path)
         if st is None or (st.is_dir and ignore_directories):
             continue
-        yield path
+        found[path] = st
+    return found
 
 
 # -- the portable identity, for the shared cache ------------------------------------------------
