@@ -2,7 +2,9 @@
 
 Everything that changes a task's state happens in one thread (a daemon thread
 for ``n_workers >= 0``; the caller's own thread, inside ``add_task``, for
-``n_workers < 0``). Other threads only put messages in its inbox::
+``n_workers < 0``, under a lock). Other threads only put messages in its
+inbox (inline, a call that finds no other thread driving hands its message
+over directly)::
 
     add_task ──('add', task)──────────┐
     close/join ──('all added', None)──┤
@@ -162,9 +164,17 @@ class Scheduler(Driving):
     # -- called from other threads (messages only) -----------------------------------
 
     def add(self, task: Task) -> None:
-        if self._thread is None and self._inbox.empty():
-            self._drive(("add", task))  # inline: the message need not wait in the inbox
-            return
+        # Inline, when no other thread is driving (the lock is free, or this
+        # thread's own, inside a task), the message need not wait in the
+        # inbox. Never while waiting for the lock: a waiting message must be
+        # in the inbox, where whoever drives (or stops the graph) finds it.
+        if self._thread is None and self._inline_lock.acquire(blocking=False):
+            try:
+                if self._inbox.empty():
+                    self._drive(("add", task))
+                    return
+            finally:
+                self._inline_lock.release()
         self._inbox.put(("add", task))
         if self._thread is None:
             self._drive()
@@ -267,7 +277,7 @@ class Scheduler(Driving):
         decision = self._decide(task)
         if decision is not None:
             self._start_picked([(task, decision)])
-        if self._ready:
+        if self._ready:  # (only what a task added from inside its own run: it starts once that run is done)
             self._start_ready()
         self._commit_if_due()
 

@@ -274,6 +274,45 @@ def test_joins_from_many_threads_all_wake_as_their_tasks_finish(tmp_path):
     assert graph._finished_condition._waiting == 0
 
 
+@pytest.mark.timeout(60)
+def test_a_task_added_while_another_thread_runs_an_inline_task_is_not_lost_when_the_graph_stops(tmp_path):
+    # Inline, add_task from a second thread waits while the first runs its
+    # task. If the graph is stopped meanwhile, the waiting task still ends
+    # (cancelled), and nothing waits for it forever.
+    import threading
+
+    import history_funcs
+
+    graph = taskgraph.TaskGraph(str(tmp_path), -1)
+    gate = tmp_path / "gate"
+    outcome = {}
+
+    def add(name, *args):
+        try:
+            outcome[name] = graph.add_task(*args, task_name=name)
+        except Exception as error:
+            outcome[name] = error
+
+    running = threading.Thread(target=add, args=("long", history_funcs.wait_for, (str(gate), 30)))
+    running.start()
+    deadline = time.monotonic() + 10
+    while not graph.report() and time.monotonic() < deadline:  # (until the long task runs)
+        time.sleep(0.01)
+    waiting = threading.Thread(target=add, args=("waiting", None))
+    waiting.start()
+    time.sleep(0.3)
+    stopping = threading.Thread(target=graph.terminate)
+    stopping.start()
+    time.sleep(0.3)
+    gate.write_text("")
+    for thread in (running, waiting, stopping):
+        thread.join(timeout=30)
+    task = outcome["waiting"]
+    assert isinstance(task, taskgraph.TaskCancelledError) or task.state == "cancelled", task
+    with pytest.raises(taskgraph.TaskGraphTerminatedError):
+        graph.join(timeout=10)
+
+
 @pytest.mark.parametrize("n_workers", [-1, 0])
 def test_a_stored_result_that_cannot_be_pickled_fails_its_task_in_process(tmp_path, n_workers):
     # In this process the value never crosses a pickle until the ledger stores
