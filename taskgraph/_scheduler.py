@@ -214,12 +214,9 @@ class Scheduler(Driving):
         return list(self._failed_tasks)
 
     def _batch(self, first: tuple[str, Any]) -> None:
-        if (first[0] == "add" and self._at_once and self._failure is None and not self._killing
-                and not self._ready and self._ready.policy is None and not self._running and self._inbox.empty()):
-            task: Task = first[1]
-            if task._memory is None and all(dep._state in _DONE for dep in task._dependencies):
-                self._add_ready(task)
-                return
+        if first[0] == "add" and self._ready_at_once(first[1]):
+            self._add_ready(first[1])
+            return
         messages = [first]
         inbox = self._inbox
         while not inbox.empty():  # the only reader: see _drive_locked
@@ -266,6 +263,15 @@ class Scheduler(Driving):
         self._dispatch(force)
         if stop:
             self._stop_now()
+
+    def _ready_at_once(self, task: Task) -> bool:
+        """Whether an added task is the batch's only business and ready now
+        (see ``_add_ready``): inline with no display or dry run, the graph
+        going, nothing else ready, running or in the inbox, no policy or
+        memory hint, and every dependency done."""
+        return (self._at_once and self._failure is None and not self._killing and not self._ready
+                and self._ready.policy is None and not self._running and self._inbox.empty()
+                and task._memory is None and all(dep._state in _DONE for dep in task._dependencies))
 
     def _add_ready(self, task: Task) -> None:
         """The batch of one added task whose dependencies are all done, with
