@@ -143,10 +143,8 @@ def decide(task: Task, ledger: Ledger, cache: DigestCache) -> Decision:
     if task._store_result and not record.has_result:
         reasons.append(Reason("result_missing", "store_result=True but no result is recorded"))
     # Targets first: a missing target is a stat away, and the commonest cause.
-    if task._target_path_list:
-        reasons.extend(_target_reasons(task, record, cache))
-    if inputs or record.inputs:
-        reasons.extend(_input_reasons(found, record, task._hash_algorithm, cache))
+    reasons.extend(_target_reasons(task, record, cache))
+    reasons.extend(_input_reasons(found, record, task._hash_algorithm, cache))
     return Decision(bool(reasons), tuple(reasons), inputs, record)
 
 

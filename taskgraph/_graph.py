@@ -382,22 +382,17 @@ class TaskGraph:
         def invalid(message: str) -> InvalidTaskError:
             return InvalidTaskError(f"task {name!r}: {message}")
 
-        # Each argument left at its default (or, for args, a tuple) is taken
-        # as it is; the others are checked in order, so the first bad one is
-        # the one reported.
         checked_func = noop if func is None else validate.function(func, invalid)
-        call_args = args if type(args) is tuple else validate.call_args(args, invalid)
-        call_kwargs = {} if kwargs is None else validate.call_kwargs(kwargs, invalid)
+        call_args = validate.call_args(args, invalid)
+        call_kwargs = validate.call_kwargs(kwargs, invalid)
         dependencies = validate.dependencies(dependent_task_list, Task, self._tasks, invalid)
-        raw_targets = [] if target_path_list is None else validate.target_list(target_path_list, invalid)
-        ignore = validate.NO_PATHS if ignore_path_list is None else validate.ignored(ignore_path_list, invalid)
+        raw_targets = validate.target_list(target_path_list, invalid)
+        ignore = validate.ignored(ignore_path_list, invalid)
         algorithm = validate.hash_algorithm(hash_algorithm, invalid)
-        checked_priority = priority if type(priority) is int else validate.priority(priority, invalid)
-        if memory is not None:
-            memory = validate.hint(memory, "memory", "MiB", invalid)
-        if expected_time is not None:
-            expected_time = validate.hint(expected_time, "expected_time", "seconds", invalid)
-        targets = validate.targets(raw_targets, self._ledger_path, _LEDGER_SIDECARS, invalid) if raw_targets else ()
+        checked_priority = validate.priority(priority, invalid)
+        memory = validate.hint(memory, "memory", "MiB", invalid)
+        expected_time = validate.hint(expected_time, "expected_time", "seconds", invalid)
+        targets = validate.targets(raw_targets, self._ledger_path, _LEDGER_SIDECARS, invalid)
         return Call(  # (its fields in order)
             name, checked_func, call_args, call_kwargs, dependencies, targets, ignore, bool(ignore_directories),
             algorithm, bool(hash_target_files), bool(transient_run), bool(store_result), checked_priority,

@@ -34,8 +34,7 @@ Invalid = Callable[[str], InvalidTaskError]
 
 # Hash algorithms that passed validate_algorithm (hashlib's need a trial digest).
 _KNOWN_ALGORITHMS: set[str] = set()
-#: ``ignore_path_list`` left out.
-NO_PATHS: frozenset[str] = frozenset()
+_NO_PATHS: frozenset[str] = frozenset()
 
 
 @frozen
@@ -223,7 +222,7 @@ def targets(raw: list[str | PurePath], ledger_path: str, ledger_files: Iterable[
 def ignored(paths: Any, invalid: Invalid) -> frozenset[str]:
     """``ignore_path_list`` as normalised paths."""
     raw = path_list(paths, "ignore_path_list", invalid)
-    return frozenset([normalize_path(path) for path in raw]) if raw else NO_PATHS
+    return frozenset([normalize_path(path) for path in raw]) if raw else _NO_PATHS
 
 
 def dependencies(deps: Any, task_type: type[Task], graph_tasks: Sequence[Task], invalid: Invalid) -> tuple[Task, ...]:
