@@ -282,9 +282,9 @@ class Scheduler(Driving):
         self._unfinished[task.task_id] = task
         decision = self._decide(task)
         if decision is not None:
+            # (Inline, it has run when this returns; a task it added from
+            # inside its run is ready, and starts once its result is handled.)
             self._start_picked([(task, decision)])
-        if self._ready:  # (only what a task added from inside its own run: it starts once that run is done)
-            self._start_ready()
         self._commit_if_due()
 
     def _on_add(self, task: Task, finished: list[Task]) -> None:
