@@ -301,6 +301,18 @@ LATEST_CONSIDERED = (f"SELECT e.record_key, e.run_id, r.started FROM (SELECT rec
                      f" FROM {EXPANDED} GROUP BY record_key) e JOIN runs r ON r.run_id = e.run_id")
 
 
+#: A record's last run and time as its decision and its own row tell, selected
+#: from :data:`RECORDS_SEEN` (what the runs considered adds to them: :func:`seen`).
+SEEN_BY_RECORD = ("max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
+                  " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0))")
+RECORDS_SEEN = "tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
+
+
+def latest_by_record(rows: Iterable[tuple[str, int, float]]) -> dict[str, tuple[int, float]]:
+    """The rows of :data:`LATEST_CONSIDERED` by record key, for :func:`seen`."""
+    return {key: (run, started) for key, run, started in rows}
+
+
 def seen(run: int | None, when: float | None, latest: tuple[int, float] | None) -> tuple[int | None, float | None]:
     """A record's last run and time, from its decision and record (``run``,
     ``when``) and its run and that run's start in :data:`LATEST_CONSIDERED`."""

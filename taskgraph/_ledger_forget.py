@@ -11,7 +11,15 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from taskgraph._ledger import Ledger
-from taskgraph._ledger_considered import CONSIDERED_SINCE, LATEST_CONSIDERED, expand, seen
+from taskgraph._ledger_considered import (
+    CONSIDERED_SINCE,
+    LATEST_CONSIDERED,
+    RECORDS_SEEN,
+    SEEN_BY_RECORD,
+    expand,
+    latest_by_record,
+    seen,
+)
 
 
 def _delete_records(conn: sqlite3.Connection, record_keys: Iterable[str]) -> int:
@@ -58,15 +66,12 @@ def forget_stale(workspace: str, record_keys: Iterable[str], before: float | Non
                 return 0  # no run has ended: nothing is history
             current = int(row[0])
             expand(conn)
-            latest = {} if before is None else {
-                key: (run, started) for key, run, started in conn.execute(LATEST_CONSIDERED)}
+            latest = {} if before is None else latest_by_record(conn.execute(LATEST_CONSIDERED))
             still = [
-                key for key, seen_at in conn.execute(
-                    "SELECT t.record_key, max(coalesce(d.decided_at, 0), coalesce(t.ended, 0)) FROM tasks t"
-                    " LEFT JOIN decisions d ON d.record_key = t.record_key"
-                    f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})",
-                    (current,))
-                if key in wanted and (before is None or (seen(None, seen_at, latest.get(key))[1] or 0) < before)
+                key for key, run, seen_at in conn.execute(
+                    f"SELECT t.record_key, {SEEN_BY_RECORD} FROM {RECORDS_SEEN}"
+                    f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})", (current,))
+                if key in wanted and (before is None or (seen(run, seen_at, latest.get(key))[1] or 0) < before)
             ]
             count = _delete_records(conn, still)
             if count:

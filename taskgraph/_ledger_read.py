@@ -22,7 +22,16 @@ from typing import Any
 
 from taskgraph._errors import LedgerError
 from taskgraph._fingerprint import CachedDigest, Fingerprint
-from taskgraph._ledger_considered import CONSIDERED_SINCE, EXPANDED, LATEST_CONSIDERED, expand, seen
+from taskgraph._ledger_considered import (
+    CONSIDERED_SINCE,
+    EXPANDED,
+    LATEST_CONSIDERED,
+    RECORDS_SEEN,
+    SEEN_BY_RECORD,
+    expand,
+    latest_by_record,
+    seen,
+)
 from taskgraph._ledger_decisions import NEW_TASK_TEXT
 from taskgraph._ledger_rows import cached_digest, files_of, fingerprint, loaded_path, stored_path, stored_text
 from taskgraph._ledger_schema import LEDGER_FILENAME, open_to_read
@@ -348,10 +357,7 @@ class LedgerReader:
         """The last run that considered a record, and when, as far as its
         decision, its last execution and what the runs considered tell (a
         plain skip is not always written: see :meth:`decision`)."""
-        rows = self._rows(
-            "SELECT max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)), max(coalesce(d.decided_at, 0),"
-            " coalesce(t.ended, 0)) FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            " WHERE t.record_key = ?", (record_key,))
+        rows = self._rows(f"SELECT {SEEN_BY_RECORD} FROM {RECORDS_SEEN} WHERE t.record_key = ?", (record_key,))
         if not rows:
             return None, None
         latest = self._rows(f"SELECT c.run_id, r.started FROM {EXPANDED} c JOIN runs r USING (run_id)"
@@ -361,12 +367,9 @@ class LedgerReader:
     def stale(self, since: int, before: float | None = None) -> list[StaleRow]:
         """Records no run from ``since`` on considered (history), oldest first;
         with ``before``, only those last seen before that time."""
-        rows = self._rows(
-            "SELECT t.record_key, t.name, max(coalesce(d.run_id, 0), coalesce(t.run_id, 0)),"
-            " max(coalesce(d.decided_at, 0), coalesce(t.ended, 0))"
-            " FROM tasks t LEFT JOIN decisions d ON d.record_key = t.record_key"
-            f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})", (since,))
-        latest = {key: (run, started) for key, run, started in self._rows(LATEST_CONSIDERED)}
+        rows = self._rows(f"SELECT t.record_key, t.name, {SEEN_BY_RECORD} FROM {RECORDS_SEEN}"
+                          f" WHERE t.record_key NOT IN ({CONSIDERED_SINCE})", (since,))
+        latest = latest_by_record(self._rows(LATEST_CONSIDERED))
         found = [StaleRow(key, name, *seen(run, when, latest.get(key))) for key, name, run, when in rows]
         found.sort(key=lambda row: (row.last_seen or 0, row.name))
         return [row for row in found if before is None or (row.last_seen or 0) < before]
